@@ -1,0 +1,1 @@
+//! The sticky engine.io balancer (pingora). Not built yet; see the sticky-balancer issue.

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install what a fresh Debian machine lacks for building and testing rtsup:
+# cmake (pingora's zlib-ng build), a C toolchain, Node.js (fixture and interop workers),
+# redis-server (adapter tests), and the npm packages of the interop tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v cmake >/dev/null || need+=(cmake)
+command -v cc >/dev/null || need+=(build-essential)
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
+command -v redis-server >/dev/null || need+=(redis-server)
+if ((${#need[@]})); then
+  echo "setup: installing ${need[*]}"
+  SUDO=""
+  [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if [[ -f tests/interop/package.json ]]; then
+  (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
+fi

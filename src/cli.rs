@@ -1,0 +1,91 @@
+//! The command line: `rtsup start | status | stop | restart | logs | check`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Process supervisor and sticky Socket.IO balancer in one binary (PM2 + nginx, done right).
+#[derive(Debug, Parser)]
+#[command(name = "rtsup", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where to find the configuration and the daemon.
+#[derive(Debug, Clone, Args)]
+pub struct Target {
+    /// Configuration file (default: ./rtsup.toml).
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Control socket of the daemon (default: `control_socket` from the configuration).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the supervisor (and balancer) in the foreground; SIGTERM/SIGINT stop it gracefully.
+    Start {
+        /// Configuration file (default: ./rtsup.toml).
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Show every worker: pid, port, state, uptime, restarts, cpu, memory.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop every worker and the daemon.
+    Stop {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Restart the workers of APP, or one slot with APP:SLOT.
+    Restart {
+        #[command(flatten)]
+        target: Target,
+        /// `APP` or `APP:SLOT`.
+        #[arg(value_name = "APP[:SLOT]")]
+        which: String,
+    },
+    /// Print (and with -f follow) worker logs; works without a running daemon.
+    Logs {
+        /// Configuration file (default: ./rtsup.toml), for `log_dir`.
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Keep printing new lines as they are written.
+        #[arg(short, long)]
+        follow: bool,
+        /// Lines to print from the end of each file.
+        #[arg(short = 'n', long = "lines", default_value_t = 20)]
+        lines: usize,
+        /// `APP` or `APP:SLOT`; all workers when absent.
+        #[arg(value_name = "APP[:SLOT]")]
+        which: Option<String>,
+    },
+    /// Check a configuration file; errors name file, line and key.
+    Check {
+        /// Configuration file (default: ./rtsup.toml).
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Split `APP` or `APP:SLOT`.
+pub fn parse_which(which: &str) -> anyhow::Result<(String, Option<u16>)> {
+    match which.split_once(':') {
+        None => Ok((which.to_string(), None)),
+        Some((app, slot)) => {
+            let slot = slot
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{which:?}: slot must be a number (APP:SLOT)"))?;
+            Ok((app.to_string(), Some(slot)))
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! Documented defaults of every optional configuration key.
+
+/// Engine.io path the balancer treats as sticky traffic.
+pub const DEFAULT_ENGINEIO_PATH: &str = "/socket.io/";
+/// Name of the affinity cookie.
+pub const DEFAULT_COOKIE: &str = "rtsup";
+/// Balancer listen address.
+pub const DEFAULT_BALANCER_LISTEN: &str = "0.0.0.0:8080";
+/// Admin listen address: loopback only unless configured.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// Time a worker has to pass its readiness probe (PM2 uses 3 s; Node apps with a Redis
+/// connection often need more).
+pub const DEFAULT_LISTEN_TIMEOUT: &str = "10s";
+/// Delay before the first restart after a crash; grows ×1.5 per consecutive crash up to 15 s.
+pub const DEFAULT_RESTART_DELAY: &str = "100ms";
+/// Consecutive crashes before a slot is `errored` (PM2's default).
+pub const DEFAULT_MAX_RESTARTS: u32 = 16;
+/// A run at least this long resets the crash count (PM2's default).
+pub const DEFAULT_MIN_UPTIME: &str = "1s";
+/// Grace between SIGTERM and SIGKILL (PM2 uses 1.6 s, too short for draining sockets).
+pub const DEFAULT_KILL_TIMEOUT: &str = "5s";
+/// How long a draining worker keeps its sessions during a reload.
+pub const DEFAULT_DRAIN_TIMEOUT: &str = "30s";
+/// A worker log file is rotated before it grows past this size.
+pub const DEFAULT_LOG_MAX_SIZE: &str = "10MB";
+/// Rotated worker log files kept per stream.
+pub const DEFAULT_LOG_KEEP: u32 = 5;
+/// Control socket when running as root (systemd's RuntimeDirectory=rtsup).
+pub const DEFAULT_ROOT_CONTROL_SOCKET: &str = "/run/rtsup/rtsup.sock";
+/// Worker log directory when running as root.
+pub const DEFAULT_ROOT_LOG_DIR: &str = "/var/log/rtsup";
+/// Most instances one app may ask for.
+pub const MAX_INSTANCES: u16 = 512;

@@ -1,0 +1,195 @@
+//! `rtsup logs [-f] [-n N] [APP[:SLOT]]`: print and follow worker log files, no daemon needed.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+
+/// How often `-f` looks for new output.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+/// One live log file and where reading stopped.
+struct Followed {
+    path: PathBuf,
+    label: String,
+    inode: u64,
+    offset: u64,
+}
+
+/// Live log files in `dir` for `app` (and `slot`), sorted: `(path, label)`.
+pub fn find(
+    dir: &Path,
+    app: Option<&str>,
+    slot: Option<u16>,
+) -> anyhow::Result<Vec<(PathBuf, String)>> {
+    let entries =
+        fs::read_dir(dir).with_context(|| format!("reading log_dir {}", dir.display()))?;
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // <app>-<slot>.<out|err>.log
+        let Some(stem) = name.strip_suffix(".log") else {
+            continue;
+        };
+        let Some((worker, stream)) = stem.rsplit_once('.') else {
+            continue;
+        };
+        if stream != "out" && stream != "err" {
+            continue;
+        }
+        let Some((a, s)) = worker.rsplit_once('-') else {
+            continue;
+        };
+        let Ok(s) = s.parse::<u16>() else { continue };
+        if app.is_some_and(|x| x != a) || slot.is_some_and(|x| x != s) {
+            continue;
+        }
+        found.push((entry.path(), format!("{a}:{s} {stream}")));
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Print the last `lines` lines of each file, then with `follow` keep printing what is added
+/// (a rotated file is reopened from its start).
+pub fn run(files: Vec<(PathBuf, String)>, lines: usize, follow: bool) -> anyhow::Result<()> {
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    let prefix = files.len() > 1;
+    let mut followed = Vec::new();
+    for (path, label) in files {
+        let mut file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let meta = file.metadata()?;
+        let text = tail(&mut file, meta.len(), lines)?;
+        emit(&mut out, prefix.then_some(label.as_str()), &text)?;
+        followed.push(Followed {
+            path,
+            label,
+            inode: meta.ino(),
+            offset: meta.len(),
+        });
+    }
+    out.flush()?;
+    if !follow {
+        return Ok(());
+    }
+    loop {
+        std::thread::sleep(FOLLOW_POLL);
+        for f in &mut followed {
+            let Ok(meta) = fs::metadata(&f.path) else {
+                continue;
+            };
+            if meta.ino() != f.inode || meta.len() < f.offset {
+                f.inode = meta.ino();
+                f.offset = 0;
+            }
+            if meta.len() == f.offset {
+                continue;
+            }
+            let mut file = File::open(&f.path)?;
+            file.seek(SeekFrom::Start(f.offset))?;
+            let mut buf = Vec::new();
+            file.take(meta.len() - f.offset).read_to_end(&mut buf)?;
+            // Print whole lines only; the rest waits for its newline.
+            let Some(end) = buf.iter().rposition(|&b| b == b'\n') else {
+                continue;
+            };
+            f.offset += end as u64 + 1;
+            emit(&mut out, prefix.then_some(f.label.as_str()), &buf[..=end])?;
+        }
+        out.flush()?;
+    }
+}
+
+/// The last `n` lines of `file` (of length `len`), reading backwards in blocks.
+fn tail(file: &mut File, len: u64, n: usize) -> io::Result<Vec<u8>> {
+    const BLOCK: u64 = 64 * 1024;
+    let mut start = len;
+    let mut buf = Vec::new();
+    while start > 0 && buf.iter().filter(|&&b| b == b'\n').count() <= n {
+        let from = start.saturating_sub(BLOCK);
+        let mut chunk = vec![0; (start - from) as usize];
+        file.seek(SeekFrom::Start(from))?;
+        file.read_exact(&mut chunk)?;
+        chunk.extend_from_slice(&buf);
+        buf = chunk;
+        start = from;
+    }
+    let newlines: Vec<usize> = buf
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .map(|(i, _)| i)
+        .collect();
+    // Skip everything before the n-th newline from the end (ignoring a final one).
+    let body_newlines = if buf.last() == Some(&b'\n') {
+        &newlines[..newlines.len() - 1]
+    } else {
+        &newlines[..]
+    };
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let cut = if body_newlines.len() >= n {
+        body_newlines[body_newlines.len() - n] + 1
+    } else {
+        0
+    };
+    Ok(buf.split_off(cut))
+}
+
+fn emit(out: &mut impl Write, label: Option<&str>, text: &[u8]) -> io::Result<()> {
+    for line in text.split_inclusive(|&b| b == b'\n') {
+        if let Some(label) = label {
+            write!(out, "{label} | ")?;
+        }
+        out.write_all(line)?;
+        if line.last() != Some(&b'\n') {
+            out.write_all(b"\n")?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_takes_last_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("a-0.out.log");
+        let body: String = (0..100_000).map(|i| format!("line {i}\n")).collect();
+        fs::write(&p, &body).expect("write");
+        let mut f = File::open(&p).expect("open");
+        let t = tail(&mut f, body.len() as u64, 3).expect("tail");
+        assert_eq!(
+            String::from_utf8_lossy(&t),
+            "line 99997\nline 99998\nline 99999\n"
+        );
+        let t = tail(&mut f, body.len() as u64, 0).expect("tail");
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn find_filters_by_app_and_slot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for n in [
+            "chat-0.out.log",
+            "chat-1.err.log",
+            "chat-1.out.log.1",
+            "web-0.out.log",
+            "other.txt",
+        ] {
+            fs::write(dir.path().join(n), "").expect("write");
+        }
+        let all = find(dir.path(), None, None).expect("find");
+        assert_eq!(all.len(), 3);
+        let one = find(dir.path(), Some("chat"), Some(1)).expect("find");
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].1, "chat:1 err");
+    }
+}

@@ -1,0 +1,166 @@
+//! `rtsup`: process supervisor and sticky Socket.IO balancer in one binary.
+//!
+//! This crate is the CLI and the wiring; policy lives in the `supervisor` (processes) and
+//! `balancer` (HTTP, engine.io) crates.
+
+mod cli;
+mod config;
+mod control_client;
+mod daemon;
+mod logs_cmd;
+mod signals;
+mod status_table;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use supervisor::control::proto::{Request, Response};
+
+use crate::cli::{Cli, Command, Target};
+use crate::config::Config;
+
+/// Configuration file used when `-c` is not given.
+const DEFAULT_CONFIG: &str = "rtsup.toml";
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rtsup: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Check { config } => {
+            let file = config_file(config.as_deref())?;
+            match Config::load(&file) {
+                Ok(c) => {
+                    println!("{}: ok ({} app(s))", file.display(), c.apps.len());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Start { config } => {
+            init_tracing();
+            let config = load(config.as_deref())?;
+            runtime()?.block_on(daemon::run(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { target, json } => {
+            let socket = socket(&target)?;
+            let Response::Status(report) =
+                runtime()?.block_on(control_client::call(&socket, Request::Status))?
+            else {
+                bail!("unexpected answer to status");
+            };
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", status_table::render(&report));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stop { target } => {
+            let socket = socket(&target)?;
+            runtime()?.block_on(control_client::call(&socket, Request::Stop))?;
+            println!("stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restart { target, which } => {
+            let (app, slot) = cli::parse_which(&which)?;
+            let socket = socket(&target)?;
+            let answer = runtime()?.block_on(control_client::call(
+                &socket,
+                Request::Restart { app, slot },
+            ))?;
+            if let Response::Restarted { workers } = answer {
+                println!("restarting {}", workers.join(", "));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logs {
+            config,
+            follow,
+            lines,
+            which,
+        } => {
+            let dir = match find_config(config.as_deref()) {
+                Some(file) => load(Some(&file))?.supervisor.logs.dir,
+                None => config::validate::default_log_dir(),
+            };
+            let (app, slot) = match which.as_deref().map(cli::parse_which).transpose()? {
+                Some((a, s)) => (Some(a), s),
+                None => (None, None),
+            };
+            let files = logs_cmd::find(&dir, app.as_deref(), slot)?;
+            if files.is_empty() {
+                bail!("no worker log files in {}", dir.display());
+            }
+            logs_cmd::run(files, lines, follow)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `-c FILE` if given, else `./rtsup.toml` if it exists.
+fn find_config(explicit: Option<&Path>) -> Option<PathBuf> {
+    match explicit {
+        Some(p) => Some(p.to_path_buf()),
+        None => Path::new(DEFAULT_CONFIG)
+            .exists()
+            .then(|| PathBuf::from(DEFAULT_CONFIG)),
+    }
+}
+
+fn config_file(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    find_config(explicit).with_context(|| {
+        format!("no configuration: pass -c FILE or create ./{DEFAULT_CONFIG} (see configs/)")
+    })
+}
+
+fn load(explicit: Option<&Path>) -> anyhow::Result<Config> {
+    let file = config_file(explicit)?;
+    Config::load(&file).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))
+}
+
+/// The control socket: `--socket`, else the configuration's, else the default path.
+fn socket(target: &Target) -> anyhow::Result<PathBuf> {
+    if let Some(s) = &target.socket {
+        return Ok(s.clone());
+    }
+    match find_config(target.config.as_deref()) {
+        Some(file) => Ok(load(Some(&file))?.supervisor.control_socket),
+        None => Ok(config::validate::default_control_socket()),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Daemon logs on stderr; `RTSUP_LOG` (or `RUST_LOG`) sets the filter, default `info`.
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("RTSUP_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .or_else(|| EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,113 @@
+//! The human form of `rtsup status`: an aligned table, one row per worker.
+
+use std::fmt::Write;
+
+use supervisor::control::proto::StatusReport;
+
+/// Render `report` as an aligned text table.
+pub fn render(report: &StatusReport) -> String {
+    let header = [
+        "app",
+        "slot",
+        "gen",
+        "pid",
+        "port",
+        "state",
+        "uptime",
+        "restarts",
+        "cpu",
+        "mem",
+        "last exit",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+    for app in &report.apps {
+        for w in &app.workers {
+            rows.push(vec![
+                app.name.clone(),
+                w.slot.to_string(),
+                w.generation.to_string(),
+                w.pid.map_or("-".into(), |p| p.to_string()),
+                w.port.to_string(),
+                w.state.as_str().to_string(),
+                if w.pid.is_some() {
+                    duration(w.uptime_s)
+                } else {
+                    "-".into()
+                },
+                w.restarts.to_string(),
+                format!("{:.0}%", w.cpu_percent),
+                megabytes(w.memory_bytes),
+                w.last_exit.clone().unwrap_or_default(),
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            let _ = write!(line, "{cell:<w$}  ", w = widths[c]);
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `45s`, `12m`, `3h`, `2d`.
+fn duration(s: u64) -> String {
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+fn megabytes(b: u64) -> String {
+    format!("{:.1}MB", b as f64 / 1_000_000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use supervisor::WorkerState;
+    use supervisor::control::proto::{AppStatus, WorkerStatus};
+
+    #[test]
+    fn columns_align() {
+        let w = |slot, pid| WorkerStatus {
+            slot,
+            generation: 1,
+            pid,
+            port: 5000 + slot,
+            state: if pid.is_some() {
+                WorkerState::Ready
+            } else {
+                WorkerState::Errored
+            },
+            restarts: 0,
+            uptime_s: 3700,
+            memory_bytes: 45_200_000,
+            cpu_percent: 1.4,
+            last_exit: None,
+        };
+        let table = render(&StatusReport {
+            apps: vec![AppStatus {
+                name: "chat".into(),
+                workers: vec![w(0, Some(12345)), w(1, None)],
+            }],
+        });
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(
+            lines[1].starts_with(
+                "chat  0     1    12345  5000  ready    1h      0         1%   45.2MB"
+            ),
+            "{table}"
+        );
+        assert_eq!(lines[0].find("state"), lines[2].find("errored"));
+    }
+}

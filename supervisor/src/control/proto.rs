@@ -1,0 +1,174 @@
+//! Requests and responses of the control socket, shared by the daemon and the CLI.
+//!
+//! Each message is one line of JSON. Requests are `{"version":1,"request":"status"}`,
+//! `{"version":1,"request":"restart","app":"chat","slot":0}`, `{"version":1,"request":"stop"}`;
+//! responses carry the same `version` and a `response` tag.
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fleet::{Fleet, WorkerState};
+
+/// Version of this protocol; a peer speaking another one gets an error, not a guess.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Longest line either side accepts, so a bad peer cannot make the other allocate without end.
+pub const MAX_MESSAGE: usize = 1 << 20;
+
+/// A request with its protocol version.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RequestEnvelope {
+    /// Must equal [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// The request itself.
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// What a client asks the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum Request {
+    /// The status of every worker.
+    Status,
+    /// Restart every slot of `app`, or only `slot`.
+    Restart {
+        /// App name.
+        app: String,
+        /// One slot, or all when absent.
+        #[serde(default)]
+        slot: Option<u16>,
+    },
+    /// Stop every worker and exit the daemon; answered once the workers are gone.
+    Stop,
+}
+
+/// A response with its protocol version.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ResponseEnvelope {
+    /// The daemon's [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// The response itself.
+    #[serde(flatten)]
+    pub response: Response,
+}
+
+/// What the daemon answers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "response", rename_all = "snake_case")]
+pub enum Response {
+    /// Answer to [`Request::Status`].
+    Status(StatusReport),
+    /// Answer to [`Request::Restart`]: the `app:slot` names restarted.
+    Restarted {
+        /// Workers restarted.
+        workers: Vec<String>,
+    },
+    /// Answer to [`Request::Stop`], sent once every worker has exited.
+    Stopped,
+    /// The request failed.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+/// The status of every app, as printed by `rtsup status --json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatusReport {
+    /// Apps in configuration order.
+    pub apps: Vec<AppStatus>,
+}
+
+/// One app's workers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AppStatus {
+    /// App name.
+    pub name: String,
+    /// One entry per slot.
+    pub workers: Vec<WorkerStatus>,
+}
+
+/// One slot's worker.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WorkerStatus {
+    /// Slot index.
+    pub slot: u16,
+    /// Worker generation in this slot (1 for the first worker).
+    pub generation: u64,
+    /// Process id, when a worker is alive.
+    pub pid: Option<u32>,
+    /// Port the worker listens on.
+    pub port: u16,
+    /// Lifecycle state.
+    pub state: WorkerState,
+    /// Restarts so far.
+    pub restarts: u32,
+    /// Seconds since the live worker was spawned (0 when none).
+    pub uptime_s: u64,
+    /// Resident memory of the worker's process tree.
+    pub memory_bytes: u64,
+    /// CPU use of the worker's process tree (100 = one core).
+    pub cpu_percent: f32,
+    /// How the previous worker ended, or why it was replaced.
+    pub last_exit: Option<String>,
+}
+
+impl StatusReport {
+    /// The report for `fleet` as of `now`.
+    pub fn from_fleet(fleet: &Fleet, now: SystemTime) -> Self {
+        Self {
+            apps: fleet
+                .apps
+                .iter()
+                .map(|app| AppStatus {
+                    name: app.name.clone(),
+                    workers: app
+                        .workers
+                        .iter()
+                        .map(|w| WorkerStatus {
+                            slot: w.slot,
+                            generation: w.generation,
+                            pid: w.pid,
+                            port: w.port,
+                            state: w.state,
+                            restarts: w.restarts,
+                            uptime_s: w
+                                .started_at
+                                .and_then(|t| now.duration_since(t).ok())
+                                .map_or(0, |d| d.as_secs()),
+                            memory_bytes: w.memory_bytes,
+                            cpu_percent: w.cpu_percent,
+                            last_exit: w.last_exit.clone(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_wire_format() {
+        let r = RequestEnvelope {
+            version: 1,
+            request: Request::Restart {
+                app: "chat".into(),
+                slot: Some(2),
+            },
+        };
+        let text = serde_json::to_string(&r).expect("json");
+        assert_eq!(
+            text,
+            r#"{"version":1,"request":"restart","app":"chat","slot":2}"#
+        );
+        let back: RequestEnvelope =
+            serde_json::from_str(r#"{"version":1,"request":"status"}"#).expect("parse");
+        assert_eq!(back.request, Request::Status);
+    }
+}

@@ -1,0 +1,136 @@
+//! The daemon side of the control socket: accept, read one request per line, answer.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
+
+use super::proto::{
+    MAX_MESSAGE, PROTOCOL_VERSION, Request, RequestEnvelope, Response, ResponseEnvelope,
+    StatusReport,
+};
+use crate::actor::SupervisorHandle;
+
+/// Bind the control socket at `path` with mode 0600, replacing a stale socket file left by a
+/// daemon that died. Fails if another daemon answers there.
+pub async fn bind(path: &Path) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.exists()
+    {
+        fs::create_dir_all(dir)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("another rtsup daemon is listening on {}", path.display()),
+            ));
+        }
+        fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serve requests until `shutdown` resolves, then stop accepting and give the connections
+/// still answering (a `stop` caller waiting for its answer) up to `drain` to finish.
+pub async fn serve(
+    listener: UnixListener,
+    handle: SupervisorHandle,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) {
+    let mut conns = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let handle = handle.clone();
+                    conns.spawn(async move {
+                        if let Err(e) = connection(stream, handle).await {
+                            debug!(error = %e, "control connection ended");
+                        }
+                    });
+                }
+                Err(e) => {
+                    warn!(error = %e, "control socket accept failed");
+                    break;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(drain, async { while conns.join_next().await.is_some() {} }).await;
+}
+
+async fn connection(stream: UnixStream, handle: SupervisorHandle) -> io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = AsyncReadExt::take(&mut lines, MAX_MESSAGE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let response = if line.len() > MAX_MESSAGE {
+            Response::Error {
+                message: format!("request longer than {MAX_MESSAGE} bytes"),
+            }
+        } else {
+            match serde_json::from_slice::<RequestEnvelope>(&line) {
+                Ok(env) if env.version != PROTOCOL_VERSION => Response::Error {
+                    message: format!(
+                        "protocol version {} not supported (daemon speaks {PROTOCOL_VERSION})",
+                        env.version
+                    ),
+                },
+                Ok(env) => dispatch(env.request, &handle).await,
+                Err(e) => Response::Error {
+                    message: format!("bad request: {e}"),
+                },
+            }
+        };
+        let mut out = serde_json::to_vec(&ResponseEnvelope {
+            version: PROTOCOL_VERSION,
+            response,
+        })?;
+        out.push(b'\n');
+        write.write_all(&out).await?;
+        if line.len() > MAX_MESSAGE {
+            return Ok(()); // the rest of that line is garbage
+        }
+    }
+}
+
+async fn dispatch(request: Request, handle: &SupervisorHandle) -> Response {
+    match request {
+        Request::Status => {
+            Response::Status(StatusReport::from_fleet(&handle.fleet(), SystemTime::now()))
+        }
+        Request::Restart { app, slot } => match handle.restart(&app, slot).await {
+            Ok(workers) => Response::Restarted { workers },
+            Err(e) => Response::Error {
+                message: e.to_string(),
+            },
+        },
+        Request::Stop => {
+            handle.stop().await;
+            Response::Stopped
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! Worker output capture: stdout/stderr lines to timestamped, size-rotated files.
+//!
+//! `log_dir/<app>-<slot>.out.log` and `.err.log`; when a write would take a file past
+//! `max_size`, it becomes `.log.1` (older ones shift to `.2` … `.keep`, the oldest is removed).
+//! Successive workers of one slot share the files, so a slot's history reads as one log.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+
+use crate::spec::LogSpec;
+
+/// Longest line kept whole; longer output is cut into pieces of this size.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// Which output stream of a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// Standard output.
+    Out,
+    /// Standard error.
+    Err,
+}
+
+impl Stream {
+    /// File-name part: `out` or `err`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Out => "out",
+            Self::Err => "err",
+        }
+    }
+}
+
+/// Path of the live log file of one slot's stream.
+pub fn log_path(dir: &Path, app: &str, slot: u16, stream: Stream) -> PathBuf {
+    dir.join(format!("{app}-{slot}.{}.log", stream.as_str()))
+}
+
+/// A log file that rotates itself by size.
+#[derive(Debug)]
+pub struct RotatingFile {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    max_size: u64,
+    keep: u32,
+}
+
+/// A rotating file shared by the output pumps of successive workers of one slot.
+pub type SharedLog = Arc<Mutex<RotatingFile>>;
+
+impl RotatingFile {
+    /// Open (append) `path`, creating it.
+    pub fn open(path: PathBuf, spec: &LogSpec) -> io::Result<Self> {
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let size = file.metadata()?.len();
+        Ok(Self {
+            path,
+            file,
+            size,
+            max_size: spec.max_size.max(1),
+            keep: spec.keep,
+        })
+    }
+
+    /// Append one line, prefixed with an RFC 3339 UTC timestamp, rotating first if needed.
+    pub fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
+        let stamp = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let len = (stamp.len() + 1 + line.len() + 1) as u64;
+        if self.size > 0 && self.size + len > self.max_size {
+            self.rotate()?;
+        }
+        let mut buf = Vec::with_capacity(len as usize);
+        buf.extend_from_slice(stamp.as_bytes());
+        buf.push(b' ');
+        buf.extend_from_slice(line);
+        buf.push(b'\n');
+        self.file.write_all(&buf)?;
+        self.size += len;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        let numbered = |n: u32| PathBuf::from(format!("{}.{n}", self.path.display()));
+        if self.keep == 0 {
+            self.file.set_len(0)?;
+        } else {
+            let _ = fs::remove_file(numbered(self.keep));
+            for n in (1..self.keep).rev() {
+                let from = numbered(n);
+                if from.exists() {
+                    fs::rename(&from, numbered(n + 1))?;
+                }
+            }
+            fs::rename(&self.path, numbered(1))?;
+            self.file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
+        }
+        self.size = 0;
+        Ok(())
+    }
+}
+
+/// Copy `reader` line by line into `log` until end of file. Write errors are reported once to
+/// the supervisor's own log and then the output is discarded, so a full disk never blocks the
+/// worker on a full pipe.
+pub async fn pump(reader: impl AsyncRead + Unpin, log: SharedLog) {
+    let mut reader = BufReader::with_capacity(MAX_LINE, reader);
+    let mut line = Vec::new();
+    let mut failed = false;
+    loop {
+        let (done, used) = match reader.fill_buf().await {
+            Ok([]) | Err(_) => break,
+            Ok(buf) => match buf.iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    line.extend_from_slice(&buf[..i]);
+                    (true, i + 1)
+                }
+                None => {
+                    let take = buf.len().min(MAX_LINE - line.len());
+                    line.extend_from_slice(&buf[..take]);
+                    (line.len() >= MAX_LINE, take)
+                }
+            },
+        };
+        reader.consume(used);
+        if done {
+            write(&log, &mut line, &mut failed);
+        }
+    }
+    if !line.is_empty() {
+        write(&log, &mut line, &mut failed);
+    }
+}
+
+fn write(log: &SharedLog, line: &mut Vec<u8>, failed: &mut bool) {
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    let result = match log.lock() {
+        Ok(mut f) => f.write_line(line),
+        Err(_) => Ok(()),
+    };
+    if let Err(e) = result
+        && !*failed
+    {
+        *failed = true;
+        tracing::warn!(error = %e, "cannot write worker output; discarding it");
+    }
+    line.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(dir: &Path, max_size: u64, keep: u32) -> LogSpec {
+        LogSpec {
+            dir: dir.to_path_buf(),
+            max_size,
+            keep,
+        }
+    }
+
+    #[test]
+    fn rotates_by_size_and_keeps_n() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = log_path(dir.path(), "chat", 0, Stream::Out);
+        let mut f = RotatingFile::open(path.clone(), &spec(dir.path(), 100, 2)).expect("open");
+        for i in 0..20 {
+            f.write_line(format!("line {i:02} padding").as_bytes())
+                .expect("write");
+        }
+        let live = fs::read_to_string(&path).expect("read");
+        assert!(live.len() <= 100, "{live}");
+        assert!(live.ends_with("line 19 padding\n"), "{live}");
+        assert!(PathBuf::from(format!("{}.2", path.display())).exists());
+        assert!(!PathBuf::from(format!("{}.3", path.display())).exists());
+    }
+
+    #[tokio::test]
+    async fn pump_timestamps_lines_and_splits_long_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = log_path(dir.path(), "a", 1, Stream::Err);
+        let log = Arc::new(Mutex::new(
+            RotatingFile::open(path.clone(), &spec(dir.path(), 1 << 30, 5)).expect("open"),
+        ));
+        let mut input = b"hello\r\nworld\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', MAX_LINE + 10));
+        pump(&input[..], log).await;
+        let text = fs::read_to_string(&path).expect("read");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{}", &text[..200]);
+        assert!(lines[0].ends_with("Z hello"), "{}", lines[0]);
+        assert!(lines[1].ends_with("Z world"));
+        assert!(lines[3].ends_with("Z xxxxxxxxxx"));
+    }
+}

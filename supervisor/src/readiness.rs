@@ -1,0 +1,102 @@
+//! Readiness probes: a worker takes traffic only once its port accepts (or its health path
+//! answers 2xx).
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, sleep, timeout};
+
+use crate::spec::ReadyCheck;
+
+/// Pause between two probe attempts.
+const PROBE_INTERVAL: Duration = Duration::from_millis(50);
+/// Longest a single attempt may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Probe `127.0.0.1:port` until it is ready or `within` has passed.
+pub async fn wait_ready(check: &ReadyCheck, port: u16, within: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let last = match timeout(ATTEMPT_TIMEOUT, attempt(check, port)).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => e,
+            Err(_) => "probe timed out".to_string(),
+        };
+        if Instant::now() + PROBE_INTERVAL >= deadline {
+            return Err(format!(
+                "not ready within {}: {last}",
+                humantime::format_duration(within)
+            ));
+        }
+        sleep(PROBE_INTERVAL).await;
+    }
+}
+
+async fn attempt(check: &ReadyCheck, port: u16) -> Result<(), String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("port {port}: {e}"))?;
+    let ReadyCheck::Http { path } = check else {
+        return Ok(());
+    };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .map_err(|e| format!("GET {path}: {e}"))?;
+    // Only the status line matters: "HTTP/1.1 200 OK".
+    let mut head = [0u8; 64];
+    let mut len = 0;
+    while len < 12 {
+        let n = stream
+            .read(&mut head[len..])
+            .await
+            .map_err(|e| format!("GET {path}: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+    }
+    let line = String::from_utf8_lossy(&head[..len]);
+    match line.split(' ').nth(1) {
+        Some(code) if code.starts_with('2') && code.len() == 3 => Ok(()),
+        Some(code) => Err(format!("GET {path} answered {code}")),
+        None => Err(format!("GET {path}: no HTTP status line")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    #[tokio::test]
+    async fn tcp_ready_when_port_accepts() {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        wait_ready(&ReadyCheck::Tcp, port, Duration::from_secs(2))
+            .await
+            .expect("ready");
+    }
+
+    #[tokio::test]
+    async fn http_probe_rejects_non_2xx() {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 512];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(b"HTTP/1.1 503 Unavailable\r\n\r\n").await;
+            }
+        });
+        let check = ReadyCheck::Http {
+            path: "/health".into(),
+        };
+        let err = wait_ready(&check, port, Duration::from_millis(300))
+            .await
+            .expect_err("503 is not ready");
+        assert!(err.contains("answered 503"), "{err}");
+    }
+}

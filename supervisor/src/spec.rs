@@ -1,0 +1,80 @@
+//! What the supervisor is asked to run: validated, typed specifications.
+//!
+//! The `rtsup` binary builds these from its TOML configuration; this crate never sees the raw
+//! file. Every value here has already been checked (ports fit, durations parsed, sizes parsed).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::backoff::RestartPolicy;
+
+/// Everything the supervisor runs: the apps and where their logs go.
+#[derive(Debug, Clone)]
+pub struct SupervisorSpec {
+    /// The apps, in configuration order.
+    pub apps: Vec<AppSpec>,
+    /// Where worker output goes and how it is rotated.
+    pub logs: LogSpec,
+}
+
+/// One app: `instances` slots of the same command on consecutive ports.
+#[derive(Debug, Clone)]
+pub struct AppSpec {
+    /// Unique app name (used in log file names and `rtsup restart APP`).
+    pub name: String,
+    /// Program to run (looked up in `PATH` when it has no slash).
+    pub command: String,
+    /// Arguments passed to `command`.
+    pub args: Vec<String>,
+    /// Working directory of the workers; `None` keeps the supervisor's.
+    pub cwd: Option<PathBuf>,
+    /// Extra environment for the workers, on top of the supervisor's own.
+    pub env: BTreeMap<String, String>,
+    /// Number of slots.
+    pub instances: u16,
+    /// Slot `i` listens on `port + i` (`PORT` is set for it).
+    pub port: u16,
+    /// How the supervisor decides a worker is ready to take traffic.
+    pub ready: ReadyCheck,
+    /// How long a worker may take to become ready before it counts as failed.
+    pub listen_timeout: Duration,
+    /// Resident memory of the worker's process tree above which it is restarted.
+    pub max_memory: Option<u64>,
+    /// Crash restart policy (delay, growth, `min_uptime`, `max_restarts`).
+    pub restart: RestartPolicy,
+    /// Grace between SIGTERM and SIGKILL when stopping a worker.
+    pub kill_timeout: Duration,
+    /// How long a draining worker may keep its sessions (used by reloads).
+    pub drain_timeout: Duration,
+}
+
+impl AppSpec {
+    /// The port slot `slot` listens on.
+    pub fn slot_port(&self, slot: u16) -> u16 {
+        self.port + slot
+    }
+}
+
+/// The readiness probe of a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadyCheck {
+    /// Ready once `127.0.0.1:PORT` accepts a TCP connection.
+    Tcp,
+    /// Ready once `GET <path>` on `127.0.0.1:PORT` answers 2xx.
+    Http {
+        /// Request path, starting with `/`.
+        path: String,
+    },
+}
+
+/// Where worker stdout/stderr go and how they are rotated.
+#[derive(Debug, Clone)]
+pub struct LogSpec {
+    /// Directory of `<app>-<slot>.out.log` / `<app>-<slot>.err.log`.
+    pub dir: PathBuf,
+    /// A file is rotated before it would grow past this many bytes.
+    pub max_size: u64,
+    /// Rotated files kept (`.1` newest … `.N` oldest).
+    pub keep: u32,
+}

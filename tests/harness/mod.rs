@@ -1,0 +1,230 @@
+//! Test harness: run the real `rtsup` binary on a temp config, on free ports, and poll its
+//! state with a deadline (never sleep-and-hope).
+
+#![allow(dead_code)]
+
+pub mod ports;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// The binary under test.
+pub fn rtsup_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_rtsup")
+}
+
+/// The fixture worker script (plain Node `http`, no npm packages).
+pub fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/worker.js")
+}
+
+/// Deadline multiplier for slow machines: `RTSUP_TEST_PATIENCE_MS` is the base (default 20 s).
+pub fn patience() -> Duration {
+    let ms = std::env::var("RTSUP_TEST_PATIENCE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    Duration::from_millis(ms)
+}
+
+/// Poll `check` every 50 ms until it returns `Some`, or panic after [`patience`] naming `what`
+/// and the last thing observed.
+pub fn wait_until<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + patience();
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("timed out waiting for {what}; last seen: {last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// A running `rtsup start` with its own temp directory.
+pub struct Rtsup {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub log_dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Rtsup {
+    /// Write `[supervisor]` (socket and logs in a temp dir) plus `body` to a config file and
+    /// start the daemon on it.
+    pub fn start(body: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("rtsup.sock");
+        let log_dir = dir.path().join("logs");
+        let config = dir.path().join("rtsup.toml");
+        let text = format!(
+            "[supervisor]\ncontrol_socket = {:?}\nlog_dir = {:?}\n\n{body}",
+            socket.display().to_string(),
+            log_dir.display().to_string()
+        );
+        fs::write(&config, text).expect("write config");
+        let child = Command::new(rtsup_bin())
+            .args(["start", "-c"])
+            .arg(&config)
+            .env("RTSUP_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(dir.path().join("rtsup.out")).expect("out"))
+            .stderr(fs::File::create(dir.path().join("rtsup.err")).expect("err"))
+            .spawn()
+            .expect("spawn rtsup");
+        let r = Self {
+            dir,
+            config,
+            socket,
+            log_dir,
+            child: Some(child),
+        };
+        wait_until("the control socket", || {
+            r.try_status()
+                .map(|_| ())
+                .map_err(|e| format!("{e}; daemon log:\n{}", r.daemon_log()))
+        });
+        r
+    }
+
+    /// Run `rtsup ARGS --socket <ours>`-style client commands.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(rtsup_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .expect("run rtsup client")
+    }
+
+    /// `rtsup status --json`, parsed, or the error text.
+    pub fn try_status(&self) -> Result<Value, String> {
+        let out = self.cli(&["status", "--json"]);
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    }
+
+    /// The workers of app 0, from `status --json`.
+    pub fn workers(&self) -> Vec<Value> {
+        let s = self.try_status().expect("status");
+        s["apps"][0]["workers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Wait until every worker of app 0 is ready; returns them.
+    pub fn wait_all_ready(&self) -> Vec<Value> {
+        wait_until("every worker ready", || {
+            let s = self.try_status()?;
+            let ws = s["apps"][0]["workers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if !ws.is_empty() && ws.iter().all(|w| w["state"] == "ready") {
+                Ok(ws)
+            } else {
+                Err(s.to_string())
+            }
+        })
+    }
+
+    /// The daemon's own stderr so far.
+    pub fn daemon_log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("rtsup.err")).unwrap_or_default()
+    }
+
+    /// Send `sig` to the daemon.
+    pub fn signal(&self, sig: Signal) {
+        if let Some(c) = &self.child {
+            let _ = kill(Pid::from_raw(c.id() as i32), sig);
+        }
+    }
+
+    /// Wait for the daemon to exit (within patience); returns its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let mut child = self.child.take().expect("daemon still owned");
+        let status = wait_until("the daemon to exit", || match child.try_wait() {
+            Ok(Some(s)) => Ok(s),
+            Ok(None) => Err("still running".into()),
+            Err(e) => Err(e.to_string()),
+        });
+        status.code()
+    }
+}
+
+impl Drop for Rtsup {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Whether a process with this pid exists (zombies included).
+pub fn alive(pid: u32) -> bool {
+    kill(Pid::from_raw(pid as i32), None).is_ok()
+}
+
+/// Whether a process is alive and not a zombie.
+pub fn running(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// SIGKILL a process group (test cleanup of a worker tree).
+pub fn kill_group(pgid: u32) {
+    let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
+}
+
+/// `GET http://127.0.0.1:port/path` with a plain socket; returns the body of a 200.
+pub fn http_get(port: u16, path: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
+    let (head, body) = resp.split_once("\r\n\r\n").ok_or("no header end")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(head.to_string());
+    }
+    Ok(body.to_string())
+}
+
+/// An `[[app]]` section running the fixture worker.
+pub fn fixture_app(name: &str, instances: u16, port: u16, extra: &str) -> String {
+    format!(
+        "[[app]]\nname = {name:?}\ncommand = \"node\"\nargs = [{:?}]\ninstances = {instances}\nport = {port}\n{extra}\n",
+        fixture().display().to_string()
+    )
+}

@@ -1,0 +1,286 @@
+//! Supervision: workers start on consecutive ports, crashes are replaced, crash loops end
+//! `errored`, memory hogs are restarted, stop leaves nothing behind.
+
+use std::fs;
+use std::time::Instant;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+use crate::harness::{self, Rtsup, fixture_app, http_get, ports, running, wait_until};
+
+fn pid(w: &Value) -> u32 {
+    w["pid"].as_u64().expect("pid") as u32
+}
+
+#[test]
+fn three_workers_reach_ready_on_consecutive_ports() {
+    let base = ports::block(6).base;
+    let r = Rtsup::start(&fixture_app("web", 3, base, "ready = \"http:/health\""));
+    let workers = r.wait_all_ready();
+    assert_eq!(workers.len(), 3);
+    for (i, w) in workers.iter().enumerate() {
+        let port = base + i as u16;
+        assert_eq!(w["port"], port);
+        assert_eq!(w["restarts"], 0);
+        assert_eq!(w["generation"], 1);
+        let body: Value = serde_json::from_str(&http_get(port, "/").expect("GET /")).expect("json");
+        assert_eq!(body["instance"], i.to_string());
+        assert_eq!(body["nodeAppInstance"], i.to_string());
+        assert_eq!(body["pid"].as_u64(), w["pid"].as_u64());
+    }
+    // Output lands in per-slot, timestamped log files.
+    let out = r.log_dir.join("web-2.out.log");
+    let text = wait_until("worker 2's stdout in its log", || {
+        let t = fs::read_to_string(&out).map_err(|e| e.to_string())?;
+        if t.contains("fixture worker instance=2") {
+            Ok(t)
+        } else {
+            Err(t)
+        }
+    });
+    assert!(text.starts_with("20"), "no timestamp: {text}");
+    let err = fs::read_to_string(r.log_dir.join("web-0.err.log")).expect("err log");
+    assert!(err.contains("fixture stderr instance=0"), "{err}");
+    // The human table has a row per worker.
+    let table = String::from_utf8_lossy(&r.cli(&["status"]).stdout).into_owned();
+    assert_eq!(
+        table.lines().filter(|l| l.starts_with("web ")).count(),
+        3,
+        "{table}"
+    );
+    // `rtsup logs` reads the files without the daemon's help.
+    let logs = std::process::Command::new(harness::rtsup_bin())
+        .args(["logs", "-n", "5", "-c"])
+        .arg(&r.config)
+        .arg("web:1")
+        .output()
+        .expect("logs");
+    let logs = String::from_utf8_lossy(&logs.stdout);
+    assert!(logs.contains("fixture worker instance=1"), "{logs}");
+    assert!(logs.contains("fixture stderr instance=1"), "{logs}");
+}
+
+#[test]
+fn kill_9_is_replaced_with_a_new_ready_worker() {
+    let base = ports::block(4).base;
+    let r = Rtsup::start(&fixture_app("web", 2, base, ""));
+    let before = r.wait_all_ready();
+    let victim = pid(&before[1]);
+    let killed_at = Instant::now();
+    kill(Pid::from_raw(victim as i32), Signal::SIGKILL).expect("kill -9");
+    let after = wait_until("slot 1 replaced and ready", || {
+        let ws = r.workers();
+        let w = &ws[1];
+        if w["state"] == "ready" && w["pid"].as_u64() != Some(u64::from(victim)) {
+            Ok(ws)
+        } else {
+            Err(w.to_string())
+        }
+    });
+    eprintln!("crash-to-ready: {:?}", killed_at.elapsed());
+    assert_eq!(after[1]["restarts"], 1);
+    assert_eq!(after[1]["last_exit"], "signal 9 (SIGKILL)");
+    assert!(http_get(base + 1, "/health").is_ok());
+    // The other slot was not touched.
+    assert_eq!(after[0]["pid"], before[0]["pid"]);
+    assert_eq!(after[0]["restarts"], 0);
+}
+
+#[test]
+fn a_crash_loop_ends_errored_after_max_restarts() {
+    let base = ports::block(2).base;
+    let r = Rtsup::start(&fixture_app(
+        "crashy",
+        1,
+        base,
+        "env = { FIXTURE_MODE = \"crash\" }\nrestart_delay = \"10ms\"\nmax_restarts = 3\nmin_uptime = \"5s\"",
+    ));
+    let w = wait_until("the slot to be errored", || {
+        let ws = r.workers();
+        if ws[0]["state"] == "errored" {
+            Ok(ws[0].clone())
+        } else {
+            Err(ws[0].to_string())
+        }
+    });
+    assert_eq!(w["restarts"], 3, "{w}");
+    assert_eq!(w["last_exit"], "exit code 1");
+    assert!(w["pid"].is_null());
+    // An operator restart gives it a fresh chance (and it crashes again).
+    let out = r.cli(&["restart", "crashy:0"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until("restarted after errored", || {
+        let w = r.workers()[0].clone();
+        if w["restarts"].as_u64() > Some(3) {
+            Ok(())
+        } else {
+            Err(w.to_string())
+        }
+    });
+}
+
+#[test]
+fn a_worker_that_never_listens_is_restarted_after_listen_timeout() {
+    let base = ports::block(2).base;
+    let r = Rtsup::start(&fixture_app(
+        "mute",
+        1,
+        base,
+        "env = { FIXTURE_MODE = \"never-ready\" }\nlisten_timeout = \"300ms\"\nkill_timeout = \"1s\"",
+    ));
+    let w = wait_until("a readiness failure", || {
+        let w = r.workers()[0].clone();
+        let reason = w["last_exit"].as_str().unwrap_or_default().to_string();
+        if reason.starts_with("not ready within 300ms") {
+            Ok(w)
+        } else {
+            Err(w.to_string())
+        }
+    });
+    assert!(w["restarts"].as_u64() <= Some(1), "{w}");
+}
+
+#[test]
+fn a_worker_over_max_memory_is_restarted() {
+    let base = ports::block(2).base;
+    let r = Rtsup::start(&fixture_app(
+        "hog",
+        1,
+        base,
+        "env = { FIXTURE_LEAK_MB = \"20\" }\nmax_memory = \"200MB\"",
+    ));
+    let first = pid(&r.wait_all_ready()[0]);
+    let w = wait_until("a memory restart", || {
+        let w = r.workers()[0].clone();
+        let reason = w["last_exit"].as_str().unwrap_or_default();
+        if reason.starts_with("restarted: memory") && w["pid"].as_u64() != Some(u64::from(first)) {
+            Ok(w)
+        } else {
+            Err(w.to_string())
+        }
+    });
+    assert!(w["restarts"].as_u64() >= Some(1), "{w}");
+    assert!(!running(first), "the hog {first} is still running");
+}
+
+#[test]
+fn restart_replaces_only_the_named_slot() {
+    let base = ports::block(4).base;
+    let r = Rtsup::start(&fixture_app("web", 2, base, ""));
+    let before = r.wait_all_ready();
+    let out = r.cli(&["restart", "web:1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until("slot 1 restarted", || {
+        let ws = r.workers();
+        if ws[1]["state"] == "ready" && ws[1]["pid"] != before[1]["pid"] {
+            Ok(())
+        } else {
+            Err(ws[1].to_string())
+        }
+    });
+    let after = r.workers();
+    assert_eq!(after[0]["pid"], before[0]["pid"]);
+    assert_eq!(after[1]["restarts"], 1);
+    // Bad targets are clear errors.
+    let out = r.cli(&["restart", "nope"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no app named \"nope\""));
+    let out = r.cli(&["restart", "web:9"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no slot 9"));
+}
+
+/// Pids of every worker and of the child each fixture spawned (from its stdout log).
+fn worker_tree(r: &Rtsup, instances: u16) -> Vec<u32> {
+    let mut pids: Vec<u32> = r.wait_all_ready().iter().map(pid).collect();
+    for slot in 0..instances {
+        let log = r.log_dir.join(format!("tree-{slot}.out.log"));
+        let child: u32 = wait_until("the fixture's child pid", || {
+            let t = fs::read_to_string(&log).map_err(|e| e.to_string())?;
+            t.lines()
+                .find_map(|l| l.split("child pid=").nth(1))
+                .and_then(|p| p.trim().parse().ok())
+                .ok_or(t)
+        });
+        pids.push(child);
+    }
+    pids
+}
+
+#[test]
+fn stop_leaves_no_process_of_any_group_alive() {
+    let base = ports::block(4).base;
+    let mut r = Rtsup::start(&fixture_app(
+        "tree",
+        2,
+        base,
+        "env = { FIXTURE_CHILD = \"1\" }",
+    ));
+    let pids = worker_tree(&r, 2);
+    assert!(pids.iter().all(|&p| running(p)));
+    let out = r.cli(&["stop"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(r.wait_exit(), Some(0));
+    for p in pids {
+        wait_until("process gone", || {
+            if running(p) {
+                Err(format!("{p} alive"))
+            } else {
+                Ok(())
+            }
+        });
+    }
+    assert!(!r.socket.exists(), "control socket left behind");
+}
+
+#[test]
+fn sigterm_stops_workers_and_exits_zero() {
+    let base = ports::block(4).base;
+    let mut r = Rtsup::start(&fixture_app(
+        "tree",
+        2,
+        base,
+        "env = { FIXTURE_CHILD = \"1\" }",
+    ));
+    let pids = worker_tree(&r, 2);
+    r.signal(Signal::SIGTERM);
+    assert_eq!(r.wait_exit(), Some(0));
+    for p in pids {
+        wait_until("process gone", || {
+            if running(p) {
+                Err(format!("{p} alive"))
+            } else {
+                Ok(())
+            }
+        });
+    }
+}
+
+#[test]
+fn a_second_daemon_on_the_same_socket_is_refused() {
+    let base = ports::block(2).base;
+    let r = Rtsup::start(&fixture_app("web", 1, base, ""));
+    r.wait_all_ready();
+    let out = std::process::Command::new(harness::rtsup_bin())
+        .args(["start", "-c"])
+        .arg(&r.config)
+        .output()
+        .expect("second start");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another rtsup daemon"));
+    // The first one is unharmed.
+    assert_eq!(r.workers()[0]["state"], "ready");
+}

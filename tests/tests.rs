@@ -1,0 +1,7 @@
+//! Integration tests: the real `rtsup` binary, temp configs, free ports, real processes.
+//! One test binary (ripgrep/pueue style); one module per capability.
+
+mod harness;
+
+mod config_check;
+mod supervise;

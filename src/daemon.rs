@@ -9,7 +9,7 @@ use supervisor::control::server;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::signals;
+use crate::{signals, wiring};
 
 /// Longest wait for control connections still answering when the daemon exits (a `stop`
 /// client is waiting for its answer).
@@ -32,9 +32,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         apps = config.apps.len(),
         "rtsup started"
     );
-    if config.balancer.is_some() {
-        warn!("[balancer] is configured but the balancer is not part of this build yet");
-    }
+    let proxy = match &config.balancer {
+        Some(b) => {
+            let (tx, rx) = tokio::sync::watch::channel(balancer::BackendSet::default());
+            tokio::spawn(wiring::follow(handle.subscribe(), b.app.clone(), tx));
+            let settings = balancer::BalancerSettings {
+                listen: b.listen,
+                threads: b.threads,
+                routing: balancer::service::RoutingConfig {
+                    engineio_path: b.engineio_path.clone(),
+                    new_sessions: b.new_sessions,
+                    cookie: b.cookie.clone(),
+                    trusted_proxies: b.trusted_proxies.clone(),
+                    unsticky: b.unsticky,
+                },
+                max_sessions: balancer::sid_table::DEFAULT_MAX_SESSIONS,
+            };
+            match balancer::server::spawn(settings, rx) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    handle.stop().await;
+                    return Err(e).context("starting the balancer");
+                }
+            }
+        }
+        None => None,
+    };
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let control = tokio::spawn(server::serve(
         listener,
@@ -48,6 +71,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     drop(handle);
     supervisor.await.context("supervisor task failed")?;
     signals.abort();
+    if let Some(proxy) = proxy {
+        let _ = tokio::task::spawn_blocking(move || proxy.stop()).await;
+    }
     // Let the `stop` caller read its answer before the runtime goes away.
     let _ = stopped_tx.send(());
     let _ = control.await;

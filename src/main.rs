@@ -10,6 +10,7 @@ mod daemon;
 mod logs_cmd;
 mod signals;
 mod status_table;
+mod wiring;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -4,4 +4,5 @@
 mod harness;
 
 mod config_check;
+mod sticky;
 mod supervise;

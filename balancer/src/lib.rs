@@ -1,1 +1,58 @@
-//! The sticky engine.io balancer (pingora). Not built yet; see the sticky-balancer issue.
+//! The sticky engine.io balancer: a pingora proxy that pins every engine.io session to the
+//! worker that issued it.
+//!
+//! This crate knows HTTP and engine.io, never processes: it consumes a [`BackendSet`] from a
+//! `watch` channel (the `rtsup` binary maps the supervisor's fleet into it; static remote
+//! backends would work the same). Pure parts ([`engineio`], [`affinity`], [`ring`],
+//! [`client_ip`], [`policy`], [`sid_table`]) do no I/O and are unit-tested bare; [`service`] is
+//! the only module that touches pingora types, and [`server`] runs pingora on its own thread.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub mod affinity;
+pub mod client_ip;
+pub mod engineio;
+pub mod loads;
+pub mod policy;
+pub mod ring;
+pub mod routes;
+pub mod server;
+pub mod service;
+pub mod sid_table;
+
+pub use policy::NewSessions;
+pub use server::{BalancerSettings, ProxyHandle};
+
+/// Every backend the balancer may route to, as published by its source.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackendSet {
+    /// The backends, in a stable order.
+    pub backends: Vec<Backend>,
+}
+
+/// One upstream worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// Unique per worker process (a replaced worker gets a new id): sessions belong to it.
+    pub id: Arc<str>,
+    /// Stable across replacements (e.g. the slot): what the affinity cookie names.
+    pub key: Arc<str>,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Whether it takes traffic.
+    pub state: BackendState,
+}
+
+/// A backend's state as far as routing is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendState {
+    /// Not ready yet: no traffic.
+    Starting,
+    /// Takes new sessions and serves its own.
+    Ready,
+    /// Serves its own sessions, takes no new ones.
+    Draining,
+    /// Dead: its sessions are answered "Session ID unknown" at once.
+    Gone,
+}

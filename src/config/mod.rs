@@ -16,6 +16,7 @@ pub mod validate;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use balancer::NewSessions;
 use ipnet::IpNet;
 use supervisor::{AppSpec, LogSpec, SupervisorSpec};
 
@@ -47,7 +48,6 @@ pub struct SupervisorConfig {
 }
 
 /// `[balancer]`, checked.
-#[expect(dead_code, reason = "consumed by the balancer wiring")]
 #[derive(Debug, Clone)]
 pub struct BalancerConfig {
     /// Where clients connect.
@@ -64,17 +64,8 @@ pub struct BalancerConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// Proxy worker threads.
     pub threads: usize,
-}
-
-/// How the balancer places a new engine.io session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NewSessions {
-    /// The ready worker with the fewest live sessions.
-    LeastConn,
-    /// Consistent hash of the client IP over ready workers.
-    IpHash,
-    /// Each ready worker in turn.
-    RoundRobin,
+    /// Test-only (`test_unsticky = true`): no session pinning at all, to prove it matters.
+    pub unsticky: bool,
 }
 
 /// `[admin]`, checked.

@@ -95,6 +95,8 @@ pub struct RawBalancer {
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
     pub threads: Option<Spanned<i64>>,
+    /// Test-only: disable session pinning (plain round-robin) to show what it prevents.
+    pub test_unsticky: Option<bool>,
 }
 
 /// `[admin]`.

@@ -15,7 +15,8 @@ use toml::Spanned;
 use super::defaults::*;
 use super::error::Reporter;
 use super::raw::{RawAdmin, RawApp, RawBalancer, RawConfig, RawInstances};
-use super::{AdminConfig, BalancerConfig, Config, NewSessions, SupervisorConfig};
+use super::{AdminConfig, BalancerConfig, Config, SupervisorConfig};
+use balancer::NewSessions;
 
 /// Check `raw` and build the typed configuration; `None` when any error was reported.
 pub fn validate(raw: RawConfig, file: &Path, rep: &mut Reporter<'_>) -> Option<Config> {
@@ -416,6 +417,7 @@ fn balancer_section(
         cookie,
         trusted_proxies,
         threads,
+        unsticky: b.test_unsticky.unwrap_or(false),
     })
 }
 

@@ -228,3 +228,51 @@ pub fn fixture_app(name: &str, instances: u16, port: u16, extra: &str) -> String
         fixture().display().to_string()
     )
 }
+
+/// The interop directory (official socket.io server and client scripts).
+pub fn interop_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    assert!(
+        dir.join("node_modules/socket.io").is_dir(),
+        "npm packages of tests/interop are missing: run scripts/setup.sh"
+    );
+    dir
+}
+
+/// The local Redis the interop workers share rooms through (127.0.0.1:6379).
+pub fn require_local_redis() {
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", 6379)).is_ok(),
+        "these tests need Redis on 127.0.0.1:6379 (redis-server)"
+    );
+}
+
+/// `[[app]]` of `instances` official socket.io servers sharing rooms through the local Redis
+/// under a key of their own, plus a `[balancer]` on `listen_port` with `balancer_extra`.
+pub fn socketio_app(instances: u16, port: u16, listen_port: u16, balancer_extra: &str) -> String {
+    let server = interop_dir().join("server.js");
+    format!(
+        "[[app]]\nname = \"io\"\ncommand = \"node\"\nargs = [{:?}]\ninstances = {instances}\nport = {port}\n\
+         env = {{ ADAPTER_KEY = \"rtsup-test-{}-{port}\" }}\n\n[balancer]\nlisten = \"127.0.0.1:{listen_port}\"\nthreads = 2\n{balancer_extra}\n",
+        server.display().to_string(),
+        std::process::id()
+    )
+}
+
+/// Run the socket.io client swarm (`tests/interop/clients.js`) and parse its JSON summary.
+pub fn run_clients(url: &str, args: &[&str]) -> Value {
+    let out = Command::new("node")
+        .arg(interop_dir().join("clients.js"))
+        .arg(url)
+        .args(args)
+        .output()
+        .expect("run node clients.js");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| {
+        panic!(
+            "clients.js printed no summary ({e}): stdout={stdout} stderr={}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}

@@ -1,0 +1,119 @@
+//! The affinity cookie: a signed, opaque token naming a backend key, so a client cannot aim its
+//! handshakes at a backend of its choosing.
+//!
+//! Token = `hex(key) "." hex(HMAC-SHA256(secret, key))[..32]`. The secret is random per rtsup
+//! process unless configured, so cookies from a previous run simply stop matching (the request
+//! falls back to the new-session policy).
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+/// Hex characters of the MAC kept in the token (128 bits).
+const MAC_HEX: usize = 32;
+
+/// Signs and verifies affinity tokens.
+#[derive(Clone)]
+pub struct CookieSigner {
+    secret: [u8; 32],
+}
+
+impl std::fmt::Debug for CookieSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CookieSigner(..)")
+    }
+}
+
+impl CookieSigner {
+    /// A signer with this secret.
+    pub fn new(secret: [u8; 32]) -> Self {
+        Self { secret }
+    }
+
+    /// A signer with a random secret.
+    pub fn random() -> Self {
+        Self::new(rand::random())
+    }
+
+    fn mac(&self, key: &[u8]) -> String {
+        // HMAC accepts keys of any length, so this cannot fail.
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.secret)
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        mac.update(key);
+        let full = hex::encode(mac.finalize().into_bytes());
+        full[..MAC_HEX].to_string()
+    }
+
+    /// The token for backend `key`.
+    pub fn sign(&self, key: &str) -> String {
+        format!("{}.{}", hex::encode(key), self.mac(key.as_bytes()))
+    }
+
+    /// The backend key in `token`, if the token is well-formed and its MAC is ours.
+    pub fn verify(&self, token: &str) -> Option<String> {
+        let (key_hex, mac) = token.split_once('.')?;
+        if mac.len() != MAC_HEX || key_hex.len() > 256 {
+            return None;
+        }
+        let key = hex::decode(key_hex).ok()?;
+        let expected = self.mac(&key);
+        // Constant-time comparison of the MACs.
+        let diff = expected
+            .bytes()
+            .zip(mac.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if diff != 0 {
+            return None;
+        }
+        String::from_utf8(key).ok()
+    }
+}
+
+/// The value of cookie `name` in a `Cookie:` header value, if present.
+pub fn find_cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header.split(';').find_map(|pair| {
+        let (k, v) = pair.trim().split_once('=')?;
+        (k == name).then(|| v.trim_matches('"'))
+    })
+}
+
+/// The `Set-Cookie` value for `token`.
+pub fn set_cookie_value(name: &str, token: &str) -> String {
+    format!("{name}={token}; Path=/; HttpOnly; SameSite=Lax")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_then_verify_round_trips() {
+        let s = CookieSigner::new([7; 32]);
+        let t = s.sign("chat/2");
+        assert_eq!(s.verify(&t).as_deref(), Some("chat/2"));
+        assert!(!t.contains("chat"), "token must be opaque: {t}");
+    }
+
+    #[test]
+    fn tampering_is_rejected() {
+        let s = CookieSigner::new([7; 32]);
+        let t = s.sign("chat/2");
+        let (_, mac) = t.split_once('.').expect("dot");
+        let forged = format!("{}.{mac}", hex::encode("chat/3"));
+        assert_eq!(s.verify(&forged), None);
+        assert_eq!(CookieSigner::new([8; 32]).verify(&t), None);
+        for bad in ["", ".", "zz.zz", "abc", &format!("{t}x"), &t[..t.len() - 1]] {
+            assert_eq!(s.verify(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cookie_header_parsing() {
+        assert_eq!(find_cookie("a=1; rtsup=tok; b=2", "rtsup"), Some("tok"));
+        assert_eq!(find_cookie("rtsupx=1", "rtsup"), None);
+        assert_eq!(find_cookie("garbage", "rtsup"), None);
+        assert_eq!(
+            set_cookie_value("rtsup", "t"),
+            "rtsup=t; Path=/; HttpOnly; SameSite=Lax"
+        );
+    }
+}

@@ -1,0 +1,163 @@
+//! Running the proxy: pingora's `Server` on a thread of its own, beside the caller's tokio
+//! runtime (pingora cannot run inside another runtime, and `run_forever` would exit the
+//! process). rtsup owns the signals: pingora gets a channel-fed `ShutdownSignalWatch`, with a
+//! zero grace period instead of pingora's default 300 s.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::proxy::http_proxy_service;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use tokio::sync::{oneshot, watch};
+use tracing::info;
+
+use crate::BackendSet;
+use crate::affinity::CookieSigner;
+use crate::loads::Loads;
+use crate::routes::RouteTable;
+use crate::service::{Balancer, RoutingConfig};
+use crate::sid_table::SidTable;
+
+/// How often silent sessions are swept from the sid table.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Everything needed to run the proxy.
+#[derive(Debug, Clone)]
+pub struct BalancerSettings {
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// Proxy worker threads.
+    pub threads: usize,
+    /// Routing settings.
+    pub routing: RoutingConfig,
+    /// Hard bound of the sid table.
+    pub max_sessions: usize,
+}
+
+/// A running proxy.
+pub struct ProxyHandle {
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    /// The live sid table (for status and metrics).
+    pub sids: Arc<SidTable>,
+    /// Live session counts per backend id.
+    pub loads: Arc<Loads>,
+}
+
+/// Errors starting the proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The proxy thread could not be started.
+    #[error("cannot start the proxy thread: {0}")]
+    Thread(std::io::Error),
+}
+
+struct ChannelSignal(Mutex<Option<oneshot::Receiver<()>>>);
+
+#[async_trait]
+impl ShutdownSignalWatch for ChannelSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        let rx = self.0.lock().ok().and_then(|mut g| g.take());
+        if let Some(rx) = rx {
+            let _ = rx.await;
+        }
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// Start the proxy on its own thread, following `backends`. Must be called inside a tokio
+/// runtime: the route follower and the sid sweeper run there.
+pub fn spawn(
+    settings: BalancerSettings,
+    backends: watch::Receiver<BackendSet>,
+) -> Result<ProxyHandle, StartError> {
+    // pingora binds inside its own runtime and cannot report a failure to us: check first so a
+    // busy port is a clear error, not a dead proxy.
+    TcpListener::bind(settings.listen).map_err(|source| StartError::Listen {
+        addr: settings.listen,
+        source,
+    })?;
+    let loads = Arc::new(Loads::default());
+    let sids = Arc::new(SidTable::new(settings.max_sessions, loads.clone()));
+    let routes = Arc::new(RouteTable::default());
+    {
+        let routes = routes.clone();
+        let loads = loads.clone();
+        tokio::spawn(async move {
+            routes
+                .follow(backends, |snap| loads.retain(|id| snap.by_id(id).is_some()))
+                .await;
+        });
+    }
+    {
+        let sids = Arc::downgrade(&sids);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            loop {
+                tick.tick().await;
+                let Some(sids) = sids.upgrade() else { return };
+                sids.sweep();
+            }
+        });
+    }
+    let conf = ServerConf {
+        threads: settings.threads,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let app = Balancer::new(
+        routes,
+        sids.clone(),
+        loads.clone(),
+        CookieSigner::random(),
+        settings.routing.clone(),
+    );
+    let mut svc = http_proxy_service(&server.configuration, app);
+    svc.add_tcp(&settings.listen.to_string());
+    server.add_service(svc);
+    let (tx, rx) = oneshot::channel();
+    let signal = ChannelSignal(Mutex::new(Some(rx)));
+    let listen = settings.listen;
+    let thread = std::thread::Builder::new()
+        .name("rtsup-proxy".into())
+        .spawn(move || {
+            server.run(RunArgs {
+                shutdown_signal: Box::new(signal),
+            });
+        })
+        .map_err(StartError::Thread)?;
+    info!(%listen, threads = settings.threads, "balancer listening");
+    Ok(ProxyHandle {
+        shutdown: Some(tx),
+        thread: Some(thread),
+        sids,
+        loads,
+    })
+}
+
+impl ProxyHandle {
+    /// Stop accepting, close connections, and wait for the proxy thread (blocking: call it
+    /// from `spawn_blocking` inside a runtime).
+    pub fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,420 @@
+//! `impl ProxyHttp for Balancer`: the only module that touches pingora's proxy types.
+//!
+//! Phases used: `request_filter` parses the engine.io facts, routes (pure [`policy::route`]) and
+//! answers 400/503 itself; `upstream_peer` hands pingora the chosen address;
+//! `upstream_request_filter` strips `Accept-Encoding` from handshakes; `response_filter` sets
+//! the affinity cookie; `response_body_filter` sniffs the open packet into the sid table;
+//! `logging` settles session counts.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use ipnet::IpNet;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use tracing::debug;
+
+use crate::affinity::{self, CookieSigner};
+use crate::engineio::{self, OpenPacketSniffer};
+use crate::loads::Loads;
+use crate::policy::{self, Decision, NewSessions, RequestFacts, RouteKind};
+use crate::routes::{RouteTable, Snapshot};
+use crate::sid_table::SidTable;
+
+/// engine.io's own answer for an unknown session, in Node's form (numeric code).
+pub const SESSION_UNKNOWN_BODY: &str = r#"{"code":1,"message":"Session ID unknown"}"#;
+const BAD_REQUEST_BODY: &str = r#"{"code":3,"message":"Bad request"}"#;
+const NO_BACKEND_BODY: &str = r#"{"code":503,"message":"No worker is ready"}"#;
+
+/// Routing settings of the balancer.
+#[derive(Debug, Clone)]
+pub struct RoutingConfig {
+    /// Engine.io path prefix, e.g. `/socket.io/`.
+    pub engineio_path: String,
+    /// Placement of new sessions.
+    pub new_sessions: NewSessions,
+    /// Affinity cookie name.
+    pub cookie: String,
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Test-only: route every request round-robin, ignoring sids and cookies, to show what
+    /// happens without stickiness.
+    pub unsticky: bool,
+}
+
+/// The proxy application.
+pub struct Balancer {
+    routes: Arc<RouteTable>,
+    sids: Arc<SidTable>,
+    loads: Arc<Loads>,
+    signer: CookieSigner,
+    config: RoutingConfig,
+    turn: AtomicUsize,
+}
+
+/// Per-request state.
+#[derive(Default)]
+pub struct RequestCtx {
+    snap: Option<Arc<Snapshot>>,
+    backend: Option<usize>,
+    backend_id: Option<Arc<str>>,
+    kind: Option<RouteKind>,
+    engineio: bool,
+    sid: Option<String>,
+    /// A load unit taken for a handshake until its sid is learned (or it fails).
+    provisional: bool,
+    /// A load unit taken for a WebSocket-first connection, for its whole life.
+    ws_first: bool,
+    /// The WebSocket of an existing session was counted open in the sid table.
+    ws_of_sid: bool,
+    sniffer: Option<OpenPacketSniffer>,
+    tried: Vec<usize>,
+}
+
+impl Balancer {
+    /// A balancer reading `routes`, recording sessions in `sids`, counting into `loads`.
+    pub fn new(
+        routes: Arc<RouteTable>,
+        sids: Arc<SidTable>,
+        loads: Arc<Loads>,
+        signer: CookieSigner,
+        config: RoutingConfig,
+    ) -> Self {
+        Self {
+            routes,
+            sids,
+            loads,
+            signer,
+            config,
+            turn: AtomicUsize::new(0),
+        }
+    }
+
+    fn client_ip(&self, session: &Session) -> Option<IpAddr> {
+        let peer = session.client_addr()?.as_inet()?.ip();
+        let h = &session.req_header().headers;
+        let cf = h.get("cf-connecting-ip").and_then(|v| v.to_str().ok());
+        let xff = h.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+        Some(crate::client_ip::client_ip(
+            peer,
+            &self.config.trusted_proxies,
+            cf,
+            xff,
+        ))
+    }
+
+    fn cookie_key(&self, session: &Session) -> Option<String> {
+        session
+            .req_header()
+            .headers
+            .get_all("cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|v| affinity::find_cookie(v, &self.config.cookie))
+            .and_then(|t| self.signer.verify(t))
+    }
+}
+
+/// Write a small JSON response and keep the connection alive.
+async fn respond_json(session: &mut Session, status: u16, body: &'static str) -> Result<()> {
+    let mut h = ResponseHeader::build(status, Some(3))?;
+    h.insert_header("content-type", "application/json")?;
+    h.insert_header("content-length", body.len().to_string())?;
+    h.insert_header("cache-control", "no-store")?;
+    session.write_response_header(Box::new(h), false).await?;
+    session
+        .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
+        .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl ProxyHttp for Balancer {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let path = session.req_header().uri.path();
+        ctx.engineio = path.starts_with(&self.config.engineio_path)
+            || path == self.config.engineio_path.trim_end_matches('/');
+        if ctx.engineio {
+            match engineio::parse_query(session.req_header().uri.query().unwrap_or("")) {
+                Ok(q) => ctx.sid = q.sid,
+                Err(e) => {
+                    debug!(error = %e, "malformed engine.io query");
+                    respond_json(session, 400, BAD_REQUEST_BODY).await?;
+                    return Ok(true);
+                }
+            }
+        }
+        let snap = self.routes.load();
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let decision = if self.config.unsticky {
+            match snap.ready.len() {
+                0 => Decision::NoBackend,
+                n => Decision::Proxy {
+                    backend: snap.ready[turn % n],
+                    kind: RouteKind::RoundRobin,
+                },
+            }
+        } else {
+            let owner = ctx.sid.as_deref().and_then(|s| self.sids.lookup(s));
+            let cookie = self.cookie_key(session);
+            let facts = RequestFacts {
+                engineio: ctx.engineio,
+                sid: ctx.sid.as_deref(),
+                sid_owner: owner.as_deref(),
+                cookie_key: cookie.as_deref(),
+                client_ip: self
+                    .client_ip(session)
+                    .unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            };
+            policy::route(
+                &snap,
+                &facts,
+                self.config.new_sessions,
+                |i| self.loads.get(&snap.backends[i].id),
+                turn,
+            )
+        };
+        match decision {
+            Decision::SessionUnknown { owner_gone } => {
+                if owner_gone && let Some(sid) = &ctx.sid {
+                    self.sids.remove(sid);
+                }
+                respond_json(session, 400, SESSION_UNKNOWN_BODY).await?;
+                return Ok(true);
+            }
+            Decision::NoBackend => {
+                respond_json(session, 503, NO_BACKEND_BODY).await?;
+                return Ok(true);
+            }
+            Decision::Proxy { backend, kind } => {
+                ctx.backend = Some(backend);
+                ctx.backend_id = Some(snap.backends[backend].id.clone());
+                ctx.kind = Some(kind);
+            }
+        }
+        ctx.snap = Some(snap);
+        let upgrade = session.is_upgrade_req();
+        if upgrade {
+            // Upgraded connections idle between engine.io pings; their liveness is the
+            // worker's business, not a proxy read timeout.
+            session.set_read_timeout(None);
+        }
+        if ctx.engineio && !self.config.unsticky {
+            if let Some(sid) = &ctx.sid {
+                if upgrade {
+                    self.sids.websocket_opened(sid);
+                    ctx.ws_of_sid = true;
+                }
+            } else if let Some(id) = &ctx.backend_id {
+                self.loads.add(id, 1);
+                if upgrade {
+                    ctx.ws_first = true;
+                } else {
+                    ctx.provisional = true;
+                    ctx.sniffer = Some(OpenPacketSniffer::default());
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let (Some(snap), Some(i)) = (&ctx.snap, ctx.backend) else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no backend chosen",
+            ));
+        };
+        let mut peer = HttpPeer::new(snap.backends[i].addr, false, String::new());
+        peer.options.connection_timeout = Some(Duration::from_secs(2));
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // A new session can go elsewhere; an existing one cannot (its state is in that worker).
+        if ctx.sid.is_some() || ctx.tried.len() >= 3 {
+            return e;
+        }
+        let Some(snap) = ctx.snap.clone() else {
+            return e;
+        };
+        if let Some(failed) = ctx.backend {
+            ctx.tried.push(failed);
+        }
+        let next = snap
+            .ready
+            .iter()
+            .copied()
+            .filter(|i| !ctx.tried.contains(i))
+            .min_by_key(|&i| self.loads.get(&snap.backends[i].id));
+        if let Some(next) = next {
+            let id = snap.backends[next].id.clone();
+            if ctx.provisional || ctx.ws_first {
+                if let Some(old) = &ctx.backend_id {
+                    self.loads.add(old, -1);
+                }
+                self.loads.add(&id, 1);
+            }
+            ctx.backend = Some(next);
+            ctx.backend_id = Some(id);
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if ctx.sniffer.is_some() {
+            // Node gzips bodies over 1 KB; the open packet must stay readable.
+            upstream.remove_header("accept-encoding");
+        }
+        if let Some(peer) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        {
+            let xff = match upstream
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) => format!("{prev}, {peer}"),
+                None => peer.to_string(),
+            };
+            upstream.insert_header("x-forwarded-for", xff)?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let status = resp.status.as_u16();
+        if ctx.sniffer.is_some() && status != 200 {
+            ctx.sniffer = None;
+        }
+        let handshake = ctx.engineio && ctx.sid.is_none() && !self.config.unsticky;
+        if handshake
+            && (status == 200 || status == 101)
+            && let (Some(snap), Some(i)) = (&ctx.snap, ctx.backend)
+        {
+            let token = self.signer.sign(&snap.backends[i].key);
+            resp.append_header(
+                "set-cookie",
+                affinity::set_cookie_value(&self.config.cookie, &token),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let (Some(sniffer), Some(chunk)) = (ctx.sniffer.as_mut(), body.as_ref())
+            && let Some(open) = sniffer.feed(chunk)
+        {
+            if let Some(id) = &ctx.backend_id {
+                // Inserted before these bytes reach the client, so its next request (which
+                // carries the sid) always finds the entry.
+                self.sids.insert(&open.sid, id.clone(), open.liveness);
+                if std::mem::take(&mut ctx.provisional) {
+                    self.loads.add(id, -1);
+                }
+            }
+            ctx.sniffer = None;
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let connect_failed = matches!(e.esource(), ErrorSource::Upstream)
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectRefused
+                    | ErrorType::ConnectTimedout
+                    | ErrorType::ConnectError
+                    | ErrorType::ConnectNoRoute
+            );
+        let code = if ctx.sid.is_some() && connect_failed {
+            // Its worker is unreachable: tell the client its session is gone so it reconnects.
+            if let Some(sid) = &ctx.sid {
+                self.sids.remove(sid);
+            }
+            let _ = respond_json(session, 400, SESSION_UNKNOWN_BODY).await;
+            400
+        } else {
+            let code = match e.etype() {
+                ErrorType::HTTPStatus(c) => *c,
+                _ => match e.esource() {
+                    ErrorSource::Upstream => 502,
+                    ErrorSource::Downstream => match e.etype() {
+                        ErrorType::WriteError
+                        | ErrorType::ReadError
+                        | ErrorType::ConnectionClosed => 0,
+                        _ => 400,
+                    },
+                    ErrorSource::Internal | ErrorSource::Unset => 500,
+                },
+            };
+            if code > 0 {
+                let _ = session.respond_error(code).await;
+            }
+            code
+        };
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(id) = &ctx.backend_id
+            && (std::mem::take(&mut ctx.provisional) || std::mem::take(&mut ctx.ws_first))
+        {
+            self.loads.add(id, -1);
+        }
+        if ctx.ws_of_sid
+            && let Some(sid) = &ctx.sid
+        {
+            self.sids.websocket_closed(sid);
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The sid table: engine.io session id → owning backend, learned from handshake responses.
+//!
+//! A sync sharded map (DashMap): it is written from pingora's synchronous body filter. An entry
+//! lives while requests keep coming or a WebSocket of the session is open; it expires after the
+//! session's `pingInterval + pingTimeout` of silence. The table has a hard size bound.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+
+use crate::loads::Loads;
+
+/// Default silence after which a session is forgotten: engine.io's 25 s + 20 s.
+pub const DEFAULT_LIVENESS: Duration = Duration::from_secs(45);
+/// Default hard bound on entries.
+pub const DEFAULT_MAX_SESSIONS: usize = 1_000_000;
+
+#[derive(Debug)]
+struct Entry {
+    backend: Arc<str>,
+    /// Milliseconds since the table's epoch of the last request.
+    last_seen: AtomicU64,
+    liveness_ms: u64,
+    websockets: AtomicU32,
+}
+
+/// Sessions and their owners.
+#[derive(Debug)]
+pub struct SidTable {
+    map: DashMap<Box<str>, Entry>,
+    epoch: Instant,
+    max: usize,
+    loads: Arc<Loads>,
+}
+
+impl SidTable {
+    /// An empty table bounded to `max` entries, counting sessions into `loads`.
+    pub fn new(max: usize, loads: Arc<Loads>) -> Self {
+        Self {
+            map: DashMap::new(),
+            epoch: Instant::now(),
+            max,
+            loads,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Record that `sid` belongs to `backend`. Returns false when the table is full even after
+    /// a sweep (the session then relies on the affinity cookie).
+    pub fn insert(&self, sid: &str, backend: Arc<str>, liveness: Option<Duration>) -> bool {
+        if self.map.len() >= self.max {
+            self.sweep();
+            if self.map.len() >= self.max {
+                return false;
+            }
+        }
+        let entry = Entry {
+            backend: backend.clone(),
+            last_seen: AtomicU64::new(self.now_ms()),
+            liveness_ms: liveness.unwrap_or(DEFAULT_LIVENESS).as_millis() as u64,
+            websockets: AtomicU32::new(0),
+        };
+        self.loads.add(&backend, 1);
+        if let Some(old) = self.map.insert(sid.into(), entry) {
+            self.loads.add(&old.backend, -1);
+        }
+        true
+    }
+
+    /// The owner of `sid`, refreshing its last-seen time.
+    pub fn lookup(&self, sid: &str) -> Option<Arc<str>> {
+        let e = self.map.get(sid)?;
+        e.last_seen.store(self.now_ms(), Ordering::Relaxed);
+        Some(e.backend.clone())
+    }
+
+    /// Forget `sid` (its owner is gone).
+    pub fn remove(&self, sid: &str) {
+        if let Some((_, e)) = self.map.remove(sid) {
+            self.loads.add(&e.backend, -1);
+        }
+    }
+
+    /// A WebSocket of `sid` opened (the entry does not expire while one is open).
+    pub fn websocket_opened(&self, sid: &str) {
+        if let Some(e) = self.map.get(sid) {
+            e.websockets.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A WebSocket of `sid` closed.
+    pub fn websocket_closed(&self, sid: &str) {
+        if let Some(e) = self.map.get(sid) {
+            let _ = e
+                .websockets
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            e.last_seen.store(self.now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// Drop every silent entry past its liveness with no open WebSocket; returns how many.
+    pub fn sweep(&self) -> usize {
+        let now = self.now_ms();
+        let mut removed = 0;
+        self.map.retain(|_, e| {
+            let idle = now.saturating_sub(e.last_seen.load(Ordering::Relaxed));
+            let keep = e.websockets.load(Ordering::Relaxed) > 0 || idle <= e.liveness_ms;
+            if !keep {
+                self.loads.add(&e.backend, -1);
+                removed += 1;
+            }
+            keep
+        });
+        removed
+    }
+
+    /// Entries in the table.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(max: usize) -> (SidTable, Arc<Loads>) {
+        let loads = Arc::new(Loads::default());
+        (SidTable::new(max, loads.clone()), loads)
+    }
+
+    #[test]
+    fn insert_lookup_remove_count_loads() {
+        let (t, loads) = table(10);
+        let a: Arc<str> = Arc::from("a");
+        assert!(t.insert("s1", a.clone(), None));
+        assert!(t.insert("s2", a.clone(), None));
+        assert_eq!(t.lookup("s1").as_deref(), Some("a"));
+        assert_eq!(loads.get("a"), 2);
+        t.remove("s1");
+        assert_eq!(t.lookup("s1"), None);
+        assert_eq!(loads.get("a"), 1);
+    }
+
+    #[test]
+    fn silent_sessions_expire_unless_a_websocket_is_open() {
+        let (t, loads) = table(10);
+        let a: Arc<str> = Arc::from("a");
+        t.insert("quiet", a.clone(), Some(Duration::ZERO));
+        t.insert("ws", a.clone(), Some(Duration::ZERO));
+        t.websocket_opened("ws");
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(t.sweep(), 1);
+        assert_eq!(t.lookup("quiet"), None);
+        assert!(t.lookup("ws").is_some());
+        t.websocket_closed("ws");
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(t.sweep(), 1);
+        assert_eq!(loads.get("a"), 0);
+    }
+
+    #[test]
+    fn the_bound_holds() {
+        let (t, _) = table(2);
+        let a: Arc<str> = Arc::from("a");
+        assert!(t.insert("1", a.clone(), None));
+        assert!(t.insert("2", a.clone(), None));
+        assert!(!t.insert("3", a.clone(), None));
+        assert_eq!(t.len(), 2);
+    }
+}

@@ -1,0 +1,104 @@
+//! The seam between the supervisor and the balancer: the supervisor's `Fleet` (slots,
+//! generations, states) mapped into the balancer's `BackendSet` (ids, keys, addresses).
+//!
+//! A worker's id names its generation (`chat:1#3`), so its sessions die with it; its key names
+//! its slot (`chat:1`), so the affinity cookie survives a restart.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use balancer::{Backend, BackendSet, BackendState};
+use supervisor::{Fleet, WorkerState};
+use tokio::sync::watch;
+
+/// The backends of `app` in `fleet`.
+pub fn backend_set(fleet: &Fleet, app: &str) -> BackendSet {
+    let Some(a) = fleet.apps.iter().find(|a| a.name == app) else {
+        return BackendSet::default();
+    };
+    BackendSet {
+        backends: a
+            .workers
+            .iter()
+            .filter(|w| w.generation > 0)
+            .map(|w| Backend {
+                id: Arc::from(format!("{app}:{}#{}", w.slot, w.generation)),
+                key: Arc::from(format!("{app}:{}", w.slot)),
+                addr: SocketAddr::from((Ipv4Addr::LOCALHOST, w.port)),
+                state: match w.state {
+                    WorkerState::Starting => BackendState::Starting,
+                    WorkerState::Ready => BackendState::Ready,
+                    WorkerState::Draining => BackendState::Draining,
+                    WorkerState::Stopping
+                    | WorkerState::Waiting
+                    | WorkerState::Stopped
+                    | WorkerState::Errored => BackendState::Gone,
+                },
+            })
+            .collect(),
+    }
+}
+
+/// Publish `app`'s backend set on every fleet change (only when it actually changed: memory
+/// samples alone do not rebuild the balancer's routes). Ends when the fleet sender is gone.
+pub async fn follow(
+    mut fleet: watch::Receiver<Fleet>,
+    app: String,
+    out: watch::Sender<BackendSet>,
+) {
+    loop {
+        let set = backend_set(&fleet.borrow_and_update(), &app);
+        out.send_if_modified(|old| {
+            let changed = *old != set;
+            *old = set;
+            changed
+        });
+        if fleet.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use supervisor::WorkerSnapshot;
+    use supervisor::fleet::AppSnapshot;
+
+    fn worker(slot: u16, generation: u64, state: WorkerState) -> WorkerSnapshot {
+        WorkerSnapshot {
+            slot,
+            generation,
+            pid: Some(100),
+            port: 5000 + slot,
+            state,
+            restarts: 0,
+            started_at: None,
+            memory_bytes: 0,
+            cpu_percent: 0.0,
+            last_exit: None,
+        }
+    }
+
+    #[test]
+    fn maps_states_ids_and_keys() {
+        let fleet = Fleet {
+            apps: vec![AppSnapshot {
+                name: "chat".into(),
+                workers: vec![
+                    worker(0, 1, WorkerState::Ready),
+                    worker(1, 3, WorkerState::Waiting),
+                    worker(2, 0, WorkerState::Stopped),
+                ],
+            }],
+        };
+        let set = backend_set(&fleet, "chat");
+        assert_eq!(set.backends.len(), 2);
+        assert_eq!(&*set.backends[0].id, "chat:0#1");
+        assert_eq!(&*set.backends[0].key, "chat:0");
+        assert_eq!(set.backends[0].state, BackendState::Ready);
+        assert_eq!(set.backends[1].state, BackendState::Gone);
+        assert_eq!(set.backends[1].addr.port(), 5001);
+        assert!(backend_set(&fleet, "other").backends.is_empty());
+    }
+}

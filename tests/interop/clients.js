@@ -1,0 +1,120 @@
+// Many official socket.io-client sockets through one URL; prints one JSON summary line.
+//   node clients.js URL --clients N --transports polling|default [--broadcasts K]
+//                       [--kill-instance I] [--timeout-ms T]
+// Counts connect errors, disconnects and "Session ID unknown" answers (HTTP 400 on polling),
+// the spread over workers, and the delivery latency of room broadcasts.
+const { io } = require("socket.io-client");
+
+const args = process.argv.slice(2);
+const url = args[0];
+const opt = (name, dflt) => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1] : dflt;
+};
+const N = Number(opt("clients", "200"));
+const transports = opt("transports", "default");
+const broadcasts = Number(opt("broadcasts", "5"));
+const killInstance = opt("kill-instance", null);
+const timeoutMs = Number(opt("timeout-ms", "60000"));
+const room = "room-all";
+
+const stats = {
+  clients: N, transports, connected: 0, connectErrors: 0, disconnects: 0, sessionUnknown: 0,
+  perWorker: {}, delivered: 0, expected: 0, latencyMs: { p50: null, p99: null, max: null },
+  kill: null, errors: [],
+};
+const sockets = [];
+const state = []; // per client: { instance, pid, disconnectedAt, reconnectedAt }
+const latencies = [];
+
+function percentile(sorted, p) {
+  if (!sorted.length) return null;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+function done(code) {
+  latencies.sort((a, b) => a - b);
+  stats.latencyMs = { p50: percentile(latencies, 50), p99: percentile(latencies, 99), max: latencies[latencies.length - 1] ?? null };
+  // Print before closing: closing fires "disconnect" events of our own making.
+  console.log(JSON.stringify(stats));
+  for (const s of sockets) s.close();
+  process.exit(code);
+}
+setTimeout(() => { stats.errors.push("timeout"); done(2); }, timeoutMs).unref();
+
+const waitFor = (pred, ms) => new Promise((resolve, reject) => {
+  const t0 = Date.now();
+  const tick = () => (pred() ? resolve() : Date.now() - t0 > ms ? reject(new Error("wait timeout")) : setTimeout(tick, 10));
+  tick();
+});
+
+async function main() {
+  const ioOpts = { reconnectionDelay: 100, reconnectionDelayMax: 500, forceNew: true, timeout: 10000 };
+  if (transports === "polling") ioOpts.transports = ["polling"];
+  for (let i = 0; i < N; i++) {
+    const s = io(url, ioOpts);
+    const st = { instance: null, pid: null, connects: 0, disconnectedAt: null, reconnectedAt: null };
+    state.push(st);
+    sockets.push(s);
+    s.on("hello", ({ instance, pid }) => {
+      if (st.disconnectedAt && !st.reconnectedAt) st.reconnectedAt = Date.now();
+      st.instance = instance; st.pid = pid;
+    });
+    s.on("connect", () => { st.connects++; s.emit("join", room); });
+    s.on("connect_error", () => stats.connectErrors++);
+    s.on("disconnect", () => { stats.disconnects++; st.disconnectedAt = st.disconnectedAt || Date.now(); });
+    s.io.on("open", () => {
+      s.io.engine.on("close", (reason, desc) => {
+        const status = desc && (desc.description ?? desc.context?.status);
+        if (status === 400) stats.sessionUnknown++;
+      });
+    });
+    s.on("msg", (p) => { stats.delivered++; latencies.push(Date.now() - p.t); });
+  }
+  try {
+    await waitFor(() => state.every((st) => st.instance !== null), 30000);
+  } catch (e) {
+    stats.errors.push("not every client connected");
+  }
+  stats.connected = state.filter((st) => st.instance !== null).length;
+  for (const st of state) if (st.instance !== null) stats.perWorker[st.instance] = (stats.perWorker[st.instance] || 0) + 1;
+  // Let the joins land and any mis-routed polling request surface.
+  await new Promise((r) => setTimeout(r, 1000));
+
+  if (killInstance !== null) {
+    const victims = state.filter((st) => String(st.instance) === killInstance);
+    const others = state.filter((st) => String(st.instance) !== killInstance);
+    const disconnectsBefore = stats.disconnects;
+    const pid = victims[0] && victims[0].pid;
+    const killedAt = Date.now();
+    if (pid) process.kill(pid, "SIGKILL");
+    try {
+      await waitFor(() => victims.every((st) => st.reconnectedAt), 10000);
+    } catch (e) {
+      stats.errors.push("victims did not reconnect");
+    }
+    const times = victims.filter((st) => st.reconnectedAt).map((st) => st.reconnectedAt - killedAt).sort((a, b) => a - b);
+    stats.kill = {
+      instance: Number(killInstance), pid, victims: victims.length,
+      reconnected: times.length, reconnectMsMax: times[times.length - 1] ?? null, reconnectMsP50: percentile(times, 50),
+      othersDisconnected: others.filter((st) => st.disconnectedAt).length,
+      disconnectsDuringKill: stats.disconnects - disconnectsBefore,
+    };
+    await new Promise((r) => setTimeout(r, 500));
+  }
+
+  // One client broadcasts to the room; every client (on every worker) must receive it.
+  for (let k = 0; k < broadcasts; k++) {
+    stats.expected += sockets.length;
+    sockets[k % sockets.length].emit("broadcast", { room, payload: { t: Date.now(), k } });
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  try {
+    await waitFor(() => stats.delivered >= stats.expected, 10000);
+  } catch (e) {
+    stats.errors.push("broadcasts not all delivered");
+  }
+  done(0);
+}
+
+main().catch((e) => { stats.errors.push(String(e)); done(1); });

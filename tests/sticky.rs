@@ -267,3 +267,42 @@ fn the_affinity_cookie_pins_handshakes_to_one_worker() {
     }
     assert_eq!(workers.len(), 1, "{workers:?}");
 }
+
+#[test]
+fn idle_sessions_outlive_the_proxy_read_timeout() {
+    // 70 s of silence between application messages: longer than pingora's 60 s downstream
+    // read timeout, so only engine.io pings keep these sessions alive, as they must.
+    let (mut r, url) = cluster("");
+    let s = run_clients(
+        &url,
+        &[
+            "--clients",
+            "40",
+            "--transports",
+            "default",
+            "--hold-ms",
+            "70000",
+            "--broadcasts",
+            "2",
+            "--timeout-ms",
+            "120000",
+        ],
+    );
+    eprintln!("idle: {s}");
+    assert_clean(&s, 40);
+    let polling = run_clients(
+        &url,
+        &[
+            "--clients",
+            "8",
+            "--transports",
+            "polling",
+            "--broadcasts",
+            "1",
+        ],
+    );
+    assert_eq!(polling["sessionUnknown"], 0, "{polling}");
+    // The proxy stops with the workers, without pingora's 300 s grace period.
+    r.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(r.wait_exit(), Some(0));
+}

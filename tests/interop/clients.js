@@ -1,6 +1,7 @@
 // Many official socket.io-client sockets through one URL; prints one JSON summary line.
 //   node clients.js URL --clients N --transports polling|default [--broadcasts K]
-//                       [--kill-instance I] [--timeout-ms T]
+//                       [--kill-instance I] [--hold-ms H] [--timeout-ms T]
+// --hold-ms keeps every session idle that long before the broadcasts (idle-timeout check).
 // Counts connect errors, disconnects and "Session ID unknown" answers (HTTP 400 on polling),
 // the spread over workers, and the delivery latency of room broadcasts.
 const { io } = require("socket.io-client");
@@ -16,6 +17,7 @@ const transports = opt("transports", "default");
 const broadcasts = Number(opt("broadcasts", "5"));
 const killInstance = opt("kill-instance", null);
 const timeoutMs = Number(opt("timeout-ms", "60000"));
+const holdMs = Number(opt("hold-ms", "0"));
 const room = "room-all";
 
 const stats = {
@@ -101,6 +103,11 @@ async function main() {
       disconnectsDuringKill: stats.disconnects - disconnectsBefore,
     };
     await new Promise((r) => setTimeout(r, 500));
+  }
+
+  if (holdMs > 0) {
+    stats.disconnectsBeforeHold = stats.disconnects;
+    await new Promise((r) => setTimeout(r, holdMs));
   }
 
   // One client broadcasts to the room; every client (on every worker) must receive it.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what a fresh Debian machine lacks for building and testing rtsup:
 # cmake (pingora's zlib-ng build), a C toolchain, Node.js (fixture and interop workers),
-# redis-server (adapter tests), and the npm packages of the interop tests.
+# redis-server (adapter tests), Chromium (demo page test) and the npm packages of the interop
+# tests (official socket.io server and client, playwright-core to drive Chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,8 @@ command -v cc >/dev/null || need+=(build-essential)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
 command -v redis-server >/dev/null || need+=(redis-server)
+# The demo-page test drives Debian's Chromium (no browser download).
+[[ -x /usr/bin/chromium ]] || need+=(chromium)
 if ((${#need[@]})); then
   echo "setup: installing ${need[*]}"
   SUDO=""

@@ -69,6 +69,9 @@ pub enum Command {
         #[arg(value_name = "APP[:SLOT]")]
         which: Option<String>,
     },
+    /// Run the reference Socket.IO worker (configured by its environment: PORT, REDIS_URL or
+    /// RTSUP_HUB, …); this is what the embedded demo supervises.
+    Worker,
     /// Check a configuration file; errors name file, line and key.
     Check {
         /// Configuration file (default: ./rtsup.toml).

@@ -15,6 +15,13 @@ use crate::{signals, wiring};
 /// client is waiting for its answer).
 const CONTROL_DRAIN: Duration = Duration::from_secs(2);
 
+/// The hub socket of the daemon whose control socket is `control`: `<control>.hub`.
+pub fn hub_socket_path(control: &std::path::Path) -> std::path::PathBuf {
+    let mut name = control.as_os_str().to_owned();
+    name.push(".hub");
+    name.into()
+}
+
 /// Run the daemon in the foreground until SIGTERM/SIGINT or `rtsup stop`.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let logs = &config.supervisor.logs.dir;
@@ -24,8 +31,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let listener = server::bind(&socket)
         .await
         .with_context(|| format!("binding control socket {}", socket.display()))?;
-    let (handle, supervisor) =
-        Supervisor::spawn(config.supervisor_spec()).context("starting the supervisor")?;
+    // The embedded adapter's hub, beside the control socket; every worker learns its path.
+    let hub_path = hub_socket_path(&socket);
+    let hub = rtsup_worker::hub::server::bind(&hub_path)
+        .with_context(|| format!("binding the adapter hub {}", hub_path.display()))?;
+    let hub_task = tokio::spawn(rtsup_worker::hub::server::Hub::default().serve(hub));
+    let mut spec = config.supervisor_spec();
+    for app in &mut spec.apps {
+        app.env
+            .entry("RTSUP_HUB".into())
+            .or_insert_with(|| hub_path.display().to_string());
+    }
+    let (handle, supervisor) = Supervisor::spawn(spec).context("starting the supervisor")?;
     info!(
         config = %config.file.display(),
         socket = %socket.display(),
@@ -77,6 +94,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Let the `stop` caller read its answer before the runtime goes away.
     let _ = stopped_tx.send(());
     let _ = control.await;
+    hub_task.abort();
+    let _ = std::fs::remove_file(&hub_path);
     if let Err(e) = std::fs::remove_file(&socket) {
         warn!(error = %e, socket = %socket.display(), "cannot remove control socket");
     }

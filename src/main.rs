@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod control_client;
 mod daemon;
+mod demo;
 mod logs_cmd;
 mod signals;
 mod status_table;
@@ -51,9 +52,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Worker => Ok(rtsup_worker::server::main_from_env()),
         Command::Start { config } => {
             init_tracing();
-            let config = load(config.as_deref())?;
+            let config = match find_config(config.as_deref()) {
+                Some(file) => load(Some(&file))?,
+                None => {
+                    let demo = demo::config()?;
+                    if let Some(b) = &demo.balancer {
+                        eprintln!(
+                            "rtsup: no -c FILE and no ./{DEFAULT_CONFIG}: starting the embedded demo"
+                        );
+                        eprintln!(
+                            "rtsup: open http://{}/ (workers: rtsup status; logs: rtsup logs -f)",
+                            b.listen
+                        );
+                    }
+                    demo
+                }
+            };
             runtime()?.block_on(daemon::run(config))?;
             Ok(ExitCode::SUCCESS)
         }

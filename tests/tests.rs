@@ -6,3 +6,4 @@ mod harness;
 mod config_check;
 mod sticky;
 mod supervise;
+mod worker;

@@ -276,3 +276,51 @@ pub fn run_clients(url: &str, args: &[&str]) -> Value {
         )
     })
 }
+
+/// `[[app]]` of `instances` reference workers (`rtsup worker`) with extra `env` entries, and a
+/// `[balancer]` on `listen_port`.
+pub fn reference_app(instances: u16, port: u16, listen_port: u16, env: &str) -> String {
+    format!(
+        "[[app]]\nname = \"ref\"\ncommand = {:?}\nargs = [\"worker\"]\ninstances = {instances}\nport = {port}\nready = \"http:/health\"\n\
+         env = {{ RTSUP_EMIT_TOKEN = \"test-token\", RTSUP_ADAPTER_PREFIX = \"rtsup-test-{}-{port}\"{env} }}\n\n\
+         [balancer]\nlisten = \"127.0.0.1:{listen_port}\"\nthreads = 2\n",
+        rtsup_bin(),
+        std::process::id()
+    )
+}
+
+/// Run a node script of `tests/interop` and parse the JSON of its last stdout line.
+pub fn run_node(script: &str, args: &[&str]) -> Value {
+    let out = Command::new("node")
+        .arg(interop_dir().join(script))
+        .args(args)
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| {
+        panic!(
+            "{script} printed no JSON ({e}): stdout={stdout} stderr={}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+impl Rtsup {
+    /// Every worker stderr log, for failure messages.
+    pub fn worker_err_logs(&self) -> String {
+        let mut out = String::new();
+        if let Ok(entries) = fs::read_dir(&self.log_dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.contains(".err.log") {
+                    out.push_str(&format!(
+                        "== {name}\n{}\n",
+                        fs::read_to_string(e.path()).unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,6 +1,8 @@
 // Many official socket.io-client sockets through one URL; prints one JSON summary line.
 //   node clients.js URL --clients N --transports polling|default [--broadcasts K]
-//                       [--kill-instance I] [--hold-ms H] [--timeout-ms T]
+//                       [--kill-instance I] [--hold-ms H] [--timeout-ms T] [--app node|reference]
+// --app reference speaks rtsup-worker's events (hello{slot}, chat{room,text}); the default
+// speaks tests/interop/server.js (hello{instance}, broadcast -> msg).
 // --hold-ms keeps every session idle that long before the broadcasts (idle-timeout check).
 // Counts connect errors, disconnects and "Session ID unknown" answers (HTTP 400 on polling),
 // the spread over workers, and the delivery latency of room broadcasts.
@@ -18,6 +20,7 @@ const broadcasts = Number(opt("broadcasts", "5"));
 const killInstance = opt("kill-instance", null);
 const timeoutMs = Number(opt("timeout-ms", "60000"));
 const holdMs = Number(opt("hold-ms", "0"));
+const reference = opt("app", "node") === "reference";
 const room = "room-all";
 
 const stats = {
@@ -58,7 +61,8 @@ async function main() {
     const st = { instance: null, pid: null, connects: 0, disconnectedAt: null, reconnectedAt: null };
     state.push(st);
     sockets.push(s);
-    s.on("hello", ({ instance, pid }) => {
+    s.on("hello", ({ instance, slot, pid }) => {
+      if (instance === undefined) instance = slot;
       if (st.disconnectedAt && !st.reconnectedAt) st.reconnectedAt = Date.now();
       st.instance = instance; st.pid = pid;
     });
@@ -71,7 +75,9 @@ async function main() {
         if (status === 400) stats.sessionUnknown++;
       });
     });
-    s.on("msg", (p) => { stats.delivered++; latencies.push(Date.now() - p.t); });
+    const onPayload = (p) => { stats.delivered++; latencies.push(Date.now() - p.t); };
+    if (reference) s.on("chat", (m) => onPayload(JSON.parse(m.text)));
+    else s.on("msg", onPayload);
   }
   try {
     await waitFor(() => state.every((st) => st.instance !== null), 30000);
@@ -113,7 +119,9 @@ async function main() {
   // One client broadcasts to the room; every client (on every worker) must receive it.
   for (let k = 0; k < broadcasts; k++) {
     stats.expected += sockets.length;
-    sockets[k % sockets.length].emit("broadcast", { room, payload: { t: Date.now(), k } });
+    const payload = { t: Date.now(), k };
+    if (reference) sockets[k % sockets.length].emit("chat", { room, text: JSON.stringify(payload) });
+    else sockets[k % sockets.length].emit("broadcast", { room, payload });
     await new Promise((r) => setTimeout(r, 200));
   }
   try {

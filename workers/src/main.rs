@@ -1,9 +1,6 @@
-//! `rtsup-worker`: the reference Socket.IO worker (socketioxide).
-//!
-//! Not built yet: this binary only says so and exits with an error, so nothing mistakes it for
-//! a working worker. See the reference-worker issue.
+//! `rtsup-worker`: run the reference Socket.IO worker configured from the environment
+//! (`PORT`, `REDIS_URL` or `RTSUP_HUB`, …; see `rtsup_worker::config`).
 
 fn main() -> std::process::ExitCode {
-    eprintln!("rtsup-worker: the reference Socket.IO worker is not implemented yet");
-    std::process::ExitCode::FAILURE
+    rtsup_worker::server::main_from_env()
 }

@@ -1,0 +1,44 @@
+// Auth and rate limiting of rtsup-worker with the official client. Prints one JSON line.
+//   node auth.js URL SECRET
+// - a token signed with SECRET connects as its user;
+// - a token signed with another secret, and no token at all, get connect_error;
+// - 200 events in a burst: the excess is answered with error{code:"rate_limited"} and the
+//   socket stays connected.
+const crypto = require("crypto");
+const { io } = require("socket.io-client");
+
+const [url, secret] = process.argv.slice(2);
+const b64 = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+const jwt = (claims, key) => {
+  const head = b64({ alg: "HS256", typ: "JWT" });
+  const body = b64(claims);
+  const sig = crypto.createHmac("sha256", key).update(`${head}.${body}`).digest("base64url");
+  return `${head}.${body}.${sig}`;
+};
+const attempt = (auth) => new Promise((resolve) => {
+  const s = io(url, { auth, forceNew: true, reconnection: false, transports: ["websocket"] });
+  s.once("hello", (h) => resolve({ ok: true, user: h.user, socket: s }));
+  s.once("connect_error", (e) => { s.close(); resolve({ ok: false, error: e.message }); });
+});
+
+async function main() {
+  const result = {};
+  const good = await attempt({ token: jwt({ sub: "u42", name: "Ada" }, secret) });
+  result.good = { ok: good.ok, user: good.user };
+  const forged = await attempt({ token: jwt({ sub: "u42" }, "not-the-secret") });
+  result.forged = { ok: forged.ok, error: forged.error };
+  const anonymous = await attempt({});
+  result.anonymous = { ok: anonymous.ok, error: anonymous.error };
+  const s = good.socket;
+  let limited = 0;
+  s.on("error", (e) => { if (e.code === "rate_limited") limited++; });
+  for (let i = 0; i < 200; i++) s.emit("typing", { room: "r", typing: true });
+  const who = await new Promise((r) => setTimeout(() => s.emit("whoami", r), 1200));
+  result.rateLimited = limited;
+  result.stillConnected = s.connected && who.user.id === "u42";
+  s.close();
+  console.log(JSON.stringify(result));
+  process.exit(0);
+}
+
+main().catch((e) => { console.log(JSON.stringify({ error: String(e) })); process.exit(1); });

@@ -188,6 +188,7 @@ impl ProxyHttp for Balancer {
         };
         match decision {
             Decision::SessionUnknown { owner_gone } => {
+                debug!(sid = ?ctx.sid, owner_gone, "answering Session ID unknown");
                 if owner_gone && let Some(sid) = &ctx.sid {
                     self.sids.remove(sid);
                 }
@@ -314,11 +315,20 @@ impl ProxyHttp for Balancer {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let status = resp.status.as_u16();
+        if status == 400 && ctx.sid.is_some() {
+            debug!(
+                sid = ?ctx.sid,
+                backend = ?ctx.backend_id,
+                method = %session.req_header().method,
+                query = ?session.req_header().uri.query(),
+                "worker rejected a session request"
+            );
+        }
         if ctx.sniffer.is_some() && status != 200 {
             ctx.sniffer = None;
         }
@@ -350,6 +360,7 @@ impl ProxyHttp for Balancer {
                 // Inserted before these bytes reach the client, so its next request (which
                 // carries the sid) always finds the entry.
                 self.sids.insert(&open.sid, id.clone(), open.liveness);
+                debug!(sid = %open.sid, backend = %id, "session learned");
                 if std::mem::take(&mut ctx.provisional) {
                     self.loads.add(id, -1);
                 }
@@ -405,7 +416,16 @@ impl ProxyHttp for Balancer {
         }
     }
 
-    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        tracing::trace!(
+            sid = ?ctx.sid,
+            backend = ?ctx.backend_id,
+            method = %session.req_header().method,
+            query = ?session.req_header().uri.query(),
+            status = ?session.response_written().map(|r| r.status.as_u16()),
+            error = ?e.map(|e| e.to_string()),
+            "request done"
+        );
         if let Some(id) = &ctx.backend_id
             && (std::mem::take(&mut ctx.provisional) || std::mem::take(&mut ctx.ws_first))
         {

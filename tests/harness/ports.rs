@@ -4,6 +4,11 @@
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU16, Ordering};
 
+/// Lowest port handed out.
+const LOW: u16 = 20_000;
+/// Ports handed out stay below this (the ephemeral range starts at 32768).
+const HIGH: u16 = 32_000;
+
 /// Next base to try; tests in one process walk upwards so they never race for the same block.
 static NEXT: AtomicU16 = AtomicU16::new(0);
 

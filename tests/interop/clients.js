@@ -72,7 +72,11 @@ async function main() {
     s.io.on("open", () => {
       s.io.engine.on("close", (reason, desc) => {
         const status = desc && (desc.description ?? desc.context?.status);
-        if (status === 400) stats.sessionUnknown++;
+        if (status === 400) {
+          stats.sessionUnknown++;
+          const body = desc.context && desc.context.responseText;
+          if (body && stats.errors.length < 5) stats.errors.push(`400: ${body}`);
+        }
       });
     });
     const onPayload = (p) => { stats.delivered++; latencies.push(Date.now() - p.t); };

@@ -12,6 +12,7 @@
 //! | `RTSUP_ALLOW_GUESTS` | accept connections without a token | true without a secret |
 //! | `RTSUP_RATE_LIMIT` | client events per second per socket (burst the same) | 20 |
 //! | `RTSUP_LISTEN_HOST` | listen address | 127.0.0.1 |
+//! | `RTSUP_MAX_BUFFER` | packets queued per socket before socketioxide drops it | 4096 |
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -39,6 +40,10 @@ pub struct WorkerConfig {
     pub allow_guests: bool,
     /// Client events per second per socket.
     pub rate_limit: u32,
+    /// Packets queued per socket before it is dropped. socketioxide's default (128) drops
+    /// polling clients of a busy room: 1,000 clients joining at once means 1,000 `system`
+    /// notices to each of them.
+    pub max_buffer: usize,
 }
 
 /// A variable with a value that cannot be used.
@@ -110,6 +115,12 @@ impl WorkerConfig {
                 "must be a number of events per second",
             )?
             .unwrap_or(20),
+            max_buffer: parse(
+                "RTSUP_MAX_BUFFER",
+                get("RTSUP_MAX_BUFFER"),
+                "must be a number of packets",
+            )?
+            .unwrap_or(4096),
         })
     }
 }

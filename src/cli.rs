@@ -46,7 +46,19 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Restart the workers of APP, or one slot with APP:SLOT.
+    /// Rolling zero-downtime reload: re-read the configuration, replace every worker (same as
+    /// SIGHUP to the daemon, or `systemctl reload rtsup`).
+    Reload {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print a systemd unit for this configuration (like `pm2 startup`).
+    Systemd {
+        /// Configuration file (default: ./rtsup.toml).
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Replace the workers of APP, or one slot with APP:SLOT, without downtime.
     Restart {
         #[command(flatten)]
         target: Target,

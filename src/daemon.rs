@@ -1,14 +1,18 @@
 //! `rtsup start`: wire configuration → supervisor → control socket and signals, run until
 //! stopped.
 
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
 use supervisor::Supervisor;
-use supervisor::control::server;
+use supervisor::control::server::{self, Reloader};
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::notify::Notifier;
+use crate::reload::DaemonReloader;
 use crate::{signals, wiring};
 
 /// Longest wait for control connections still answering when the daemon exits (a `stop`
@@ -23,7 +27,9 @@ pub fn hub_socket_path(control: &std::path::Path) -> std::path::PathBuf {
 }
 
 /// Run the daemon in the foreground until SIGTERM/SIGINT or `rtsup stop`.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// `file` is where `config` came from (`None` for the embedded demo); reloads re-read it.
+pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
+    let notifier = Notifier::from_env();
     let logs = &config.supervisor.logs.dir;
     std::fs::create_dir_all(logs)
         .with_context(|| format!("creating log_dir {}", logs.display()))?;
@@ -42,7 +48,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .entry("RTSUP_HUB".into())
             .or_insert_with(|| hub_path.display().to_string());
     }
-    let (handle, supervisor) = Supervisor::spawn(spec).context("starting the supervisor")?;
+    let gate = Arc::new(wiring::BalancerGate {
+        app: config
+            .balancer
+            .as_ref()
+            .map(|b| b.app.clone())
+            .unwrap_or_default(),
+        loads: OnceLock::new(),
+    });
+    let (handle, supervisor) =
+        Supervisor::spawn(spec, gate.clone()).context("starting the supervisor")?;
     info!(
         config = %config.file.display(),
         socket = %socket.display(),
@@ -66,7 +81,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 max_sessions: balancer::sid_table::DEFAULT_MAX_SESSIONS,
             };
             match balancer::server::spawn(settings, rx) {
-                Ok(p) => Some(p),
+                Ok(p) => {
+                    let _ = gate.loads.set(p.loads.clone());
+                    Some(p)
+                }
                 Err(e) => {
                     handle.stop().await;
                     return Err(e).context("starting the balancer");
@@ -75,19 +93,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
+    tokio::spawn(notifier.ready_when_all_ready(handle.subscribe()));
+    let watchdog = notifier.spawn_watchdog();
+    let reloader: Arc<dyn Reloader> = Arc::new(DaemonReloader {
+        file,
+        supervisor: handle.clone(),
+        notifier,
+        running: config.clone(),
+    });
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let control = tokio::spawn(server::serve(
         listener,
         handle.clone(),
+        reloader.clone(),
         async {
             let _ = stopped_rx.await;
         },
         CONTROL_DRAIN,
     ));
-    let signals = tokio::spawn(signals::handle(handle.clone()));
+    let signals = tokio::spawn(signals::handle(handle.clone(), reloader, notifier));
     drop(handle);
     supervisor.await.context("supervisor task failed")?;
+    notifier.stopping();
     signals.abort();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     if let Some(proxy) = proxy {
         let _ = tokio::task::spawn_blocking(move || proxy.stop()).await;
     }

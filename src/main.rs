@@ -9,8 +9,11 @@ mod control_client;
 mod daemon;
 mod demo;
 mod logs_cmd;
+mod notify;
+mod reload;
 mod signals;
 mod status_table;
+mod systemd;
 mod wiring;
 
 use std::path::{Path, PathBuf};
@@ -55,8 +58,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Worker => Ok(rtsup_worker::server::main_from_env()),
         Command::Start { config } => {
             init_tracing();
-            let config = match find_config(config.as_deref()) {
-                Some(file) => load(Some(&file))?,
+            let file = find_config(config.as_deref());
+            let config = match &file {
+                Some(file) => load(Some(file))?,
                 None => {
                     let demo = demo::config()?;
                     if let Some(b) = &demo.balancer {
@@ -71,7 +75,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     demo
                 }
             };
-            runtime()?.block_on(daemon::run(config))?;
+            runtime()?.block_on(daemon::run(config, file))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { target, json } => {
@@ -92,6 +96,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let socket = socket(&target)?;
             runtime()?.block_on(control_client::call(&socket, Request::Stop))?;
             println!("stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reload { target } => {
+            let socket = socket(&target)?;
+            let answer = runtime()?.block_on(control_client::call(&socket, Request::Reload))?;
+            match answer {
+                Response::Reloaded {
+                    replaced,
+                    failed: None,
+                } => {
+                    println!("reloaded: {replaced} worker(s) replaced");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Response::Reloaded {
+                    replaced,
+                    failed: Some(why),
+                } => {
+                    eprintln!("reload stopped after {replaced} worker(s): {why}");
+                    Ok(ExitCode::FAILURE)
+                }
+                _ => bail!("unexpected answer to reload"),
+            }
+        }
+        Command::Systemd { config } => {
+            let file = config_file(config.as_deref())?;
+            load(Some(&file))?;
+            let exe = std::env::current_exe().context("finding the rtsup binary")?;
+            let file = std::fs::canonicalize(&file)
+                .with_context(|| format!("resolving {}", file.display()))?;
+            print!("{}", systemd::unit(&exe, &file));
             Ok(ExitCode::SUCCESS)
         }
         Command::Restart { target, which } => {

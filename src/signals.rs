@@ -1,14 +1,21 @@
-//! Unix signals of the daemon: SIGTERM/SIGINT stop everything gracefully.
-//!
-//! SIGHUP is caught so that it never kills the daemon by default; the rolling reload it will
-//! trigger is not built yet, so for now it is logged and ignored.
+//! Unix signals of the daemon: SIGTERM/SIGINT stop everything gracefully; SIGHUP is a rolling
+//! reload (`systemctl reload rtsup` sends it).
+
+use std::sync::Arc;
 
 use supervisor::SupervisorHandle;
+use supervisor::control::server::Reloader;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
+use crate::notify::Notifier;
+
 /// Wait for signals and act on them until a stop has been carried out.
-pub async fn handle(supervisor: SupervisorHandle) -> std::io::Result<()> {
+pub async fn handle(
+    supervisor: SupervisorHandle,
+    reloader: Arc<dyn Reloader>,
+    notifier: Notifier,
+) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -16,9 +23,19 @@ pub async fn handle(supervisor: SupervisorHandle) -> std::io::Result<()> {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: stopping"); break; }
             _ = int.recv() => { info!("SIGINT: stopping"); break; }
-            _ = hup.recv() => warn!("SIGHUP: rolling reload is not available in this version; ignored"),
+            _ = hup.recv() => {
+                info!("SIGHUP: rolling reload");
+                let reloader = reloader.clone();
+                // In its own task: a second SIGHUP or a SIGTERM must not wait for it.
+                tokio::spawn(async move {
+                    if let Err(e) = reloader.reload().await {
+                        warn!(error = %e, "reload failed");
+                    }
+                });
+            }
         }
     }
+    notifier.stopping();
     supervisor.stop().await;
     Ok(())
 }

@@ -45,6 +45,9 @@ pub fn render(report: &StatusReport) -> String {
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
+    if report.reloading {
+        out.push_str("rolling reload in progress\n");
+    }
     for row in rows {
         let mut line = String::new();
         for (c, cell) in row.iter().enumerate() {
@@ -99,6 +102,7 @@ mod tests {
                 name: "chat".into(),
                 workers: vec![w(0, Some(12345)), w(1, None)],
             }],
+            reloading: false,
         });
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 3);

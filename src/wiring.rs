@@ -22,17 +22,18 @@ pub fn backend_set(fleet: &Fleet, app: &str) -> BackendSet {
             .iter()
             .filter(|w| w.generation > 0)
             .map(|w| Backend {
-                id: Arc::from(format!("{app}:{}#{}", w.slot, w.generation)),
+                id: Arc::from(backend_id(app, w.slot, w.generation)),
                 key: Arc::from(format!("{app}:{}", w.slot)),
                 addr: SocketAddr::from((Ipv4Addr::LOCALHOST, w.port)),
                 state: match w.state {
                     WorkerState::Starting => BackendState::Starting,
                     WorkerState::Ready => BackendState::Ready,
-                    WorkerState::Draining => BackendState::Draining,
-                    WorkerState::Stopping
-                    | WorkerState::Waiting
-                    | WorkerState::Stopped
-                    | WorkerState::Errored => BackendState::Gone,
+                    // A stopping worker closes its sessions gracefully (engine.io close
+                    // packets): its sessions still reach it, new ones do not.
+                    WorkerState::Draining | WorkerState::Stopping => BackendState::Draining,
+                    WorkerState::Waiting | WorkerState::Stopped | WorkerState::Errored => {
+                        BackendState::Gone
+                    }
                 },
             })
             .collect(),
@@ -59,6 +60,29 @@ pub async fn follow(
     }
 }
 
+/// The supervisor's `DrainGate`, answered from the balancer's live session counts.
+pub struct BalancerGate {
+    /// The app the balancer serves (other apps have no sessions to wait for).
+    pub app: String,
+    /// Session counts per backend id, set once the balancer runs.
+    pub loads: std::sync::OnceLock<Arc<balancer::loads::Loads>>,
+}
+
+impl supervisor::DrainGate for BalancerGate {
+    fn sessions(&self, app: &str, slot: u16, generation: u64) -> Option<u64> {
+        if app != self.app {
+            return None;
+        }
+        let loads = self.loads.get()?;
+        Some(loads.get(&backend_id(app, slot, generation)).max(0) as u64)
+    }
+}
+
+/// The balancer id of a worker: `app:slot#generation`.
+pub fn backend_id(app: &str, slot: u16, generation: u64) -> String {
+    format!("{app}:{slot}#{generation}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +107,7 @@ mod tests {
     #[test]
     fn maps_states_ids_and_keys() {
         let fleet = Fleet {
+            reloading: false,
             apps: vec![AppSnapshot {
                 name: "chat".into(),
                 workers: vec![

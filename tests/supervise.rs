@@ -159,7 +159,7 @@ fn a_worker_over_max_memory_is_restarted() {
     let w = wait_until("a memory restart", || {
         let w = r.workers()[0].clone();
         let reason = w["last_exit"].as_str().unwrap_or_default();
-        if reason.starts_with("restarted: memory") && w["pid"].as_u64() != Some(u64::from(first)) {
+        if reason.starts_with("replaced: memory") && w["pid"].as_u64() != Some(u64::from(first)) {
             Ok(w)
         } else {
             Err(w.to_string())

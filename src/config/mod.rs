@@ -23,7 +23,6 @@ use supervisor::{AppSpec, LogSpec, SupervisorSpec};
 pub use error::{ConfigError, ConfigErrors};
 
 /// A checked configuration.
-#[expect(dead_code, reason = "admin is served by the observability work")]
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The file it was read from (for messages and `reload`).

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 pub struct Fleet {
     /// Apps in configuration order.
     pub apps: Vec<AppSnapshot>,
+    /// A rolling reload is in progress.
+    pub reloading: bool,
 }
 
 /// One app's slots.
@@ -20,7 +22,8 @@ pub struct Fleet {
 pub struct AppSnapshot {
     /// App name.
     pub name: String,
-    /// One entry per slot, in slot order.
+    /// One entry per slot, in slot order; a slot being replaced also lists its outgoing worker
+    /// right after its new one.
     pub workers: Vec<WorkerSnapshot>,
 }
 

@@ -19,6 +19,6 @@ pub mod readiness;
 pub mod slot;
 pub mod spec;
 
-pub use actor::{Supervisor, SupervisorHandle};
+pub use actor::{DrainGate, NoGate, ReloadReport, Supervisor, SupervisorError, SupervisorHandle};
 pub use fleet::{Fleet, WorkerSnapshot, WorkerState};
 pub use spec::{AppSpec, LogSpec, ReadyCheck, SupervisorSpec};

@@ -24,6 +24,10 @@ pub fn spawn(app: &AppSpec, slot: u16, port: u16) -> io::Result<Child> {
         .env("RTSUP_INSTANCE", slot.to_string())
         .env("NODE_APP_INSTANCE", slot.to_string())
         .env("RTSUP_APP", &app.name)
+        // systemd's notify protocol is the supervisor's, not the workers'.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -12,6 +12,12 @@
 //!        else Backoff(until = now + delay(count)) --Wake--> (Spawn)
 //! Running|Starting --Restart--> Stopping(respawn) --Exited--> (Spawn)
 //! any --Stop--> Stopping(halt) --Exited--> Stopped
+//!
+//! zero-downtime replacement (reload, restart, memory limit), the old worker kept as `outgoing`:
+//! Running(old) --Replace--> (Spawn) Starting(new) + outgoing Serving
+//!   --Ready--> Running(new) + outgoing Draining (Drain) --OutgoingDrained--> outgoing Stopping
+//!   (Terminate old) --OutgoingExited--> no outgoing
+//! new worker fails before Ready (spawn error, exit, not ready) --> Running(old) (RolledBack)
 //! ```
 
 use std::time::Duration;
@@ -57,6 +63,28 @@ pub enum SlotState {
     Errored,
 }
 
+/// The previous worker of a slot while its replacement takes over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Its process id.
+    pub pid: u32,
+    /// When it was spawned.
+    pub started: Instant,
+    /// Where it is in its retirement.
+    pub phase: OutgoingPhase,
+}
+
+/// Retirement of an outgoing worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutgoingPhase {
+    /// Still takes new sessions: its replacement is not ready yet.
+    Serving,
+    /// Keeps its sessions, takes no new ones, until idle or `drain_timeout`.
+    Draining,
+    /// SIGTERM sent; waiting for it to exit.
+    Stopping,
+}
+
 /// What a stopping slot does once its worker has exited.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AfterExit {
@@ -66,6 +94,8 @@ pub enum AfterExit {
     Crash(String),
     /// Stay stopped.
     Halt,
+    /// A replacement failed (it was not ready): give the slot back to the outgoing worker.
+    RollBack(String),
 }
 
 /// Something that happened to a slot.
@@ -104,6 +134,18 @@ pub enum SlotEvent {
     Stop,
     /// A timer armed by `Action::WakeAt` fired.
     Wake,
+    /// Replace the worker without downtime: start a new one beside it, then drain the old.
+    Replace {
+        /// Why, for logs and `last_exit`.
+        reason: String,
+    },
+    /// The outgoing worker has no sessions left, or its `drain_timeout` passed.
+    OutgoingDrained,
+    /// The outgoing worker exited.
+    OutgoingExited {
+        /// Exit status as text.
+        status: String,
+    },
 }
 
 /// What the actor must do after a transition.
@@ -120,6 +162,17 @@ pub enum Action {
     },
     /// Deliver `Wake` to this slot at this instant.
     WakeAt(Instant),
+    /// The replacement is ready: the outgoing worker `pid` now drains; report
+    /// `OutgoingDrained` when it is idle or its `drain_timeout` passed.
+    Drain {
+        /// The outgoing worker.
+        pid: u32,
+    },
+    /// The replacement failed; the outgoing worker is the slot's worker again.
+    RolledBack {
+        /// The worker kept.
+        pid: u32,
+    },
 }
 
 /// One slot's state, counters and policy.
@@ -133,6 +186,8 @@ pub struct Slot {
     pub crashes: u32,
     /// How the last worker ended, or why it was replaced.
     pub last_exit: Option<String>,
+    /// The previous worker, while a replacement takes over.
+    pub outgoing: Option<Outgoing>,
     policy: RestartPolicy,
     /// Whether the next `Spawned` is a restart (counts in `restarts`).
     respawning: bool,
@@ -146,6 +201,7 @@ impl Slot {
             restarts: 0,
             crashes: 0,
             last_exit: None,
+            outgoing: None,
             policy,
             respawning: false,
         }
@@ -171,13 +227,120 @@ impl Slot {
         }
     }
 
-    /// Whether the slot is at rest with no process: stopped or errored.
+    /// Whether the slot is at rest with no process: stopped or errored, nothing outgoing.
     pub fn is_down(&self) -> bool {
-        matches!(self.state, SlotState::Stopped | SlotState::Errored)
+        matches!(self.state, SlotState::Stopped | SlotState::Errored) && self.outgoing.is_none()
+    }
+
+    /// Whether a replacement is under way and its new worker is not ready yet.
+    pub fn is_replacing(&self) -> bool {
+        self.outgoing
+            .as_ref()
+            .is_some_and(|o| o.phase == OutgoingPhase::Serving)
     }
 
     /// Apply `event` at `now`; return what the actor must do.
     pub fn on(&mut self, event: SlotEvent, now: Instant) -> Vec<Action> {
+        match self.on_replacement(event, now) {
+            Ok(actions) => actions,
+            Err(event) => self.on_primary(event, now),
+        }
+    }
+
+    /// Events of a replacement and of the outgoing worker; gives back every other event.
+    fn on_replacement(&mut self, event: SlotEvent, now: Instant) -> Result<Vec<Action>, SlotEvent> {
+        use SlotState as S;
+        let replacing = self.is_replacing();
+        match (self.state.clone(), event) {
+            (S::Running { pid, started }, SlotEvent::Replace { reason })
+                if self.outgoing.is_none() =>
+            {
+                self.last_exit = Some(format!("replaced: {reason}"));
+                self.outgoing = Some(Outgoing {
+                    pid,
+                    started,
+                    phase: OutgoingPhase::Serving,
+                });
+                self.respawning = true;
+                Ok(vec![Action::Spawn])
+            }
+            // Already replacing, or stopping: a second request changes nothing.
+            (_, SlotEvent::Replace { .. }) if self.outgoing.is_some() => Ok(vec![]),
+            (S::Stopping { .. }, SlotEvent::Replace { .. }) => Ok(vec![]),
+            // Not running: nothing to keep serving, so a plain restart.
+            (_, SlotEvent::Replace { reason }) => Err(SlotEvent::Restart { reason }),
+            (S::Starting { pid, started }, SlotEvent::Ready) if replacing => {
+                self.state = S::Running { pid, started };
+                let old = self.outgoing.as_mut().map(|o| {
+                    o.phase = OutgoingPhase::Draining;
+                    o.pid
+                });
+                Ok(old
+                    .map(|pid| vec![Action::Drain { pid }])
+                    .unwrap_or_default())
+            }
+            (S::Starting { pid, started }, SlotEvent::NotReady { reason }) if replacing => {
+                self.state = S::Stopping {
+                    pid,
+                    started,
+                    then: AfterExit::RollBack(reason),
+                };
+                Ok(vec![Action::Terminate { pid }])
+            }
+            (S::Starting { .. }, SlotEvent::Exited { status }) if replacing => {
+                Ok(self.roll_back(status))
+            }
+            (_, SlotEvent::SpawnFailed { error }) if replacing => Ok(self.roll_back(error)),
+            (
+                S::Stopping {
+                    then: AfterExit::RollBack(reason),
+                    ..
+                },
+                SlotEvent::Exited { status },
+            ) => Ok(self.roll_back(format!("{reason} ({status})"))),
+            (_, SlotEvent::OutgoingDrained) => match self.outgoing.as_mut() {
+                Some(o) if o.phase == OutgoingPhase::Draining => {
+                    o.phase = OutgoingPhase::Stopping;
+                    Ok(vec![Action::Terminate { pid: o.pid }])
+                }
+                _ => Ok(vec![]),
+            },
+            (_, SlotEvent::OutgoingExited { .. }) => {
+                self.outgoing = None;
+                Ok(vec![])
+            }
+            (_, SlotEvent::Stop) if self.outgoing.is_some() => {
+                let mut actions = Vec::new();
+                if let Some(o) = self.outgoing.as_mut()
+                    && o.phase != OutgoingPhase::Stopping
+                {
+                    o.phase = OutgoingPhase::Stopping;
+                    actions.push(Action::Terminate { pid: o.pid });
+                }
+                actions.extend(self.on_primary(SlotEvent::Stop, now));
+                Ok(actions)
+            }
+            (_, event) => Err(event),
+        }
+    }
+
+    /// The replacement failed before it was ready: the outgoing worker takes the slot back.
+    fn roll_back(&mut self, why: String) -> Vec<Action> {
+        let Some(old) = self.outgoing.take() else {
+            return vec![];
+        };
+        self.last_exit = Some(format!(
+            "replacement failed: {why}; kept the previous worker"
+        ));
+        self.state = SlotState::Running {
+            pid: old.pid,
+            started: old.started,
+        };
+        vec![Action::RolledBack { pid: old.pid }]
+    }
+
+    /// Events of the slot's own (primary) worker.
+    fn on_primary(&mut self, event: SlotEvent, now: Instant) -> Vec<Action> {
         use SlotState as S;
         match (self.state.clone(), event) {
             (S::Stopped | S::Errored, SlotEvent::Start) => {
@@ -228,6 +391,7 @@ impl Slot {
                     self.last_exit = Some(format!("stopped ({status})"));
                     vec![]
                 }
+                AfterExit::RollBack(reason) => self.roll_back(format!("{reason} ({status})")),
             },
             (
                 S::Starting { pid, started } | S::Running { pid, started },
@@ -505,5 +669,142 @@ mod tests {
             t0,
         );
         assert_eq!(acts, vec![Action::WakeAt(t0 + Duration::from_millis(100))]);
+    }
+
+    fn replacing(t0: Instant) -> Slot {
+        let mut s = running(t0);
+        let acts = s.on(
+            SlotEvent::Replace {
+                reason: "reload".into(),
+            },
+            t0,
+        );
+        assert_eq!(acts, vec![Action::Spawn]);
+        assert!(s.is_replacing());
+        assert_eq!(
+            s.on(SlotEvent::Spawned { pid: 20 }, t0),
+            vec![Action::Probe]
+        );
+        s
+    }
+
+    #[test]
+    fn replace_starts_beside_then_drains_then_stops_the_old_worker() {
+        let t0 = Instant::now();
+        let mut s = replacing(t0);
+        assert_eq!(s.pid(), Some(20));
+        assert_eq!(s.on(SlotEvent::Ready, t0), vec![Action::Drain { pid: 10 }]);
+        assert_eq!(
+            s.state,
+            SlotState::Running {
+                pid: 20,
+                started: t0
+            }
+        );
+        assert_eq!(
+            s.outgoing.as_ref().map(|o| o.phase),
+            Some(OutgoingPhase::Draining)
+        );
+        assert_eq!(
+            s.on(SlotEvent::OutgoingDrained, t0),
+            vec![Action::Terminate { pid: 10 }]
+        );
+        assert_eq!(s.on(SlotEvent::OutgoingDrained, t0), vec![]);
+        assert!(!s.is_down());
+        s.on(
+            SlotEvent::OutgoingExited {
+                status: "exit code 0".into(),
+            },
+            t0,
+        );
+        assert!(s.outgoing.is_none());
+        assert_eq!(s.restarts, 1);
+        assert_eq!(s.crashes, 0);
+    }
+
+    #[test]
+    fn a_replacement_that_crashes_or_never_readies_rolls_back() {
+        let t0 = Instant::now();
+        let mut s = replacing(t0);
+        assert_eq!(exit(&mut s, t0), vec![Action::RolledBack { pid: 10 }]);
+        assert_eq!(
+            s.state,
+            SlotState::Running {
+                pid: 10,
+                started: t0
+            }
+        );
+        assert!(s.outgoing.is_none());
+        assert!(
+            s.last_exit
+                .as_deref()
+                .is_some_and(|e| e.starts_with("replacement failed: exit code 1"))
+        );
+
+        let mut s = replacing(t0);
+        let reason = "not ready within 1s".to_string();
+        assert_eq!(
+            s.on(SlotEvent::NotReady { reason }, t0),
+            vec![Action::Terminate { pid: 20 }]
+        );
+        assert_eq!(exit(&mut s, t0), vec![Action::RolledBack { pid: 10 }]);
+        assert_eq!(s.pid(), Some(10));
+
+        let mut s = running(t0);
+        s.on(
+            SlotEvent::Replace {
+                reason: "reload".into(),
+            },
+            t0,
+        );
+        let acts = s.on(
+            SlotEvent::SpawnFailed {
+                error: "ENOENT".into(),
+            },
+            t0,
+        );
+        assert_eq!(acts, vec![Action::RolledBack { pid: 10 }]);
+        assert_eq!(
+            s.crashes, 0,
+            "a failed replacement is not a crash of the slot"
+        );
+    }
+
+    #[test]
+    fn replace_of_a_slot_that_is_not_running_is_a_plain_restart() {
+        let t0 = Instant::now();
+        let mut s = running(t0);
+        exit(&mut s, t0);
+        assert!(matches!(s.state, SlotState::Backoff { .. }));
+        assert_eq!(
+            s.on(
+                SlotEvent::Replace {
+                    reason: "reload".into()
+                },
+                t0
+            ),
+            vec![Action::Spawn]
+        );
+        assert!(s.outgoing.is_none());
+    }
+
+    #[test]
+    fn stop_during_a_replacement_terminates_both_workers() {
+        let t0 = Instant::now();
+        let mut s = replacing(t0);
+        let acts = s.on(SlotEvent::Stop, t0);
+        assert_eq!(
+            acts,
+            vec![Action::Terminate { pid: 10 }, Action::Terminate { pid: 20 }]
+        );
+        exit(&mut s, t0);
+        assert!(!s.is_down(), "the old worker is still exiting");
+        s.on(
+            SlotEvent::OutgoingExited {
+                status: "signal 15".into(),
+            },
+            t0,
+        );
+        assert!(s.is_down());
     }
 }

@@ -61,6 +61,11 @@ impl Rtsup {
     /// Write `[supervisor]` (socket and logs in a temp dir) plus `body` to a config file and
     /// start the daemon on it.
     pub fn start(body: &str) -> Self {
+        Self::start_with(body, &[])
+    }
+
+    /// [`Rtsup::start`] with extra environment variables for the daemon.
+    pub fn start_with(body: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("rtsup.sock");
         let log_dir = dir.path().join("logs");
@@ -75,6 +80,7 @@ impl Rtsup {
             .args(["start", "-c"])
             .arg(&config)
             .env("RTSUP_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(fs::File::create(dir.path().join("rtsup.out")).expect("out"))
             .stderr(fs::File::create(dir.path().join("rtsup.err")).expect("err"))
@@ -93,6 +99,13 @@ impl Rtsup {
                 .map_err(|e| format!("{e}; daemon log:\n{}", r.daemon_log()))
         });
         r
+    }
+
+    /// Replace the configuration file's `body` (the `[supervisor]` part is kept), for reloads.
+    pub fn rewrite(&self, body: &str) {
+        let text = fs::read_to_string(&self.config).expect("config");
+        let head = text.split("\n\n").next().unwrap_or_default();
+        fs::write(&self.config, format!("{head}\n\n{body}")).expect("rewrite config");
     }
 
     /// Run `rtsup ARGS --socket <ours>`-style client commands.

@@ -1,6 +1,6 @@
 // Many official socket.io-client sockets through one URL; prints one JSON summary line.
 //   node clients.js URL --clients N --transports polling|default [--broadcasts K]
-//                       [--kill-instance I] [--hold-ms H] [--timeout-ms T] [--app node|reference]
+//                       [--room R] [--kill-instance I] [--hold-ms H] [--timeout-ms T] [--app node|reference]
 // --app reference speaks rtsup-worker's events (hello{slot}, chat{room,text}); the default
 // speaks tests/interop/server.js (hello{instance}, broadcast -> msg).
 // --hold-ms keeps every session idle that long before the broadcasts (idle-timeout check).
@@ -21,7 +21,7 @@ const killInstance = opt("kill-instance", null);
 const timeoutMs = Number(opt("timeout-ms", "60000"));
 const holdMs = Number(opt("hold-ms", "0"));
 const reference = opt("app", "node") === "reference";
-const room = "room-all";
+const room = opt("room", "room-all");
 
 const stats = {
   clients: N, transports, connected: 0, connectErrors: 0, disconnects: 0, sessionUnknown: 0,
@@ -89,6 +89,8 @@ async function main() {
     stats.errors.push("not every client connected");
   }
   stats.connected = state.filter((st) => st.instance !== null).length;
+  // A progress line for callers that act while the swarm holds (the summary stays last).
+  console.log(JSON.stringify({ phase: "connected", connected: stats.connected }));
   for (const st of state) if (st.instance !== null) stats.perWorker[st.instance] = (stats.perWorker[st.instance] || 0) + 1;
   // Let the joins land and any mis-routed polling request surface.
   await new Promise((r) => setTimeout(r, 1000));
@@ -119,6 +121,16 @@ async function main() {
     stats.disconnectsBeforeHold = stats.disconnects;
     await new Promise((r) => setTimeout(r, holdMs));
   }
+
+  // Everyone still (or again) connected, e.g. after a rolling reload moved them.
+  try {
+    await waitFor(() => sockets.every((s) => s.connected), 15000);
+  } catch (e) {
+    stats.errors.push("not every client reconnected");
+  }
+  stats.connectedAtEnd = sockets.filter((s) => s.connected).length;
+  // Joins are re-sent on every connect; let the last ones land before broadcasting.
+  await new Promise((r) => setTimeout(r, 300));
 
   // One client broadcasts to the room; every client (on every worker) must receive it.
   for (let k = 0; k < broadcasts; k++) {

@@ -40,6 +40,9 @@ pub enum Request {
         #[serde(default)]
         slot: Option<u16>,
     },
+    /// Rolling reload: re-read the configuration, replace every worker without downtime;
+    /// answered when done.
+    Reload,
     /// Stop every worker and exit the daemon; answered once the workers are gone.
     Stop,
 }
@@ -65,6 +68,13 @@ pub enum Response {
         /// Workers restarted.
         workers: Vec<String>,
     },
+    /// Answer to [`Request::Reload`].
+    Reloaded {
+        /// Workers replaced.
+        replaced: usize,
+        /// Why the reload stopped early (the failing slot kept its previous worker).
+        failed: Option<String>,
+    },
     /// Answer to [`Request::Stop`], sent once every worker has exited.
     Stopped,
     /// The request failed.
@@ -79,6 +89,9 @@ pub enum Response {
 pub struct StatusReport {
     /// Apps in configuration order.
     pub apps: Vec<AppStatus>,
+    /// A rolling reload is in progress.
+    #[serde(default)]
+    pub reloading: bool,
 }
 
 /// One app's workers.
@@ -86,7 +99,7 @@ pub struct StatusReport {
 pub struct AppStatus {
     /// App name.
     pub name: String,
-    /// One entry per slot.
+    /// One entry per slot, plus the outgoing (draining) worker of a slot being replaced.
     pub workers: Vec<WorkerStatus>,
 }
 
@@ -145,6 +158,7 @@ impl StatusReport {
                         .collect(),
                 })
                 .collect(),
+            reloading: fleet.reloading,
         }
     }
 }

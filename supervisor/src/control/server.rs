@@ -1,9 +1,12 @@
 //! The daemon side of the control socket: accept, read one request per line, answer.
 
 use std::fs;
+use std::future::Future;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -15,7 +18,7 @@ use super::proto::{
     MAX_MESSAGE, PROTOCOL_VERSION, Request, RequestEnvelope, Response, ResponseEnvelope,
     StatusReport,
 };
-use crate::actor::SupervisorHandle;
+use crate::actor::{ReloadReport, SupervisorHandle};
 
 /// Bind the control socket at `path` with mode 0600, replacing a stale socket file left by a
 /// daemon that died. Fails if another daemon answers there.
@@ -41,11 +44,19 @@ pub async fn bind(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// What `reload` does: the daemon re-reads its configuration and asks the supervisor for a
+/// rolling reload (the control socket only relays).
+pub trait Reloader: Send + Sync + 'static {
+    /// Reload; the error is the text to show the operator.
+    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<ReloadReport, String>> + Send + '_>>;
+}
+
 /// Serve requests until `shutdown` resolves, then stop accepting and give the connections
 /// still answering (a `stop` caller waiting for its answer) up to `drain` to finish.
 pub async fn serve(
     listener: UnixListener,
     handle: SupervisorHandle,
+    reloader: Arc<dyn Reloader>,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
@@ -57,8 +68,9 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let handle = handle.clone();
+                    let reloader = reloader.clone();
                     conns.spawn(async move {
-                        if let Err(e) = connection(stream, handle).await {
+                        if let Err(e) = connection(stream, handle, reloader).await {
                             debug!(error = %e, "control connection ended");
                         }
                     });
@@ -75,7 +87,11 @@ pub async fn serve(
     let _ = tokio::time::timeout(drain, async { while conns.join_next().await.is_some() {} }).await;
 }
 
-async fn connection(stream: UnixStream, handle: SupervisorHandle) -> io::Result<()> {
+async fn connection(
+    stream: UnixStream,
+    handle: SupervisorHandle,
+    reloader: Arc<dyn Reloader>,
+) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
     let mut line = Vec::new();
@@ -99,7 +115,7 @@ async fn connection(stream: UnixStream, handle: SupervisorHandle) -> io::Result<
                         env.version
                     ),
                 },
-                Ok(env) => dispatch(env.request, &handle).await,
+                Ok(env) => dispatch(env.request, &handle, reloader.as_ref()).await,
                 Err(e) => Response::Error {
                     message: format!("bad request: {e}"),
                 },
@@ -117,7 +133,11 @@ async fn connection(stream: UnixStream, handle: SupervisorHandle) -> io::Result<
     }
 }
 
-async fn dispatch(request: Request, handle: &SupervisorHandle) -> Response {
+async fn dispatch(
+    request: Request,
+    handle: &SupervisorHandle,
+    reloader: &dyn Reloader,
+) -> Response {
     match request {
         Request::Status => {
             Response::Status(StatusReport::from_fleet(&handle.fleet(), SystemTime::now()))
@@ -127,6 +147,13 @@ async fn dispatch(request: Request, handle: &SupervisorHandle) -> Response {
             Err(e) => Response::Error {
                 message: e.to_string(),
             },
+        },
+        Request::Reload => match reloader.reload().await {
+            Ok(r) => Response::Reloaded {
+                replaced: r.replaced,
+                failed: r.failed,
+            },
+            Err(message) => Response::Error { message },
         },
         Request::Stop => {
             handle.stop().await;

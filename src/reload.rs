@@ -1,0 +1,89 @@
+//! `rtsup reload` and SIGHUP: re-read the configuration (an invalid one keeps the running one
+//! and reports its errors), then a rolling reload of every worker.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+
+use supervisor::control::server::Reloader;
+use supervisor::{ReloadReport, SupervisorHandle};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::notify::Notifier;
+
+/// Reloads the daemon's configuration and workers.
+pub struct DaemonReloader {
+    /// The configuration file, or `None` for the embedded demo (reload replaces the workers).
+    pub file: Option<PathBuf>,
+    /// The supervisor.
+    pub supervisor: SupervisorHandle,
+    /// systemd notifications.
+    pub notifier: Notifier,
+    /// The configuration in force, to tell which changes a reload cannot apply.
+    pub running: Config,
+}
+
+impl DaemonReloader {
+    async fn run(&self) -> Result<ReloadReport, String> {
+        self.notifier.reloading();
+        let result = self.reload_inner().await;
+        self.notifier.ready(match &result {
+            Ok(r) if r.failed.is_none() => "reloaded",
+            _ => "reload failed; previous workers kept",
+        });
+        result
+    }
+
+    async fn reload_inner(&self) -> Result<ReloadReport, String> {
+        let specs = match &self.file {
+            None => None,
+            Some(file) => {
+                let fresh = Config::load(file).map_err(|e| {
+                    warn!(errors = %e, "reload: invalid configuration; still running the previous one");
+                    format!("invalid configuration, nothing changed:\n{e}")
+                })?;
+                for (section, same) in [
+                    (
+                        "[supervisor]",
+                        format!("{:?}", fresh.supervisor)
+                            == format!("{:?}", self.running.supervisor),
+                    ),
+                    (
+                        "[balancer]",
+                        format!("{:?}", fresh.balancer) == format!("{:?}", self.running.balancer),
+                    ),
+                    (
+                        "[admin]",
+                        format!("{:?}", fresh.admin) == format!("{:?}", self.running.admin),
+                    ),
+                ] {
+                    if !same {
+                        warn!(
+                            section,
+                            "reload applies [[app]] changes only; restart rtsup for this section"
+                        );
+                    }
+                }
+                Some(fresh.apps)
+            }
+        };
+        info!("rolling reload requested");
+        let report = self
+            .supervisor
+            .reload(specs)
+            .await
+            .map_err(|e| e.to_string())?;
+        match &report.failed {
+            None => info!(replaced = report.replaced, "reload done"),
+            Some(why) => warn!(replaced = report.replaced, %why, "reload stopped"),
+        }
+        Ok(report)
+    }
+}
+
+impl Reloader for DaemonReloader {
+    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<ReloadReport, String>> + Send + '_>> {
+        Box::pin(self.run())
+    }
+}

@@ -1,0 +1,363 @@
+//! Zero-downtime reload: rolling replacement under load, rollback of a failing replacement,
+//! invalid configurations, scaling, and systemd's notify sequence.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixDatagram;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+use crate::harness::{
+    Rtsup, fixture_app, interop_dir, ports, require_local_redis, socketio_app, wait_until,
+};
+
+fn pids(ws: &[Value]) -> Vec<u64> {
+    ws.iter().filter_map(|w| w["pid"].as_u64()).collect()
+}
+
+/// GET /anything through the balancer in a loop until `stop`; returns (ok, failed).
+fn http_loop(
+    port: u16,
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<Vec<String>> {
+    std::thread::spawn(move || {
+        let mut errors = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let result = (|| -> Result<(), String> {
+                let mut c = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+                c.set_read_timeout(Some(Duration::from_secs(10)))
+                    .map_err(|e| e.to_string())?;
+                c.write_all(b"GET /anything HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .map_err(|e| e.to_string())?;
+                let mut resp = String::new();
+                c.read_to_string(&mut resp).map_err(|e| e.to_string())?;
+                if resp.starts_with("HTTP/1.1 200") && resp.contains("worker ") {
+                    Ok(())
+                } else {
+                    Err(resp.lines().next().unwrap_or("empty response").to_string())
+                }
+            })();
+            match result {
+                Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                Err(e) => {
+                    if errors.len() < 5 {
+                        errors.push(e);
+                    }
+                    failed.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        errors
+    })
+}
+
+/// Start a client swarm; returns the child and a receiver of its JSON lines.
+fn swarm(url: &str, args: &[&str]) -> (std::process::Child, std::sync::mpsc::Receiver<Value>) {
+    let mut child = std::process::Command::new("node")
+        .arg(interop_dir().join("clients.js"))
+        .arg(url)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node clients.js");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    (child, rx)
+}
+
+fn next_line(rx: &std::sync::mpsc::Receiver<Value>, within: Duration) -> Value {
+    rx.recv_timeout(within).expect("swarm output")
+}
+
+#[test]
+fn a_rolling_reload_under_load_fails_no_request_and_no_session() {
+    require_local_redis();
+    let base = ports::block(9).base;
+    let lb = base + 8;
+    let r = Rtsup::start(&socketio_app(4, base, lb, "").replace(
+        "[balancer]",
+        "drain_timeout = \"2s\"\nkill_timeout = \"5s\"\n\n[balancer]",
+    ));
+    let before = r.wait_all_ready();
+    let url = format!("http://127.0.0.1:{lb}");
+    let (mut ws_swarm, ws_rx) = swarm(
+        &url,
+        &[
+            "--clients",
+            "200",
+            "--transports",
+            "default",
+            "--hold-ms",
+            "15000",
+            "--broadcasts",
+            "2",
+            "--room",
+            "ws",
+        ],
+    );
+    let (mut poll_swarm, poll_rx) = swarm(
+        &url,
+        &[
+            "--clients",
+            "100",
+            "--transports",
+            "polling",
+            "--hold-ms",
+            "15000",
+            "--broadcasts",
+            "2",
+            "--room",
+            "polling",
+        ],
+    );
+    assert_eq!(next_line(&ws_rx, Duration::from_secs(30))["connected"], 200);
+    assert_eq!(
+        next_line(&poll_rx, Duration::from_secs(30))["connected"],
+        100
+    );
+    let (stop, ok, failed) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let http = http_loop(lb, stop.clone(), ok.clone(), failed.clone());
+
+    let t0 = Instant::now();
+    let out = r.cli(&["reload"]);
+    let took = t0.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("4 worker(s) replaced"));
+    eprintln!("reload of 4 workers took {took:?}");
+
+    // Every worker replaced: new pids, new generations, the old ones gone after draining.
+    let after = wait_until("only new workers left", || {
+        let ws = r.workers();
+        if ws.len() == 4
+            && ws
+                .iter()
+                .all(|w| w["state"] == "ready" && w["generation"] == 2)
+        {
+            Ok(ws)
+        } else {
+            Err(Value::from(ws).to_string())
+        }
+    });
+    for p in pids(&before) {
+        assert!(!pids(&after).contains(&p), "pid {p} survived the reload");
+        wait_until("old worker gone", || {
+            if crate::harness::running(p as u32) {
+                Err(format!("{p} alive"))
+            } else {
+                Ok(())
+            }
+        });
+    }
+    let ws = next_line(&ws_rx, Duration::from_secs(60));
+    let poll = next_line(&poll_rx, Duration::from_secs(60));
+    stop.store(true, Ordering::Relaxed);
+    let http_errors = http.join().expect("http loop");
+    let _ = ws_swarm.wait();
+    let _ = poll_swarm.wait();
+    eprintln!(
+        "http ok={} failed={} errors={http_errors:?}",
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
+    eprintln!("websocket swarm: {ws}\npolling swarm: {poll}");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "HTTP requests failed during the reload: {http_errors:?}"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 50);
+    for (s, n) in [(&ws, 200), (&poll, 100)] {
+        assert_eq!(s["sessionUnknown"], 0, "{s}");
+        assert_eq!(s["connectErrors"], 0, "{s}");
+        assert_eq!(s["connectedAtEnd"], n, "{s}");
+        assert_eq!(
+            s["delivered"], s["expected"],
+            "a client missed the final broadcast: {s}"
+        );
+    }
+}
+
+#[test]
+fn a_replacement_that_crashes_rolls_back_to_the_old_worker() {
+    let base = ports::block(4).base;
+    let r = Rtsup::start(&fixture_app("web", 2, base, ""));
+    let before = r.wait_all_ready();
+    r.rewrite(&fixture_app(
+        "web",
+        2,
+        base,
+        "env = { FIXTURE_MODE = \"crash\" }",
+    ));
+    let out = r.cli(&["reload"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("reload stopped after 0 worker(s)") && err.contains("exit code 1"),
+        "{err}"
+    );
+    let after = r.wait_all_ready();
+    assert_eq!(
+        pids(&after),
+        pids(&before),
+        "the old workers must keep serving"
+    );
+    assert!(
+        after[0]["last_exit"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("replacement failed")),
+        "{after:?}"
+    );
+    assert_eq!(
+        after[1]["last_exit"],
+        Value::Null,
+        "slot 1 was not touched: {after:?}"
+    );
+    assert!(crate::harness::http_get(base, "/health").is_ok());
+}
+
+#[test]
+fn an_invalid_configuration_on_reload_changes_nothing() {
+    let base = ports::block(2).base;
+    let r = Rtsup::start(&fixture_app("web", 1, base, ""));
+    let before = r.wait_all_ready();
+    r.rewrite("[[app]]\nname = \"web\"\ncommand = \"node\"\nport = 0\n");
+    let out = r.cli(&["reload"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid configuration") && err.contains("app[0].port"),
+        "{err}"
+    );
+    assert_eq!(pids(&r.wait_all_ready()), pids(&before));
+    // SIGHUP with the same bad file: still running, same worker.
+    r.signal(Signal::SIGHUP);
+    wait_until("reload failure logged", || {
+        if r.daemon_log().contains("invalid configuration") {
+            Ok(())
+        } else {
+            Err(r.daemon_log())
+        }
+    });
+    assert_eq!(pids(&r.wait_all_ready()), pids(&before));
+}
+
+#[test]
+fn reload_scales_instances_up_and_down() {
+    let base = ports::block(8).base;
+    let r = Rtsup::start(&fixture_app("web", 2, base, ""));
+    r.wait_all_ready();
+    r.rewrite(&fixture_app("web", 3, base, ""));
+    let out = r.cli(&["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ws = wait_until("3 ready workers", || {
+        let ws = r.workers();
+        if ws.len() == 3 && ws.iter().all(|w| w["state"] == "ready") {
+            Ok(ws)
+        } else {
+            Err(Value::from(ws).to_string())
+        }
+    });
+    assert_eq!(
+        ws.iter().map(|w| w["slot"].as_u64()).collect::<Vec<_>>(),
+        vec![Some(0), Some(1), Some(2)]
+    );
+    r.rewrite(&fixture_app("web", 1, base, ""));
+    assert!(r.cli(&["reload"]).status.success());
+    wait_until("1 ready worker", || {
+        let ws = r.workers();
+        if ws.len() == 1 && ws[0]["state"] == "ready" {
+            Ok(())
+        } else {
+            Err(Value::from(ws).to_string())
+        }
+    });
+}
+
+#[test]
+fn systemd_hears_ready_reloading_ready_stopping_and_watchdog() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let base = ports::block(4).base;
+    let mut r = Rtsup::start_with(
+        &fixture_app("web", 2, base, ""),
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().expect("utf8")),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    let mut seen: Vec<String> = Vec::new();
+    let read_until = |what: &str, seen: &mut Vec<String>| {
+        wait_until(what, || {
+            let mut buf = [0u8; 4096];
+            if let Ok(n) = sock.recv(&mut buf) {
+                for line in String::from_utf8_lossy(&buf[..n]).lines() {
+                    seen.push(line.to_string());
+                }
+            }
+            if seen.iter().any(|l| l == what) {
+                Ok(())
+            } else {
+                Err(format!("{seen:?}"))
+            }
+        });
+        seen.iter().position(|l| l == what).unwrap_or_default()
+    };
+    let ready = read_until("READY=1", &mut seen);
+    // READY=1 only once the workers are ready.
+    assert!(r.workers().iter().all(|w| w["state"] == "ready"));
+    read_until("WATCHDOG=1", &mut seen);
+    r.signal(Signal::SIGHUP);
+    let reloading = read_until("RELOADING=1", &mut seen);
+    assert!(reloading > ready);
+    assert!(
+        seen.iter().any(|l| l.starts_with("MONOTONIC_USEC=")),
+        "{seen:?}"
+    );
+    wait_until("READY=1 after the reload", || {
+        let mut buf = [0u8; 4096];
+        if let Ok(n) = sock.recv(&mut buf) {
+            seen.extend(
+                String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .map(str::to_string),
+            );
+        }
+        if seen[reloading..].iter().any(|l| l == "READY=1") {
+            Ok(())
+        } else {
+            Err(format!("{seen:?}"))
+        }
+    });
+    r.signal(Signal::SIGTERM);
+    read_until("STOPPING=1", &mut seen);
+    assert_eq!(r.wait_exit(), Some(0));
+}

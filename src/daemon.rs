@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use supervisor::Supervisor;
-use supervisor::control::server::{self, Reloader};
+use supervisor::control::server::{self, ControlHooks};
 use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::notify::Notifier;
+use crate::observe::{BalancerView, Observability};
 use crate::reload::DaemonReloader;
-use crate::{signals, wiring};
+use crate::{admin, signals, wiring};
 
 /// Longest wait for control connections still answering when the daemon exits (a `stop`
 /// client is waiting for its answer).
@@ -58,6 +59,10 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
     });
     let (handle, supervisor) =
         Supervisor::spawn(spec, gate.clone()).context("starting the supervisor")?;
+    let obs = Arc::new(Observability {
+        supervisor: handle.clone(),
+        balancer: OnceLock::new(),
+    });
     info!(
         config = %config.file.display(),
         socket = %socket.display(),
@@ -83,6 +88,12 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
             match balancer::server::spawn(settings, rx) {
                 Ok(p) => {
                     let _ = gate.loads.set(p.loads.clone());
+                    let _ = obs.balancer.set(BalancerView {
+                        app: b.app.clone(),
+                        sessions: p.loads.clone(),
+                        sids: p.sids.clone(),
+                        metrics: p.metrics.clone(),
+                    });
                     Some(p)
                 }
                 Err(e) => {
@@ -95,11 +106,20 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
     };
     tokio::spawn(notifier.ready_when_all_ready(handle.subscribe()));
     let watchdog = notifier.spawn_watchdog();
-    let reloader: Arc<dyn Reloader> = Arc::new(DaemonReloader {
+    // The admin server is an aid, not a dependency: a busy port is reported, not fatal.
+    let admin = match admin::bind(config.admin.listen).await {
+        Ok(listener) => Some(tokio::spawn(admin::serve(listener, obs.clone()))),
+        Err(e) => {
+            warn!(error = %e, "admin server disabled");
+            None
+        }
+    };
+    let reloader: Arc<dyn ControlHooks> = Arc::new(DaemonReloader {
         file,
         supervisor: handle.clone(),
         notifier,
         running: config.clone(),
+        obs: obs.clone(),
     });
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let control = tokio::spawn(server::serve(
@@ -118,6 +138,9 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
     signals.abort();
     if let Some(w) = watchdog {
         w.abort();
+    }
+    if let Some(a) = admin {
+        a.abort();
     }
     if let Some(proxy) = proxy {
         let _ = tokio::task::spawn_blocking(move || proxy.stop()).await;

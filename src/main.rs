@@ -3,6 +3,7 @@
 //! This crate is the CLI and the wiring; policy lives in the `supervisor` (processes) and
 //! `balancer` (HTTP, engine.io) crates.
 
+mod admin;
 mod cli;
 mod config;
 mod control_client;
@@ -10,6 +11,7 @@ mod daemon;
 mod demo;
 mod logs_cmd;
 mod notify;
+mod observe;
 mod reload;
 mod signals;
 mod status_table;
@@ -204,15 +206,27 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Daemon logs on stderr; `RTSUP_LOG` (or `RUST_LOG`) sets the filter, default `info`.
+/// JSON lines when stderr is not a terminal (journald, files) or `RTSUP_LOG_FORMAT=json`;
+/// text with `RTSUP_LOG_FORMAT=text`.
 fn init_tracing() {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = std::env::var("RTSUP_LOG")
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
         .or_else(|| EnvFilter::try_from_default_env().ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let json = match std::env::var("RTSUP_LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok("text") => false,
+        _ => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }

@@ -5,7 +5,10 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 
-use supervisor::control::server::Reloader;
+use std::sync::Arc;
+
+use supervisor::control::proto::StatusReport;
+use supervisor::control::server::ControlHooks;
 use supervisor::{ReloadReport, SupervisorHandle};
 use tracing::{info, warn};
 
@@ -22,6 +25,8 @@ pub struct DaemonReloader {
     pub notifier: Notifier,
     /// The configuration in force, to tell which changes a reload cannot apply.
     pub running: Config,
+    /// Status annotations (sessions per worker).
+    pub obs: Arc<crate::observe::Observability>,
 }
 
 impl DaemonReloader {
@@ -82,8 +87,12 @@ impl DaemonReloader {
     }
 }
 
-impl Reloader for DaemonReloader {
+impl ControlHooks for DaemonReloader {
     fn reload(&self) -> Pin<Box<dyn Future<Output = Result<ReloadReport, String>> + Send + '_>> {
         Box::pin(self.run())
+    }
+
+    fn annotate(&self, report: &mut StatusReport) {
+        self.obs.annotate(report);
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use supervisor::SupervisorHandle;
-use supervisor::control::server::Reloader;
+use supervisor::control::server::ControlHooks;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
@@ -13,7 +13,7 @@ use crate::notify::Notifier;
 /// Wait for signals and act on them until a stop has been carried out.
 pub async fn handle(
     supervisor: SupervisorHandle,
-    reloader: Arc<dyn Reloader>,
+    reloader: Arc<dyn ControlHooks>,
     notifier: Notifier,
 ) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;

@@ -17,6 +17,8 @@ pub fn render(report: &StatusReport) -> String {
         "restarts",
         "cpu",
         "mem",
+        "sessions",
+        "ws",
         "last exit",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
@@ -37,6 +39,8 @@ pub fn render(report: &StatusReport) -> String {
                 w.restarts.to_string(),
                 format!("{:.0}%", w.cpu_percent),
                 megabytes(w.memory_bytes),
+                w.sessions.map_or("-".into(), |n| n.to_string()),
+                w.websockets.map_or("-".into(), |n| n.to_string()),
                 w.last_exit.clone().unwrap_or_default(),
             ]);
         }
@@ -55,6 +59,13 @@ pub fn render(report: &StatusReport) -> String {
         }
         out.push_str(line.trim_end());
         out.push('\n');
+    }
+    if let Some(b) = &report.balancer {
+        let _ = writeln!(
+            out,
+            "balancer: {} sessions, {} websockets, {} \"Session ID unknown\" answered",
+            b.sessions, b.websockets, b.sid_unknown
+        );
     }
     out
 }
@@ -96,6 +107,8 @@ mod tests {
             memory_bytes: 45_200_000,
             cpu_percent: 1.4,
             last_exit: None,
+            sessions: Some(3),
+            websockets: None,
         };
         let table = render(&StatusReport {
             apps: vec![AppStatus {
@@ -103,6 +116,7 @@ mod tests {
                 workers: vec![w(0, Some(12345)), w(1, None)],
             }],
             reloading: false,
+            balancer: None,
         });
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 3);

@@ -226,12 +226,16 @@ fn routing_is_per_request_on_a_kept_alive_connection_and_bad_input_gets_4xx() {
         (status, body.as_str()),
         (400, r#"{"code":1,"message":"Session ID unknown"}"#)
     );
-    // A malformed sid: 400 Bad request.
-    let (status, _, body) = exchange(
-        &mut c,
-        "GET /socket.io/?EIO=4&transport=polling&sid=%3Cscript%3E%20x HTTP/1.1\r\nHost: x\r\n\r\n",
-    );
-    assert_eq!(status, 400, "{body}");
+    // A malformed sid (empty, or given twice): 400 Bad request, engine.io's code 3.
+    for q in ["sid=", "sid=aaaa&sid=bbbb"] {
+        let req =
+            format!("GET /socket.io/?EIO=4&transport=polling&{q} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let (status, _, body) = exchange(&mut c, &req);
+        assert_eq!(
+            (status, body.as_str()),
+            (400, r#"{"code":3,"message":"Bad request"}"#)
+        );
+    }
     // A forged cookie is ignored (the handshake is placed by policy, not refused).
     let (status, _, _) = exchange(
         &mut c,

@@ -166,7 +166,13 @@ fn a_worker_over_max_memory_is_restarted() {
         }
     });
     assert!(w["restarts"].as_u64() >= Some(1), "{w}");
-    assert!(!running(first), "the hog {first} is still running");
+    wait_until("the old hog gone", || {
+        if running(first) {
+            Err(format!("{first} alive"))
+        } else {
+            Ok(())
+        }
+    });
 }
 
 #[test]

@@ -4,6 +4,7 @@
 mod harness;
 
 mod config_check;
+mod observe;
 mod reload;
 mod sticky;
 mod supervise;

@@ -14,6 +14,7 @@ pub mod affinity;
 pub mod client_ip;
 pub mod engineio;
 pub mod loads;
+pub mod metrics;
 pub mod policy;
 pub mod ring;
 pub mod routes;

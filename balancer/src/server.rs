@@ -18,6 +18,7 @@ use tracing::info;
 use crate::BackendSet;
 use crate::affinity::CookieSigner;
 use crate::loads::Loads;
+use crate::metrics::BalancerMetrics;
 use crate::routes::RouteTable;
 use crate::service::{Balancer, RoutingConfig};
 use crate::sid_table::SidTable;
@@ -46,6 +47,8 @@ pub struct ProxyHandle {
     pub sids: Arc<SidTable>,
     /// Live session counts per backend id.
     pub loads: Arc<Loads>,
+    /// Request and routing counters.
+    pub metrics: BalancerMetrics,
 }
 
 /// Errors starting the proxy.
@@ -119,12 +122,14 @@ pub fn spawn(
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
+    let metrics = BalancerMetrics::default();
     let app = Balancer::new(
         routes,
         sids.clone(),
         loads.clone(),
         CookieSigner::random(),
         settings.routing.clone(),
+        metrics.clone(),
     );
     let mut svc = http_proxy_service(&server.configuration, app);
     svc.add_tcp(&settings.listen.to_string());
@@ -146,6 +151,7 @@ pub fn spawn(
         thread: Some(thread),
         sids,
         loads,
+        metrics,
     })
 }
 

@@ -23,6 +23,7 @@ use tracing::debug;
 use crate::affinity::{self, CookieSigner};
 use crate::engineio::{self, OpenPacketSniffer};
 use crate::loads::Loads;
+use crate::metrics::{BalancerMetrics, RouteLabel, StatusLabels};
 use crate::policy::{self, Decision, NewSessions, RequestFacts, RouteKind};
 use crate::routes::{RouteTable, Snapshot};
 use crate::sid_table::SidTable;
@@ -56,11 +57,14 @@ pub struct Balancer {
     signer: CookieSigner,
     config: RoutingConfig,
     turn: AtomicUsize,
+    metrics: BalancerMetrics,
 }
 
 /// Per-request state.
-#[derive(Default)]
 pub struct RequestCtx {
+    start: std::time::Instant,
+    /// The response is a WebSocket (counted while open).
+    websocket: bool,
     snap: Option<Arc<Snapshot>>,
     backend: Option<usize>,
     backend_id: Option<Arc<str>>,
@@ -85,8 +89,10 @@ impl Balancer {
         loads: Arc<Loads>,
         signer: CookieSigner,
         config: RoutingConfig,
+        metrics: BalancerMetrics,
     ) -> Self {
         Self {
+            metrics,
             routes,
             sids,
             loads,
@@ -139,7 +145,21 @@ impl ProxyHttp for Balancer {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::default()
+        RequestCtx {
+            start: std::time::Instant::now(),
+            websocket: false,
+            snap: None,
+            backend: None,
+            backend_id: None,
+            kind: None,
+            engineio: false,
+            sid: None,
+            provisional: false,
+            ws_first: false,
+            ws_of_sid: false,
+            sniffer: None,
+            tried: Vec::new(),
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -151,6 +171,7 @@ impl ProxyHttp for Balancer {
                 Ok(q) => ctx.sid = q.sid,
                 Err(e) => {
                     debug!(error = %e, "malformed engine.io query");
+                    self.metrics.route(RouteLabel::bad_request);
                     respond_json(session, 400, BAD_REQUEST_BODY).await?;
                     return Ok(true);
                 }
@@ -188,6 +209,11 @@ impl ProxyHttp for Balancer {
         };
         match decision {
             Decision::SessionUnknown { owner_gone } => {
+                self.metrics.route(if owner_gone {
+                    RouteLabel::dead_worker
+                } else {
+                    RouteLabel::sid_unknown
+                });
                 debug!(sid = ?ctx.sid, owner_gone, "answering Session ID unknown");
                 if owner_gone && let Some(sid) = &ctx.sid {
                     self.sids.remove(sid);
@@ -196,10 +222,17 @@ impl ProxyHttp for Balancer {
                 return Ok(true);
             }
             Decision::NoBackend => {
+                self.metrics.route(RouteLabel::no_backend);
                 respond_json(session, 503, NO_BACKEND_BODY).await?;
                 return Ok(true);
             }
             Decision::Proxy { backend, kind } => {
+                self.metrics.route(match kind {
+                    RouteKind::SidHit => RouteLabel::sid_hit,
+                    RouteKind::Cookie => RouteLabel::cookie,
+                    RouteKind::NewSession => RouteLabel::new_session,
+                    RouteKind::RoundRobin => RouteLabel::round_robin,
+                });
                 ctx.backend = Some(backend);
                 ctx.backend_id = Some(snap.backends[backend].id.clone());
                 ctx.kind = Some(kind);
@@ -320,6 +353,12 @@ impl ProxyHttp for Balancer {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let status = resp.status.as_u16();
+        if status == 101
+            && let Some(id) = &ctx.backend_id
+        {
+            ctx.websocket = true;
+            self.metrics.websockets.add(id, 1);
+        }
         if status == 400 && ctx.sid.is_some() {
             debug!(
                 sid = ?ctx.sid,
@@ -384,6 +423,9 @@ impl ProxyHttp for Balancer {
                     | ErrorType::ConnectError
                     | ErrorType::ConnectNoRoute
             );
+        if matches!(e.esource(), ErrorSource::Upstream) {
+            self.metrics.upstream_errors.inc();
+        }
         let code = if ctx.sid.is_some() && connect_failed {
             // Its worker is unreachable: tell the client its session is gone so it reconnects.
             if let Some(sid) = &ctx.sid {
@@ -426,6 +468,20 @@ impl ProxyHttp for Balancer {
             error = ?e.map(|e| e.to_string()),
             "request done"
         );
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        self.metrics
+            .requests
+            .get_or_create(&StatusLabels { status })
+            .inc();
+        if ctx.websocket {
+            if let Some(id) = &ctx.backend_id {
+                self.metrics.websockets.add(id, -1);
+            }
+        } else {
+            self.metrics
+                .latency
+                .observe(ctx.start.elapsed().as_secs_f64());
+        }
         if let Some(id) = &ctx.backend_id
             && (std::mem::take(&mut ctx.provisional) || std::mem::take(&mut ctx.ws_first))
         {

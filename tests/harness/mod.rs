@@ -71,9 +71,15 @@ impl Rtsup {
         let log_dir = dir.path().join("logs");
         let config = dir.path().join("rtsup.toml");
         let text = format!(
-            "[supervisor]\ncontrol_socket = {:?}\nlog_dir = {:?}\n\n{body}",
+            "[supervisor]\ncontrol_socket = {:?}\nlog_dir = {:?}\n\n{body}{}",
             socket.display().to_string(),
-            log_dir.display().to_string()
+            log_dir.display().to_string(),
+            // Tests run in parallel: the admin server takes any free port unless asked.
+            if body.contains("[admin]") {
+                ""
+            } else {
+                "\n[admin]\nlisten = \"127.0.0.1:0\"\n"
+            }
         );
         fs::write(&config, text).expect("write config");
         let child = Command::new(rtsup_bin())
@@ -105,7 +111,12 @@ impl Rtsup {
     pub fn rewrite(&self, body: &str) {
         let text = fs::read_to_string(&self.config).expect("config");
         let head = text.split("\n\n").next().unwrap_or_default();
-        fs::write(&self.config, format!("{head}\n\n{body}")).expect("rewrite config");
+        let admin = if body.contains("[admin]") {
+            ""
+        } else {
+            "\n[admin]\nlisten = \"127.0.0.1:0\"\n"
+        };
+        fs::write(&self.config, format!("{head}\n\n{body}{admin}")).expect("rewrite config");
     }
 
     /// Run `rtsup ARGS --socket <ours>`-style client commands.

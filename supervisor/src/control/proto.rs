@@ -92,6 +92,20 @@ pub struct StatusReport {
     /// A rolling reload is in progress.
     #[serde(default)]
     pub reloading: bool,
+    /// Balancer totals, when a balancer runs.
+    #[serde(default)]
+    pub balancer: Option<BalancerSummary>,
+}
+
+/// What the balancer adds to the status.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BalancerSummary {
+    /// Engine.io sessions in the sid table.
+    pub sessions: u64,
+    /// Open WebSocket connections.
+    pub websockets: u64,
+    /// "Session ID unknown" answers the balancer gave itself (unknown sid or dead worker).
+    pub sid_unknown: u64,
 }
 
 /// One app's workers.
@@ -126,6 +140,12 @@ pub struct WorkerStatus {
     pub cpu_percent: f32,
     /// How the previous worker ended, or why it was replaced.
     pub last_exit: Option<String>,
+    /// Live engine.io sessions pinned to this worker (with a balancer).
+    #[serde(default)]
+    pub sessions: Option<u64>,
+    /// Open WebSocket connections to this worker through the balancer.
+    #[serde(default)]
+    pub websockets: Option<u64>,
 }
 
 impl StatusReport {
@@ -154,11 +174,14 @@ impl StatusReport {
                             memory_bytes: w.memory_bytes,
                             cpu_percent: w.cpu_percent,
                             last_exit: w.last_exit.clone(),
+                            sessions: None,
+                            websockets: None,
                         })
                         .collect(),
                 })
                 .collect(),
             reloading: fleet.reloading,
+            balancer: None,
         }
     }
 }

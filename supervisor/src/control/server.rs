@@ -44,11 +44,14 @@ pub async fn bind(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// What `reload` does: the daemon re-reads its configuration and asks the supervisor for a
-/// rolling reload (the control socket only relays).
-pub trait Reloader: Send + Sync + 'static {
+/// What the daemon adds to the control socket: `reload` re-reads its configuration and asks
+/// the supervisor for a rolling reload; `status` gains what only the daemon knows (sessions).
+pub trait ControlHooks: Send + Sync + 'static {
     /// Reload; the error is the text to show the operator.
     fn reload(&self) -> Pin<Box<dyn Future<Output = Result<ReloadReport, String>> + Send + '_>>;
+
+    /// Add daemon-level facts to a status report.
+    fn annotate(&self, _report: &mut StatusReport) {}
 }
 
 /// Serve requests until `shutdown` resolves, then stop accepting and give the connections
@@ -56,7 +59,7 @@ pub trait Reloader: Send + Sync + 'static {
 pub async fn serve(
     listener: UnixListener,
     handle: SupervisorHandle,
-    reloader: Arc<dyn Reloader>,
+    reloader: Arc<dyn ControlHooks>,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
@@ -90,7 +93,7 @@ pub async fn serve(
 async fn connection(
     stream: UnixStream,
     handle: SupervisorHandle,
-    reloader: Arc<dyn Reloader>,
+    reloader: Arc<dyn ControlHooks>,
 ) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
@@ -136,11 +139,13 @@ async fn connection(
 async fn dispatch(
     request: Request,
     handle: &SupervisorHandle,
-    reloader: &dyn Reloader,
+    reloader: &dyn ControlHooks,
 ) -> Response {
     match request {
         Request::Status => {
-            Response::Status(StatusReport::from_fleet(&handle.fleet(), SystemTime::now()))
+            let mut report = StatusReport::from_fleet(&handle.fleet(), SystemTime::now());
+            reloader.annotate(&mut report);
+            Response::Status(report)
         }
         Request::Restart { app, slot } => match handle.restart(&app, slot).await {
             Ok(workers) => Response::Restarted { workers },

@@ -1,0 +1,140 @@
+//! The balancer's counters (prometheus-client): requests by status, routing decisions by kind,
+//! upstream errors, request latency, and open WebSockets per backend. The admin server
+//! registers them into the registry it encodes on every scrape.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::loads::Loads;
+
+/// Why a request went where it went, or why it was answered by the balancer itself.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RouteLabel {
+    /// The sid table knew the session's worker.
+    sid_hit,
+    /// The affinity cookie named a ready worker.
+    cookie,
+    /// A new session placed by `new_sessions`.
+    new_session,
+    /// A non-engine.io request without affinity.
+    round_robin,
+    /// A sid nobody knows (answered 400 by the balancer).
+    sid_unknown,
+    /// A sid whose worker is dead (answered 400 by the balancer at once).
+    dead_worker,
+    /// No worker ready (503).
+    no_backend,
+    /// Malformed engine.io query (400).
+    bad_request,
+}
+
+/// Label set of the routing counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The decision.
+    pub kind: RouteLabel,
+}
+
+/// Label set of the request counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    /// HTTP status sent to the client (0 when the connection died first).
+    pub status: u16,
+}
+
+/// Every balancer metric; cheap to clone (shared counters).
+#[derive(Debug, Clone)]
+pub struct BalancerMetrics {
+    /// Requests by response status.
+    pub requests: Family<StatusLabels, Counter>,
+    /// Routing decisions by kind.
+    pub routes: Family<RouteLabels, Counter>,
+    /// Failures to connect to or talk with a worker.
+    pub upstream_errors: Counter,
+    /// Request duration, seconds (upgraded WebSockets count their whole life; not observed).
+    pub latency: Histogram,
+    /// Open WebSocket connections per backend id.
+    pub websockets: Arc<Loads>,
+    /// Balancer-answered "Session ID unknown" (both kinds), for `rtsup status`.
+    pub sid_unknown_total: Arc<AtomicU64>,
+}
+
+impl Default for BalancerMetrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            routes: Family::default(),
+            upstream_errors: Counter::default(),
+            // 0.5 ms … ~16 s.
+            latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            websockets: Arc::new(Loads::default()),
+            sid_unknown_total: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+impl BalancerMetrics {
+    /// Count one routing decision.
+    pub fn route(&self, kind: RouteLabel) {
+        self.routes.get_or_create(&RouteLabels { kind }).inc();
+        if matches!(kind, RouteLabel::sid_unknown | RouteLabel::dead_worker) {
+            self.sid_unknown_total.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Register every metric under the `balancer_` prefix (below the registry's own).
+    pub fn register(&self, registry: &mut Registry) {
+        let sub = registry.sub_registry_with_prefix("balancer");
+        sub.register(
+            "requests",
+            "Requests by response status",
+            self.requests.clone(),
+        );
+        sub.register("routes", "Routing decisions by kind", self.routes.clone());
+        sub.register(
+            "upstream_errors",
+            "Failures reaching a worker",
+            self.upstream_errors.clone(),
+        );
+        sub.register(
+            "request_duration_seconds",
+            "Request duration (WebSockets excluded)",
+            self.latency.clone(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_counters() {
+        let m = BalancerMetrics::default();
+        m.route(RouteLabel::sid_hit);
+        m.route(RouteLabel::dead_worker);
+        m.requests
+            .get_or_create(&StatusLabels { status: 200 })
+            .inc();
+        let mut reg = Registry::with_prefix("rtsup");
+        m.register(&mut reg);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &reg).expect("encode");
+        assert!(
+            text.contains("rtsup_balancer_routes_total{kind=\"sid_hit\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rtsup_balancer_requests_total{status=\"200\"} 1"),
+            "{text}"
+        );
+        assert_eq!(m.sid_unknown_total.load(Ordering::Relaxed), 1);
+    }
+}

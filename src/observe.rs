@@ -1,0 +1,148 @@
+//! What operators see: the status report (supervisor facts plus the balancer's sessions) and
+//! the Prometheus metrics, shared by the control socket and the admin server.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use balancer::loads::Loads;
+use balancer::metrics::BalancerMetrics;
+use balancer::sid_table::SidTable;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use supervisor::SupervisorHandle;
+use supervisor::control::proto::{BalancerSummary, StatusReport};
+
+use crate::wiring::backend_id;
+
+/// The balancer's live state, as observability reads it.
+pub struct BalancerView {
+    /// The app it serves.
+    pub app: String,
+    /// Sessions per backend id.
+    pub sessions: Arc<Loads>,
+    /// The sid table.
+    pub sids: Arc<SidTable>,
+    /// Request and routing counters.
+    pub metrics: BalancerMetrics,
+}
+
+/// Status and metrics of the whole daemon.
+pub struct Observability {
+    /// The supervisor.
+    pub supervisor: SupervisorHandle,
+    /// Set once the balancer runs (none without `[balancer]`).
+    pub balancer: std::sync::OnceLock<BalancerView>,
+}
+
+type Labels = Vec<(String, String)>;
+
+impl Observability {
+    /// The full status report.
+    pub fn status(&self) -> StatusReport {
+        let mut report = StatusReport::from_fleet(&self.supervisor.fleet(), SystemTime::now());
+        self.annotate(&mut report);
+        report
+    }
+
+    /// Add sessions and WebSockets per worker and the balancer totals.
+    pub fn annotate(&self, report: &mut StatusReport) {
+        let Some(b) = self.balancer.get() else { return };
+        let mut websockets = 0;
+        for app in report.apps.iter_mut().filter(|a| a.name == b.app) {
+            for w in &mut app.workers {
+                let id = backend_id(&app.name, w.slot, w.generation);
+                let ws = b.metrics.websockets.get(&id).max(0) as u64;
+                w.sessions = Some(b.sessions.get(&id).max(0) as u64);
+                w.websockets = Some(ws);
+                websockets += ws;
+            }
+        }
+        report.balancer = Some(BalancerSummary {
+            sessions: b.sids.len() as u64,
+            websockets,
+            sid_unknown: b.metrics.sid_unknown_total.load(Ordering::Relaxed),
+        });
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn metrics(&self) -> String {
+        let report = self.status();
+        let mut registry = Registry::with_prefix("rtsup");
+        let up = Family::<Labels, Gauge>::default();
+        let state = Family::<Labels, Gauge>::default();
+        let restarts = Family::<Labels, Gauge>::default();
+        let memory = Family::<Labels, Gauge>::default();
+        let cpu = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        let sessions = Family::<Labels, Gauge>::default();
+        let websockets = Family::<Labels, Gauge>::default();
+        for app in &report.apps {
+            for w in &app.workers {
+                let labels = vec![
+                    ("app".to_string(), app.name.clone()),
+                    ("slot".to_string(), w.slot.to_string()),
+                    ("generation".to_string(), w.generation.to_string()),
+                ];
+                up.get_or_create(&labels)
+                    .set(i64::from(w.state == supervisor::WorkerState::Ready));
+                let mut with_state = labels.clone();
+                with_state.push(("state".into(), w.state.as_str().into()));
+                state.get_or_create(&with_state).set(1);
+                let slot_labels = labels[..2].to_vec();
+                restarts
+                    .get_or_create(&slot_labels)
+                    .set(i64::from(w.restarts));
+                memory.get_or_create(&labels).set(w.memory_bytes as i64);
+                cpu.get_or_create(&labels).set(f64::from(w.cpu_percent));
+                if let Some(n) = w.sessions {
+                    sessions.get_or_create(&labels).set(n as i64);
+                }
+                if let Some(n) = w.websockets {
+                    websockets.get_or_create(&labels).set(n as i64);
+                }
+            }
+        }
+        registry.register("worker_up", "1 when the worker is ready", up);
+        registry.register("worker_state", "The worker's state (label state)", state);
+        registry.register("worker_restarts", "Restarts of the slot", restarts);
+        registry.register(
+            "worker_memory_bytes",
+            "RSS of the worker's process tree",
+            memory,
+        );
+        registry.register(
+            "worker_cpu_percent",
+            "CPU of the worker's process tree (100 = one core)",
+            cpu,
+        );
+        registry.register(
+            "worker_sessions",
+            "Live engine.io sessions pinned to the worker",
+            sessions,
+        );
+        registry.register(
+            "worker_websockets",
+            "Open WebSockets to the worker",
+            websockets,
+        );
+        let reloading = Gauge::<i64>::default();
+        reloading.set(i64::from(report.reloading));
+        registry.register("reloading", "1 while a rolling reload runs", reloading);
+        if let Some(b) = self.balancer.get() {
+            let sid_table = Gauge::<i64>::default();
+            sid_table.set(b.sids.len() as i64);
+            registry.register(
+                "balancer_sid_table_entries",
+                "Sessions in the sid table",
+                sid_table,
+            );
+            b.metrics.register(&mut registry);
+        }
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut text, &registry);
+        text
+    }
+}

@@ -1,0 +1,198 @@
+//! Observability: the admin server's `/metrics` counters move as a scripted load runs,
+//! `/status` and `rtsup status` show sessions, and the dashboard renders in headless Chromium.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{Rtsup, ports, reference_app, run_node, wait_until};
+
+fn get(port: u16, path: &str) -> String {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut resp = String::new();
+    c.read_to_string(&mut resp).expect("read");
+    resp.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// The value of the first sample line starting with `prefix` (a metric name with labels).
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+fn handshake(port: u16) -> String {
+    let body = get(port, "/socket.io/?EIO=4&transport=polling");
+    body.split("\"sid\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("sid")
+        .to_string()
+}
+
+fn cluster() -> (Rtsup, u16, u16) {
+    let base = ports::block(6).base;
+    let (lb, admin) = (base + 4, base + 5);
+    let body = format!(
+        "{}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n",
+        reference_app(2, base, lb, "")
+    );
+    let r = Rtsup::start(&body);
+    r.wait_all_ready();
+    (r, lb, admin)
+}
+
+#[test]
+fn metrics_and_status_follow_a_scripted_load() {
+    let (r, lb, admin) = cluster();
+    let sids: Vec<String> = (0..3).map(|_| handshake(lb)).collect();
+    let _ = get(
+        lb,
+        "/socket.io/?EIO=4&transport=polling&sid=AAAAAAAAAAAAAAAAAAAA",
+    );
+    let _ = get(lb, "/socket.io/?EIO=4&transport=polling&sid=");
+    assert!(get(lb, "/health").contains("\"status\":\"ok\""));
+
+    let m = wait_until("the load in /metrics", || {
+        let m = get(admin, "/metrics");
+        if metric(&m, "rtsup_balancer_requests_total{status=\"200\"}") >= 4.0 {
+            Ok(m)
+        } else {
+            Err(m)
+        }
+    });
+    assert_eq!(
+        metric(&m, "rtsup_balancer_routes_total{kind=\"new_session\"}"),
+        3.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "rtsup_balancer_routes_total{kind=\"sid_unknown\"}"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "rtsup_balancer_routes_total{kind=\"bad_request\"}"),
+        1.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "rtsup_balancer_routes_total{kind=\"round_robin\"}") >= 1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "rtsup_balancer_requests_total{status=\"400\"}"),
+        2.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "rtsup_balancer_request_duration_seconds_count") >= 6.0,
+        "{m}"
+    );
+    assert_eq!(metric(&m, "rtsup_worker_sessions{"), 3.0, "{m}");
+    assert_eq!(metric(&m, "rtsup_worker_up{"), 2.0, "{m}");
+    assert_eq!(metric(&m, "rtsup_balancer_sid_table_entries"), 3.0, "{m}");
+    assert!(
+        metric(&m, "rtsup_worker_memory_bytes{") > 0.0 || m.contains("rtsup_worker_memory_bytes"),
+        "{m}"
+    );
+
+    // /status is `rtsup status --json` plus the balancer's view.
+    let status: Value = serde_json::from_str(&get(admin, "/status")).expect("status json");
+    let sessions: u64 = status["apps"][0]["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .filter_map(|w| w["sessions"].as_u64())
+        .sum();
+    assert_eq!(sessions, 3, "{status}");
+    assert_eq!(status["balancer"]["sid_unknown"], 1, "{status}");
+    let table = String::from_utf8_lossy(&r.cli(&["status"]).stdout).into_owned();
+    assert!(table.contains("balancer: 3 sessions"), "{table}");
+
+    // A worker dies: its restarts count, and its sessions are answered as a dead worker's.
+    let ws = r.workers();
+    let victim = ws[0]["pid"].as_u64().expect("pid") as i32;
+    let gen0 = ws[0]["generation"].clone();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    wait_until("slot 0 replaced", || {
+        let w = r.workers()[0].clone();
+        if w["generation"] != gen0 && w["state"] == "ready" {
+            Ok(())
+        } else {
+            Err(w.to_string())
+        }
+    });
+    for sid in &sids {
+        let _ = get(
+            lb,
+            &format!("/socket.io/?EIO=4&transport=polling&sid={sid}"),
+        );
+    }
+    let m = get(admin, "/metrics");
+    assert!(
+        metric(&m, "rtsup_balancer_routes_total{kind=\"dead_worker\"}") >= 1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "rtsup_worker_restarts{app=\"ref\",slot=\"0\"}"),
+        1.0,
+        "{m}"
+    );
+}
+
+#[test]
+fn the_dashboard_shows_the_workers_in_chromium() {
+    let (_r, lb, admin) = cluster();
+    let _ = handshake(lb);
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/artifacts");
+    std::fs::create_dir_all(&dir).expect("artifacts dir");
+    let shot = dir.join("dashboard.png");
+    let s = run_node(
+        "dashboard.js",
+        &[
+            &format!("http://127.0.0.1:{admin}/"),
+            "2",
+            &shot.display().to_string(),
+        ],
+    );
+    assert!(s.get("error").is_none(), "{s}");
+    assert_eq!(s["rows"], 2, "{s}");
+    assert_eq!(s["ready"], "2/2", "{s}");
+    assert!(s["lines"].as_u64() >= Some(2), "{s}");
+    assert!(
+        std::fs::metadata(&shot)
+            .map(|m| m.len() > 1000)
+            .unwrap_or(false)
+    );
+}
+
+#[test]
+fn the_admin_server_answers_only_get_on_known_paths() {
+    let (_r, _lb, admin) = cluster();
+    assert!(get(admin, "/nope").contains("not found"));
+    let mut c = TcpStream::connect(("127.0.0.1", admin)).expect("connect");
+    c.write_all(
+        b"POST /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+    )
+    .expect("write");
+    let mut resp = String::new();
+    c.read_to_string(&mut resp).expect("read");
+    assert!(resp.starts_with("HTTP/1.1 405"), "{resp}");
+}

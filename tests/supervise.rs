@@ -290,3 +290,35 @@ fn a_second_daemon_on_the_same_socket_is_refused() {
     // The first one is unharmed.
     assert_eq!(r.workers()[0]["state"], "ready");
 }
+
+#[test]
+fn a_hung_worker_is_detected_and_replaced() {
+    // Accepts connections but stops answering half a second after it starts listening.
+    let base = ports::block(4).base;
+    let r = Rtsup::start(&fixture_app(
+        "hang",
+        1,
+        base,
+        "env = { FIXTURE_HANG_AFTER_MS = \"500\" }\nready = \"http:/health\"\nhealth_interval = \"200ms\"\nhealth_timeout = \"200ms\"\nhealth_failures = 2\ndrain_timeout = \"1s\"",
+    ));
+    let first = pid(&r.wait_all_ready()[0]);
+    let w = wait_until("the hung worker replaced", || {
+        let w = r.workers()[0].clone();
+        let reason = w["last_exit"].as_str().unwrap_or_default();
+        if reason.starts_with("replaced: unresponsive")
+            && w["pid"].as_u64() != Some(u64::from(first))
+        {
+            Ok(w)
+        } else {
+            Err(w.to_string())
+        }
+    });
+    assert!(w["restarts"].as_u64() >= Some(1), "{w}");
+    wait_until("the hung worker gone", || {
+        if running(first) {
+            Err(format!("{first} alive"))
+        } else {
+            Ok(())
+        }
+    });
+}

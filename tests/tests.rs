@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod bad_input;
 mod config_check;
 mod observe;
 mod reload;

@@ -301,3 +301,53 @@ fn rtsup_start_without_a_config_runs_the_embedded_demo() {
     });
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn sigterm_under_load_exits_cleanly_with_no_orphans() {
+    let (mut r, port) = cluster("");
+    let pids: Vec<u32> = r
+        .workers()
+        .iter()
+        .filter_map(|w| w["pid"].as_u64())
+        .map(|p| p as u32)
+        .collect();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut swarm = std::process::Command::new("node")
+        .arg(crate::harness::interop_dir().join("clients.js"))
+        .args([
+            url.as_str(),
+            "--clients",
+            "100",
+            "--app",
+            "reference",
+            "--hold-ms",
+            "30000",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("swarm");
+    let mut lines = std::io::BufReader::new(swarm.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut lines, &mut first).expect("progress line");
+    assert!(first.contains("\"connected\":100"), "{first}");
+    // Requests in flight while the signal lands.
+    let load = std::thread::spawn(move || {
+        for _ in 0..200 {
+            let _ = crate::harness::http_get(port, "/health");
+        }
+    });
+    r.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(r.wait_exit(), Some(0));
+    let _ = load.join();
+    for p in pids {
+        crate::harness::wait_until("worker gone", || {
+            if crate::harness::running(p) {
+                Err(format!("{p} alive"))
+            } else {
+                Ok(())
+            }
+        });
+    }
+    let _ = swarm.kill();
+    let _ = swarm.wait();
+}

@@ -31,3 +31,9 @@ pub const DEFAULT_ROOT_CONTROL_SOCKET: &str = "/run/rtsup/rtsup.sock";
 pub const DEFAULT_ROOT_LOG_DIR: &str = "/var/log/rtsup";
 /// Most instances one app may ask for.
 pub const MAX_INSTANCES: u16 = 512;
+/// Liveness check period of ready workers ("0s" disables).
+pub const DEFAULT_HEALTH_INTERVAL: &str = "5s";
+/// How long one liveness check may take.
+pub const DEFAULT_HEALTH_TIMEOUT: &str = "2s";
+/// Failed liveness checks in a row before a worker is replaced.
+pub const DEFAULT_HEALTH_FAILURES: u32 = 3;

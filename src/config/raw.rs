@@ -52,6 +52,9 @@ pub struct RawApp {
     pub min_uptime: Option<Spanned<String>>,
     pub kill_timeout: Option<Spanned<String>>,
     pub drain_timeout: Option<Spanned<String>>,
+    pub health_interval: Option<Spanned<String>>,
+    pub health_timeout: Option<Spanned<String>>,
+    pub health_failures: Option<u32>,
 }
 
 /// `instances = 4` or `instances = "max"`, read without `untagged` so errors keep their span.

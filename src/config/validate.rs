@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use supervisor::backoff::RestartPolicy;
-use supervisor::{AppSpec, LogSpec, ReadyCheck};
+use supervisor::{AppSpec, HealthSpec, LogSpec, ReadyCheck};
 use toml::Spanned;
 
 use super::defaults::*;
@@ -233,6 +233,18 @@ fn app_section(i: usize, app: &RawApp, base: &Path, rep: &mut Reporter<'_>) -> O
         &key("drain_timeout"),
         rep,
     );
+    let health_interval = duration(
+        app.health_interval.as_ref(),
+        DEFAULT_HEALTH_INTERVAL,
+        &key("health_interval"),
+        rep,
+    );
+    let health_timeout = duration(
+        app.health_timeout.as_ref(),
+        DEFAULT_HEALTH_TIMEOUT,
+        &key("health_timeout"),
+        rep,
+    );
     let max_memory = match &app.max_memory {
         None => None,
         Some(m) => {
@@ -274,6 +286,14 @@ fn app_section(i: usize, app: &RawApp, base: &Path, rep: &mut Reporter<'_>) -> O
         },
         kill_timeout: kill_timeout?,
         drain_timeout: drain_timeout?,
+        health: HealthSpec {
+            interval: health_interval?,
+            timeout: health_timeout?,
+            failures: app
+                .health_failures
+                .unwrap_or(DEFAULT_HEALTH_FAILURES)
+                .max(1),
+        },
     })
 }
 

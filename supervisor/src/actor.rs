@@ -197,6 +197,8 @@ struct SlotRt {
     port: u16,
     started_at: Option<SystemTime>,
     probe: Option<AbortHandle>,
+    /// Liveness checks of the ready worker.
+    liveness: Option<AbortHandle>,
     usage: Usage,
     outgoing: Option<OutgoingRt>,
     /// Removed from the configuration by a reload: stopped, then dropped.
@@ -279,6 +281,7 @@ fn slot_rt(app: &AppSpec, i: u16, logs: &LogSpec) -> Result<SlotRt, SupervisorEr
         port: app.slot_port(i),
         started_at: None,
         probe: None,
+        liveness: None,
         usage: Usage::default(),
         outgoing: None,
         retired: false,
@@ -607,6 +610,9 @@ impl Actor {
             if let Some(probe) = rt.probe.take() {
                 probe.abort();
             }
+            if let Some(l) = rt.liveness.take() {
+                l.abort();
+            }
             rt.usage = Usage::default();
             rt.started_at = None;
             rt.slot.pid()
@@ -669,7 +675,54 @@ impl Actor {
                     queue.push(next);
                 }
             }
+            // After the actions: a rollback restores the old worker's port and generation.
+            if before != after && after == "ready" {
+                self.watch_liveness(key);
+            }
         }
+    }
+
+    /// Check a ready worker every `health.interval`; after `health.failures` failed checks in
+    /// a row, replace it (a hung worker accepts connections but answers nothing).
+    fn watch_liveness(&mut self, key: Key) {
+        let app = self.apps[key.0].spec.clone();
+        let health = app.health;
+        let tx = self.tx.clone();
+        let rt = self.rt(key);
+        if let Some(l) = rt.liveness.take() {
+            l.abort();
+        }
+        if health.interval.is_zero() {
+            return;
+        }
+        let (generation, port) = (rt.generation, rt.port);
+        let task = tokio::spawn(async move {
+            let mut failed = 0;
+            loop {
+                sleep(health.interval).await;
+                match readiness::alive(&app.ready, port, health.timeout).await {
+                    Ok(()) => failed = 0,
+                    Err(why) => {
+                        failed += 1;
+                        warn!(app = %app.name, slot = key.1, port, failed, %why, "liveness check failed");
+                        if failed >= health.failures {
+                            let reason = format!("unresponsive: {why}");
+                            send(
+                                &tx,
+                                Msg::Event {
+                                    key,
+                                    generation,
+                                    event: SlotEvent::Replace { reason },
+                                },
+                            )
+                            .await;
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        rt.liveness = Some(task.abort_handle());
     }
 
     /// The port for the next worker of a slot: its twin while an outgoing worker holds the
@@ -706,6 +759,9 @@ impl Actor {
                         drain: None,
                     });
                     rt.probe = None;
+                    if let Some(l) = rt.liveness.take() {
+                        l.abort();
+                    }
                 }
                 let port = self.spawn_port(key);
                 let rt = self.rt(key);

@@ -21,4 +21,4 @@ pub mod spec;
 
 pub use actor::{DrainGate, NoGate, ReloadReport, Supervisor, SupervisorError, SupervisorHandle};
 pub use fleet::{Fleet, WorkerSnapshot, WorkerState};
-pub use spec::{AppSpec, LogSpec, ReadyCheck, SupervisorSpec};
+pub use spec::{AppSpec, HealthSpec, LogSpec, ReadyCheck, SupervisorSpec};

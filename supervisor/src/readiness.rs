@@ -33,6 +33,39 @@ pub async fn wait_ready(check: &ReadyCheck, port: u16, within: Duration) -> Resu
     }
 }
 
+/// One liveness check of a ready worker within `within`: the readiness probe for
+/// `ready = "http:/…"`; for `ready = "tcp"` an HTTP request that must get any answer at all
+/// (the kernel accepts connections for a hung process, so a bare connect proves nothing).
+pub async fn alive(check: &ReadyCheck, port: u16, within: Duration) -> Result<(), String> {
+    let probe = async {
+        match check {
+            ReadyCheck::Http { .. } => attempt(check, port).await,
+            ReadyCheck::Tcp => {
+                let mut stream = TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .map_err(|e| format!("port {port}: {e}"))?;
+                stream
+                    .write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                    .await
+                    .map_err(|e| format!("port {port}: {e}"))?;
+                let mut byte = [0u8; 1];
+                match stream.read(&mut byte).await {
+                    Ok(1) => Ok(()),
+                    Ok(_) => Err(format!("port {port}: closed without answering")),
+                    Err(e) => Err(format!("port {port}: {e}")),
+                }
+            }
+        }
+    };
+    match timeout(within, probe).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "no answer within {}",
+            humantime::format_duration(within)
+        )),
+    }
+}
+
 async fn attempt(check: &ReadyCheck, port: u16) -> Result<(), String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))
         .await
@@ -78,6 +111,18 @@ mod tests {
         wait_ready(&ReadyCheck::Tcp, port, Duration::from_secs(2))
             .await
             .expect("ready");
+    }
+
+    #[tokio::test]
+    async fn a_listener_that_never_answers_is_not_alive() {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        // Accepted by the kernel's backlog, never read or answered.
+        let err = alive(&ReadyCheck::Tcp, port, Duration::from_millis(200))
+            .await
+            .expect_err("hung");
+        assert!(err.starts_with("no answer within"), "{err}");
+        drop(l);
     }
 
     #[tokio::test]

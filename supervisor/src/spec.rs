@@ -47,6 +47,29 @@ pub struct AppSpec {
     pub kill_timeout: Duration,
     /// How long a draining worker may keep its sessions (used by reloads).
     pub drain_timeout: Duration,
+    /// Liveness checks of ready workers (a hung worker is replaced).
+    pub health: HealthSpec,
+}
+
+/// Liveness checking of ready workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthSpec {
+    /// Time between checks; zero disables them.
+    pub interval: Duration,
+    /// How long one check may take.
+    pub timeout: Duration,
+    /// Consecutive failed checks before the worker is replaced.
+    pub failures: u32,
+}
+
+impl Default for HealthSpec {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            failures: 3,
+        }
+    }
 }
 
 impl AppSpec {

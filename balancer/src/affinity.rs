@@ -10,6 +10,9 @@ use sha2::Sha256;
 
 /// Hex characters of the MAC kept in the token (128 bits).
 const MAC_HEX: usize = 32;
+/// Longest backend key a token may carry (keys are short, like `chat:12`; the cap keeps a
+/// hostile cookie from costing more than a few hundred bytes of work).
+pub const MAX_KEY_BYTES: usize = 128;
 
 /// Signs and verifies affinity tokens.
 #[derive(Clone)]
@@ -51,7 +54,7 @@ impl CookieSigner {
     /// The backend key in `token`, if the token is well-formed and its MAC is ours.
     pub fn verify(&self, token: &str) -> Option<String> {
         let (key_hex, mac) = token.split_once('.')?;
-        if mac.len() != MAC_HEX || key_hex.len() > 256 {
+        if mac.len() != MAC_HEX || key_hex.len() > 2 * MAX_KEY_BYTES {
             return None;
         }
         let key = hex::decode(key_hex).ok()?;
@@ -104,6 +107,17 @@ mod tests {
         for bad in ["", ".", "zz.zz", "abc", &format!("{t}x"), &t[..t.len() - 1]] {
             assert_eq!(s.verify(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn keys_over_the_cap_are_refused_not_misread() {
+        // Found by the fuzzer: the round trip holds only up to MAX_KEY_BYTES.
+        let s = CookieSigner::new([7; 32]);
+        let long = "\u{fffd}".repeat(43);
+        assert!(long.len() > MAX_KEY_BYTES);
+        assert_eq!(s.verify(&s.sign(&long)), None);
+        let ok = "k".repeat(MAX_KEY_BYTES);
+        assert_eq!(s.verify(&s.sign(&ok)).as_deref(), Some(ok.as_str()));
     }
 
     #[test]

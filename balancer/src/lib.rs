@@ -14,15 +14,19 @@ pub mod affinity;
 pub mod client_ip;
 pub mod engineio;
 pub mod loads;
+#[cfg(feature = "proxy")]
 pub mod metrics;
 pub mod policy;
 pub mod ring;
 pub mod routes;
+#[cfg(feature = "proxy")]
 pub mod server;
+#[cfg(feature = "proxy")]
 pub mod service;
 pub mod sid_table;
 
 pub use policy::NewSessions;
+#[cfg(feature = "proxy")]
 pub use server::{BalancerSettings, ProxyHandle};
 
 /// Every backend the balancer may route to, as published by its source.

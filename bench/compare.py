@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""Side-by-side proxy benchmark: rtsup vs nginx (ip_hash upstream) vs direct, same run, same
+four rtsup-worker processes (supervised by rtsup; nginx points at the same ports).
+
+  bench/compare.py            (needs: cargo build --release, nginx, wrk, node + tests/interop)
+
+Prints a markdown table; raw numbers go to target/bench/compare.json.
+"""
+import json, os, random, re, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target/release/rtsup")
+NODE_ENV = dict(os.environ, NODE_PATH=os.path.join(ROOT, "tests/interop/node_modules"))
+IDLE_SESSIONS = int(os.environ.get("IDLE_SESSIONS", "8000"))
+FANOUT_CLIENTS = int(os.environ.get("FANOUT_CLIENTS", "1000"))
+
+
+def wait_port(port, deadline=20):
+    end = time.time() + deadline
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"port {port} never opened")
+
+
+def rss_kb(pids):
+    total = 0
+    for pid in pids:
+        try:
+            for line in open(f"/proc/{pid}/status"):
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def children(pid):
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def node(script, *args, timeout=600):
+    out = subprocess.run(["node", os.path.join(ROOT, script), *map(str, args)],
+                         capture_output=True, text=True, env=NODE_ENV, timeout=timeout)
+    lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    return json.loads(lines[-1]) if lines else {"error": out.stderr[-500:]}
+
+
+def to_ms(v):
+    num, unit = re.match(r"([\d.]+)(\w+)", v).groups()
+    return float(num) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(port):
+    out = subprocess.run(["wrk", "-t2", "-c64", "-d10s", "--latency", f"http://127.0.0.1:{port}/health"],
+                         capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = to_ms(re.search(r"\s50%\s+(\S+)", out).group(1))
+    p99 = to_ms(re.search(r"\s99%\s+(\S+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "non2xx": int(errors.group(1)) if errors else 0}
+
+
+def idle(port, pids_fn):
+    before = rss_kb(pids_fn())
+    proc = subprocess.Popen(["node", os.path.join(ROOT, "bench/idle_ws.js"), f"ws://127.0.0.1:{port}",
+                             str(IDLE_SESSIONS), "120000"], stdout=subprocess.PIPE, stdin=subprocess.PIPE,
+                            text=True, env=NODE_ENV)
+    status = json.loads(proc.stdout.readline())
+    time.sleep(2)  # let allocations settle before reading RSS
+    after = rss_kb(pids_fn())
+    proc.stdin.close()
+    proc.wait(timeout=30)
+    n = max(status["open"], 1)
+    return {"open": status["open"], "failed": status["failed"], "rss_before_kb": before,
+            "rss_after_kb": after, "bytes_per_session": round((after - before) * 1024 / n)}
+
+
+def main():
+    if not os.path.exists(BIN):
+        sys.exit("build first: cargo build --release")
+    work = tempfile.mkdtemp(prefix="rtsup-bench-")
+    base = random.randint(20000, 31000)
+    lb, ngx = base + 10, base + 12
+    conf = os.path.join(work, "rtsup.toml")
+    with open(conf, "w") as f:
+        f.write(f"""[supervisor]
+control_socket = "{work}/rtsup.sock"
+log_dir = "{work}/logs"
+[[app]]
+name = "ref"
+command = "{BIN}"
+args = ["worker"]
+instances = 4
+port = {base}
+ready = "http:/health"
+env = {{ RTSUP_RATE_LIMIT = "1000000" }}
+[balancer]
+listen = "127.0.0.1:{lb}"
+threads = 2
+[admin]
+listen = "127.0.0.1:{base + 11}"
+""")
+    rtsup = subprocess.Popen([BIN, "start", "-c", conf], stderr=open(os.path.join(work, "rtsup.log"), "w"))
+    for p in [base + i for i in range(4)] + [lb]:
+        wait_port(p)
+    ngx_conf = os.path.join(work, "nginx.conf")
+    upstream = "\n".join(f"    server 127.0.0.1:{base + i};" for i in range(4))
+    with open(ngx_conf, "w") as f:
+        f.write(f"""user root;
+worker_processes 2;
+worker_rlimit_nofile 20000;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log warn;
+events {{ worker_connections 19000; }}
+http {{
+  access_log off;
+  upstream workers {{
+    ip_hash;
+{upstream}
+    keepalive 64;
+  }}
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
+  server {{
+    listen 127.0.0.1:{ngx} reuseport;
+    location / {{
+      proxy_pass http://workers;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_set_header Host $host;
+      proxy_read_timeout 120s;
+      proxy_buffering off;
+    }}
+  }}
+}}
+""")
+    nginx = subprocess.Popen(["nginx", "-p", work, "-c", ngx_conf, "-g", "daemon off;"])
+    wait_port(ngx)
+    time.sleep(1)
+    targets = {"rtsup": lb, "nginx": ngx, "direct": base}
+    pids = {"rtsup": lambda: [rtsup.pid], "nginx": lambda: [nginx.pid] + children(nginx.pid), "direct": lambda: []}
+    results = {}
+    try:
+        for name, port in targets.items():
+            r = results.setdefault(name, {})
+            print(f"# {name}: http", file=sys.stderr)
+            r["http"] = wrk(port)
+            print(f"# {name}: websocket round trips", file=sys.stderr)
+            r["ws_rtt"] = node("bench/ws_rtt.js", f"http://127.0.0.1:{port}", 100, 50)
+            print(f"# {name}: polling sessions/s", file=sys.stderr)
+            r["polling"] = node("bench/poll_rate.js", f"http://127.0.0.1:{port}", 32, 10000)
+            if name != "direct":
+                print(f"# {name}: {IDLE_SESSIONS} idle websocket sessions", file=sys.stderr)
+                r["idle"] = idle(port, pids[name])
+                print(f"# {name}: room fan-out", file=sys.stderr)
+                r["fanout"] = node("tests/interop/clients.js", f"http://127.0.0.1:{port}", "--clients", FANOUT_CLIENTS,
+                                   "--broadcasts", 10, "--app", "reference", "--timeout-ms", 120000, "--room", f"bench-{name}")
+    finally:
+        nginx.send_signal(signal.SIGQUIT)
+        rtsup.send_signal(signal.SIGTERM)
+        nginx.wait(timeout=30)
+        rtsup.wait(timeout=60)
+    os.makedirs(os.path.join(ROOT, "target/bench"), exist_ok=True)
+    with open(os.path.join(ROOT, "target/bench/compare.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    shutil.rmtree(work, ignore_errors=True)
+
+    def cell(name, *path, fmt="{}"):
+        v = results.get(name, {})
+        for p in path:
+            v = v.get(p) if isinstance(v, dict) else None
+        return "n/a" if v is None else fmt.format(v)
+
+    rows = [
+        ("HTTP keep-alive GET /health, wrk -t2 -c64 10 s: req/s", ("http", "rps"), "{:.0f}"),
+        ("  latency p50 (ms)", ("http", "p50_ms"), "{:.2f}"),
+        ("  latency p99 (ms)", ("http", "p99_ms"), "{:.2f}"),
+        ("WebSocket round trip, 100 conns × 50 acks: p50 (ms)", ("ws_rtt", "p50"), "{:.2f}"),
+        ("  p99 (ms)", ("ws_rtt", "p99"), "{:.2f}"),
+        (f"{IDLE_SESSIONS} idle engine.io WebSockets: proxy RSS per session (bytes)", ("idle", "bytes_per_session"), "{}"),
+        ("  sessions open / failed", ("idle", "open"), "{}"),
+        (f"room fan-out, {FANOUT_CLIENTS} clients / 4 workers: p50 (ms)", ("fanout", "latencyMs", "p50"), "{}"),
+        ("  p99 (ms)", ("fanout", "latencyMs", "p99"), "{}"),
+        ("  clients per worker", ("fanout", "perWorker"), "{}"),
+        ("  delivered / expected", ("fanout", "delivered"), "{}"),
+        ("polling sessions established /s (32 loops, 10 s)", ("polling", "per_s"), "{}"),
+        ("  errors (non-200, incl. Session ID unknown)", ("polling", "errors"), "{}"),
+    ]
+    print(f"| measure (same run; {os.cpu_count()} cores, load generator on the same machine) | rtsup | nginx ip_hash | direct (1 worker) |")
+    print("|---|---|---|---|")
+    for label, path, fmt in rows:
+        print(f"| {label} | " + " | ".join(cell(n, *path, fmt=fmt) for n in ("rtsup", "nginx", "direct")) + " |")
+    for name in ("rtsup", "nginx"):
+        f = results.get(name, {}).get("fanout", {})
+        print(f"# {name} fan-out: delivered {f.get('delivered')}/{f.get('expected')}, idle failed {results.get(name, {}).get('idle', {}).get('failed')}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+// WebSocket round trips: N socket.io clients (websocket transport only), each sending K
+// acknowledged `whoami` events one after another; prints {clients, rounds, p50, p99, errors}.
+//   NODE_PATH=tests/interop/node_modules node bench/ws_rtt.js URL [CLIENTS] [ROUNDS]
+const { io } = require("socket.io-client");
+
+const [url, n = "100", k = "50"] = process.argv.slice(2);
+const N = Number(n), K = Number(k);
+const rtts = [];
+let errors = 0;
+
+async function client() {
+  const s = io(url, { transports: ["websocket"], forceNew: true, reconnection: false });
+  await new Promise((res, rej) => { s.once("hello", res); s.once("connect_error", rej); });
+  for (let i = 0; i < K; i++) {
+    const t0 = process.hrtime.bigint();
+    await new Promise((res) => s.timeout(5000).emit("whoami", (err) => { if (err) errors++; res(); }));
+    rtts.push(Number(process.hrtime.bigint() - t0) / 1e6);
+  }
+  s.close();
+}
+
+Promise.all(Array.from({ length: N }, () => client().catch(() => errors++))).then(() => {
+  rtts.sort((a, b) => a - b);
+  const p = (q) => rtts.length ? rtts[Math.min(rtts.length - 1, Math.floor(q * rtts.length))] : null;
+  console.log(JSON.stringify({ clients: N, rounds: K, samples: rtts.length, p50: p(0.5), p99: p(0.99), errors }));
+  process.exit(0);
+});

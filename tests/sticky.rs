@@ -50,7 +50,7 @@ fn default_transport_clients_upgrade_and_stay_pinned() {
 }
 
 #[test]
-fn ip_hash_spreads_one_ip_only_with_the_cookie_fallback_off() {
+fn ip_hash_pins_every_client_of_one_ip_to_one_worker() {
     // All clients share 127.0.0.1: ip-hash puts every new session on one worker, and sessions
     // still work (pinned by sid).
     let (_r, url) = cluster("new_sessions = \"ip-hash\"");

@@ -707,15 +707,7 @@ impl Actor {
                         warn!(app = %app.name, slot = key.1, port, failed, %why, "liveness check failed");
                         if failed >= health.failures {
                             let reason = format!("unresponsive: {why}");
-                            send(
-                                &tx,
-                                Msg::Event {
-                                    key,
-                                    generation,
-                                    event: SlotEvent::Replace { reason },
-                                },
-                            )
-                            .await;
+                            send_event(&tx, key, generation, SlotEvent::Replace { reason }).await;
                             return;
                         }
                     }
@@ -790,15 +782,7 @@ impl Actor {
                                 Err(e) => format!("wait failed: {e}"),
                             };
                             let event = SlotEvent::Exited { status };
-                            send(
-                                &tx,
-                                Msg::Event {
-                                    key,
-                                    generation,
-                                    event,
-                                },
-                            )
-                            .await;
+                            send_event(&tx, key, generation, event).await;
                         });
                         Some(SlotEvent::Spawned { pid })
                     }
@@ -820,15 +804,7 @@ impl Actor {
                             Ok(()) => SlotEvent::Ready,
                             Err(reason) => SlotEvent::NotReady { reason },
                         };
-                    send(
-                        &tx,
-                        Msg::Event {
-                            key,
-                            generation,
-                            event,
-                        },
-                    )
-                    .await;
+                    send_event(&tx, key, generation, event).await;
                 });
                 rt.probe = Some(task.abort_handle());
                 None
@@ -855,15 +831,7 @@ impl Actor {
                 tokio::spawn(async move {
                     sleep_until(at).await;
                     let event = SlotEvent::Wake;
-                    send(
-                        &tx,
-                        Msg::Event {
-                            key,
-                            generation,
-                            event,
-                        },
-                    )
-                    .await;
+                    send_event(&tx, key, generation, event).await;
                 });
                 None
             }
@@ -884,15 +852,7 @@ impl Actor {
                         }
                     }
                     let event = SlotEvent::OutgoingDrained;
-                    send(
-                        &tx,
-                        Msg::Event {
-                            key,
-                            generation,
-                            event,
-                        },
-                    )
-                    .await;
+                    send_event(&tx, key, generation, event).await;
                 });
                 o.drain = Some(task.abort_handle());
                 self.reload_slot_done(key, None);
@@ -996,6 +956,19 @@ fn state_name(s: &SlotState) -> &'static str {
 /// `123.4 MB`-style text for logs and reasons.
 fn bytes(n: u64) -> String {
     format!("{:.1} MB", n as f64 / 1_000_000.0)
+}
+
+/// Report `event` of worker `generation` of slot `key` to the actor.
+async fn send_event(tx: &mpsc::WeakSender<Msg>, key: Key, generation: u64, event: SlotEvent) {
+    send(
+        tx,
+        Msg::Event {
+            key,
+            generation,
+            event,
+        },
+    )
+    .await;
 }
 
 async fn send(tx: &mpsc::WeakSender<Msg>, msg: Msg) {

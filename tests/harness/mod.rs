@@ -285,20 +285,9 @@ pub fn socketio_app(instances: u16, port: u16, listen_port: u16, balancer_extra:
 
 /// Run the socket.io client swarm (`tests/interop/clients.js`) and parse its JSON summary.
 pub fn run_clients(url: &str, args: &[&str]) -> Value {
-    let out = Command::new("node")
-        .arg(interop_dir().join("clients.js"))
-        .arg(url)
-        .args(args)
-        .output()
-        .expect("run node clients.js");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(line).unwrap_or_else(|e| {
-        panic!(
-            "clients.js printed no summary ({e}): stdout={stdout} stderr={}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    let mut all = vec![url];
+    all.extend_from_slice(args);
+    run_node("clients.js", &all)
 }
 
 /// `[[app]]` of `instances` reference workers (`rtsup worker`) with extra `env` entries, and a

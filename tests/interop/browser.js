@@ -2,15 +2,11 @@
 // wait until the rtsup demo shows "connected" and a worker, save a screenshot.
 //   node browser.js URL SCREENSHOT.png
 // Prints one JSON line: {status, worker, transport, screenshot}.
-const { chromium } = require("playwright-core");
+const { launch } = require("./chromium");
 
 async function main() {
   const [url, shot] = process.argv.slice(2);
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  const browser = await launch();
   try {
     const page = await browser.newPage({ viewport: { width: 900, height: 640 } });
     await page.goto(url);

@@ -2,15 +2,11 @@
 // playwright-core), wait until it lists the expected number of ready workers, save a screenshot.
 //   node dashboard.js URL READY_COUNT SCREENSHOT.png
 // Prints one JSON line: {rows, ready, cards, screenshot}.
-const { chromium } = require("playwright-core");
+const { launch } = require("./chromium");
 
 async function main() {
   const [url, want, shot] = process.argv.slice(2);
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  const browser = await launch();
   try {
     const page = await browser.newPage({ viewport: { width: 1200, height: 760 } });
     await page.goto(url);

@@ -27,33 +27,22 @@ fn assert_crossed(s: &Value) {
     assert_eq!(s["notification"]["n"], 1, "{s}");
 }
 
+/// Two clients on two workers of a cluster with `env`: room message, dm, room count, webhook.
+fn chat_crosses_workers(env: &str) {
+    let (_r, port) = cluster(env);
+    let url = format!("http://127.0.0.1:{port}");
+    assert_crossed(&run_node("chat.js", &[&url, "--emit-token", "test-token"]));
+}
+
 #[test]
 fn rooms_cross_workers_on_the_embedded_hub() {
-    let (_r, port) = cluster("");
-    let s = run_node(
-        "chat.js",
-        &[
-            &format!("http://127.0.0.1:{port}"),
-            "--emit-token",
-            "test-token",
-        ],
-    );
-    assert_crossed(&s);
+    chat_crosses_workers("");
 }
 
 #[test]
 fn rooms_cross_workers_on_redis() {
     require_local_redis();
-    let (_r, port) = cluster(", REDIS_URL = \"redis://127.0.0.1:6379\"");
-    let s = run_node(
-        "chat.js",
-        &[
-            &format!("http://127.0.0.1:{port}"),
-            "--emit-token",
-            "test-token",
-        ],
-    );
-    assert_crossed(&s);
+    chat_crosses_workers(", REDIS_URL = \"redis://127.0.0.1:6379\"");
 }
 
 fn post(port: u16, headers: &str, body: &str) -> (u16, String) {

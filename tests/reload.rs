@@ -141,8 +141,9 @@ fn a_rolling_reload_under_load_fails_no_request_and_no_session() {
     let took = t0.elapsed();
     assert!(
         out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        r.worker_err_logs()
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("4 worker(s) replaced"));
     eprintln!("reload of 4 workers took {took:?}");

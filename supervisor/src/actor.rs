@@ -212,11 +212,17 @@ struct AppRt {
     slots: Vec<SlotRt>,
 }
 
+/// Tries a reload gives one slot before it rolls back and stops: a new worker that fails once
+/// (a dependency blinking during its start-up) gets a second chance.
+pub const RELOAD_ATTEMPTS: u32 = 2;
+
 /// A rolling reload in progress.
 #[derive(Default)]
 struct ReloadRun {
     queue: VecDeque<Key>,
     current: Option<Key>,
+    /// Failed replacement attempts per slot.
+    failures: HashMap<Key, u32>,
     replaced: usize,
     waiters: Vec<oneshot::Sender<Result<ReloadReport, SupervisorError>>>,
 }
@@ -547,23 +553,28 @@ impl Actor {
             return;
         }
         run.current = None;
-        match failure {
-            None => {
-                run.replaced += 1;
-                self.reload_step();
-            }
-            Some(why) => {
-                let Some(run) = self.reload.take() else {
-                    return;
-                };
-                warn!(reason = %why, "rolling reload stopped; the failed slot kept its previous worker");
-                for w in run.waiters {
-                    let _ = w.send(Ok(ReloadReport {
-                        replaced: run.replaced,
-                        failed: Some(why.clone()),
-                    }));
-                }
-            }
+        let Some(why) = failure else {
+            run.replaced += 1;
+            self.reload_step();
+            return;
+        };
+        let tries = run.failures.entry(key).or_insert(0);
+        *tries += 1;
+        if *tries < RELOAD_ATTEMPTS {
+            warn!(reason = %why, "replacement failed; trying this slot once more");
+            run.queue.push_front(key);
+            self.reload_step();
+            return;
+        }
+        let Some(run) = self.reload.take() else {
+            return;
+        };
+        warn!(reason = %why, "rolling reload stopped; the failed slot kept its previous worker");
+        for w in run.waiters {
+            let _ = w.send(Ok(ReloadReport {
+                replaced: run.replaced,
+                failed: Some(why.clone()),
+            }));
         }
     }
 

@@ -68,7 +68,6 @@ pub struct RequestCtx {
     snap: Option<Arc<Snapshot>>,
     backend: Option<usize>,
     backend_id: Option<Arc<str>>,
-    kind: Option<RouteKind>,
     engineio: bool,
     sid: Option<String>,
     /// A load unit taken for a handshake until its sid is learned (or it fails).
@@ -151,7 +150,6 @@ impl ProxyHttp for Balancer {
             snap: None,
             backend: None,
             backend_id: None,
-            kind: None,
             engineio: false,
             sid: None,
             provisional: false,
@@ -235,7 +233,6 @@ impl ProxyHttp for Balancer {
                 });
                 ctx.backend = Some(backend);
                 ctx.backend_id = Some(snap.backends[backend].id.clone());
-                ctx.kind = Some(kind);
             }
         }
         ctx.snap = Some(snap);

@@ -1,4 +1,4 @@
-//! The command line: `rtsup start | status | stop | restart | logs | check`.
+//! The command line: `rtsup start | status | reload | restart | stop | scale | logs | check`.
 
 use std::path::PathBuf;
 
@@ -28,10 +28,17 @@ pub struct Target {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the supervisor (and balancer) in the foreground; SIGTERM/SIGINT stop it gracefully.
+    /// With APP: start that app in the running daemon.
     Start {
         /// Configuration file (default: ./rtsup.toml).
         #[arg(short = 'c', long = "config", value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Control socket of the daemon (with APP).
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// An app of the running daemon to start (stopped or errored).
+        #[arg(value_name = "APP")]
+        app: Option<String>,
     },
     /// Show every worker: pid, port, state, uptime, restarts, cpu, memory.
     Status {
@@ -41,10 +48,25 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Stop every worker and the daemon.
+    /// Stop every worker and the daemon; with APP, only that app's workers.
     Stop {
         #[command(flatten)]
         target: Target,
+        /// Stop only this app; the daemon and the other apps keep running.
+        #[arg(value_name = "APP")]
+        app: Option<String>,
+    },
+    /// Run N workers of APP: new slots on free ports, surplus ones drained before they stop
+    /// (until the next reload, which takes `instances` from the configuration again).
+    Scale {
+        #[command(flatten)]
+        target: Target,
+        /// The app.
+        #[arg(value_name = "APP")]
+        app: String,
+        /// Workers wanted.
+        #[arg(value_name = "N")]
+        instances: u16,
     },
     /// Rolling zero-downtime reload: re-read the configuration, replace every worker (same as
     /// SIGHUP to the daemon, or `systemctl reload rtsup`).
@@ -58,10 +80,14 @@ pub enum Command {
         #[arg(short = 'c', long = "config", value_name = "FILE")]
         config: Option<PathBuf>,
     },
-    /// Replace the workers of APP, or one slot with APP:SLOT, without downtime.
+    /// Replace the workers of APP one at a time without downtime, or one slot with APP:SLOT;
+    /// `--force` replaces them all at once.
     Restart {
         #[command(flatten)]
         target: Target,
+        /// Stop every worker now and start new ones at once (not rolling).
+        #[arg(long)]
+        force: bool,
         /// `APP` or `APP:SLOT`.
         #[arg(value_name = "APP[:SLOT]")]
         which: String,

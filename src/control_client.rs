@@ -2,10 +2,10 @@
 
 use std::path::Path;
 
-use anyhow::{Context, bail};
-use supervisor::control::proto::{
+use crate::control::proto::{
     MAX_MESSAGE, PROTOCOL_VERSION, Request, RequestEnvelope, Response, ResponseEnvelope,
 };
+use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 

@@ -6,11 +6,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use supervisor::Supervisor;
-use supervisor::control::server::{self, ControlHooks};
+use supervisor::{AppSpec, Supervisor, SupervisorSpec};
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::control::server::{self, ControlHooks};
 use crate::notify::Notifier;
 use crate::observe::{BalancerView, Observability};
 use crate::reload::DaemonReloader;
@@ -25,6 +25,18 @@ pub fn hub_socket_path(control: &std::path::Path) -> std::path::PathBuf {
     let mut name = control.as_os_str().to_owned();
     name.push(".hub");
     name.into()
+}
+
+/// The apps of `config` as the supervisor runs them: every worker learns the embedded
+/// adapter's hub socket (`RTSUP_HUB`) unless the app sets its own.
+pub fn worker_specs(config: &Config, hub: &std::path::Path) -> Vec<AppSpec> {
+    let mut apps = config.apps.clone();
+    for app in &mut apps {
+        app.env
+            .entry("RTSUP_HUB".into())
+            .or_insert_with(|| hub.display().to_string());
+    }
+    apps
 }
 
 /// Run the daemon in the foreground until SIGTERM/SIGINT or `rtsup stop`.
@@ -43,12 +55,17 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
     let hub = rtsup_worker::hub::server::bind(&hub_path)
         .with_context(|| format!("binding the adapter hub {}", hub_path.display()))?;
     let hub_task = tokio::spawn(rtsup_worker::hub::server::Hub::default().serve(hub));
-    let mut spec = config.supervisor_spec();
-    for app in &mut spec.apps {
-        app.env
-            .entry("RTSUP_HUB".into())
-            .or_insert_with(|| hub_path.display().to_string());
-    }
+    let spec = SupervisorSpec {
+        apps: worker_specs(&config, &hub_path),
+        logs: config.supervisor.logs.clone(),
+        reserved_ports: config
+            .balancer
+            .iter()
+            .map(|b| b.listen.port())
+            .chain([config.admin.listen.port()])
+            .filter(|&p| p != 0)
+            .collect(),
+    };
     let gate = Arc::new(wiring::BalancerGate {
         app: config
             .balancer
@@ -57,8 +74,7 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
             .unwrap_or_default(),
         loads: OnceLock::new(),
     });
-    let (handle, supervisor) =
-        Supervisor::spawn(spec, gate.clone()).context("starting the supervisor")?;
+    let (handle, supervisor) = Supervisor::spawn(spec, gate.clone());
     let obs = Arc::new(Observability {
         supervisor: handle.clone(),
         balancer: OnceLock::new(),
@@ -120,6 +136,7 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
         notifier,
         running: config.clone(),
         obs: obs.clone(),
+        hub: hub_path.clone(),
     });
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let control = tokio::spawn(server::serve(

@@ -6,6 +6,7 @@
 mod admin;
 mod cli;
 mod config;
+mod control;
 mod control_client;
 mod daemon;
 mod demo;
@@ -13,6 +14,7 @@ mod logs_cmd;
 mod notify;
 mod observe;
 mod reload;
+mod report_text;
 mod signals;
 mod status_table;
 mod systemd;
@@ -21,9 +23,9 @@ mod wiring;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use crate::control::proto::{Request, Response};
 use anyhow::{Context, bail};
 use clap::Parser;
-use supervisor::control::proto::{Request, Response};
 
 use crate::cli::{Cli, Command, Target};
 use crate::config::Config;
@@ -58,7 +60,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Worker => Ok(rtsup_worker::server::main_from_env()),
-        Command::Start { config } => {
+        Command::Start {
+            config,
+            socket: explicit,
+            app: Some(app),
+        } => {
+            let target = Target {
+                config,
+                socket: explicit,
+            };
+            ask(&target, "start", Request::StartApp { app })
+        }
+        Command::Start { config, .. } => {
             init_tracing();
             let file = find_config(config.as_deref());
             let config = match &file {
@@ -94,33 +107,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Stop { target } => {
+        Command::Stop {
+            target,
+            app: Some(app),
+        } => ask(&target, "stop", Request::StopApp { app }),
+        Command::Stop { target, app: None } => {
             let socket = socket(&target)?;
             runtime()?.block_on(control_client::call(&socket, Request::Stop))?;
             println!("stopped");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Reload { target } => {
-            let socket = socket(&target)?;
-            let answer = runtime()?.block_on(control_client::call(&socket, Request::Reload))?;
-            match answer {
-                Response::Reloaded {
-                    replaced,
-                    failed: None,
-                } => {
-                    println!("reloaded: {replaced} worker(s) replaced");
-                    Ok(ExitCode::SUCCESS)
-                }
-                Response::Reloaded {
-                    replaced,
-                    failed: Some(why),
-                } => {
-                    eprintln!("reload stopped after {replaced} worker(s): {why}");
-                    Ok(ExitCode::FAILURE)
-                }
-                _ => bail!("unexpected answer to reload"),
-            }
-        }
+        Command::Scale {
+            target,
+            app,
+            instances,
+        } => ask(&target, "scale", Request::Scale { app, instances }),
+        Command::Reload { target } => ask(&target, "reload", Request::Reload),
         Command::Systemd { config } => {
             let file = config_file(config.as_deref())?;
             load(Some(&file))?;
@@ -130,17 +132,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", systemd::unit(&exe, &file));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Restart { target, which } => {
+        Command::Restart {
+            target,
+            force,
+            which,
+        } => {
             let (app, slot) = cli::parse_which(&which)?;
-            let socket = socket(&target)?;
-            let answer = runtime()?.block_on(control_client::call(
-                &socket,
-                Request::Restart { app, slot },
-            ))?;
-            if let Response::Restarted { workers } = answer {
-                println!("restarting {}", workers.join(", "));
-            }
-            Ok(ExitCode::SUCCESS)
+            ask(&target, "restart", Request::Restart { app, slot, force })
         }
         Command::Logs {
             config,
@@ -163,6 +161,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             logs_cmd::run(files, lines, follow)?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Send a request answered with a per-slot report, print it; non-zero exit when any slot
+/// failed.
+fn ask(target: &Target, verb: &str, request: Request) -> anyhow::Result<ExitCode> {
+    let socket = socket(target)?;
+    let Response::Report(report) = runtime()?.block_on(control_client::call(&socket, request))?
+    else {
+        bail!("unexpected answer to {verb}");
+    };
+    let text = report_text::render(verb, &report);
+    if report.ok() {
+        print!("{text}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprint!("{text}");
+        Ok(ExitCode::FAILURE)
     }
 }
 

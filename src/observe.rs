@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
+use crate::control::proto::{BalancerSummary, StatusReport};
 use balancer::loads::Loads;
 use balancer::metrics::BalancerMetrics;
 use balancer::sid_table::SidTable;
@@ -13,7 +14,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use supervisor::SupervisorHandle;
-use supervisor::control::proto::{BalancerSummary, StatusReport};
 
 use crate::wiring::backend_id;
 

@@ -7,9 +7,10 @@ use std::pin::Pin;
 
 use std::sync::Arc;
 
-use supervisor::control::proto::StatusReport;
-use supervisor::control::server::ControlHooks;
-use supervisor::{ReloadReport, SupervisorHandle};
+use supervisor::{Report, SupervisorHandle};
+
+use crate::control::proto::StatusReport;
+use crate::control::server::ControlHooks;
 use tracing::{info, warn};
 
 use crate::config::Config;
@@ -17,7 +18,8 @@ use crate::notify::Notifier;
 
 /// Reloads the daemon's configuration and workers.
 pub struct DaemonReloader {
-    /// The configuration file, or `None` for the embedded demo (reload replaces the workers).
+    /// The configuration file, or `None` for the embedded demo (reload replaces the workers
+    /// with the running configuration's apps).
     pub file: Option<PathBuf>,
     /// The supervisor.
     pub supervisor: SupervisorHandle,
@@ -27,22 +29,24 @@ pub struct DaemonReloader {
     pub running: Config,
     /// Status annotations (sessions per worker).
     pub obs: Arc<crate::observe::Observability>,
+    /// The embedded adapter's hub socket, given to every worker.
+    pub hub: PathBuf,
 }
 
 impl DaemonReloader {
-    async fn run(&self) -> Result<ReloadReport, String> {
+    async fn run(&self) -> Result<Report, String> {
         self.notifier.reloading();
         let result = self.reload_inner().await;
         self.notifier.ready(match &result {
-            Ok(r) if r.failed.is_none() => "reloaded",
+            Ok(r) if r.ok() => "reloaded",
             _ => "reload failed; previous workers kept",
         });
         result
     }
 
-    async fn reload_inner(&self) -> Result<ReloadReport, String> {
+    async fn reload_inner(&self) -> Result<Report, String> {
         let specs = match &self.file {
-            None => None,
+            None => crate::daemon::worker_specs(&self.running, &self.hub),
             Some(file) => {
                 let fresh = Config::load(file).map_err(|e| {
                     warn!(errors = %e, "reload: invalid configuration; still running the previous one");
@@ -70,7 +74,7 @@ impl DaemonReloader {
                         );
                     }
                 }
-                Some(fresh.apps)
+                crate::daemon::worker_specs(&fresh, &self.hub)
             }
         };
         info!("rolling reload requested");
@@ -79,16 +83,17 @@ impl DaemonReloader {
             .reload(specs)
             .await
             .map_err(|e| e.to_string())?;
-        match &report.failed {
-            None => info!(replaced = report.replaced, "reload done"),
-            Some(why) => warn!(replaced = report.replaced, %why, "reload stopped"),
+        if report.ok() {
+            info!(slots = report.slots.len(), "reload done");
+        } else {
+            warn!(?report, "reload done with failures");
         }
         Ok(report)
     }
 }
 
 impl ControlHooks for DaemonReloader {
-    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<ReloadReport, String>> + Send + '_>> {
+    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<Report, String>> + Send + '_>> {
         Box::pin(self.run())
     }
 

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
+use crate::control::server::ControlHooks;
 use supervisor::SupervisorHandle;
-use supervisor::control::server::ControlHooks;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 

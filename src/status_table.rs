@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use supervisor::control::proto::StatusReport;
+use crate::control::proto::StatusReport;
 
 /// Render `report` as an aligned text table.
 pub fn render(report: &StatusReport) -> String {
@@ -87,8 +87,8 @@ fn megabytes(b: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::proto::{AppStatus, WorkerStatus};
     use supervisor::WorkerState;
-    use supervisor::control::proto::{AppStatus, WorkerStatus};
 
     #[test]
     fn columns_align() {

@@ -7,6 +7,7 @@ mod bad_input;
 mod config_check;
 mod observe;
 mod reload;
+mod rollout;
 mod sticky;
 mod supervise;
 mod worker;

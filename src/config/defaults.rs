@@ -21,6 +21,9 @@ pub const DEFAULT_MIN_UPTIME: &str = "1s";
 pub const DEFAULT_KILL_TIMEOUT: &str = "5s";
 /// How long a draining worker keeps its sessions during a reload.
 pub const DEFAULT_DRAIN_TIMEOUT: &str = "30s";
+/// When a drained worker's time is up, its remaining WebSockets are closed spread over this
+/// window, so their clients do not all reconnect in the same millisecond.
+pub const DEFAULT_CLOSE_WINDOW: &str = "5s";
 /// A worker log file is rotated before it grows past this size.
 pub const DEFAULT_LOG_MAX_SIZE: &str = "10MB";
 /// Rotated worker log files kept per stream.

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use balancer::NewSessions;
 use ipnet::IpNet;
-use supervisor::{AppSpec, LogSpec, SupervisorSpec};
+use supervisor::{AppSpec, LogSpec};
 
 pub use error::{ConfigError, ConfigErrors};
 
@@ -102,14 +102,6 @@ impl Config {
         match validate::validate(raw, file, &mut rep) {
             Some(cfg) if rep.errors.is_empty() => Ok(cfg),
             _ => Err(ConfigErrors(rep.errors)),
-        }
-    }
-
-    /// What the supervisor needs.
-    pub fn supervisor_spec(&self) -> SupervisorSpec {
-        SupervisorSpec {
-            apps: self.apps.clone(),
-            logs: self.supervisor.logs.clone(),
         }
     }
 }

@@ -233,6 +233,12 @@ fn app_section(i: usize, app: &RawApp, base: &Path, rep: &mut Reporter<'_>) -> O
         &key("drain_timeout"),
         rep,
     );
+    let close_window = duration(
+        app.close_window.as_ref(),
+        DEFAULT_CLOSE_WINDOW,
+        &key("close_window"),
+        rep,
+    );
     let health_interval = duration(
         app.health_interval.as_ref(),
         DEFAULT_HEALTH_INTERVAL,
@@ -286,6 +292,7 @@ fn app_section(i: usize, app: &RawApp, base: &Path, rep: &mut Reporter<'_>) -> O
         },
         kill_timeout: kill_timeout?,
         drain_timeout: drain_timeout?,
+        close_window: close_window?,
         health: HealthSpec {
             interval: health_interval?,
             timeout: health_timeout?,

@@ -2,23 +2,31 @@
 //!
 //! This crate knows processes, ports, readiness and restart policies. It knows nothing about
 //! HTTP or engine.io: the balancer consumes the [`Fleet`] snapshots it publishes through a mapper
-//! that lives in the `rtsup` binary.
+//! that lives in the `rtsup` binary, and answers the [`DrainGate`] it is given.
 //!
-//! One actor task ([`actor`]) owns every slot; everything else talks to it with messages through
-//! a cheap clonable [`SupervisorHandle`]. The transitions of a slot (backoff, `min_uptime`,
-//! `errored`) are a pure state machine in [`slot`], unit-tested with chosen instants.
+//! One actor task ([`actor`]) owns every slot; everything else talks to it through a cheap
+//! clonable [`SupervisorHandle`], and every request is answered with a per-slot [`Report`].
+//! The slot state machine ([`slot`]) and the rollout reconciler ([`reconcile`]) are pure and
+//! tested bare; the actor runs in tests with a fake [`effects::Effects`] and a paused clock.
 
-pub mod actor;
+mod actor;
 pub mod backoff;
-pub mod control;
+mod effects;
 pub mod fleet;
-pub mod memory;
+mod handle;
+mod memory;
 pub mod output;
-pub mod process;
-pub mod readiness;
-pub mod slot;
+mod ports;
+mod process;
+mod readiness;
+mod reconcile;
+mod slot;
 pub mod spec;
+#[cfg(test)]
+mod testing;
 
-pub use actor::{DrainGate, NoGate, ReloadReport, Supervisor, SupervisorError, SupervisorHandle};
-pub use fleet::{Fleet, WorkerSnapshot, WorkerState};
+pub use actor::Supervisor;
+pub use fleet::{AppSnapshot, Fleet, WorkerSnapshot, WorkerState};
+pub use handle::{DrainGate, Report, SlotReport, SupervisorError, SupervisorHandle};
+pub use reconcile::Outcome;
 pub use spec::{AppSpec, HealthSpec, LogSpec, ReadyCheck, SupervisorSpec};

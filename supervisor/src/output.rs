@@ -54,6 +54,32 @@ pub struct RotatingFile {
 /// A rotating file shared by the output pumps of successive workers of one slot.
 pub type SharedLog = Arc<Mutex<RotatingFile>>;
 
+/// Lines of a worker's stderr kept in memory, to say why it failed.
+pub const TAIL_LINES: usize = 5;
+
+/// The last [`TAIL_LINES`] lines a worker wrote (newest last).
+#[derive(Debug, Clone, Default)]
+pub struct Tail(Arc<Mutex<std::collections::VecDeque<String>>>);
+
+impl Tail {
+    fn push(&self, line: &[u8]) {
+        if let Ok(mut lines) = self.0.lock() {
+            if lines.len() == TAIL_LINES {
+                lines.pop_front();
+            }
+            lines.push_back(String::from_utf8_lossy(line).into_owned());
+        }
+    }
+
+    /// The lines kept, joined with ` | `; empty when the worker wrote nothing.
+    pub fn joined(&self) -> String {
+        self.0
+            .lock()
+            .map(|l| l.iter().map(String::as_str).collect::<Vec<_>>().join(" | "))
+            .unwrap_or_default()
+    }
+}
+
 impl RotatingFile {
     /// Open (append) `path`, creating it.
     pub fn open(path: PathBuf, spec: &LogSpec) -> io::Result<Self> {
@@ -111,7 +137,8 @@ impl RotatingFile {
 /// Copy `reader` line by line into `log` until end of file. Write errors are reported once to
 /// the supervisor's own log and then the output is discarded, so a full disk never blocks the
 /// worker on a full pipe.
-pub async fn pump(reader: impl AsyncRead + Unpin, log: SharedLog) {
+/// `tail`, when given, keeps the last lines in memory too.
+pub async fn pump(reader: impl AsyncRead + Unpin, log: SharedLog, tail: Option<Tail>) {
     let mut reader = BufReader::with_capacity(MAX_LINE, reader);
     let mut line = Vec::new();
     let mut failed = false;
@@ -132,17 +159,20 @@ pub async fn pump(reader: impl AsyncRead + Unpin, log: SharedLog) {
         };
         reader.consume(used);
         if done {
-            write(&log, &mut line, &mut failed);
+            write(&log, &mut line, tail.as_ref(), &mut failed);
         }
     }
     if !line.is_empty() {
-        write(&log, &mut line, &mut failed);
+        write(&log, &mut line, tail.as_ref(), &mut failed);
     }
 }
 
-fn write(log: &SharedLog, line: &mut Vec<u8>, failed: &mut bool) {
+fn write(log: &SharedLog, line: &mut Vec<u8>, tail: Option<&Tail>, failed: &mut bool) {
     if line.last() == Some(&b'\r') {
         line.pop();
+    }
+    if let Some(tail) = tail {
+        tail.push(line);
     }
     let result = match log.lock() {
         Ok(mut f) => f.write_line(line),
@@ -194,7 +224,9 @@ mod tests {
         ));
         let mut input = b"hello\r\nworld\n".to_vec();
         input.extend(std::iter::repeat_n(b'x', MAX_LINE + 10));
-        pump(&input[..], log).await;
+        let tail = Tail::default();
+        pump(&input[..], log, Some(tail.clone())).await;
+        assert!(tail.joined().starts_with("hello | world | xxx"));
         let text = fs::read_to_string(&path).expect("read");
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4, "{}", &text[..200]);

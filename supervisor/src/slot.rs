@@ -1,542 +1,691 @@
-//! The state machine of one slot: a pure function from events to actions.
+//! One slot and the workers it holds: a pure state machine, no I/O, no clock reads.
 //!
-//! A slot is the stable position `i` of an app; over time it holds a sequence of workers, one
-//! per *generation*. `Slot::on(event, now)` changes state and returns what the actor must do
-//! (spawn, signal, arm a timer). No I/O and no clock reads happen here, so every transition is
-//! unit-tested with chosen instants.
+//! A slot is the stable position `i` of an app. It owns the identity of its workers: the
+//! `current` one (the worker the slot serves with) and the `leaving` ones (replaced or retired,
+//! still serving their sessions until drained and stopped), each with its generation, port, pid,
+//! spec revision and phase. Worker events (ready, exited, unresponsive) and deadlines change it
+//! here and return the [`Effect`]s the actor must carry out; *what* the slot should run next is
+//! decided by the reconciler ([`crate::reconcile`]), which reads slots and never mutates them.
 //!
 //! ```text
-//! Stopped|Errored --Start--> (Spawn) --Spawned--> Starting --Ready--> Running
-//! Starting --NotReady--> Stopping(crash)      Running|Starting --Exited--> crash
-//! crash: uptime >= min_uptime resets the count; count > max_restarts => Errored,
-//!        else Backoff(until = now + delay(count)) --Wake--> (Spawn)
-//! Running|Starting --Restart--> Stopping(respawn) --Exited--> (Spawn)
-//! any --Stop--> Stopping(halt) --Exited--> Stopped
-//!
-//! zero-downtime replacement (reload, restart, memory limit), the old worker kept as `outgoing`:
-//! Running(old) --Replace--> (Spawn) Starting(new) + outgoing Serving
-//!   --Ready--> Running(new) + outgoing Draining (Drain) --OutgoingDrained--> outgoing Stopping
-//!   (Terminate old) --OutgoingExited--> no outgoing
-//! new worker fails before Ready (spawn error, exit, not ready) --> Running(old) (RolledBack)
+//! current:  (launch) Starting --ready--> Ready --exit--> crash: backoff or errored
+//!           Starting --not ready / deadline--> Stopping(not ready) --exit--> start failed
+//!           Ready --stop--> Stopping(halt) --exit--> none
+//! launch beside a Ready worker: the old one leaves as Serving; when the new one is Ready it
+//!           drains; if the new one fails first, the old one is current again (rollback).
+//! leaving:  Serving --new ready--> Draining --idle or drain deadline--> [Releasing] --> Stopping
+//!           Stopping --kill deadline--> SIGKILL --give-up deadline--> forgotten
 //! ```
+//! Every phase that waits carries its deadline; [`Slot::tick`] turns an expired one into the
+//! next step, so nothing waits for ever.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::backoff::RestartPolicy;
+use crate::memory::Usage;
+use crate::spec::AppSpec;
 
-/// Where a slot is in its life.
+/// How long a worker that did not exit after SIGKILL is waited for before it is forgotten.
+pub(crate) const KILL_GRACE: Duration = Duration::from_secs(5);
+/// Slack on top of `listen_timeout` before the slot itself declares a start failed (the probe
+/// normally reports first).
+pub(crate) const PROBE_GRACE: Duration = Duration::from_secs(1);
+
+/// One worker process of a slot.
+#[derive(Debug, Clone)]
+pub(crate) struct Worker {
+    /// Incremented on every spawn in this slot; tells successive workers apart.
+    pub generation: u64,
+    /// Process id, also its process group id.
+    pub pid: u32,
+    /// Port it listens on.
+    pub port: u16,
+    /// Revision of the spec it runs.
+    pub rev: u64,
+    /// The spec it runs.
+    pub spec: Arc<AppSpec>,
+    /// When it was spawned (monotonic, for uptimes and deadlines).
+    pub started: Instant,
+    /// When it was spawned (wall clock, for display).
+    pub started_at: SystemTime,
+    /// Where it is in its life.
+    pub phase: Phase,
+    /// Its latest resource sample.
+    pub usage: Usage,
+}
+
+/// The phase of one worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SlotState {
-    /// No worker, none wanted (initial state, or after a stop).
-    Stopped,
-    /// Worker spawned, readiness probe running.
+pub(crate) enum Phase {
+    /// Spawned; the readiness probe runs until `ready_by`.
     Starting {
-        /// Process id of the worker (also its process group id).
-        pid: u32,
-        /// When it was spawned.
-        started: Instant,
+        /// Past this, the start has failed.
+        ready_by: Instant,
     },
-    /// Worker passed its readiness probe and takes traffic.
-    Running {
-        /// Process id of the worker.
-        pid: u32,
-        /// When it was spawned.
-        started: Instant,
-    },
-    /// SIGTERM sent to the worker's group; waiting for it to exit.
-    Stopping {
-        /// Process id of the worker.
-        pid: u32,
-        /// When it was spawned.
-        started: Instant,
-        /// What to do once it has exited.
-        then: AfterExit,
-    },
-    /// Crashed; waiting for the restart delay to pass.
-    Backoff {
-        /// When the replacement is spawned.
+    /// Passed its probe; takes traffic.
+    Ready,
+    /// Leaving: still takes new sessions while its replacement starts.
+    Serving,
+    /// Leaving: keeps its sessions, takes no new ones, until idle or `until`.
+    Draining {
+        /// End of `drain_timeout`.
         until: Instant,
     },
-    /// Crashed more than `max_restarts` times in a row; left down until restarted by hand.
-    Errored,
+    /// Leaving: the proxy closes its remaining connections spread over a window ending `until`.
+    Releasing {
+        /// End of the window; then SIGTERM.
+        until: Instant,
+    },
+    /// SIGTERM sent; SIGKILL at `kill_at`, forgotten at `kill_at + KILL_GRACE`.
+    Stopping {
+        /// When SIGKILL is due.
+        kill_at: Instant,
+        /// SIGKILL already sent.
+        killed: bool,
+        /// What its exit means.
+        why: StopWhy,
+    },
 }
 
-/// The previous worker of a slot while its replacement takes over.
+/// Why a worker is being stopped, which decides what its exit means.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outgoing {
-    /// Its process id.
-    pub pid: u32,
-    /// When it was spawned.
-    pub started: Instant,
-    /// Where it is in its retirement.
-    pub phase: OutgoingPhase,
-}
-
-/// Retirement of an outgoing worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutgoingPhase {
-    /// Still takes new sessions: its replacement is not ready yet.
-    Serving,
-    /// Keeps its sessions, takes no new ones, until idle or `drain_timeout`.
-    Draining,
-    /// SIGTERM sent; waiting for it to exit.
-    Stopping,
-}
-
-/// What a stopping slot does once its worker has exited.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AfterExit {
-    /// Spawn a replacement at once (manual or memory restart).
-    Respawn,
-    /// Treat the exit as a crash with this reason (e.g. readiness timeout).
-    Crash(String),
-    /// Stay stopped.
+pub(crate) enum StopWhy {
+    /// Stopped on purpose (operator stop, retirement, end of drain, forced restart).
     Halt,
-    /// A replacement failed (it was not ready): give the slot back to the outgoing worker.
-    RollBack(String),
+    /// Never became ready: its exit is a failed start with this reason.
+    NotReady(String),
 }
 
-/// Something that happened to a slot.
+/// A request to the actor.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SlotEvent {
-    /// Operator wants the slot running (from `Stopped` or `Errored`).
-    Start,
-    /// The actor spawned the worker the last `Spawn` asked for.
-    Spawned {
-        /// Its process id.
-        pid: u32,
-    },
-    /// Spawning failed (command not found, bad cwd…).
-    SpawnFailed {
-        /// The OS error, for `last_exit`.
-        error: String,
-    },
-    /// The readiness probe succeeded.
-    Ready,
-    /// The readiness probe did not succeed within `listen_timeout`.
-    NotReady {
-        /// Why, for `last_exit`.
-        reason: String,
-    },
-    /// The worker process exited.
-    Exited {
-        /// Exit status as text (`exit code 1`, `signal 9 (SIGKILL)`).
-        status: String,
-    },
-    /// Replace the worker (operator restart, memory limit).
-    Restart {
-        /// Why, for logs and `last_exit`.
-        reason: String,
-    },
-    /// Stop the slot and keep it stopped.
-    Stop,
-    /// A timer armed by `Action::WakeAt` fired.
-    Wake,
-    /// Replace the worker without downtime: start a new one beside it, then drain the old.
-    Replace {
-        /// Why, for logs and `last_exit`.
-        reason: String,
-    },
-    /// The outgoing worker has no sessions left, or its `drain_timeout` passed.
-    OutgoingDrained,
-    /// The outgoing worker exited.
-    OutgoingExited {
-        /// Exit status as text.
-        status: String,
-    },
-}
-
-/// What the actor must do after a transition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// Spawn a new worker (next generation) and report `Spawned`/`SpawnFailed`.
-    Spawn,
-    /// Start the readiness probe of the current worker.
-    Probe,
-    /// SIGTERM the worker's process group, SIGKILL after `kill_timeout`.
+pub(crate) enum Effect {
+    /// SIGTERM to the process group (the kill deadline is tracked by the slot).
     Terminate {
-        /// Process group to signal.
+        /// Process group.
         pid: u32,
     },
-    /// Deliver `Wake` to this slot at this instant.
-    WakeAt(Instant),
-    /// The replacement is ready: the outgoing worker `pid` now drains; report
-    /// `OutgoingDrained` when it is idle or its `drain_timeout` passed.
-    Drain {
-        /// The outgoing worker.
+    /// SIGKILL to the process group.
+    Kill {
+        /// Process group.
         pid: u32,
     },
-    /// The replacement failed; the outgoing worker is the slot's worker again.
-    RolledBack {
-        /// The worker kept.
+    /// Ask the proxy to close the worker's remaining connections spread over `window`.
+    Release {
+        /// The worker.
+        generation: u64,
+        /// Spread of the closes.
+        window: Duration,
+    },
+    /// The worker became ready: start its liveness checks.
+    Watch {
+        /// The worker.
+        generation: u64,
+    },
+    /// The worker is gone (exited or forgotten): cancel its probes, reap its process group.
+    Forget {
+        /// The worker.
+        generation: u64,
+        /// Its process group.
         pid: u32,
     },
 }
 
-/// One slot's state, counters and policy.
+/// Failed attempts to run a newer spec revision in a slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Tries {
+    /// The revision tried.
+    pub rev: u64,
+    /// Failed attempts at it.
+    pub failed: u32,
+    /// Why the last one failed.
+    pub reason: String,
+}
+
+/// One slot: its workers, its spec in force and its counters.
 #[derive(Debug, Clone)]
-pub struct Slot {
-    /// Current state.
-    pub state: SlotState,
-    /// Restarts so far (crash, memory and manual), as `pm2 list` counts them.
+pub(crate) struct Slot {
+    /// Slot index within the app (`PORT` base + index, `RTSUP_INSTANCE`).
+    pub index: u16,
+    /// The spec in force: what its last ready worker ran (crash restarts use it).
+    pub spec: Arc<AppSpec>,
+    /// Revision of `spec`.
+    pub rev: u64,
+    /// The worker the slot serves with.
+    pub current: Option<Worker>,
+    /// Replaced or retired workers, until they have exited.
+    pub leaving: Vec<Worker>,
+    /// Crashed: the next worker may start at this instant.
+    pub backoff_until: Option<Instant>,
+    /// Crashed more than `max_restarts` times in a row; left down until revived.
+    pub errored: bool,
+    /// Restarts so far (crash, memory, liveness and operator), as `pm2 list` counts them.
     pub restarts: u32,
     /// Crashes in a row without a stable run in between.
     pub crashes: u32,
     /// How the last worker ended, or why it was replaced.
     pub last_exit: Option<String>,
-    /// The previous worker, while a replacement takes over.
-    pub outgoing: Option<Outgoing>,
-    policy: RestartPolicy,
-    /// Whether the next `Spawned` is a restart (counts in `restarts`).
-    respawning: bool,
+    /// Failed attempts at a newer revision (a failed reload of this slot).
+    pub tries: Option<Tries>,
+    /// A replacement asked for by a health check (memory, liveness), with its reason.
+    pub replace: Option<String>,
+    /// Generation of the last worker spawned here.
+    pub generation: u64,
+    /// Port of the last worker spawned here (shown while the slot has no worker).
+    pub port: u16,
 }
 
 impl Slot {
-    /// A stopped slot with this restart policy.
-    pub fn new(policy: RestartPolicy) -> Self {
+    /// A slot with no worker yet that will run `spec` at `rev`.
+    pub(crate) fn new(index: u16, spec: Arc<AppSpec>, rev: u64) -> Self {
+        let port = spec.slot_port(index);
         Self {
-            state: SlotState::Stopped,
+            index,
+            spec,
+            rev,
+            current: None,
+            leaving: Vec::new(),
+            backoff_until: None,
+            errored: false,
             restarts: 0,
             crashes: 0,
             last_exit: None,
-            outgoing: None,
-            policy,
-            respawning: false,
+            tries: None,
+            replace: None,
+            generation: 0,
+            port,
         }
     }
 
-    /// Process id of the live worker, if any.
-    pub fn pid(&self) -> Option<u32> {
-        match self.state {
-            SlotState::Starting { pid, .. }
-            | SlotState::Running { pid, .. }
-            | SlotState::Stopping { pid, .. } => Some(pid),
-            _ => None,
-        }
+    /// No process at all: nothing current, nothing leaving.
+    pub(crate) fn is_down(&self) -> bool {
+        self.current.is_none() && self.leaving.is_empty()
     }
 
-    /// When the live worker was spawned, if any.
-    pub fn started(&self) -> Option<Instant> {
-        match self.state {
-            SlotState::Starting { started, .. }
-            | SlotState::Running { started, .. }
-            | SlotState::Stopping { started, .. } => Some(started),
-            _ => None,
-        }
+    /// A replacement is under way: the new worker starts while the old one still serves.
+    pub(crate) fn is_replacing(&self) -> bool {
+        self.leaving.iter().any(|w| w.phase == Phase::Serving)
     }
 
-    /// Whether the slot is at rest with no process: stopped or errored, nothing outgoing.
-    pub fn is_down(&self) -> bool {
-        matches!(self.state, SlotState::Stopped | SlotState::Errored) && self.outgoing.is_none()
-    }
-
-    /// Whether a replacement is under way and its new worker is not ready yet.
-    pub fn is_replacing(&self) -> bool {
-        self.outgoing
+    /// The current worker is ready.
+    pub(crate) fn is_ready(&self) -> bool {
+        self.current
             .as_ref()
-            .is_some_and(|o| o.phase == OutgoingPhase::Serving)
+            .is_some_and(|w| w.phase == Phase::Ready)
     }
 
-    /// Apply `event` at `now`; return what the actor must do.
-    pub fn on(&mut self, event: SlotEvent, now: Instant) -> Vec<Action> {
-        match self.on_replacement(event, now) {
-            Ok(actions) => actions,
-            Err(event) => self.on_primary(event, now),
-        }
+    /// Every port a worker of this slot holds (until it has exited).
+    pub(crate) fn ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.current.iter().chain(&self.leaving).map(|w| w.port)
     }
 
-    /// Events of a replacement and of the outgoing worker; gives back every other event.
-    fn on_replacement(&mut self, event: SlotEvent, now: Instant) -> Result<Vec<Action>, SlotEvent> {
-        use SlotState as S;
-        let replacing = self.is_replacing();
-        match (self.state.clone(), event) {
-            (S::Running { pid, started }, SlotEvent::Replace { reason })
-                if self.outgoing.is_none() =>
-            {
-                self.last_exit = Some(format!("replaced: {reason}"));
-                self.outgoing = Some(Outgoing {
-                    pid,
-                    started,
-                    phase: OutgoingPhase::Serving,
-                });
-                self.respawning = true;
-                Ok(vec![Action::Spawn])
-            }
-            // Already replacing, or stopping: a second request changes nothing.
-            (_, SlotEvent::Replace { .. }) if self.outgoing.is_some() => Ok(vec![]),
-            (S::Stopping { .. }, SlotEvent::Replace { .. }) => Ok(vec![]),
-            // Not running: nothing to keep serving, so a plain restart.
-            (_, SlotEvent::Replace { reason }) => Err(SlotEvent::Restart { reason }),
-            (S::Starting { pid, started }, SlotEvent::Ready) if replacing => {
-                self.state = S::Running { pid, started };
-                let old = self.outgoing.as_mut().map(|o| {
-                    o.phase = OutgoingPhase::Draining;
-                    o.pid
-                });
-                Ok(old
-                    .map(|pid| vec![Action::Drain { pid }])
-                    .unwrap_or_default())
-            }
-            (S::Starting { pid, started }, SlotEvent::NotReady { reason }) if replacing => {
-                self.state = S::Stopping {
-                    pid,
-                    started,
-                    then: AfterExit::RollBack(reason),
-                };
-                Ok(vec![Action::Terminate { pid }])
-            }
-            (S::Starting { .. }, SlotEvent::Exited { status }) if replacing => {
-                Ok(self.roll_back(status))
-            }
-            (_, SlotEvent::SpawnFailed { error }) if replacing => Ok(self.roll_back(error)),
-            (
-                S::Stopping {
-                    then: AfterExit::RollBack(reason),
-                    ..
-                },
-                SlotEvent::Exited { status },
-            ) => Ok(self.roll_back(format!("{reason} ({status})"))),
-            (_, SlotEvent::OutgoingDrained) => match self.outgoing.as_mut() {
-                Some(o) if o.phase == OutgoingPhase::Draining => {
-                    o.phase = OutgoingPhase::Stopping;
-                    Ok(vec![Action::Terminate { pid: o.pid }])
+    /// Every worker of the slot, current first.
+    pub(crate) fn workers(&self) -> impl Iterator<Item = &Worker> {
+        self.current.iter().chain(&self.leaving)
+    }
+
+    /// The next generation number to spawn.
+    pub(crate) fn next_generation(&self) -> u64 {
+        self.generation + 1
+    }
+
+    /// A worker was spawned for this slot. If a ready worker holds the slot, it keeps serving
+    /// beside the new one until that one is ready (a replacement); a stopping one is left to
+    /// finish. Counts a restart unless this is the slot's first worker.
+    pub(crate) fn launched(&mut self, worker: Worker) {
+        let why = self
+            .replace
+            .take()
+            .or_else(|| (worker.rev > self.rev).then(|| format!("new revision {}", worker.rev)));
+        if let Some(mut old) = self.current.take() {
+            if old.phase == Phase::Ready {
+                old.phase = Phase::Serving;
+                if let Some(why) = why {
+                    self.last_exit = Some(format!("replaced: {why}"));
                 }
-                _ => Ok(vec![]),
-            },
-            (_, SlotEvent::OutgoingExited { .. }) => {
-                self.outgoing = None;
-                Ok(vec![])
             }
-            (_, SlotEvent::Stop) if self.outgoing.is_some() => {
-                let mut actions = Vec::new();
-                if let Some(o) = self.outgoing.as_mut()
-                    && o.phase != OutgoingPhase::Stopping
-                {
-                    o.phase = OutgoingPhase::Stopping;
-                    actions.push(Action::Terminate { pid: o.pid });
-                }
-                actions.extend(self.on_primary(SlotEvent::Stop, now));
-                Ok(actions)
-            }
-            (_, event) => Err(event),
+            self.leaving.push(old);
         }
+        if self.generation > 0 {
+            self.restarts += 1;
+        }
+        self.generation = worker.generation;
+        self.port = worker.port;
+        self.backoff_until = None;
+        self.current = Some(worker);
     }
 
-    /// The replacement failed before it was ready: the outgoing worker takes the slot back.
-    fn roll_back(&mut self, why: String) -> Vec<Action> {
-        let Some(old) = self.outgoing.take() else {
+    /// Spawning a worker at `rev` failed before it had a pid.
+    pub(crate) fn spawn_failed(&mut self, rev: u64, error: String, now: Instant) {
+        self.generation += 1;
+        self.start_failed(rev, error, now);
+    }
+
+    /// The current worker `generation` passed its readiness probe.
+    pub(crate) fn ready(&mut self, generation: u64, now: Instant) -> Vec<Effect> {
+        let Some(w) = self.current.as_mut().filter(|w| w.generation == generation) else {
             return vec![];
         };
-        self.last_exit = Some(format!(
-            "replacement failed: {why}; kept the previous worker"
-        ));
-        self.state = SlotState::Running {
-            pid: old.pid,
-            started: old.started,
-        };
-        vec![Action::RolledBack { pid: old.pid }]
-    }
-
-    /// Events of the slot's own (primary) worker.
-    fn on_primary(&mut self, event: SlotEvent, now: Instant) -> Vec<Action> {
-        use SlotState as S;
-        match (self.state.clone(), event) {
-            (S::Stopped | S::Errored, SlotEvent::Start) => {
-                self.respawning = self.state == S::Errored;
-                self.crashes = 0;
-                vec![Action::Spawn]
-            }
-            (S::Stopped | S::Errored, SlotEvent::Restart { .. }) => {
-                self.respawning = true;
-                self.crashes = 0;
-                vec![Action::Spawn]
-            }
-            (_, SlotEvent::Spawned { pid }) => {
-                if std::mem::take(&mut self.respawning) {
-                    self.restarts += 1;
-                }
-                self.state = S::Starting { pid, started: now };
-                vec![Action::Probe]
-            }
-            (_, SlotEvent::SpawnFailed { error }) => self.crashed(error, Duration::ZERO, now),
-            (S::Starting { pid, started }, SlotEvent::Ready) => {
-                self.state = S::Running { pid, started };
-                vec![]
-            }
-            (S::Starting { pid, started }, SlotEvent::NotReady { reason }) => {
-                self.state = S::Stopping {
-                    pid,
-                    started,
-                    then: AfterExit::Crash(reason),
-                };
-                vec![Action::Terminate { pid }]
-            }
-            (
-                S::Starting { started, .. } | S::Running { started, .. },
-                SlotEvent::Exited { status },
-            ) => self.crashed(status, now.saturating_duration_since(started), now),
-            (S::Stopping { started, then, .. }, SlotEvent::Exited { status }) => match then {
-                AfterExit::Respawn => {
-                    self.respawning = true;
-                    vec![Action::Spawn]
-                }
-                AfterExit::Crash(reason) => {
-                    let uptime = now.saturating_duration_since(started);
-                    self.crashed(format!("{reason} ({status})"), uptime, now)
-                }
-                AfterExit::Halt => {
-                    self.state = S::Stopped;
-                    self.last_exit = Some(format!("stopped ({status})"));
-                    vec![]
-                }
-                AfterExit::RollBack(reason) => self.roll_back(format!("{reason} ({status})")),
-            },
-            (
-                S::Starting { pid, started } | S::Running { pid, started },
-                SlotEvent::Restart { reason },
-            ) => {
-                self.last_exit = Some(format!("restarted: {reason}"));
-                self.state = S::Stopping {
-                    pid,
-                    started,
-                    then: AfterExit::Respawn,
-                };
-                vec![Action::Terminate { pid }]
-            }
-            (S::Backoff { .. }, SlotEvent::Restart { .. }) => {
-                self.respawning = true;
-                vec![Action::Spawn]
-            }
-            (S::Starting { pid, started } | S::Running { pid, started }, SlotEvent::Stop) => {
-                self.state = S::Stopping {
-                    pid,
-                    started,
-                    then: AfterExit::Halt,
-                };
-                vec![Action::Terminate { pid }]
-            }
-            (S::Stopping { pid, started, .. }, SlotEvent::Stop) => {
-                // Already signalled; only the plan after exit changes.
-                self.state = S::Stopping {
-                    pid,
-                    started,
-                    then: AfterExit::Halt,
-                };
-                vec![]
-            }
-            (S::Backoff { .. } | S::Errored, SlotEvent::Stop) => {
-                self.state = S::Stopped;
-                vec![]
-            }
-            (S::Backoff { until }, SlotEvent::Wake) if now >= until => {
-                self.respawning = true;
-                vec![Action::Spawn]
-            }
-            (S::Backoff { until }, SlotEvent::Wake) => vec![Action::WakeAt(until)],
-            // Everything else (a Ready after a stop was asked, a Start while running, a stale
-            // Wake…) changes nothing.
-            _ => vec![],
+        if !matches!(w.phase, Phase::Starting { .. }) {
+            return vec![];
         }
+        w.phase = Phase::Ready;
+        if w.rev != self.rev || !Arc::ptr_eq(&w.spec, &self.spec) {
+            self.spec = w.spec.clone();
+            self.rev = w.rev;
+        }
+        if self.tries.as_ref().is_some_and(|t| t.rev <= w.rev) {
+            self.tries = None;
+        }
+        let drain = w.spec.drain_timeout;
+        for old in &mut self.leaving {
+            if old.phase == Phase::Serving {
+                old.phase = Phase::Draining { until: now + drain };
+            }
+        }
+        vec![Effect::Watch { generation }]
     }
 
-    /// The worker ended on its own after `uptime`: back off or give up.
-    fn crashed(&mut self, status: String, uptime: Duration, now: Instant) -> Vec<Action> {
+    /// The readiness probe of worker `generation` gave up.
+    pub(crate) fn not_ready(
+        &mut self,
+        generation: u64,
+        reason: String,
+        now: Instant,
+    ) -> Vec<Effect> {
+        let Some(w) = self.current.as_mut().filter(|w| w.generation == generation) else {
+            return vec![];
+        };
+        if !matches!(w.phase, Phase::Starting { .. }) {
+            return vec![];
+        }
+        w.phase = Phase::Stopping {
+            kill_at: now + w.spec.kill_timeout,
+            killed: false,
+            why: StopWhy::NotReady(reason),
+        };
+        vec![Effect::Terminate { pid: w.pid }]
+    }
+
+    /// Worker `generation` exited with `status`.
+    pub(crate) fn exited(&mut self, generation: u64, status: &str, now: Instant) -> Vec<Effect> {
+        if let Some(i) = self.leaving.iter().position(|w| w.generation == generation) {
+            let w = self.leaving.remove(i);
+            if !matches!(w.phase, Phase::Stopping { .. }) {
+                self.last_exit = Some(format!("previous worker exited early: {status}"));
+            }
+            return vec![Effect::Forget {
+                generation,
+                pid: w.pid,
+            }];
+        }
+        let Some(w) = self.current.take_if(|w| w.generation == generation) else {
+            return vec![];
+        };
+        let forget = Effect::Forget {
+            generation,
+            pid: w.pid,
+        };
+        match &w.phase {
+            Phase::Starting { .. } => self.start_failed(w.rev, status.to_string(), now),
+            Phase::Stopping {
+                why: StopWhy::NotReady(reason),
+                ..
+            } => self.start_failed(w.rev, format!("{reason} ({status})"), now),
+            Phase::Stopping {
+                why: StopWhy::Halt, ..
+            } => self.last_exit = Some(format!("stopped ({status})")),
+            _ => {
+                let uptime = now.saturating_duration_since(w.started);
+                self.crashed(status.to_string(), uptime, now);
+            }
+        }
+        vec![forget]
+    }
+
+    /// The new worker never became ready: give the slot back to the worker it was replacing,
+    /// or count a crash when there is none.
+    fn start_failed(&mut self, rev: u64, reason: String, now: Instant) {
+        if rev > self.rev || self.tries.as_ref().is_some_and(|t| t.rev == rev) {
+            let failed = match &self.tries {
+                Some(t) if t.rev == rev => t.failed + 1,
+                _ => 1,
+            };
+            self.tries = Some(Tries {
+                rev,
+                failed,
+                reason: reason.clone(),
+            });
+        }
+        let kept = format!("replacement failed: {reason}; kept the previous worker");
+        if self.is_ready() {
+            // Spawning the replacement failed: the ready worker never stopped serving.
+            self.last_exit = Some(kept);
+            return;
+        }
+        if let Some(i) = self.leaving.iter().position(|w| w.phase == Phase::Serving) {
+            let mut old = self.leaving.remove(i);
+            old.phase = Phase::Ready;
+            self.last_exit = Some(kept);
+            self.current = Some(old);
+            return;
+        }
+        self.crashed(reason, Duration::ZERO, now);
+    }
+
+    /// The current worker ended on its own after `uptime`: back off or give up.
+    fn crashed(&mut self, status: String, uptime: Duration, now: Instant) {
         self.last_exit = Some(status);
-        self.crashes = if uptime >= self.policy.min_uptime {
+        let policy = self.spec.restart;
+        self.crashes = if uptime >= policy.min_uptime {
             1
         } else {
             self.crashes.saturating_add(1)
         };
-        if self.policy.gives_up(self.crashes) {
-            self.state = SlotState::Errored;
-            return vec![];
+        if policy.gives_up(self.crashes) {
+            self.errored = true;
+            self.backoff_until = None;
+        } else {
+            self.backoff_until = Some(now + policy.delay(self.crashes));
         }
-        let until = now + self.policy.delay(self.crashes);
-        self.state = SlotState::Backoff { until };
-        vec![Action::WakeAt(until)]
     }
+
+    /// Stop every worker of the slot at once (operator stop, daemon stop). Backoff and errored
+    /// states are cleared.
+    pub(crate) fn stop(&mut self, now: Instant) -> Vec<Effect> {
+        self.backoff_until = None;
+        self.errored = false;
+        let mut effects = Vec::new();
+        for w in self.current.iter_mut().chain(self.leaving.iter_mut()) {
+            if let Phase::Stopping { why, .. } = &mut w.phase {
+                // Already signalled: its exit now means "stopped", not a failed start.
+                *why = StopWhy::Halt;
+            }
+            effects.extend(begin_stop(w, now, StopWhy::Halt));
+        }
+        effects
+    }
+
+    /// Stop the current worker at once and let the reconciler start a new one beside it
+    /// (forced restart, memory ceiling).
+    pub(crate) fn abandon_current(&mut self, why: String, now: Instant) -> Vec<Effect> {
+        let Some(mut w) = self.current.take() else {
+            return vec![];
+        };
+        self.last_exit = Some(format!("restarted: {why}"));
+        let effects = begin_stop(&mut w, now, StopWhy::Halt);
+        self.leaving.push(w);
+        effects
+    }
+
+    /// Take the slot out of service without dropping sessions: the current worker drains
+    /// (or stops, if it never became ready); no new one is wanted.
+    pub(crate) fn retire(&mut self, now: Instant) -> Vec<Effect> {
+        self.backoff_until = None;
+        self.errored = false;
+        let mut effects = Vec::new();
+        if let Some(mut w) = self.current.take() {
+            match w.phase {
+                Phase::Ready => {
+                    w.phase = Phase::Draining {
+                        until: now + w.spec.drain_timeout,
+                    }
+                }
+                Phase::Stopping { .. } => {}
+                _ => effects.extend(begin_stop(&mut w, now, StopWhy::Halt)),
+            }
+            self.leaving.push(w);
+        }
+        for w in &mut self.leaving {
+            if w.phase == Phase::Serving {
+                w.phase = Phase::Draining {
+                    until: now + w.spec.drain_timeout,
+                };
+            }
+        }
+        effects
+    }
+
+    /// Bring an errored slot back (operator start, restart or reload): fresh crash count.
+    pub(crate) fn revive(&mut self) {
+        if self.errored {
+            self.errored = false;
+            self.crashes = 0;
+            self.backoff_until = None;
+        }
+    }
+
+    /// A leaving draining worker has no sessions left: stop it now.
+    pub(crate) fn drained(&mut self, generation: u64, now: Instant) -> Vec<Effect> {
+        match self.leaving.iter_mut().find(|w| w.generation == generation) {
+            Some(w) if matches!(w.phase, Phase::Draining { .. }) => {
+                begin_stop(w, now, StopWhy::Halt)
+            }
+            _ => vec![],
+        }
+    }
+
+    /// The drain deadline of a worker passed with sessions still open: release them spread
+    /// over `window` (zero: stop at once).
+    fn drain_expired(w: &mut Worker, now: Instant, window: Duration) -> Vec<Effect> {
+        if window.is_zero() {
+            return begin_stop(w, now, StopWhy::Halt);
+        }
+        w.phase = Phase::Releasing {
+            until: now + window,
+        };
+        vec![Effect::Release {
+            generation: w.generation,
+            window,
+        }]
+    }
+
+    /// Apply every deadline that has passed at `now`. `busy(generation)` tells whether a
+    /// draining worker still holds sessions (then it is released over its app's close window
+    /// rather than stopped at once).
+    pub(crate) fn tick(&mut self, now: Instant, busy: impl Fn(u64) -> bool) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let mut not_ready = None;
+        if let Some(w) = self.current.as_mut() {
+            match &mut w.phase {
+                Phase::Starting { ready_by } if now >= *ready_by => {
+                    not_ready = Some((
+                        w.generation,
+                        format!(
+                            "not ready within {}",
+                            humantime::format_duration(w.spec.listen_timeout)
+                        ),
+                    ));
+                }
+                Phase::Stopping { .. } => effects.extend(stop_deadlines(w, now)),
+                _ => {}
+            }
+        }
+        if let Some((generation, reason)) = not_ready {
+            effects.extend(self.not_ready(generation, reason, now));
+        }
+        let mut gone = Vec::new();
+        for w in &mut self.leaving {
+            match w.phase {
+                Phase::Draining { until } if now >= until => {
+                    let window = if busy(w.generation) {
+                        w.spec.close_window
+                    } else {
+                        Duration::ZERO
+                    };
+                    effects.extend(Self::drain_expired(w, now, window));
+                }
+                Phase::Releasing { until } if now >= until => {
+                    effects.extend(begin_stop(w, now, StopWhy::Halt));
+                }
+                Phase::Stopping { .. } => {
+                    let more = stop_deadlines(w, now);
+                    if more.is_empty() && past_grace(w, now) {
+                        gone.push(w.generation);
+                    }
+                    effects.extend(more);
+                }
+                _ => {}
+            }
+        }
+        if let Some(w) = &self.current
+            && matches!(w.phase, Phase::Stopping { .. })
+            && past_grace(w, now)
+        {
+            gone.push(w.generation);
+        }
+        for generation in gone {
+            effects.extend(self.exited(generation, "did not exit after SIGKILL; given up on", now));
+        }
+        effects
+    }
+
+    /// The earliest instant at which [`Slot::tick`] has something to do.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        let mut next = self.backoff_until;
+        for w in self.workers() {
+            let at = match w.phase {
+                Phase::Starting { ready_by } => Some(ready_by),
+                Phase::Draining { until } | Phase::Releasing { until } => Some(until),
+                Phase::Stopping {
+                    kill_at, killed, ..
+                } => Some(if killed {
+                    kill_at + KILL_GRACE
+                } else {
+                    kill_at
+                }),
+                Phase::Ready | Phase::Serving => None,
+            };
+            next = match (next, at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        next
+    }
+
+    /// Record a resource sample of worker `generation`. Returns the reason to replace it
+    /// when it is ready and over its app's `max_memory` (the replacement is asked for once).
+    pub(crate) fn usage(&mut self, generation: u64, usage: Usage) -> Option<String> {
+        let w = self.workers_mut().find(|w| w.generation == generation)?;
+        w.usage = usage;
+        let limit = w.spec.max_memory?;
+        let over = w.phase == Phase::Ready && usage.rss_bytes > limit;
+        if over && self.replace.is_none() && !self.is_replacing() {
+            let reason = format!(
+                "memory {} > max_memory {}",
+                megabytes(usage.rss_bytes),
+                megabytes(limit)
+            );
+            self.replace = Some(reason.clone());
+            return Some(reason);
+        }
+        None
+    }
+
+    fn workers_mut(&mut self) -> impl Iterator<Item = &mut Worker> {
+        self.current.iter_mut().chain(self.leaving.iter_mut())
+    }
+}
+
+/// SIGTERM a worker unless it is already stopping.
+fn begin_stop(w: &mut Worker, now: Instant, why: StopWhy) -> Vec<Effect> {
+    if matches!(w.phase, Phase::Stopping { .. }) {
+        return vec![];
+    }
+    w.phase = Phase::Stopping {
+        kill_at: now + w.spec.kill_timeout,
+        killed: false,
+        why,
+    };
+    vec![Effect::Terminate { pid: w.pid }]
+}
+
+/// SIGKILL a stopping worker whose `kill_timeout` has passed.
+fn stop_deadlines(w: &mut Worker, now: Instant) -> Vec<Effect> {
+    match &mut w.phase {
+        Phase::Stopping {
+            kill_at, killed, ..
+        } if !*killed && now >= *kill_at => {
+            *killed = true;
+            vec![Effect::Kill { pid: w.pid }]
+        }
+        _ => vec![],
+    }
+}
+
+/// A killed worker that still has not exited after [`KILL_GRACE`].
+fn past_grace(w: &Worker, now: Instant) -> bool {
+    matches!(w.phase, Phase::Stopping { kill_at, killed: true, .. } if now >= kill_at + KILL_GRACE)
+}
+
+/// `123.4MB`-style text for reasons.
+pub(crate) fn megabytes(n: u64) -> String {
+    format!("{:.1}MB", n as f64 / 1_000_000.0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::arc;
 
-    fn policy() -> RestartPolicy {
-        RestartPolicy {
-            restart_delay: Duration::from_millis(100),
-            min_uptime: Duration::from_secs(1),
-            max_restarts: 3,
+    const SEC: Duration = Duration::from_secs(1);
+
+    fn worker(generation: u64, rev: u64, spec: &Arc<AppSpec>, now: Instant) -> Worker {
+        Worker {
+            generation,
+            pid: 100 + generation as u32,
+            port: 5000 + generation as u16,
+            rev,
+            spec: spec.clone(),
+            started: now,
+            started_at: SystemTime::UNIX_EPOCH,
+            phase: Phase::Starting {
+                ready_by: now + spec.listen_timeout + PROBE_GRACE,
+            },
+            usage: Usage::default(),
         }
     }
 
-    fn running(t0: Instant) -> Slot {
-        let mut s = Slot::new(policy());
-        assert_eq!(s.on(SlotEvent::Start, t0), vec![Action::Spawn]);
-        assert_eq!(
-            s.on(SlotEvent::Spawned { pid: 10 }, t0),
-            vec![Action::Probe]
-        );
-        assert_eq!(s.on(SlotEvent::Ready, t0), vec![]);
-        assert_eq!(
-            s.state,
-            SlotState::Running {
-                pid: 10,
-                started: t0
-            }
-        );
+    /// A slot whose first worker (generation 1, rev 1) is ready at `t0`.
+    fn ready_slot(t0: Instant) -> Slot {
+        let spec = arc("a", 1, 5000);
+        let mut s = Slot::new(0, spec.clone(), 1);
+        s.launched(worker(1, 1, &spec, t0));
+        assert_eq!(s.ready(1, t0), vec![Effect::Watch { generation: 1 }]);
         s
     }
 
-    fn exit(s: &mut Slot, at: Instant) -> Vec<Action> {
-        s.on(
-            SlotEvent::Exited {
-                status: "exit code 1".into(),
-            },
-            at,
-        )
+    fn phase_of(s: &Slot, generation: u64) -> Option<Phase> {
+        s.workers()
+            .find(|w| w.generation == generation)
+            .map(|w| w.phase.clone())
     }
 
     #[test]
-    fn first_start_is_not_a_restart() {
-        let s = running(Instant::now());
+    fn first_worker_is_not_a_restart() {
+        let s = ready_slot(Instant::now());
         assert_eq!(s.restarts, 0);
+        assert!(s.is_ready());
     }
 
     #[test]
-    fn crash_backs_off_then_respawns_and_counts_a_restart() {
+    fn crashes_back_off_growing_then_errored_and_revive_resets() {
         let t0 = Instant::now();
-        let mut s = running(t0);
-        let t1 = t0 + Duration::from_secs(5);
-        let until = t1 + Duration::from_millis(100);
-        assert_eq!(exit(&mut s, t1), vec![Action::WakeAt(until)]);
-        assert_eq!(s.state, SlotState::Backoff { until });
-        // An early wake re-arms, a due one spawns.
-        assert_eq!(s.on(SlotEvent::Wake, t1), vec![Action::WakeAt(until)]);
-        assert_eq!(s.on(SlotEvent::Wake, until), vec![Action::Spawn]);
-        s.on(SlotEvent::Spawned { pid: 11 }, until);
-        assert_eq!(s.restarts, 1);
-        assert_eq!(s.last_exit.as_deref(), Some("exit code 1"));
-    }
-
-    #[test]
-    fn quick_crashes_grow_the_delay_and_end_errored() {
-        let t0 = Instant::now();
-        let mut s = running(t0);
-        let mut now = t0 + Duration::from_millis(10);
-        let mut delays = vec![];
-        loop {
-            match exit(&mut s, now).as_slice() {
-                [Action::WakeAt(until)] => {
-                    delays.push(*until - now);
-                    now = *until;
-                    assert_eq!(s.on(SlotEvent::Wake, now), vec![Action::Spawn]);
-                    s.on(SlotEvent::Spawned { pid: 1 }, now);
-                    now += Duration::from_millis(10);
+        let mut s = ready_slot(t0);
+        let mut now = t0;
+        let mut delays = Vec::new();
+        for g in 1..=4u64 {
+            now += Duration::from_millis(10);
+            s.exited(g, "exit code 1", now);
+            match s.backoff_until {
+                Some(until) => {
+                    delays.push(until - now);
+                    now = until;
+                    s.launched(worker(g + 1, 1, &s.spec.clone(), now));
                 }
-                [] => break,
-                other => panic!("unexpected {other:?}"),
+                None => break,
             }
         }
         assert_eq!(
@@ -547,264 +696,256 @@ mod tests {
                 Duration::from_millis(225)
             ]
         );
-        assert_eq!(s.state, SlotState::Errored);
+        assert!(s.errored);
         assert_eq!(s.restarts, 3);
-        // An operator restart brings it back with a fresh count.
-        assert_eq!(s.on(SlotEvent::Start, now), vec![Action::Spawn]);
-        assert_eq!(s.crashes, 0);
+        assert_eq!(s.last_exit.as_deref(), Some("exit code 1"));
+        s.revive();
+        assert!(!s.errored && s.crashes == 0);
     }
 
     #[test]
     fn a_stable_run_resets_the_crash_count() {
         let t0 = Instant::now();
-        let mut s = running(t0);
-        let mut now = t0;
-        for _ in 0..3 {
-            now += Duration::from_millis(10);
-            let [Action::WakeAt(until)] = exit(&mut s, now)[..] else {
-                panic!("expected a backoff")
-            };
-            now = until;
-            s.on(SlotEvent::Wake, now);
-            s.on(SlotEvent::Spawned { pid: 2 }, now);
-        }
-        assert_eq!(s.crashes, 3);
-        // This one ran past min_uptime: back to the first delay, not errored.
-        now += Duration::from_secs(2);
-        assert_eq!(
-            exit(&mut s, now),
-            vec![Action::WakeAt(now + Duration::from_millis(100))]
-        );
+        let mut s = ready_slot(t0);
+        s.crashes = 3;
+        s.exited(1, "exit code 1", t0 + 2 * SEC);
         assert_eq!(s.crashes, 1);
-    }
-
-    #[test]
-    fn not_ready_terminates_then_counts_as_crash() {
-        let t0 = Instant::now();
-        let mut s = Slot::new(policy());
-        s.on(SlotEvent::Start, t0);
-        s.on(SlotEvent::Spawned { pid: 7 }, t0);
-        let t1 = t0 + Duration::from_secs(10);
-        let reason = "not ready within 10s".to_string();
         assert_eq!(
-            s.on(SlotEvent::NotReady { reason }, t1),
-            vec![Action::Terminate { pid: 7 }]
-        );
-        let acts = s.on(
-            SlotEvent::Exited {
-                status: "signal 15".into(),
-            },
-            t1,
-        );
-        assert!(matches!(acts[..], [Action::WakeAt(_)]));
-        assert_eq!(
-            s.last_exit.as_deref(),
-            Some("not ready within 10s (signal 15)")
+            s.backoff_until,
+            Some(t0 + 2 * SEC + Duration::from_millis(100))
         );
     }
 
     #[test]
-    fn restart_respawns_without_counting_a_crash() {
+    fn replacement_drains_the_old_worker_then_stops_it() {
         let t0 = Instant::now();
-        let mut s = running(t0);
-        let reason = "memory 600 MB > 500 MB".to_string();
-        assert_eq!(
-            s.on(SlotEvent::Restart { reason }, t0),
-            vec![Action::Terminate { pid: 10 }]
-        );
-        assert_eq!(exit(&mut s, t0), vec![Action::Spawn]);
-        s.on(SlotEvent::Spawned { pid: 12 }, t0);
-        assert_eq!(s.crashes, 0);
-        assert_eq!(s.restarts, 1);
-    }
-
-    #[test]
-    fn stop_halts_and_stays_down() {
-        let t0 = Instant::now();
-        let mut s = running(t0);
-        assert_eq!(
-            s.on(SlotEvent::Stop, t0),
-            vec![Action::Terminate { pid: 10 }]
-        );
-        assert_eq!(exit(&mut s, t0), vec![]);
-        assert_eq!(s.state, SlotState::Stopped);
-        assert!(s.is_down());
-        // A stale timer does nothing.
-        assert_eq!(s.on(SlotEvent::Wake, t0), vec![]);
-    }
-
-    #[test]
-    fn stop_during_restart_wins() {
-        let t0 = Instant::now();
-        let mut s = running(t0);
-        s.on(
-            SlotEvent::Restart {
-                reason: "manual".into(),
-            },
-            t0,
-        );
-        assert_eq!(s.on(SlotEvent::Stop, t0), vec![]);
-        assert_eq!(exit(&mut s, t0), vec![]);
-        assert_eq!(s.state, SlotState::Stopped);
-    }
-
-    #[test]
-    fn stop_during_backoff_is_immediate() {
-        let t0 = Instant::now();
-        let mut s = running(t0);
-        exit(&mut s, t0);
-        assert_eq!(s.on(SlotEvent::Stop, t0), vec![]);
-        assert_eq!(s.state, SlotState::Stopped);
-    }
-
-    #[test]
-    fn spawn_failure_is_a_crash() {
-        let t0 = Instant::now();
-        let mut s = Slot::new(policy());
-        s.on(SlotEvent::Start, t0);
-        let acts = s.on(
-            SlotEvent::SpawnFailed {
-                error: "No such file".into(),
-            },
-            t0,
-        );
-        assert_eq!(acts, vec![Action::WakeAt(t0 + Duration::from_millis(100))]);
-    }
-
-    fn replacing(t0: Instant) -> Slot {
-        let mut s = running(t0);
-        let acts = s.on(
-            SlotEvent::Replace {
-                reason: "reload".into(),
-            },
-            t0,
-        );
-        assert_eq!(acts, vec![Action::Spawn]);
+        let mut s = ready_slot(t0);
+        let new_spec = arc("a", 1, 5000);
+        s.launched(worker(2, 2, &new_spec, t0));
         assert!(s.is_replacing());
+        assert_eq!(phase_of(&s, 1), Some(Phase::Serving));
+        s.ready(2, t0);
+        assert_eq!(s.rev, 2, "the new spec is in force once ready");
+        assert!(Arc::ptr_eq(&s.spec, &new_spec));
         assert_eq!(
-            s.on(SlotEvent::Spawned { pid: 20 }, t0),
-            vec![Action::Probe]
+            phase_of(&s, 1),
+            Some(Phase::Draining {
+                until: t0 + 2 * SEC
+            })
         );
-        s
-    }
-
-    #[test]
-    fn replace_starts_beside_then_drains_then_stops_the_old_worker() {
-        let t0 = Instant::now();
-        let mut s = replacing(t0);
-        assert_eq!(s.pid(), Some(20));
-        assert_eq!(s.on(SlotEvent::Ready, t0), vec![Action::Drain { pid: 10 }]);
-        assert_eq!(
-            s.state,
-            SlotState::Running {
-                pid: 20,
-                started: t0
-            }
-        );
-        assert_eq!(
-            s.outgoing.as_ref().map(|o| o.phase),
-            Some(OutgoingPhase::Draining)
-        );
-        assert_eq!(
-            s.on(SlotEvent::OutgoingDrained, t0),
-            vec![Action::Terminate { pid: 10 }]
-        );
-        assert_eq!(s.on(SlotEvent::OutgoingDrained, t0), vec![]);
-        assert!(!s.is_down());
-        s.on(
-            SlotEvent::OutgoingExited {
-                status: "exit code 0".into(),
-            },
-            t0,
-        );
-        assert!(s.outgoing.is_none());
         assert_eq!(s.restarts, 1);
+        // Still busy at the deadline: released over the close window, then stopped.
+        let effects = s.tick(t0 + 2 * SEC, |_| true);
+        assert_eq!(
+            effects,
+            vec![Effect::Release {
+                generation: 1,
+                window: SEC
+            }]
+        );
+        assert_eq!(
+            s.tick(t0 + 3 * SEC, |_| true),
+            vec![Effect::Terminate { pid: 101 }]
+        );
+        // kill_timeout (1 s) later: SIGKILL; it exits.
+        assert_eq!(
+            s.tick(t0 + 4 * SEC, |_| true),
+            vec![Effect::Kill { pid: 101 }]
+        );
+        assert_eq!(
+            s.exited(1, "signal 9 (SIGKILL)", t0 + 4 * SEC),
+            vec![Effect::Forget {
+                generation: 1,
+                pid: 101
+            }]
+        );
+        assert!(s.leaving.is_empty());
         assert_eq!(s.crashes, 0);
     }
 
     #[test]
-    fn a_replacement_that_crashes_or_never_readies_rolls_back() {
+    fn an_idle_draining_worker_stops_at_once() {
         let t0 = Instant::now();
-        let mut s = replacing(t0);
-        assert_eq!(exit(&mut s, t0), vec![Action::RolledBack { pid: 10 }]);
+        let mut s = ready_slot(t0);
+        s.launched(worker(2, 2, &s.spec.clone(), t0));
+        s.ready(2, t0);
+        assert_eq!(s.drained(1, t0), vec![Effect::Terminate { pid: 101 }]);
+        // Drain deadline with no sessions: straight to stopping, no release window.
+        let mut s = ready_slot(t0);
+        s.launched(worker(2, 2, &s.spec.clone(), t0));
+        s.ready(2, t0);
         assert_eq!(
-            s.state,
-            SlotState::Running {
-                pid: 10,
-                started: t0
-            }
+            s.tick(t0 + 2 * SEC, |_| false),
+            vec![Effect::Terminate { pid: 101 }]
         );
-        assert!(s.outgoing.is_none());
+    }
+
+    #[test]
+    fn a_failed_replacement_rolls_back_and_records_the_try() {
+        let t0 = Instant::now();
+        for how in ["exit", "not ready", "deadline", "spawn"] {
+            let mut s = ready_slot(t0);
+            let spec = s.spec.clone();
+            if how == "spawn" {
+                s.spawn_failed(2, "spawn nodee: No such file or directory".into(), t0);
+            } else {
+                s.launched(worker(2, 2, &spec, t0));
+                match how {
+                    "exit" => {
+                        s.exited(2, "exit code 1; stderr: boom", t0);
+                    }
+                    "not ready" => {
+                        assert_eq!(
+                            s.not_ready(2, "not ready within 1s".into(), t0),
+                            vec![Effect::Terminate { pid: 102 }]
+                        );
+                        s.exited(2, "signal 15 (SIGTERM)", t0);
+                    }
+                    _ => {
+                        // The probe never answered: the slot's own deadline ends the start.
+                        let eff = s.tick(t0 + 2 * SEC + PROBE_GRACE, |_| false);
+                        assert_eq!(eff, vec![Effect::Terminate { pid: 102 }]);
+                        s.exited(2, "signal 15 (SIGTERM)", t0 + 3 * SEC);
+                    }
+                }
+            }
+            assert_eq!(s.current.as_ref().map(|w| w.generation), Some(1), "{how}");
+            assert!(s.is_ready(), "{how}");
+            assert_eq!(s.rev, 1, "{how}: the old spec stays in force");
+            let tries = s.tries.clone().expect("a try recorded");
+            assert_eq!((tries.rev, tries.failed), (2, 1), "{how}");
+            assert_eq!(s.crashes, 0, "{how}: a failed replacement is not a crash");
+        }
+    }
+
+    #[test]
+    fn the_old_worker_dying_while_its_replacement_starts_leaves_the_new_one() {
+        let t0 = Instant::now();
+        let mut s = ready_slot(t0);
+        s.launched(worker(2, 2, &s.spec.clone(), t0));
+        s.exited(1, "signal 9 (SIGKILL)", t0);
+        assert!(s.leaving.is_empty());
         assert!(
             s.last_exit
                 .as_deref()
-                .is_some_and(|e| e.starts_with("replacement failed: exit code 1"))
+                .is_some_and(|e| e.contains("SIGKILL"))
         );
-
-        let mut s = replacing(t0);
-        let reason = "not ready within 1s".to_string();
-        assert_eq!(
-            s.on(SlotEvent::NotReady { reason }, t0),
-            vec![Action::Terminate { pid: 20 }]
-        );
-        assert_eq!(exit(&mut s, t0), vec![Action::RolledBack { pid: 10 }]);
-        assert_eq!(s.pid(), Some(10));
-
-        let mut s = running(t0);
-        s.on(
-            SlotEvent::Replace {
-                reason: "reload".into(),
-            },
-            t0,
-        );
-        let acts = s.on(
-            SlotEvent::SpawnFailed {
-                error: "ENOENT".into(),
-            },
-            t0,
-        );
-        assert_eq!(acts, vec![Action::RolledBack { pid: 10 }]);
-        assert_eq!(
-            s.crashes, 0,
-            "a failed replacement is not a crash of the slot"
-        );
+        s.ready(2, t0);
+        assert!(s.is_ready());
+        // And if the new one then fails too, it is a plain crash with backoff.
+        let mut s = ready_slot(t0);
+        s.launched(worker(2, 2, &s.spec.clone(), t0));
+        s.exited(1, "signal 9 (SIGKILL)", t0);
+        s.exited(2, "exit code 1", t0);
+        assert!(s.current.is_none() && s.backoff_until.is_some());
+        assert_eq!(s.tries.as_ref().map(|t| t.failed), Some(1));
     }
 
     #[test]
-    fn replace_of_a_slot_that_is_not_running_is_a_plain_restart() {
+    fn stop_terminates_everything_and_a_stopped_exit_is_not_a_crash() {
         let t0 = Instant::now();
-        let mut s = running(t0);
-        exit(&mut s, t0);
-        assert!(matches!(s.state, SlotState::Backoff { .. }));
+        let mut s = ready_slot(t0);
+        s.launched(worker(2, 2, &s.spec.clone(), t0));
+        let eff = s.stop(t0);
         assert_eq!(
-            s.on(
-                SlotEvent::Replace {
-                    reason: "reload".into()
-                },
-                t0
-            ),
-            vec![Action::Spawn]
+            eff,
+            vec![
+                Effect::Terminate { pid: 102 },
+                Effect::Terminate { pid: 101 }
+            ]
         );
-        assert!(s.outgoing.is_none());
+        assert_eq!(s.stop(t0), vec![], "already stopping");
+        s.exited(2, "exit code 0", t0);
+        s.exited(1, "exit code 0", t0);
+        assert!(s.is_down());
+        assert_eq!(s.crashes, 0);
+        assert!(s.backoff_until.is_none());
+        assert_eq!(s.last_exit.as_deref(), Some("stopped (exit code 0)"));
     }
 
     #[test]
-    fn stop_during_a_replacement_terminates_both_workers() {
+    fn a_worker_that_ignores_sigkill_is_given_up_on() {
         let t0 = Instant::now();
-        let mut s = replacing(t0);
-        let acts = s.on(SlotEvent::Stop, t0);
+        let mut s = ready_slot(t0);
+        s.stop(t0);
+        assert_eq!(s.next_deadline(), Some(t0 + SEC));
+        assert_eq!(s.tick(t0 + SEC, |_| false), vec![Effect::Kill { pid: 101 }]);
+        assert_eq!(s.next_deadline(), Some(t0 + SEC + KILL_GRACE));
+        let eff = s.tick(t0 + SEC + KILL_GRACE, |_| false);
         assert_eq!(
-            acts,
-            vec![Action::Terminate { pid: 10 }, Action::Terminate { pid: 20 }]
-        );
-        exit(&mut s, t0);
-        assert!(!s.is_down(), "the old worker is still exiting");
-        s.on(
-            SlotEvent::OutgoingExited {
-                status: "signal 15".into(),
-            },
-            t0,
+            eff,
+            vec![Effect::Forget {
+                generation: 1,
+                pid: 101
+            }]
         );
         assert!(s.is_down());
+    }
+
+    #[test]
+    fn retire_drains_a_ready_worker_and_stops_a_starting_one() {
+        let t0 = Instant::now();
+        let mut s = ready_slot(t0);
+        assert_eq!(s.retire(t0), vec![]);
+        assert!(s.current.is_none());
+        assert_eq!(
+            phase_of(&s, 1),
+            Some(Phase::Draining {
+                until: t0 + 2 * SEC
+            })
+        );
+        let spec = arc("a", 1, 5000);
+        let mut s = Slot::new(0, spec.clone(), 1);
+        s.launched(worker(1, 1, &spec, t0));
+        assert_eq!(s.retire(t0), vec![Effect::Terminate { pid: 101 }]);
+    }
+
+    #[test]
+    fn abandon_stops_the_current_worker_and_frees_the_slot() {
+        let t0 = Instant::now();
+        let mut s = ready_slot(t0);
+        assert_eq!(
+            s.abandon_current("operator restart (forced)".into(), t0),
+            vec![Effect::Terminate { pid: 101 }]
+        );
+        assert!(s.current.is_none() && s.backoff_until.is_none());
+        assert_eq!(
+            s.ports().collect::<Vec<_>>(),
+            vec![5001],
+            "its port is held until exit"
+        );
+    }
+
+    #[test]
+    fn memory_over_the_limit_asks_for_one_replacement() {
+        let t0 = Instant::now();
+        let mut spec = crate::testing::spec("a", 1, 5000);
+        spec.max_memory = Some(300_000_000);
+        let spec = Arc::new(spec);
+        let mut s = Slot::new(0, spec.clone(), 1);
+        s.launched(worker(1, 1, &spec, t0));
+        let big = Usage {
+            rss_bytes: 312_000_000,
+            cpu_percent: 0.0,
+        };
+        assert_eq!(s.usage(1, big), None, "not ready yet");
+        s.ready(1, t0);
+        assert_eq!(
+            s.usage(1, big).as_deref(),
+            Some("memory 312.0MB > max_memory 300.0MB")
+        );
+        assert_eq!(s.usage(1, big), None, "asked once");
+        s.launched(worker(2, 1, &spec, t0));
+        assert!(s.replace.is_none());
+    }
+
+    #[test]
+    fn stale_events_change_nothing() {
+        let t0 = Instant::now();
+        let mut s = ready_slot(t0);
+        assert_eq!(s.ready(7, t0), vec![]);
+        assert_eq!(s.exited(7, "exit code 1", t0), vec![]);
+        assert_eq!(s.not_ready(1, "late".into(), t0), vec![], "already ready");
+        assert!(s.is_ready());
     }
 }

@@ -16,10 +16,12 @@ pub struct SupervisorSpec {
     pub apps: Vec<AppSpec>,
     /// Where worker output goes and how it is rotated.
     pub logs: LogSpec,
+    /// Ports rtsup's own listeners hold (balancer, admin): never given to a worker.
+    pub reserved_ports: Vec<u16>,
 }
 
 /// One app: `instances` slots of the same command on consecutive ports.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AppSpec {
     /// Unique app name (used in log file names and `rtsup restart APP`).
     pub name: String,
@@ -47,6 +49,9 @@ pub struct AppSpec {
     pub kill_timeout: Duration,
     /// How long a draining worker may keep its sessions (used by reloads).
     pub drain_timeout: Duration,
+    /// When a draining worker's time is up, the proxy closes its remaining connections spread
+    /// over this window (no reconnect stampede); zero closes them at once.
+    pub close_window: Duration,
     /// Liveness checks of ready workers (a hung worker is replaced).
     pub health: HealthSpec,
 }

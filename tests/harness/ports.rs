@@ -24,14 +24,14 @@ pub fn block(n: u16) -> Block {
     // Start somewhere per process so parallel test binaries spread out.
     let _ = NEXT.compare_exchange(
         0,
-        20_000 + (std::process::id() % 2000) as u16 * 10,
+        LOW + (std::process::id() % 1000) as u16 * 10,
         Ordering::SeqCst,
         Ordering::SeqCst,
     );
     for _ in 0..2000 {
         let base = NEXT.fetch_add(n, Ordering::SeqCst);
-        if base < 1024 || u32::from(base) + u32::from(n) > 60_000 {
-            NEXT.store(20_000, Ordering::SeqCst);
+        if base < LOW || u32::from(base) + u32::from(n) > u32::from(HIGH) {
+            NEXT.store(LOW, Ordering::SeqCst);
             continue;
         }
         let held: Result<Vec<_>, _> = (0..n)

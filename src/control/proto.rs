@@ -1,17 +1,18 @@
 //! Requests and responses of the control socket, shared by the daemon and the CLI.
 //!
-//! Each message is one line of JSON. Requests are `{"version":1,"request":"status"}`,
-//! `{"version":1,"request":"restart","app":"chat","slot":0}`, `{"version":1,"request":"stop"}`;
-//! responses carry the same `version` and a `response` tag.
+//! Each message is one line of JSON. Requests are `{"version":2,"request":"status"}`,
+//! `{"version":2,"request":"restart","app":"chat","slot":0}`, `{"version":2,"request":"stop"}`;
+//! responses carry the same `version` and a `response` tag. Requests that change workers are
+//! answered with a per-slot [`Report`] once every slot has settled.
 
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::fleet::{Fleet, WorkerState};
+use supervisor::{Fleet, Report, WorkerState};
 
 /// Version of this protocol; a peer speaking another one gets an error, not a guess.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Longest line either side accepts, so a bad peer cannot make the other allocate without end.
 pub const MAX_MESSAGE: usize = 1 << 20;
@@ -32,17 +33,38 @@ pub struct RequestEnvelope {
 pub enum Request {
     /// The status of every worker.
     Status,
-    /// Restart every slot of `app`, or only `slot`.
+    /// Restart every slot of `app`, or only `slot`: one at a time without downtime, or all at
+    /// once with `force`.
     Restart {
         /// App name.
         app: String,
         /// One slot, or all when absent.
         #[serde(default)]
         slot: Option<u16>,
+        /// All at once, not rolling.
+        #[serde(default)]
+        force: bool,
     },
     /// Rolling reload: re-read the configuration, replace every worker without downtime;
     /// answered when done.
     Reload,
+    /// Start one app (stopped or errored) while the daemon runs.
+    StartApp {
+        /// App name.
+        app: String,
+    },
+    /// Stop one app's workers; the daemon and the other apps keep running.
+    StopApp {
+        /// App name.
+        app: String,
+    },
+    /// Run `instances` slots of `app` (surplus slots drain before they stop).
+    Scale {
+        /// App name.
+        app: String,
+        /// Slots wanted.
+        instances: u16,
+    },
     /// Stop every worker and exit the daemon; answered once the workers are gone.
     Stop,
 }
@@ -63,18 +85,8 @@ pub struct ResponseEnvelope {
 pub enum Response {
     /// Answer to [`Request::Status`].
     Status(StatusReport),
-    /// Answer to [`Request::Restart`]: the `app:slot` names restarted.
-    Restarted {
-        /// Workers restarted.
-        workers: Vec<String>,
-    },
-    /// Answer to [`Request::Reload`].
-    Reloaded {
-        /// Workers replaced.
-        replaced: usize,
-        /// Why the reload stopped early (the failing slot kept its previous worker).
-        failed: Option<String>,
-    },
+    /// Answer to reload, restart, start/stop of an app, scale: what happened to each slot.
+    Report(Report),
     /// Answer to [`Request::Stop`], sent once every worker has exited.
     Stopped,
     /// The request failed.
@@ -193,19 +205,20 @@ mod tests {
     #[test]
     fn request_wire_format() {
         let r = RequestEnvelope {
-            version: 1,
+            version: 2,
             request: Request::Restart {
                 app: "chat".into(),
                 slot: Some(2),
+                force: false,
             },
         };
         let text = serde_json::to_string(&r).expect("json");
         assert_eq!(
             text,
-            r#"{"version":1,"request":"restart","app":"chat","slot":2}"#
+            r#"{"version":2,"request":"restart","app":"chat","slot":2,"force":false}"#
         );
         let back: RequestEnvelope =
-            serde_json::from_str(r#"{"version":1,"request":"status"}"#).expect("parse");
+            serde_json::from_str(r#"{"version":2,"request":"status"}"#).expect("parse");
         assert_eq!(back.request, Request::Status);
     }
 }

@@ -14,11 +14,15 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
+use supervisor::{Report, SupervisorHandle};
+
 use super::proto::{
     MAX_MESSAGE, PROTOCOL_VERSION, Request, RequestEnvelope, Response, ResponseEnvelope,
     StatusReport,
 };
-use crate::actor::{ReloadReport, SupervisorHandle};
+
+/// Pause after a failed accept (out of file descriptors): keep serving, never spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Bind the control socket at `path` with mode 0600, replacing a stale socket file left by a
 /// daemon that died. Fails if another daemon answers there.
@@ -48,7 +52,7 @@ pub async fn bind(path: &Path) -> io::Result<UnixListener> {
 /// the supervisor for a rolling reload; `status` gains what only the daemon knows (sessions).
 pub trait ControlHooks: Send + Sync + 'static {
     /// Reload; the error is the text to show the operator.
-    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<ReloadReport, String>> + Send + '_>>;
+    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<Report, String>> + Send + '_>>;
 
     /// Add daemon-level facts to a status report.
     fn annotate(&self, _report: &mut StatusReport) {}
@@ -79,8 +83,9 @@ pub async fn serve(
                     });
                 }
                 Err(e) => {
-                    warn!(error = %e, "control socket accept failed");
-                    break;
+                    // EMFILE and friends pass: back off and keep the socket serving.
+                    warn!(error = %e, "control socket accept failed; retrying");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }
             },
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -147,22 +152,26 @@ async fn dispatch(
             reloader.annotate(&mut report);
             Response::Status(report)
         }
-        Request::Restart { app, slot } => match handle.restart(&app, slot).await {
-            Ok(workers) => Response::Restarted { workers },
-            Err(e) => Response::Error {
-                message: e.to_string(),
-            },
-        },
+        Request::Restart { app, slot, force } => answer(handle.restart(&app, slot, force).await),
+        Request::StartApp { app } => answer(handle.start_app(&app).await),
+        Request::StopApp { app } => answer(handle.stop_app(&app).await),
+        Request::Scale { app, instances } => answer(handle.scale(&app, instances).await),
         Request::Reload => match reloader.reload().await {
-            Ok(r) => Response::Reloaded {
-                replaced: r.replaced,
-                failed: r.failed,
-            },
+            Ok(r) => Response::Report(r),
             Err(message) => Response::Error { message },
         },
         Request::Stop => {
             handle.stop().await;
             Response::Stopped
         }
+    }
+}
+
+fn answer(result: Result<Report, supervisor::SupervisorError>) -> Response {
+    match result {
+        Ok(r) => Response::Report(r),
+        Err(e) => Response::Error {
+            message: e.to_string(),
+        },
     }
 }

@@ -4,8 +4,9 @@
 //! This crate knows HTTP and engine.io, never processes: it consumes a [`BackendSet`] from a
 //! `watch` channel (the `rtsup` binary maps the supervisor's fleet into it; static remote
 //! backends would work the same). Pure parts ([`engineio`], [`affinity`], [`ring`],
-//! [`client_ip`], [`policy`], [`sid_table`]) do no I/O and are unit-tested bare; [`service`] is
-//! the only module that touches pingora types, and [`server`] runs pingora on its own thread.
+//! [`client_ip`], [`policy`], [`sid_table`], [`websocket`]) do no I/O and are unit-tested
+//! bare; [`service`] is the only module that touches pingora types, [`server`] runs pingora on
+//! its own thread, and [`release`] closes a draining backend's WebSockets gradually.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +18,8 @@ pub mod loads;
 #[cfg(feature = "proxy")]
 pub mod metrics;
 pub mod policy;
+#[cfg(feature = "proxy")]
+pub mod release;
 pub mod ring;
 pub mod routes;
 #[cfg(feature = "proxy")]
@@ -24,6 +27,7 @@ pub mod server;
 #[cfg(feature = "proxy")]
 pub mod service;
 pub mod sid_table;
+pub mod websocket;
 
 pub use policy::NewSessions;
 #[cfg(feature = "proxy")]

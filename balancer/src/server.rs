@@ -19,6 +19,7 @@ use crate::BackendSet;
 use crate::affinity::CookieSigner;
 use crate::loads::Loads;
 use crate::metrics::BalancerMetrics;
+use crate::release::Upgrades;
 use crate::routes::RouteTable;
 use crate::service::{Balancer, RoutingConfig};
 use crate::sid_table::SidTable;
@@ -49,6 +50,9 @@ pub struct ProxyHandle {
     pub loads: Arc<Loads>,
     /// Request and routing counters.
     pub metrics: BalancerMetrics,
+    /// The open WebSockets per backend, to release a draining one gradually (shareable:
+    /// clone the `Arc` to call [`Upgrades::release`] from elsewhere).
+    pub upgrades: Arc<Upgrades>,
 }
 
 /// Errors starting the proxy.
@@ -81,7 +85,7 @@ impl ShutdownSignalWatch for ChannelSignal {
 }
 
 /// Start the proxy on its own thread, following `backends`. Must be called inside a tokio
-/// runtime: the route follower and the sid sweeper run there.
+/// runtime: the route follower, the sid sweeper and the gradual WebSocket releases run there.
 pub fn spawn(
     settings: BalancerSettings,
     backends: watch::Receiver<BackendSet>,
@@ -95,12 +99,17 @@ pub fn spawn(
     let loads = Arc::new(Loads::default());
     let sids = Arc::new(SidTable::new(settings.max_sessions, loads.clone()));
     let routes = Arc::new(RouteTable::default());
+    let upgrades = Arc::new(Upgrades::new(tokio::runtime::Handle::current()));
     {
         let routes = routes.clone();
         let loads = loads.clone();
+        let upgrades = upgrades.clone();
         tokio::spawn(async move {
             routes
-                .follow(backends, |snap| loads.retain(|id| snap.by_id(id).is_some()))
+                .follow(backends, |snap| {
+                    loads.retain(|id| snap.by_id(id).is_some());
+                    upgrades.retain(|id| snap.by_id(id).is_some());
+                })
                 .await;
         });
     }
@@ -131,6 +140,7 @@ pub fn spawn(
         routes,
         sids.clone(),
         loads.clone(),
+        upgrades.clone(),
         CookieSigner::random(),
         settings.routing.clone(),
         metrics.clone(),
@@ -156,10 +166,19 @@ pub fn spawn(
         sids,
         loads,
         metrics,
+        upgrades,
     })
 }
 
 impl ProxyHandle {
+    /// Close the open WebSockets to `backend_id` spread evenly over `window`, and any later
+    /// one at once; returns how many it will close. Returns at once (see
+    /// [`Upgrades::release`]); call it when a draining worker's time is up, `window` before
+    /// stopping the worker.
+    pub fn release(&self, backend_id: &str, window: Duration) -> usize {
+        self.upgrades.release(backend_id, window)
+    }
+
     /// Stop accepting, close connections, and wait for the proxy thread (blocking: call it
     /// from `spawn_blocking` inside a runtime).
     pub fn stop(mut self) {

@@ -3,8 +3,13 @@
 //! Phases used: `request_filter` parses the engine.io facts, routes (pure [`policy::route`]) and
 //! answers 400/503 itself; `upstream_peer` hands pingora the chosen address;
 //! `upstream_request_filter` strips `Accept-Encoding` from handshakes; `response_filter` sets
-//! the affinity cookie; `response_body_filter` sniffs the open packet into the sid table;
+//! the affinity cookie and registers upgraded connections for release; `response_body_filter`
+//! sniffs the open packet into the sid table and ends a released WebSocket with a close frame;
 //! `logging` settles session counts.
+//!
+//! Every WebSocket gets an upstream connection of its own (a unique pool `group_key`, never a
+//! pooled keep-alive one) whose socket is duplicated in `upstream_tcp_sock_tweak_hook`, so
+//! [`Upgrades::release`] can end it from outside pingora (see [`crate::release`]).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -12,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use ipnet::IpNet;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
@@ -25,8 +30,10 @@ use crate::engineio::{self, OpenPacketSniffer};
 use crate::loads::Loads;
 use crate::metrics::{BalancerMetrics, RouteLabel, StatusLabels};
 use crate::policy::{self, Decision, NewSessions, RequestFacts, RouteKind};
+use crate::release::{Close, Upgrades, UpstreamSocket};
 use crate::routes::{RouteTable, Snapshot};
 use crate::sid_table::SidTable;
+use crate::websocket::{FrameTracker, GOING_AWAY_CLOSE};
 
 /// engine.io's own answer for an unknown session, in Node's form (numeric code).
 pub const SESSION_UNKNOWN_BODY: &str = r#"{"code":1,"message":"Session ID unknown"}"#;
@@ -54,6 +61,7 @@ pub struct Balancer {
     routes: Arc<RouteTable>,
     sids: Arc<SidTable>,
     loads: Arc<Loads>,
+    upgrades: Arc<Upgrades>,
     signer: CookieSigner,
     config: RoutingConfig,
     turn: AtomicUsize,
@@ -78,14 +86,22 @@ pub struct RequestCtx {
     ws_of_sid: bool,
     sniffer: Option<OpenPacketSniffer>,
     tried: Vec<usize>,
+    /// An upgrade request's own upstream connection (its id doubles as the pool group key).
+    upstream: Option<(u64, Arc<UpstreamSocket>)>,
+    /// Registered in [`Upgrades`] (after the 101).
+    registered: bool,
+    /// Frame boundaries of the worker → client WebSocket stream.
+    frames: Option<FrameTracker>,
 }
 
 impl Balancer {
-    /// A balancer reading `routes`, recording sessions in `sids`, counting into `loads`.
-    pub fn new(
+    /// A balancer reading `routes`, recording sessions in `sids`, counting into `loads`,
+    /// registering WebSockets in `upgrades`.
+    pub(crate) fn new(
         routes: Arc<RouteTable>,
         sids: Arc<SidTable>,
         loads: Arc<Loads>,
+        upgrades: Arc<Upgrades>,
         signer: CookieSigner,
         config: RoutingConfig,
         metrics: BalancerMetrics,
@@ -95,6 +111,7 @@ impl Balancer {
             routes,
             sids,
             loads,
+            upgrades,
             signer,
             config,
             turn: AtomicUsize::new(0),
@@ -157,6 +174,9 @@ impl ProxyHttp for Balancer {
             ws_of_sid: false,
             sniffer: None,
             tried: Vec::new(),
+            upstream: None,
+            registered: false,
+            frames: None,
         }
     }
 
@@ -241,6 +261,7 @@ impl ProxyHttp for Balancer {
             // Upgraded connections idle between engine.io pings; their liveness is the
             // worker's business, not a proxy read timeout.
             session.set_read_timeout(None);
+            ctx.upstream = Some((self.upgrades.next_id(), Arc::default()));
         }
         if ctx.engineio && !self.config.unsticky {
             if let Some(sid) = &ctx.sid {
@@ -274,6 +295,21 @@ impl ProxyHttp for Balancer {
         };
         let mut peer = HttpPeer::new(snap.backends[i].addr, false, String::new());
         peer.options.connection_timeout = Some(Duration::from_secs(2));
+        if let Some((id, upstream)) = &ctx.upstream {
+            // A key of its own: a pooled connection would bypass the hook (and upgraded
+            // connections never return to the pool, so nothing accumulates under it).
+            peer.group_key = *id;
+            let upstream = Arc::downgrade(upstream);
+            peer.options.upstream_tcp_sock_tweak_hook = Some(Arc::new(move |socket| {
+                if let Some(u) = upstream.upgrade()
+                    && let Err(e) = u.attach(socket)
+                {
+                    // Not fatal: the WebSocket works, it just cannot be released early.
+                    tracing::warn!(error = %e, "cannot duplicate an upstream socket");
+                }
+                Ok(())
+            }));
+        }
         Ok(Box::new(peer))
     }
 
@@ -355,6 +391,13 @@ impl ProxyHttp for Balancer {
         {
             ctx.websocket = true;
             self.metrics.websockets.add(id, 1);
+            ctx.frames = Some(FrameTracker::default());
+            if let Some((conn, upstream)) = &ctx.upstream {
+                let weak = Arc::downgrade(upstream);
+                self.upgrades
+                    .opened(id, *conn, weak as std::sync::Weak<dyn Close>);
+                ctx.registered = true;
+            }
         }
         if status == 400 && ctx.sid.is_some() {
             debug!(
@@ -386,7 +429,7 @@ impl ProxyHttp for Balancer {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end: bool,
+        end: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
         if let (Some(sniffer), Some(chunk)) = (ctx.sniffer.as_mut(), body.as_ref())
@@ -402,6 +445,23 @@ impl ProxyHttp for Balancer {
                 }
             }
             ctx.sniffer = None;
+        }
+        if let Some(frames) = ctx.frames.as_mut() {
+            if let Some(chunk) = body.as_ref() {
+                frames.feed(chunk);
+            }
+            let released = ctx.upstream.as_ref().is_some_and(|(_, u)| u.released());
+            if end && released && frames.at_boundary() && !frames.close_seen() {
+                // The worker's side ended because we released it: end the WebSocket with a
+                // proper close (1001) rather than a bare TCP close (1006, "abnormal closure"
+                // in browsers); either way socket.io-client reconnects.
+                let mut out = BytesMut::new();
+                if let Some(chunk) = body.take() {
+                    out.extend_from_slice(&chunk);
+                }
+                out.extend_from_slice(&GOING_AWAY_CLOSE);
+                *body = Some(out.freeze());
+            }
         }
         Ok(None)
     }
@@ -473,6 +533,11 @@ impl ProxyHttp for Balancer {
         if ctx.websocket {
             if let Some(id) = &ctx.backend_id {
                 self.metrics.websockets.add(id, -1);
+                if std::mem::take(&mut ctx.registered)
+                    && let Some((conn, _)) = &ctx.upstream
+                {
+                    self.upgrades.closed(id, *conn);
+                }
             }
         } else {
             self.metrics
@@ -487,7 +552,13 @@ impl ProxyHttp for Balancer {
         if ctx.ws_of_sid
             && let Some(sid) = &ctx.sid
         {
-            self.sids.websocket_closed(sid);
+            if ctx.upstream.as_ref().is_some_and(|(_, u)| u.released()) {
+                // Released: the worker saw its transport end, so the session is over and no
+                // longer counts against the draining worker.
+                self.sids.remove(sid);
+            } else {
+                self.sids.websocket_closed(sid);
+            }
         }
     }
 }

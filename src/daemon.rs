@@ -73,6 +73,7 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
             .map(|b| b.app.clone())
             .unwrap_or_default(),
         loads: OnceLock::new(),
+        upgrades: OnceLock::new(),
     });
     let (handle, supervisor) = Supervisor::spawn(spec, gate.clone());
     let obs = Arc::new(Observability {
@@ -104,6 +105,7 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
             match balancer::server::spawn(settings, rx) {
                 Ok(p) => {
                     let _ = gate.loads.set(p.loads.clone());
+                    let _ = gate.upgrades.set(p.upgrades.clone());
                     let _ = obs.balancer.set(BalancerView {
                         app: b.app.clone(),
                         sessions: p.loads.clone(),

@@ -60,12 +60,15 @@ pub async fn follow(
     }
 }
 
-/// The supervisor's `DrainGate`, answered from the balancer's live session counts.
+/// The supervisor's `DrainGate`, answered from the balancer's live session counts; releasing
+/// a worker closes its remaining WebSockets through the proxy, spread over the window.
 pub struct BalancerGate {
     /// The app the balancer serves (other apps have no sessions to wait for).
     pub app: String,
     /// Session counts per backend id, set once the balancer runs.
     pub loads: std::sync::OnceLock<Arc<balancer::loads::Loads>>,
+    /// Open WebSockets per backend id, set once the balancer runs.
+    pub upgrades: std::sync::OnceLock<Arc<balancer::release::Upgrades>>,
 }
 
 impl supervisor::DrainGate for BalancerGate {
@@ -75,6 +78,23 @@ impl supervisor::DrainGate for BalancerGate {
         }
         let loads = self.loads.get()?;
         Some(loads.get(&backend_id(app, slot, generation)).max(0) as u64)
+    }
+
+    fn release(&self, app: &str, slot: u16, generation: u64, window: std::time::Duration) {
+        if app != self.app {
+            return;
+        }
+        if let Some(upgrades) = self.upgrades.get() {
+            let n = upgrades.release(&backend_id(app, slot, generation), window);
+            tracing::info!(
+                app,
+                slot,
+                generation,
+                websockets = n,
+                ?window,
+                "releasing the remaining WebSockets"
+            );
+        }
     }
 }
 

@@ -129,7 +129,8 @@ impl OpenPacketSniffer {
     }
 
     /// Whether the sniffer has finished (found the packet or given up).
-    pub fn is_done(&self) -> bool {
+    #[cfg(test)]
+    fn is_done(&self) -> bool {
         self.done
     }
 }

@@ -72,11 +72,6 @@ impl RouteTable {
         self.current.load_full()
     }
 
-    /// Replace the snapshot.
-    pub fn store(&self, snap: Snapshot) {
-        self.current.store(Arc::new(snap));
-    }
-
     /// Follow `rx`: rebuild and swap the snapshot on every change; ends when the sender is gone.
     /// `on_change` runs after each swap (e.g. to forget load counters of vanished backends).
     pub async fn follow(&self, mut rx: watch::Receiver<BackendSet>, on_change: impl Fn(&Snapshot)) {
@@ -85,7 +80,7 @@ impl RouteTable {
             let set = rx.borrow_and_update().clone();
             let snap = Snapshot::build(&set);
             on_change(&snap);
-            self.store(snap);
+            self.current.store(Arc::new(snap));
             if rx.changed().await.is_err() {
                 return;
             }

@@ -476,34 +476,26 @@ impl<E: Effects> Actor<E> {
                 slot,
                 force,
                 reply,
-            } => match self.restart(&app, slot, force, now) {
-                Ok((rev, targets)) => self.wait(rev, targets, reply),
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                }
-            },
-            Command::StartApp { app, reply } => match self.start_app(&app) {
-                Ok((rev, targets)) => self.wait(rev, targets, reply),
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                }
-            },
-            Command::StopApp { app, reply } => match self.stop_app(&app) {
-                Ok(targets) => self.wait(0, targets, reply),
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                }
-            },
+            } => {
+                let result = self.restart(&app, slot, force, now);
+                self.wait_or_refuse(result, reply);
+            }
+            Command::StartApp { app, reply } => {
+                let result = self.start_app(&app);
+                self.wait_or_refuse(result, reply);
+            }
+            Command::StopApp { app, reply } => {
+                let result = self.stop_app(&app).map(|targets| (0, targets));
+                self.wait_or_refuse(result, reply);
+            }
             Command::Scale {
                 app,
                 instances,
                 reply,
-            } => match self.scale(&app, instances) {
-                Ok((rev, targets)) => self.wait(rev, targets, reply),
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                }
-            },
+            } => {
+                let result = self.scale(&app, instances);
+                self.wait_or_refuse(result, reply);
+            }
         }
     }
 
@@ -523,6 +515,29 @@ impl<E: Effects> Actor<E> {
             targets,
             reply,
         });
+    }
+
+    /// Wait on an accepted request's targets, or answer a refused one at once.
+    fn wait_or_refuse(
+        &mut self,
+        result: Result<(u64, Vec<Target>), SupervisorError>,
+        reply: oneshot::Sender<Result<Report, SupervisorError>>,
+    ) {
+        match result {
+            Ok((rev, targets)) => self.wait(rev, targets, reply),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// The slot indexes `app` has now (none for an app not running yet).
+    fn indexes(&self, app: &str) -> Vec<u16> {
+        self.apps
+            .iter()
+            .find(|a| &*a.name == app)
+            .map(|a| a.slots.iter().map(|s| s.index).collect())
+            .unwrap_or_default()
     }
 
     /// Answer every request whose slots have all settled.
@@ -591,12 +606,7 @@ impl<E: Effects> Actor<E> {
                 .is_none_or(|w| w.enabled);
             let mut w = WantedApp::new(Arc::new(spec), rev);
             w.enabled = enabled;
-            let existing: Vec<u16> = self
-                .apps
-                .iter()
-                .find(|a| a.name == name)
-                .map(|a| a.slots.iter().map(|s| s.index).collect())
-                .unwrap_or_default();
+            let existing = self.indexes(&name);
             for index in existing.iter().copied().filter(|&i| i >= w.instances) {
                 targets.push(self.target(&name, index, Expect::Removed));
             }
@@ -717,12 +727,7 @@ impl<E: Effects> Actor<E> {
         let w = self.wanted_app(app)?;
         self.wanted.apps[w].enabled = false;
         let name: Arc<str> = Arc::from(app);
-        let indexes: Vec<u16> = self
-            .apps
-            .iter()
-            .find(|a| a.name == name)
-            .map(|a| a.slots.iter().map(|s| s.index).collect())
-            .unwrap_or_default();
+        let indexes = self.indexes(app);
         info!(app, "app stop requested");
         Ok(indexes
             .into_iter()
@@ -742,12 +747,7 @@ impl<E: Effects> Actor<E> {
         let rev = self.wanted.apps[w].rev;
         let name: Arc<str> = Arc::from(app);
         info!(app, from = old, to = instances, "scale requested");
-        let existing: Vec<u16> = self
-            .apps
-            .iter()
-            .find(|a| a.name == name)
-            .map(|a| a.slots.iter().map(|s| s.index).collect())
-            .unwrap_or_default();
+        let existing = self.indexes(app);
         let mut targets = Vec::new();
         for index in 0..instances.max(old) {
             let t = if index >= instances {

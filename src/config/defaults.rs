@@ -33,7 +33,7 @@ pub const DEFAULT_ROOT_CONTROL_SOCKET: &str = "/run/rtsup/rtsup.sock";
 /// Worker log directory when running as root.
 pub const DEFAULT_ROOT_LOG_DIR: &str = "/var/log/rtsup";
 /// Most instances one app may ask for.
-pub const MAX_INSTANCES: u16 = 512;
+pub const MAX_INSTANCES: u16 = supervisor::spec::MAX_INSTANCES;
 /// Liveness check period of ready workers ("0s" disables).
 pub const DEFAULT_HEALTH_INTERVAL: &str = "5s";
 /// How long one liveness check may take.

@@ -22,7 +22,7 @@ use crate::handle::{Command, DrainGate, Report, SlotReport, SupervisorError, Sup
 use crate::memory::{Sampler, Usage};
 use crate::reconcile::{self, AppSlots, Decision, Expect, Outcome, Target, Wanted, WantedApp};
 use crate::slot::{Effect, PROBE_GRACE, Phase, Slot, Worker};
-use crate::spec::{AppSpec, SupervisorSpec};
+use crate::spec::{AppSpec, MAX_INSTANCES, SupervisorSpec};
 
 /// How often the memory sampler measures every worker (PM2 polls every 30 s).
 pub const MEMORY_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
@@ -531,6 +531,14 @@ impl<E: Effects> Actor<E> {
         }
     }
 
+    /// Whether slot `index` of `app` is wanted now (not retiring, the app not removed).
+    fn was_wanted(&self, app: &str, index: u16) -> bool {
+        self.wanted
+            .apps
+            .iter()
+            .any(|w| w.spec.name == app && index < w.instances)
+    }
+
     /// The slot indexes `app` has now (none for an app not running yet).
     fn indexes(&self, app: &str) -> Vec<u16> {
         self.apps
@@ -619,7 +627,7 @@ impl<E: Effects> Actor<E> {
                     targets.push(t);
                     continue;
                 }
-                if existing.contains(&index) {
+                if existing.contains(&index) && self.was_wanted(&name, index) {
                     targets.push(self.target(&name, index, Expect::Replace));
                     if let Some(slot) = self.slot_mut(&name, index) {
                         slot.revive();
@@ -673,14 +681,10 @@ impl<E: Effects> Actor<E> {
         let rev = self.next_rev();
         let want = &mut self.wanted.apps[w];
         want.enabled = true;
-        match slot {
-            Some(s) => {
-                want.bumps.insert(s, rev);
-            }
-            None => {
-                want.rev = rev;
-                want.bumps.clear();
-            }
+        // Per-slot revisions: a restart re-runs the spec in force (a configuration a reload
+        // could not apply is not forced in by a restart).
+        for &s in &slots {
+            want.bumps.insert(s, rev);
         }
         let name: Arc<str> = Arc::from(app);
         info!(app, ?slot, force, "restart requested");
@@ -709,7 +713,11 @@ impl<E: Effects> Actor<E> {
         for index in 0..instances {
             let mut t = self.target(&name, index, Expect::Start);
             if let Some(slot) = self.slot_mut(app, index) {
-                if slot.current.is_some() {
+                if slot
+                    .current
+                    .as_ref()
+                    .is_some_and(|w| !matches!(w.phase, Phase::Stopping { .. }))
+                {
                     t.outcome = Some(Outcome::Unchanged {
                         reason: "already running".into(),
                     });
@@ -742,6 +750,12 @@ impl<E: Effects> Actor<E> {
             ));
         }
         let w = self.wanted_app(app)?;
+        let port = u32::from(self.wanted.apps[w].spec.port);
+        if instances > MAX_INSTANCES || port + 2 * u32::from(instances) > 65_536 {
+            return Err(SupervisorError::Invalid(format!(
+                "instances must be 1 to {MAX_INSTANCES}, and ports {port} .. {port} + 2 × instances must stay below 65536"
+            )));
+        }
         let old = self.wanted.apps[w].instances;
         self.wanted.apps[w].instances = instances;
         let rev = self.wanted.apps[w].rev;
@@ -752,7 +766,7 @@ impl<E: Effects> Actor<E> {
         for index in 0..instances.max(old) {
             let t = if index >= instances {
                 self.target(&name, index, Expect::Removed)
-            } else if existing.contains(&index) {
+            } else if existing.contains(&index) && index < old {
                 let mut t = self.target(&name, index, Expect::Replace);
                 t.outcome = Some(Outcome::Unchanged {
                     reason: "kept".into(),

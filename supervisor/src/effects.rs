@@ -201,7 +201,9 @@ impl Effects for Processes {
     }
 
     fn port_free(&mut self, port: u16) -> bool {
-        std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        // The wildcard address conflicts with a listener on any address of the port (a worker
+        // binding 0.0.0.0 would fail the same way); bound, never listened on, dropped at once.
+        std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
     }
 
     fn signal(&mut self, pid: u32, signal: Signal) {

@@ -236,21 +236,34 @@ fn app_decisions(
 ) {
     let name = &app.name;
     if !w.enabled {
-        for slot in app.slots.iter().filter(|s| needs_stop(s)) {
-            out.push(Decision::Stop {
-                app: name.clone(),
-                index: slot.index,
-            });
+        for slot in &app.slots {
+            if needs_stop(slot) {
+                out.push(Decision::Stop {
+                    app: name.clone(),
+                    index: slot.index,
+                });
+            } else if slot.index >= w.instances && slot.is_down() {
+                out.push(Decision::RemoveSlot {
+                    app: name.clone(),
+                    index: slot.index,
+                });
+            }
         }
         return;
     }
     for index in 0..w.instances {
         if app.slot(index).is_none() {
+            // A rollout that stopped at a failed slot leaves the old spec in force: new slots
+            // get it too.
+            let (rev, spec) = match halted_by(app, w.rev) {
+                Some(failed) => (failed.rev, failed.spec.clone()),
+                None => (w.target(index), w.spec.clone()),
+            };
             out.push(Decision::AddSlot {
                 app: name.clone(),
                 index,
-                rev: w.target(index),
-                spec: w.spec.clone(),
+                rev,
+                spec,
             });
         }
     }
@@ -288,11 +301,7 @@ fn app_decisions(
         if !launch {
             continue;
         }
-        let (rev, spec) = if wants_newer(w, app, slot) {
-            (w.target(slot.index), w.spec.clone())
-        } else {
-            (slot.rev, slot.spec.clone())
-        };
+        let (rev, spec) = choose(w, app, slot);
         match ports.allocate(name, spec.port, w.instances.max(spec.instances), slot.index) {
             Some(port) => out.push(Decision::Launch {
                 app: name.clone(),
@@ -308,6 +317,22 @@ fn app_decisions(
             }),
         }
     }
+}
+
+/// What the slot's next worker runs: the wanted revision when it may still be tried, with the
+/// wanted spec only if the app's configuration itself is new to the slot and not rejected (a
+/// restart after a failed reload restarts the spec in force); else the spec in force.
+fn choose(w: &WantedApp, app: &AppSlots, slot: &Slot) -> (u64, Arc<AppSpec>) {
+    if !wants_newer(w, app, slot) {
+        return (slot.rev, slot.spec.clone());
+    }
+    let new_config = slot.rev < w.rev && !exhausted(slot, w.rev) && halted_by(app, w.rev).is_none();
+    let spec = if new_config {
+        w.spec.clone()
+    } else {
+        slot.spec.clone()
+    };
+    (w.target(slot.index), spec)
 }
 
 /// The slot runs an older revision than wanted, and that revision may still be tried.
@@ -437,11 +462,21 @@ pub(crate) fn settle(targets: &mut [Target], rev: u64, wanted: &Wanted, apps: &[
             Expect::Removed => match slot {
                 None => Some(Outcome::Removed),
                 Some(s) if s.current.is_none() && !needs_retire(s) => Some(Outcome::Removed),
+                _ if want.is_some_and(|w| t.slot < w.instances) && !wanted.stopping => {
+                    Some(Outcome::Superseded {
+                        reason: "wanted again by a later request".into(),
+                    })
+                }
                 _ => None,
             },
             Expect::Stopped => match slot {
                 None => Some(Outcome::Stopped),
                 Some(s) if s.is_down() => Some(Outcome::Stopped),
+                _ if want.is_some_and(|w| w.enabled) && !wanted.stopping => {
+                    Some(Outcome::Superseded {
+                        reason: "started again by a later request".into(),
+                    })
+                }
                 _ => None,
             },
         };
@@ -478,10 +513,18 @@ fn ready_outcome(
         });
     }
     let (app, slot) = (app?, slot?);
+    // A later request may have re-targeted the slot: report where it ends, not where it was
+    // on the way. `rtsup start APP` only wants a ready worker.
+    let goal = match t.expect {
+        Expect::Start => 0,
+        // A slot added while the app's rollout is stopped starts with the spec in force.
+        Expect::Add if halted_by(app, want.rev).is_some() => 0,
+        _ => rev.max(want.target(t.slot)),
+    };
     if let Some(cur) = &slot.current
         && cur.phase == Phase::Ready
         && cur.generation > t.since
-        && cur.rev >= rev
+        && cur.rev >= goal
     {
         let generation = cur.generation;
         return Some(match t.expect {
@@ -491,8 +534,9 @@ fn ready_outcome(
         });
     }
     if let Some(tries) = &slot.tries
-        && tries.rev >= rev
+        && tries.rev >= goal
         && tries.failed >= MAX_TRIES
+        && tries.generation > t.since
     {
         return Some(Outcome::Failed {
             reason: tries.reason.clone(),
@@ -507,9 +551,8 @@ fn ready_outcome(
             ),
         });
     }
-    let target = want.target(t.slot);
-    if slot.rev < target
-        && let Some(failed) = halted_by(app, target.max(rev))
+    if slot.rev < goal
+        && let Some(failed) = halted_by(app, goal)
         && failed.index != t.slot
     {
         return Some(Outcome::Skipped {

@@ -132,7 +132,8 @@ pub(crate) enum Effect {
     },
 }
 
-/// Failed attempts to run a newer spec revision in a slot.
+/// Failed attempts to start a worker at one spec revision in a slot (a failed reload of this
+/// slot, or a new slot that cannot start).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Tries {
     /// The revision tried.
@@ -141,6 +142,9 @@ pub(crate) struct Tries {
     pub failed: u32,
     /// Why the last one failed.
     pub reason: String,
+    /// Generation of the last worker that failed (a request only counts failures after it
+    /// was made).
+    pub generation: u64,
 }
 
 /// One slot: its workers, its spec in force and its counters.
@@ -256,8 +260,12 @@ impl Slot {
         self.current = Some(worker);
     }
 
-    /// Spawning a worker at `rev` failed before it had a pid.
+    /// Spawning a worker at `rev` failed before it had a pid. Counts as a restart like any
+    /// other attempt after the first.
     pub(crate) fn spawn_failed(&mut self, rev: u64, error: String, now: Instant) {
+        if self.generation > 0 {
+            self.restarts += 1;
+        }
         self.generation += 1;
         self.start_failed(rev, error, now);
     }
@@ -347,17 +355,16 @@ impl Slot {
     /// The new worker never became ready: give the slot back to the worker it was replacing,
     /// or count a crash when there is none.
     fn start_failed(&mut self, rev: u64, reason: String, now: Instant) {
-        if rev > self.rev || self.tries.as_ref().is_some_and(|t| t.rev == rev) {
-            let failed = match &self.tries {
-                Some(t) if t.rev == rev => t.failed + 1,
-                _ => 1,
-            };
-            self.tries = Some(Tries {
-                rev,
-                failed,
-                reason: reason.clone(),
-            });
-        }
+        let failed = match &self.tries {
+            Some(t) if t.rev == rev => t.failed + 1,
+            _ => 1,
+        };
+        self.tries = Some(Tries {
+            rev,
+            failed,
+            reason: reason.clone(),
+            generation: self.generation,
+        });
         let kept = format!("replacement failed: {reason}; kept the previous worker");
         if self.is_ready() {
             // Spawning the replacement failed: the ready worker never stopped serving.
@@ -447,13 +454,12 @@ impl Slot {
         effects
     }
 
-    /// Bring an errored slot back (operator start, restart or reload): fresh crash count.
+    /// A fresh chance asked by the operator (start, restart, reload): an errored slot comes
+    /// back, the crash count and any backoff are cleared.
     pub(crate) fn revive(&mut self) {
-        if self.errored {
-            self.errored = false;
-            self.crashes = 0;
-            self.backoff_until = None;
-        }
+        self.errored = false;
+        self.crashes = 0;
+        self.backoff_until = None;
     }
 
     /// A leaving draining worker has no sessions left: stop it now.
@@ -813,7 +819,11 @@ mod tests {
             assert!(s.is_ready(), "{how}");
             assert_eq!(s.rev, 1, "{how}: the old spec stays in force");
             let tries = s.tries.clone().expect("a try recorded");
-            assert_eq!((tries.rev, tries.failed), (2, 1), "{how}");
+            assert_eq!(
+                (tries.rev, tries.failed, tries.generation),
+                (2, 1, 2),
+                "{how}"
+            );
             assert_eq!(s.crashes, 0, "{how}: a failed replacement is not a crash");
         }
     }

@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use crate::backoff::RestartPolicy;
 
+/// Most slots one app may have (config validation and `rtsup scale` both enforce it).
+pub const MAX_INSTANCES: u16 = 512;
+
 /// Everything the supervisor runs: the apps and where their logs go.
 #[derive(Debug, Clone)]
 pub struct SupervisorSpec {

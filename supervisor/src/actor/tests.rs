@@ -635,6 +635,105 @@ async fn a_crash_loop_ends_errored_and_a_reload_revives_it() {
     r.stop().await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_new_app_whose_command_cannot_start_is_reported_failed_promptly() {
+    let r = rig(vec![app_spec("a", 1, 5000, "good")]);
+    r.all_ready("a", 1).await;
+    let t0 = Instant::now();
+    let report = r
+        .handle
+        .reload(vec![
+            app_spec("a", 1, 5000, "good"),
+            app_spec("b", 1, 6000, "missing"),
+        ])
+        .await
+        .expect("report");
+    assert_eq!(outcomes(&report), vec!["a:0 replaced", "b:0 failed"]);
+    assert!(
+        Instant::now() - t0 < Duration::from_secs(2),
+        "two tries, not the whole crash loop: {:?}",
+        Instant::now() - t0
+    );
+    let report = r.handle.scale("b", 3).await.expect("report");
+    assert!(!report.ok());
+    r.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_failed_reload_scale_start_and_restart_run_the_spec_in_force() {
+    let r = rig(vec![app_spec("a", 2, 5000, "good")]);
+    r.all_ready("a", 2).await;
+    let failed = r
+        .handle
+        .reload(vec![app_spec("a", 2, 5000, "missing")])
+        .await
+        .expect("report");
+    assert!(!failed.ok());
+    let report = r.handle.scale("a", 3).await.expect("report");
+    assert_eq!(
+        outcomes(&report),
+        vec!["a:0 unchanged", "a:1 unchanged", "a:2 added"]
+    );
+    r.all_ready("a", 3).await;
+
+    assert!(r.handle.stop_app("a").await.expect("report").ok());
+    let started = r.handle.start_app("a").await.expect("report");
+    assert_eq!(
+        outcomes(&started),
+        vec!["a:0 started", "a:1 started", "a:2 started"],
+        "no stale failure from the earlier reload"
+    );
+    let before = r.all_ready("a", 3).await;
+    let forced = r.handle.restart("a", None, true).await.expect("report");
+    assert_eq!(
+        outcomes(&forced),
+        vec!["a:0 replaced", "a:1 replaced", "a:2 replaced"]
+    );
+    let after = r.all_ready("a", 3).await;
+    assert!(pids(&after).iter().all(|p| !pids(&before).contains(p)));
+    let rolled = r.handle.restart("a", None, false).await.expect("report");
+    assert!(rolled.ok(), "{rolled:?}");
+    r.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn scaling_back_up_while_slots_drain_waits_for_the_new_workers() {
+    let r = rig(vec![app_spec("a", 4, 5000, "good")]);
+    r.all_ready("a", 4).await;
+    r.gate
+        .busy
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let down = r.handle.scale("a", 2).await.expect("report");
+    assert_eq!(
+        outcomes(&down),
+        vec![
+            "a:0 unchanged",
+            "a:1 unchanged",
+            "a:2 removed",
+            "a:3 removed"
+        ]
+    );
+    let up = r.handle.scale("a", 4).await.expect("report");
+    assert_eq!(
+        outcomes(&up),
+        vec!["a:0 unchanged", "a:1 unchanged", "a:2 added", "a:3 added"]
+    );
+    let fleet = r.handle.fleet();
+    let ws = workers(&fleet, "a");
+    for slot in [2, 3] {
+        assert!(
+            ws.iter()
+                .any(|w| w.slot == slot && w.state == WorkerState::Ready),
+            "answered once slot {slot} has a ready worker: {ws:#?}"
+        );
+    }
+    assert!(matches!(
+        r.handle.scale("a", 65535).await,
+        Err(SupervisorError::Invalid(_))
+    ));
+    r.stop().await;
+}
+
 /// A tiny deterministic generator (xorshift64*), so each randomized run can be replayed from
 /// its seed.
 struct Rng(u64);
@@ -661,9 +760,40 @@ async fn random_run(seed: u64) {
     let mut instances = 1 + rng.below(3) as u16;
     let r = rig(vec![app_spec("a", instances, 5000, "good")]);
     let mut answers = Vec::new();
+    let mut enabled = true;
+    let trace = std::env::var_os("RTSUP_RANDOM_TRACE").is_some();
     for _ in 0..(5 + rng.below(15)) {
         tokio::time::sleep(Duration::from_millis(rng.below(1500))).await;
-        match rng.below(6) {
+        let step = rng.below(8);
+        if trace {
+            eprintln!(
+                "{:?} step {step} fleet {:?}",
+                Instant::now(),
+                r.handle.fleet()
+            );
+        }
+        match step {
+            6 => {
+                enabled = !enabled;
+                let h = r.handle.clone();
+                let on = enabled;
+                answers.push(tokio::spawn(async move {
+                    let report = if on {
+                        h.start_app("a").await
+                    } else {
+                        h.stop_app("a").await
+                    };
+                    report.map(|_| ())
+                }));
+            }
+            7 => {
+                // A restart starts a stopped app again.
+                enabled = true;
+                let h = r.handle.clone();
+                answers.push(tokio::spawn(async move {
+                    h.restart("a", Some(0), false).await.map(|_| ())
+                }));
+            }
             0 | 1 => {
                 let live = r.fake.live_pids();
                 if !live.is_empty() {
@@ -680,6 +810,7 @@ async fn random_run(seed: u64) {
                 ));
             }
             3 => {
+                enabled = true;
                 let h = r.handle.clone();
                 let force = rng.below(2) == 0;
                 answers.push(tokio::spawn(async move {
@@ -719,17 +850,28 @@ async fn random_run(seed: u64) {
     let fleet = r.handle.fleet();
     let ws = workers(&fleet, "a");
     assert!(!fleet.reloading, "seed {seed}: a request still pending");
-    assert_eq!(
-        ws.len(),
-        usize::from(instances),
-        "seed {seed}: one worker per wanted slot, nothing left draining: {ws:#?}"
-    );
-    for w in &ws {
+    if enabled {
+        assert_eq!(
+            ws.len(),
+            usize::from(instances),
+            "seed {seed}: one worker per wanted slot, nothing left draining: {ws:#?}"
+        );
+    } else {
         assert!(
-            matches!(w.state, WorkerState::Ready | WorkerState::Errored),
+            ws.len() <= usize::from(instances).max(1),
+            "seed {seed}: a stopped app keeps at most its wanted slots: {ws:#?}"
+        );
+    }
+    for w in &ws {
+        let settled = if enabled {
+            matches!(w.state, WorkerState::Ready | WorkerState::Errored)
+        } else {
+            w.state == WorkerState::Stopped
+        };
+        assert!(
+            settled,
             "seed {seed}: slot {} settled as {:?}: {ws:#?}",
-            w.slot,
-            w.state
+            w.slot, w.state
         );
     }
     let live = r.fake.live_pids();
@@ -748,7 +890,11 @@ async fn a_thousand_randomized_runs_settle_and_answer_everything() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
-    for seed in 1..=runs {
+    let first: u64 = std::env::var("RTSUP_RANDOM_FIRST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    for seed in first..first + runs {
         random_run(seed).await;
     }
 }

@@ -123,6 +123,7 @@ fn a_slot_that_failed_twice_stops_the_rollout_and_keeps_its_spec() {
         rev: 2,
         failed: 1,
         reason: "exit code 1".into(),
+        generation: 3,
     });
     // One failure: the slot is tried once more.
     assert_eq!(
@@ -133,6 +134,7 @@ fn a_slot_that_failed_twice_stops_the_rollout_and_keeps_its_spec() {
         rev: 2,
         failed: MAX_TRIES,
         reason: "exit code 1".into(),
+        generation: 3,
     });
     let apps = app(slots.clone());
     assert_eq!(next_words(&w, &apps), Vec::<String>::new(), "halted");
@@ -141,7 +143,7 @@ fn a_slot_that_failed_twice_stops_the_rollout_and_keeps_its_spec() {
             app: Arc::from("a"),
             slot: i,
             expect: Expect::Replace,
-            since: slots[i as usize].generation,
+            since: 1,
             outcome: None,
         })
         .collect();
@@ -169,6 +171,7 @@ fn a_newer_reload_retries_a_slot_that_failed_an_older_one() {
         rev: 2,
         failed: MAX_TRIES,
         reason: "exit code 1".into(),
+        generation: 3,
     });
     assert_eq!(next_words(&w, &app(slots)), vec!["launch 0@5001 r3"]);
 }

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install what a fresh Debian machine lacks for building and testing rtsup:
 # cmake (pingora's zlib-ng build), a C toolchain, Node.js (fixture and interop workers),
-# redis-server (adapter tests), Chromium (demo page test) and the npm packages of the interop
-# tests (official socket.io server and client, playwright-core to drive Chromium).
+# redis-server (adapter tests), Chromium (demo page test), systemd (`systemd-analyze verify`
+# of the unit) and the npm packages of the interop tests (official socket.io server and
+# client, playwright-core to drive Chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,8 @@ command -v npm >/dev/null || need+=(npm)
 command -v redis-server >/dev/null || need+=(redis-server)
 # The demo-page test drives Debian's Chromium (no browser download).
 [[ -x /usr/bin/chromium ]] || need+=(chromium)
+# tests/systemd.rs checks the unit with `systemd-analyze verify`.
+command -v systemd-analyze >/dev/null || need+=(systemd)
 if ((${#need[@]})); then
   echo "setup: installing ${need[*]}"
   SUDO=""

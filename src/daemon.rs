@@ -42,7 +42,6 @@ pub fn worker_specs(config: &Config, hub: &std::path::Path) -> Vec<AppSpec> {
 /// Run the daemon in the foreground until SIGTERM/SIGINT or `rtsup stop`.
 /// `file` is where `config` came from (`None` for the embedded demo); reloads re-read it.
 pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
-    let notifier = Notifier::from_env();
     let logs = &config.supervisor.logs.dir;
     std::fs::create_dir_all(logs)
         .with_context(|| format!("creating log_dir {}", logs.display()))?;
@@ -76,6 +75,7 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
         upgrades: OnceLock::new(),
     });
     let (handle, supervisor) = Supervisor::spawn(spec, gate.clone());
+    let notifier = Notifier::from_env(handle.subscribe());
     let obs = Arc::new(Observability {
         supervisor: handle.clone(),
         balancer: OnceLock::new(),
@@ -122,8 +122,10 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
         }
         None => None,
     };
-    tokio::spawn(notifier.ready_when_all_ready(handle.subscribe()));
-    let watchdog = notifier.spawn_watchdog();
+    // READY=1 once every slot is ready or errored, STATUS= as the fleet changes; WATCHDOG=1
+    // only while the supervisor's actor answers.
+    let status = notifier.spawn_status();
+    let watchdog = notifier.spawn_watchdog(handle.clone());
     // The admin server is an aid, not a dependency: a busy port is reported, not fatal.
     let admin = match admin::bind(config.admin.listen).await {
         Ok(listener) => Some(tokio::spawn(admin::serve(listener, obs.clone()))),
@@ -135,7 +137,7 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
     let reloader: Arc<dyn ControlHooks> = Arc::new(DaemonReloader {
         file,
         supervisor: handle.clone(),
-        notifier,
+        notifier: notifier.clone(),
         running: config.clone(),
         obs: obs.clone(),
         hub: hub_path.clone(),
@@ -150,11 +152,12 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
         },
         CONTROL_DRAIN,
     ));
-    let signals = tokio::spawn(signals::handle(handle.clone(), reloader, notifier));
+    let signals = tokio::spawn(signals::handle(handle.clone(), reloader, notifier.clone()));
     drop(handle);
     supervisor.await.context("supervisor task failed")?;
     notifier.stopping();
     signals.abort();
+    status.abort();
     if let Some(w) = watchdog {
         w.abort();
     }

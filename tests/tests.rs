@@ -10,4 +10,5 @@ mod reload;
 mod rollout;
 mod sticky;
 mod supervise;
+mod systemd;
 mod worker;

@@ -102,8 +102,13 @@ fn supervisor_section(
     })
 }
 
+/// The control socket when the configuration names none: `$RTSUP_CONTROL_SOCKET` if set (the
+/// systemd unit sets `/run/rtsup/rtsup.sock`, its `RuntimeDirectory=`), else
 /// `/run/rtsup/rtsup.sock` for root, else under `$XDG_RUNTIME_DIR` or `/tmp/rtsup-<uid>`.
 pub fn default_control_socket() -> PathBuf {
+    if let Some(path) = std::env::var_os("RTSUP_CONTROL_SOCKET").filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
     let uid = nix::unistd::Uid::current();
     if uid.is_root() {
         return PathBuf::from(DEFAULT_ROOT_CONTROL_SOCKET);
@@ -114,8 +119,13 @@ pub fn default_control_socket() -> PathBuf {
     }
 }
 
-/// `/var/log/rtsup` for root, else `~/.rtsup/logs` (where PM2 users look: `~/.pm2/logs`).
+/// The log directory when the configuration names none: `$RTSUP_LOG_DIR` if set (the systemd
+/// unit sets `/var/log/rtsup`, its `LogsDirectory=`), else `/var/log/rtsup` for root, else
+/// `~/.rtsup/logs` (where PM2 users look: `~/.pm2/logs`).
 pub fn default_log_dir() -> PathBuf {
+    if let Some(path) = std::env::var_os("RTSUP_LOG_DIR").filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
     if nix::unistd::Uid::current().is_root() {
         return PathBuf::from(DEFAULT_ROOT_LOG_DIR);
     }

@@ -13,13 +13,17 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Where to find the configuration and the daemon.
+/// Where to find the daemon: `--socket`, else `control_socket` of the configuration (read
+/// leniently: only `[supervisor]` matters to a client), else the default socket path, which
+/// does not depend on the current directory.
 #[derive(Debug, Clone, Args)]
 pub struct Target {
-    /// Configuration file (default: ./rtsup.toml).
+    /// Configuration file whose `control_socket` names the daemon (default: ./rtsup.toml);
+    /// errors elsewhere in the file are ignored.
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Control socket of the daemon (default: `control_socket` from the configuration).
+    /// Control socket of the daemon (default: `control_socket` from the configuration, else
+    /// the default path).
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
 }
@@ -92,11 +96,11 @@ pub enum Command {
         #[arg(value_name = "APP[:SLOT]")]
         which: String,
     },
-    /// Print (and with -f follow) worker logs; works without a running daemon.
+    /// Print (and with -f follow) worker logs: from the `log_dir` of the daemon when one
+    /// answers, else of the configuration; works without a running daemon.
     Logs {
-        /// Configuration file (default: ./rtsup.toml), for `log_dir`.
-        #[arg(short = 'c', long = "config", value_name = "FILE")]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        target: Target,
         /// Keep printing new lines as they are written.
         #[arg(short, long)]
         follow: bool,
@@ -110,7 +114,8 @@ pub enum Command {
     /// Run the reference Socket.IO worker (configured by its environment: PORT, REDIS_URL or
     /// RTSUP_HUB, …); this is what the embedded demo supervises.
     Worker,
-    /// Check a configuration file; errors name file, line and key.
+    /// Check a configuration file: every error at once, each with file, line, column and key;
+    /// also commands not found on PATH (errors) and ports in use right now (warnings).
     Check {
         /// Configuration file (default: ./rtsup.toml).
         #[arg(short = 'c', long = "config", value_name = "FILE")]

@@ -8,8 +8,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::control::proto::{Request, Response};
+
 /// How often `-f` looks for new output.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+/// How long `rtsup logs` waits for a daemon to say where its logs are.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One live log file and where reading stopped.
 struct Followed {
@@ -17,6 +22,26 @@ struct Followed {
     label: String,
     inode: u64,
     offset: u64,
+}
+
+/// The `log_dir` of the daemon answering at `socket`; `None` when none answers in time (or it
+/// is an older daemon that does not know the question).
+pub fn daemon_log_dir(socket: &Path) -> Option<PathBuf> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    let answer = runtime.block_on(async {
+        tokio::time::timeout(
+            ASK_TIMEOUT,
+            crate::control_client::call(socket, Request::LogDir),
+        )
+        .await
+    });
+    match answer {
+        Ok(Ok(Response::LogDir { path })) => Some(path),
+        _ => None,
+    }
 }
 
 /// Live log files in `dir` for `app` (and `slot`), sorted: `(path, label)`.

@@ -28,7 +28,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 
 use crate::cli::{Cli, Command, Target};
-use crate::config::Config;
+use crate::config::{ClientSettings, Config};
 
 /// Configuration file used when `-c` is not given.
 const DEFAULT_CONFIG: &str = "rtsup.toml";
@@ -48,15 +48,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check { config } => {
             let file = config_file(config.as_deref())?;
-            match Config::load(&file) {
-                Ok(c) => {
+            let report = Config::check(&file);
+            if !report.errors.0.is_empty() {
+                eprintln!("{}", report.errors);
+            }
+            for w in &report.warnings {
+                eprintln!("{w}");
+            }
+            match report.config {
+                Some(c) => {
                     println!("{}: ok ({} app(s))", file.display(), c.apps.len());
                     Ok(ExitCode::SUCCESS)
                 }
-                Err(errors) => {
-                    eprintln!("{errors}");
-                    Ok(ExitCode::FAILURE)
-                }
+                None => Ok(ExitCode::FAILURE),
             }
         }
         Command::Worker => Ok(rtsup_worker::server::main_from_env()),
@@ -73,7 +77,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Start { config, .. } => {
             init_tracing();
-            let file = find_config(config.as_deref());
+            // Absolute, so the daemon's messages (e.g. a refused reload, shown by a client in
+            // another directory) name the file unambiguously.
+            let file = find_config(config.as_deref()).map(|f| std::path::absolute(&f).unwrap_or(f));
             let config = match &file {
                 Some(file) => load(Some(file))?,
                 None => {
@@ -90,6 +96,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     demo
                 }
             };
+            control::server::advertise_log_dir(
+                std::path::absolute(&config.supervisor.logs.dir)
+                    .unwrap_or_else(|_| config.supervisor.logs.dir.clone()),
+            );
             runtime()?.block_on(daemon::run(config, file))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -141,22 +151,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ask(&target, "restart", Request::Restart { app, slot, force })
         }
         Command::Logs {
-            config,
+            target,
             follow,
             lines,
             which,
         } => {
-            let dir = match find_config(config.as_deref()) {
-                Some(file) => load(Some(&file))?.supervisor.logs.dir,
-                None => config::validate::default_log_dir(),
-            };
             let (app, slot) = match which.as_deref().map(cli::parse_which).transpose()? {
                 Some((a, s)) => (Some(a), s),
                 None => (None, None),
             };
-            let files = logs_cmd::find(&dir, app.as_deref(), slot)?;
+            let (dir, from) = log_dir(&target)?;
+            let files = logs_cmd::find(&dir, app.as_deref(), slot).with_context(|| from.clone())?;
             if files.is_empty() {
-                bail!("no worker log files in {}", dir.display());
+                bail!("no worker log files in {} ({from})", dir.display());
             }
             logs_cmd::run(files, lines, follow)?;
             Ok(ExitCode::SUCCESS)
@@ -203,15 +210,85 @@ fn load(explicit: Option<&Path>) -> anyhow::Result<Config> {
     Config::load(&file).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))
 }
 
-/// The control socket: `--socket`, else the configuration's, else the default path.
+/// The control socket: `--socket`, else the configuration's `control_socket` (read leniently:
+/// nothing else in the file matters to a client), else the default path.
 fn socket(target: &Target) -> anyhow::Result<PathBuf> {
     if let Some(s) = &target.socket {
         return Ok(s.clone());
     }
-    match find_config(target.config.as_deref()) {
-        Some(file) => Ok(load(Some(&file))?.supervisor.control_socket),
-        None => Ok(config::validate::default_control_socket()),
+    Ok(client_settings(target.config.as_deref())?
+        .control_socket
+        .unwrap_or_else(config::validate::default_control_socket))
+}
+
+/// `[supervisor]` of `-c FILE` or `./rtsup.toml`, read leniently, its warnings on stderr;
+/// nothing without a file. An unreadable `-c FILE` is an error, an unreadable `./rtsup.toml`
+/// a warning.
+fn client_settings(explicit: Option<&Path>) -> anyhow::Result<ClientSettings> {
+    let Some(file) = find_config(explicit) else {
+        return Ok(ClientSettings::default());
+    };
+    match ClientSettings::read(&file) {
+        Ok(settings) => {
+            for w in &settings.warnings {
+                eprintln!("rtsup: warning: {w}");
+            }
+            Ok(settings)
+        }
+        Err(e) if explicit.is_some() => {
+            Err(e).with_context(|| format!("reading {}", file.display()))
+        }
+        Err(e) => {
+            eprintln!(
+                "rtsup: warning: cannot read {}: {e}; using the defaults",
+                file.display()
+            );
+            Ok(ClientSettings::default())
+        }
     }
+}
+
+/// Where `rtsup logs` reads, and what said so: the `log_dir` of the daemon when one answers
+/// on the control socket, else the configuration's, else the default.
+fn log_dir(target: &Target) -> anyhow::Result<(PathBuf, String)> {
+    let mut settings = None;
+    let socket = match &target.socket {
+        Some(s) => s.clone(),
+        None => {
+            let s = client_settings(target.config.as_deref())?;
+            let socket = s
+                .control_socket
+                .clone()
+                .unwrap_or_else(config::validate::default_control_socket);
+            settings = Some(s);
+            socket
+        }
+    };
+    if let Some(dir) = logs_cmd::daemon_log_dir(&socket) {
+        return Ok((
+            dir,
+            format!("the log_dir of the daemon at {}", socket.display()),
+        ));
+    }
+    if target.socket.is_some() {
+        eprintln!(
+            "rtsup: no daemon answers at {}; using the configuration's log_dir or the default",
+            socket.display()
+        );
+    }
+    let settings = match settings {
+        Some(s) => s,
+        None => client_settings(target.config.as_deref())?,
+    };
+    Ok(
+        match (settings.log_dir, find_config(target.config.as_deref())) {
+            (Some(dir), Some(file)) => (dir, format!("the log_dir of {}", file.display())),
+            _ => (
+                config::validate::default_log_dir(),
+                "the default log_dir".to_string(),
+            ),
+        },
+    )
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -1,10 +1,187 @@
-//! `rtsup check`: errors name file, line and key; every shipped config passes.
+//! `rtsup check`: errors name file, line and key; every layer reports at once (syntax, types,
+//! semantics, this machine); every shipped config passes.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::harness::rtsup_bin;
+use crate::harness::{ports, rtsup_bin};
+
+/// What `rtsup check -c FILE` printed.
+struct Checked {
+    code: Option<i32>,
+    stdout: String,
+    stderr: Vec<String>,
+}
+
+/// Write `body` to a temp `rtsup.toml` and run `rtsup check -c` on it.
+fn check(body: &str) -> (tempfile::TempDir, PathBuf, Checked) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("rtsup.toml");
+    fs::write(&file, body).expect("write");
+    let out = Command::new(rtsup_bin())
+        .args(["check", "-c"])
+        .arg(&file)
+        .output()
+        .expect("run");
+    let checked = Checked {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .map(str::to_string)
+            .collect(),
+    };
+    (dir, file, checked)
+}
+
+/// `expected` lines with `{f}` replaced by the file name.
+fn lines(file: &Path, expected: &[&str]) -> Vec<String> {
+    let f = file.display().to_string();
+    expected.iter().map(|l| l.replace("{f}", &f)).collect()
+}
+
+#[test]
+fn check_reports_every_error_of_every_section_at_once() {
+    let (_dir, file, out) = check(
+        "[[app]]\nname = \"chat\"\ncommand = \"sh\"\nport = \"5001\"\nkill_timeout = \"forever\"\n\n\
+         [[app]]\nname = \"web\"\ncommand = \"sh\"\nport = 0\nready = \"udp\"\nenv = { A = 1 }\n\n\
+         [[app]]\ncommand = \"sh\"\nport = 6001\n\n\
+         [balancer]\napp = \"web\"\ncookie = 7\nnew_sessions = \"random\"\n",
+    );
+    assert_eq!(out.code, Some(1));
+    assert_eq!(
+        out.stderr,
+        lines(
+            &file,
+            &[
+                "{f}:4:8: app[0].port: invalid type: string \"5001\", expected i64",
+                "{f}:5:16: app[0].kill_timeout: \"forever\" is not a duration like \"100ms\", \"5s\" or \"1m\": expected number at 0",
+                "{f}:10:8: app[1].port: must leave room for 2×1 ports (port+i and its reload twin) within 1..65535",
+                "{f}:11:9: app[1].ready: must be \"tcp\" or \"http:/path\", not \"udp\"",
+                "{f}:12:13: app[1].env: invalid type: integer `1`, expected a string",
+                "{f}:14:1: app[2].name: missing field `name`",
+                "{f}:20:10: balancer.cookie: invalid type: integer `7`, expected a string",
+                "{f}:21:16: balancer.new_sessions: must be \"least-conn\", \"ip-hash\" or \"round-robin\", not \"random\"",
+            ]
+        )
+    );
+}
+
+#[test]
+fn check_reports_every_syntax_error_with_line_and_column() {
+    let (_dir, file, out) =
+        check("[[app]]\nname = \"chat\ncommand = \"sh\"\nport = 5001\n[balancer\nlisten = \"x\"\n");
+    assert_eq!(out.code, Some(1));
+    let f = file.display().to_string();
+    assert_eq!(out.stderr.len(), 2, "{:?}", out.stderr);
+    assert!(
+        out.stderr[0].starts_with(&format!("{f}:2:13: app[0].name: ")),
+        "{:?}",
+        out.stderr
+    );
+    assert!(
+        out.stderr[1].starts_with(&format!("{f}:5:10: balancer: ")),
+        "{:?}",
+        out.stderr
+    );
+}
+
+#[test]
+fn check_finds_commands_that_cannot_run() {
+    let (dir, file, out) = check(
+        "[[app]]\nname = \"a\"\ncommand = \"nodee\"\nport = 5001\n\n\
+         [[app]]\nname = \"b\"\ncommand = \"./serve.sh\"\ncwd = \".\"\nport = 5011\n\n\
+         [[app]]\nname = \"c\"\ncommand = \"sh\"\nenv = { PATH = \"/nonexistent\" }\nport = 5021\n\n\
+         [[app]]\nname = \"d\"\ncommand = \"/bin/sh\"\nport = 5031\n",
+    );
+    // serve.sh exists but is not executable: still an error.
+    fs::write(dir.path().join("serve.sh"), "#!/bin/sh\n").expect("write");
+    let again = Command::new(rtsup_bin())
+        .args(["check", "-c"])
+        .arg(&file)
+        .output()
+        .expect("run");
+    let expected = lines(
+        &file,
+        &[
+            "{f}:3:11: app[0].command: \"nodee\" not found on PATH",
+            &format!(
+                "{{f}}:8:11: app[1].command: \"./serve.sh\" is not an executable file ({}/serve.sh)",
+                dir.path().display()
+            ),
+            "{f}:14:11: app[2].command: \"sh\" not found on PATH",
+        ],
+    );
+    assert_eq!(out.code, Some(1));
+    assert_eq!(out.stderr, expected);
+    assert_eq!(again.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&again.stderr)
+            .lines()
+            .collect::<Vec<_>>(),
+        expected
+    );
+}
+
+#[test]
+fn check_rejects_ports_shared_with_twins_and_listeners() {
+    let (_dir, file, out) = check(
+        "[[app]]\nname = \"a\"\ncommand = \"sh\"\nport = 5001\ninstances = 2\n\n\
+         [[app]]\nname = \"b\"\ncommand = \"sh\"\nport = 5004\n\n\
+         [balancer]\nlisten = \"0.0.0.0:5003\"\napp = \"a\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:5003\"\n",
+    );
+    assert_eq!(out.code, Some(1));
+    assert_eq!(
+        out.stderr,
+        lines(
+            &file,
+            &[
+                "{f}:10:8: app[1].port: ports 5004..5006 overlap those of app \"a\" (port 5004: slot 0's port here, slot 1's reload twin of \"a\")",
+                "{f}:13:10: balancer.listen: port 5003 is slot 0's reload twin of app \"a\" (its ports are 5001..5005)",
+                "{f}:17:10: admin.listen: port 5003 is also the balancer's",
+                "{f}:17:10: admin.listen: port 5003 is slot 0's reload twin of app \"a\" (its ports are 5001..5005)",
+            ]
+        )
+    );
+}
+
+#[test]
+fn check_warns_about_ports_in_use_now() {
+    // The block's listeners stay open (held by this test process) while rtsup checks.
+    let held = ports::block(6);
+    let base = held.base;
+    let (_dir, file, out) = check(&format!(
+        "[[app]]\nname = \"a\"\ncommand = \"sh\"\nport = {base}\ninstances = 2\n\n\
+         [balancer]\nlisten = \"127.0.0.1:{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        base + 5
+    ));
+    let me = std::process::id();
+    let name = fs::read_to_string("/proc/self/comm").expect("comm");
+    let name = name.trim();
+    assert_eq!(out.code, Some(0), "{:?}", out.stderr);
+    assert_eq!(out.stdout, format!("{}: ok (1 app(s))\n", file.display()));
+    assert_eq!(
+        out.stderr,
+        lines(
+            &file,
+            &[
+                &format!(
+                    "{{f}}:4:8: app[0].port: warning: port {base} is in use now by pid {me} ({name})"
+                ),
+                &format!(
+                    "{{f}}:4:8: app[0].port: warning: port {} is in use now by pid {me} ({name})",
+                    base + 1
+                ),
+                &format!(
+                    "{{f}}:8:10: balancer.listen: warning: port {} is in use now by pid {me} ({name})",
+                    base + 5
+                ),
+            ]
+        )
+    );
+}
 
 #[test]
 fn check_reports_a_bad_key_with_its_line() {
@@ -27,6 +204,11 @@ fn check_reports_a_bad_key_with_its_line() {
         file.display()
     );
     assert!(err.starts_with(&expected), "{err}");
+    // The unknown key does not hide the rest of the app.
+    assert!(
+        err.contains(&format!("{}:6:16: app[0].kill_timeout:", file.display())),
+        "{err}"
+    );
 }
 
 #[test]

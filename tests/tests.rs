@@ -4,6 +4,7 @@
 mod harness;
 
 mod bad_input;
+mod cli;
 mod config_check;
 mod observe;
 mod reload;

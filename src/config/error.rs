@@ -53,12 +53,25 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
-/// Collects errors against one source text, turning byte spans into line and column.
+impl ConfigErrors {
+    /// The problems sorted by place (top of the file first; problems without a place last),
+    /// so the output reads like the file.
+    pub fn sorted(mut errors: Vec<ConfigError>) -> Self {
+        errors.sort_by_key(|e| (e.line == 0, e.line, e.col));
+        Self(errors)
+    }
+}
+
+/// Collects errors (and warnings) against one source text, turning byte spans into line and
+/// column.
 pub struct Reporter<'a> {
     file: &'a Path,
     src: &'a str,
     /// The errors so far.
     pub errors: Vec<ConfigError>,
+    /// Things that would not stop rtsup but deserve a look (`rtsup check` prints them); the
+    /// message starts with `warning: `.
+    pub warnings: Vec<ConfigError>,
 }
 
 impl<'a> Reporter<'a> {
@@ -68,7 +81,13 @@ impl<'a> Reporter<'a> {
             file,
             src,
             errors: Vec::new(),
+            warnings: Vec::new(),
         }
+    }
+
+    /// The place of byte `span` as (line, column), (0, 0) without a span.
+    fn place(&self, span: Option<Range<usize>>) -> (usize, usize) {
+        span.map_or((0, 0), |s| line_col(self.src, s.start))
     }
 
     /// Record a problem at `span` (a byte range of the source) for `key`.
@@ -78,7 +97,7 @@ impl<'a> Reporter<'a> {
         key: impl Into<String>,
         msg: impl Into<String>,
     ) {
-        let (line, col) = span.map_or((0, 0), |s| line_col(self.src, s.start));
+        let (line, col) = self.place(span);
         self.errors.push(ConfigError {
             file: self.file.to_path_buf(),
             line,
@@ -88,12 +107,35 @@ impl<'a> Reporter<'a> {
         });
     }
 
+    /// Record a warning at `span` for `key`.
+    pub fn warn(
+        &mut self,
+        span: Option<Range<usize>>,
+        key: impl Into<String>,
+        msg: impl std::fmt::Display,
+    ) {
+        let (line, col) = self.place(span);
+        self.warnings.push(ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            col,
+            key: key.into(),
+            message: format!("warning: {msg}"),
+        });
+    }
+
     /// Record a parse error from the TOML reader, deriving the key from where it points.
     pub fn toml(&mut self, e: &toml::de::Error) {
-        let span = e.span();
+        self.toml_in(e, "(file)", None);
+    }
+
+    /// Record an error from the TOML reader met while reading the section `key` (at `span`):
+    /// the key comes from where the error points, else the section's.
+    pub fn toml_in(&mut self, e: &toml::de::Error, key: &str, span: Option<Range<usize>>) {
+        let span = e.span().or(span);
         let key = span
             .as_ref()
-            .map_or_else(|| "(file)".to_string(), |s| key_at(self.src, s.start));
+            .map_or_else(|| key.to_string(), |s| key_at(self.src, s.start));
         let msg = e.message().trim().replace('\n', " ");
         self.at(span, key, msg);
     }

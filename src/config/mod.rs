@@ -5,14 +5,21 @@
 //!                                                          \--> balancer settings, admin
 //! ```
 //! Every error names the file, line, column and key (`rtsup.toml:14:13: app[0].instances: …`);
-//! semantic checks report all problems at once. Relative paths are resolved against the
-//! directory of the file. Defaults are documented in [`defaults`].
+//! every layer reports all its problems at once: every syntax error; then every key of the
+//! wrong type or unknown (the rest of its section is still read); then every semantic
+//! problem of what could be read. `rtsup check` adds what this machine says
+//! ([`Config::check`]). Relative paths are resolved against the directory of the file.
+//! Defaults are documented in [`defaults`].
+//!
+//! Client commands need only `[supervisor]`: [`ClientSettings`] reads it leniently, so a file
+//! with errors elsewhere never stops `rtsup status`, `stop`, `logs` or `reload`.
 
 pub mod defaults;
 pub mod error;
 pub mod raw;
 pub mod validate;
 
+use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -74,35 +81,158 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
 }
 
+/// What `rtsup check` found in one file.
+#[derive(Debug)]
+pub struct CheckReport {
+    /// The configuration, when the file is valid.
+    pub config: Option<Config>,
+    /// Every error, sorted by place; empty when the file is valid.
+    pub errors: ConfigErrors,
+    /// Things that do not make the file invalid but would trouble a start now (a port in use).
+    pub warnings: Vec<ConfigError>,
+}
+
 impl Config {
     /// Read and check `file`. Errors name the file, line and key.
     pub fn load(file: &Path) -> Result<Self, ConfigErrors> {
-        let src = std::fs::read_to_string(file).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                file: file.to_path_buf(),
-                line: 0,
-                col: 0,
-                key: "(file)".into(),
-                message: format!("cannot read: {e}"),
-            }])
-        })?;
+        let src = read_source(file).map_err(|e| unreadable(file, &e))?;
         Self::parse(file, &src)
     }
 
     /// Check `src` as if read from `file`.
     pub fn parse(file: &Path, src: &str) -> Result<Self, ConfigErrors> {
         let mut rep = error::Reporter::new(file, src);
-        let raw: raw::RawConfig = match toml::from_str(src) {
-            Ok(raw) => raw,
+        let config = raw::read(src, &mut rep)
+            .and_then(|raw| validate::validate(&raw, file, &mut rep).config);
+        match config {
+            Some(cfg) if rep.errors.is_empty() => Ok(cfg),
+            _ => Err(ConfigErrors::sorted(rep.errors)),
+        }
+    }
+
+    /// `rtsup check`: every problem of `file` ([`Config::parse`]), plus what this machine
+    /// says about it: a `command` that cannot be run is an error, a port something listens on
+    /// right now a warning.
+    pub fn check(file: &Path) -> CheckReport {
+        let src = match read_source(file) {
+            Ok(src) => src,
             Err(e) => {
-                rep.toml(&e);
-                return Err(ConfigErrors(rep.errors));
+                return CheckReport {
+                    config: None,
+                    errors: unreadable(file, &e),
+                    warnings: Vec::new(),
+                };
             }
         };
-        match validate::validate(raw, file, &mut rep) {
-            Some(cfg) if rep.errors.is_empty() => Ok(cfg),
-            _ => Err(ConfigErrors(rep.errors)),
+        let mut rep = error::Reporter::new(file, &src);
+        let mut config = None;
+        if let Some(raw) = raw::read(&src, &mut rep) {
+            let validated = validate::validate(&raw, file, &mut rep);
+            validate::environment(&raw, &validated, &mut rep);
+            config = validated.config;
         }
+        let errors = ConfigErrors::sorted(rep.errors);
+        CheckReport {
+            config: config.filter(|_| errors.0.is_empty()),
+            errors,
+            warnings: rep.warnings,
+        }
+    }
+}
+
+/// The text of `file`; a file that is not UTF-8 is read lossily (the TOML reader then says
+/// where it is not TOML).
+fn read_source(file: &Path) -> io::Result<String> {
+    let bytes = std::fs::read(file)?;
+    Ok(match String::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    })
+}
+
+fn unreadable(file: &Path, e: &io::Error) -> ConfigErrors {
+    ConfigErrors(vec![ConfigError {
+        file: file.to_path_buf(),
+        line: 0,
+        col: 0,
+        key: "(file)".into(),
+        message: format!("cannot read: {e}"),
+    }])
+}
+
+/// The directory relative paths of `file` are resolved against, made absolute (so a path
+/// means the same to a client in another directory as to the daemon).
+pub fn base_dir(file: &Path) -> PathBuf {
+    std::path::absolute(file)
+        .ok()
+        .as_deref()
+        .and_then(Path::parent)
+        .or_else(|| file.parent())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// What client commands (`status`, `stop`, `logs`, `reload`, …) take from a configuration
+/// file: only `[supervisor] control_socket` and `log_dir`, read leniently. Every other
+/// problem of the file is the daemon's business (and `rtsup check`'s); a file that is not TOML
+/// gives what can still be read of `[supervisor]` and a warning.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ClientSettings {
+    /// `control_socket`, resolved against the file's directory, when it could be read.
+    pub control_socket: Option<PathBuf>,
+    /// `log_dir`, resolved the same way, when it could be read.
+    pub log_dir: Option<PathBuf>,
+    /// One line per problem met on the way (for stderr), e.g. that the file is not TOML.
+    pub warnings: Vec<String>,
+}
+
+impl ClientSettings {
+    /// Read `file` leniently; an error only when it cannot be read at all.
+    pub fn read(file: &Path) -> io::Result<Self> {
+        Ok(Self::parse(file, &read_source(file)?))
+    }
+
+    /// Read `src` (from `file`) leniently: never fails.
+    pub fn parse(file: &Path, src: &str) -> Self {
+        use toml::de::{DeTable, DeValue};
+        let (root, errors) = DeTable::parse_recoverable(src);
+        let mut out = Self::default();
+        if let Some(e) = errors.first() {
+            let (line, col) = e.span().map_or((0, 0), |s| error::line_col(src, s.start));
+            out.warnings.push(format!(
+                "{}:{line}:{col}: not valid TOML ({}); [supervisor] read as far as it goes",
+                file.display(),
+                e.message().trim().replace('\n', " ")
+            ));
+        }
+        let supervisor = root
+            .get_ref()
+            .iter()
+            .find(|(k, _)| k.get_ref() == "supervisor")
+            .map(|(_, v)| v.get_ref());
+        let Some(DeValue::Table(supervisor)) = supervisor else {
+            return out;
+        };
+        let base = base_dir(file);
+        let mut path = |key: &str| -> Option<PathBuf> {
+            let (_, v) = supervisor.iter().find(|(k, _)| k.get_ref() == key)?;
+            match v.get_ref() {
+                DeValue::String(s) => Some(base.join(s.as_ref())),
+                other => {
+                    let (line, col) = error::line_col(src, v.span().start);
+                    out.warnings.push(format!(
+                        "{}:{line}:{col}: supervisor.{key}: must be a string, not {}; ignored",
+                        file.display(),
+                        other.type_str()
+                    ));
+                    None
+                }
+            }
+        };
+        let control_socket = path("control_socket");
+        let log_dir = path("log_dir");
+        out.control_socket = control_socket;
+        out.log_dir = log_dir;
+        out
     }
 }
 
@@ -191,6 +321,109 @@ mod tests {
         assert_eq!(b.app, "chat");
         assert_eq!(b.new_sessions, NewSessions::LeastConn);
         assert_eq!(b.engineio_path, "/socket.io/");
+    }
+
+    #[test]
+    fn every_layer_reports_together() {
+        // A type error, an unknown key and a semantic error in app 0; a type error in app 1's
+        // args; app 2 without a name; and a bad balancer: all reported, in file order.
+        let src = "[[app]]\nname = \"a\"\ncommand = \"sh\"\nport = \"5001\"\ninstancs = 4\nkill_timeout = \"forever\"\n\
+                   [[app]]\nname = \"b\"\ncommand = \"sh\"\nport = 6001\nargs = [\"x\", 3]\n\
+                   [[app]]\ncommand = \"sh\"\nport = 7001\n\
+                   [balancer]\napp = \"b\"\nnew_sessions = \"random\"\n";
+        let err = parse(src).expect_err("bad");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 6, "{err}");
+        assert!(
+            lines[0].starts_with("/etc/rtsup.toml:4:8: app[0].port: invalid type: string"),
+            "{err}"
+        );
+        assert!(
+            lines[1].starts_with("/etc/rtsup.toml:5:1: app[0].instancs: unknown field"),
+            "{err}"
+        );
+        assert!(
+            lines[2].starts_with("/etc/rtsup.toml:6:16: app[0].kill_timeout:"),
+            "{err}"
+        );
+        assert!(
+            lines[3].starts_with("/etc/rtsup.toml:11:14: app[1].args: invalid type: integer"),
+            "{err}"
+        );
+        assert_eq!(
+            lines[4],
+            "/etc/rtsup.toml:12:1: app[2].name: missing field `name`"
+        );
+        assert!(
+            lines[5].starts_with("/etc/rtsup.toml:17:16: balancer.new_sessions:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_syntax_error_has_a_line_and_column() {
+        let err = parse("[[app]]\nname = \"chat\nport = 1\n[x\n").expect_err("syntax");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 2, "{err}");
+        assert!(lines[0].starts_with("/etc/rtsup.toml:2:13: "), "{err}");
+        assert!(lines[1].starts_with("/etc/rtsup.toml:4:3: "), "{err}");
+    }
+
+    #[test]
+    fn app_written_as_a_single_table_says_how_to_fix_it() {
+        let err = parse("[app]\nname = \"a\"\n").expect_err("[app]");
+        assert_eq!(
+            err,
+            "/etc/rtsup.toml:1:2: app: must be an array of tables: write [[app]], not [app]"
+        );
+    }
+
+    #[test]
+    fn listeners_may_not_take_an_app_port_or_twin() {
+        let src = format!(
+            "{MINIMAL}instances = 2\n[balancer]\nlisten = \"0.0.0.0:5002\"\n[admin]\nlisten = \"127.0.0.1:5004\"\n"
+        );
+        let err = parse(&src).expect_err("clash");
+        assert_eq!(
+            err,
+            "/etc/rtsup.toml:7:10: balancer.listen: port 5002 is slot 1's port of app \"chat\" (its ports are 5001..5005)\n\
+             /etc/rtsup.toml:9:10: admin.listen: port 5004 is slot 1's reload twin of app \"chat\" (its ports are 5001..5005)"
+        );
+    }
+
+    #[test]
+    fn client_settings_read_only_the_supervisor_section() {
+        let file = Path::new("/srv/a/rtsup.toml");
+        let s = ClientSettings::parse(
+            file,
+            "[supervisor]\ncontrol_socket = \"run/s.sock\"\nlog_dir = \"/var/l\"\nbogus = 1\n[[app]]\nport = \"x\"\n",
+        );
+        assert_eq!(
+            s,
+            ClientSettings {
+                control_socket: Some(PathBuf::from("/srv/a/run/s.sock")),
+                log_dir: Some(PathBuf::from("/var/l")),
+                warnings: vec![],
+            }
+        );
+        // Not TOML at all: nothing read, one warning.
+        let s = ClientSettings::parse(file, "<html>\n");
+        assert_eq!((s.control_socket, s.log_dir), (None, None));
+        assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+        assert!(
+            s.warnings[0].starts_with("/srv/a/rtsup.toml:1:")
+                && s.warnings[0].contains(": not valid TOML ("),
+            "{:?}",
+            s.warnings
+        );
+        // A syntax error elsewhere leaves [supervisor] readable; a wrong type is ignored.
+        let s = ClientSettings::parse(
+            file,
+            "[supervisor]\ncontrol_socket = \"/run/x.sock\"\nlog_dir = 5\n[[app]\n",
+        );
+        assert_eq!(s.control_socket, Some(PathBuf::from("/run/x.sock")));
+        assert_eq!(s.log_dir, None);
+        assert_eq!(s.warnings.len(), 2, "{:?}", s.warnings);
     }
 
     #[test]

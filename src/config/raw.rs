@@ -2,23 +2,166 @@
 //!
 //! Only `validate` reads these; the rest of the program sees the typed `Config`. Fields that
 //! semantic checks inspect are wrapped in `Spanned` so every error can name its line.
+//!
+//! [`read`] reads section by section and key by key, so one mistake does not hide the others:
+//! every syntax error is reported (the TOML reader recovers), then each section (`[supervisor]`,
+//! each `[[app]]`, `[balancer]`, `[admin]`) is read on its own, and a key whose value has the
+//! wrong type is reported and left out so the rest of its section is still read and checked.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 use serde::Deserialize;
-use serde::de::{self, Deserializer, Visitor};
+use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-/// The whole file.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+use super::error::Reporter;
+
+/// The whole file: every section that could be read (the others were reported).
+#[derive(Debug, Default)]
 pub struct RawConfig {
-    #[serde(default)]
-    pub supervisor: RawSupervisor,
-    #[serde(default)]
-    pub app: Vec<RawApp>,
-    pub balancer: Option<Spanned<RawBalancer>>,
-    pub admin: Option<RawAdmin>,
+    /// `[supervisor]` (defaults when absent).
+    pub supervisor: Section<RawSupervisor>,
+    /// Every `[[app]]` in order; `None` for an entry that is not a table at all (reported).
+    pub app: Vec<Option<Section<RawApp>>>,
+    /// The file has an `app` key that is not an array of tables (already reported).
+    pub app_unreadable: bool,
+    /// `[balancer]`.
+    pub balancer: Option<Section<RawBalancer>>,
+    /// `[admin]`.
+    pub admin: Option<Section<RawAdmin>>,
+}
+
+/// One section as read, with its place and the keys left out because their values were
+/// already reported (so a missing required key is not reported a second time).
+#[derive(Debug, Default)]
+pub struct Section<T> {
+    /// The keys that could be read.
+    pub value: T,
+    /// Where the section is in the source.
+    pub span: Range<usize>,
+    /// Keys present in the file whose values were reported and left out.
+    pub dropped: Vec<String>,
+}
+
+impl<T> Section<T> {
+    /// Whether `key` was present but left out after an error.
+    pub fn dropped(&self, key: &str) -> bool {
+        self.dropped.iter().any(|k| k == key)
+    }
+}
+
+/// Read `src` section by section; `None` when it is not TOML at all (every syntax error is
+/// reported). Errors of single sections and keys are reported and the rest is read.
+pub fn read(src: &str, rep: &mut Reporter<'_>) -> Option<RawConfig> {
+    let (root, errors) = DeTable::parse_recoverable(src);
+    if !errors.is_empty() {
+        for e in &errors {
+            rep.toml(e);
+        }
+        return None;
+    }
+    let mut entries: Vec<_> = root.into_inner().into_iter().collect();
+    entries.sort_by_key(|(k, _)| k.span().start);
+    let mut raw = RawConfig::default();
+    for (key, value) in entries {
+        let name = key.get_ref().as_ref();
+        match name {
+            "supervisor" => {
+                if let Some(s) = section(value, name, rep) {
+                    raw.supervisor = s;
+                }
+            }
+            "app" => {
+                let span = value.span();
+                match value.into_inner() {
+                    DeValue::Array(items) => {
+                        for (i, item) in items.iter().enumerate() {
+                            raw.app
+                                .push(section(item.clone(), &format!("app[{i}]"), rep));
+                        }
+                    }
+                    DeValue::Table(_) => {
+                        raw.app_unreadable = true;
+                        rep.at(
+                            Some(key.span()),
+                            "app",
+                            "must be an array of tables: write [[app]], not [app]",
+                        );
+                    }
+                    other => {
+                        raw.app_unreadable = true;
+                        rep.at(
+                            Some(span),
+                            "app",
+                            format!(
+                                "must be an array of tables ([[app]]), not {}",
+                                other.type_str()
+                            ),
+                        );
+                    }
+                }
+            }
+            "balancer" => raw.balancer = section(value, name, rep),
+            "admin" => raw.admin = section(value, name, rep),
+            other => rep.at(
+                Some(key.span()),
+                other,
+                format!(
+                    "unknown field `{other}`, expected one of `supervisor`, `app`, `balancer`, `admin`"
+                ),
+            ),
+        }
+    }
+    Some(raw)
+}
+
+/// Read one table as `T`. A key whose value cannot be read is reported and left out, and the
+/// rest is read again, until it reads or an error points at no key (then `None`).
+fn section<T: DeserializeOwned>(
+    value: Spanned<DeValue<'_>>,
+    name: &str,
+    rep: &mut Reporter<'_>,
+) -> Option<Section<T>> {
+    let span = value.span();
+    let mut table = match value.into_inner() {
+        DeValue::Table(t) => t,
+        other => {
+            rep.at(
+                Some(span),
+                name,
+                format!("must be a table, not {}", other.type_str()),
+            );
+            return None;
+        }
+    };
+    let mut dropped = Vec::new();
+    // Each round either reads the table or removes one key: at most len + 1 rounds.
+    loop {
+        let attempt = T::deserialize(ValueDeserializer::from(Spanned::new(
+            span.clone(),
+            DeValue::Table(table.clone()),
+        )));
+        let e = match attempt {
+            Ok(value) => {
+                return Some(Section {
+                    value,
+                    span,
+                    dropped,
+                });
+            }
+            Err(e) => e,
+        };
+        rep.toml_in(&e, name, Some(span.clone()));
+        let at = e.span().map(|s| s.start)?;
+        let culprit = table
+            .iter()
+            .find(|(k, v)| k.span().contains(&at) || v.span().contains(&at))
+            .map(|(k, _)| k.get_ref().to_string())?;
+        table.remove(culprit.as_str());
+        dropped.push(culprit);
+    }
 }
 
 /// `[supervisor]`.
@@ -31,19 +174,20 @@ pub struct RawSupervisor {
     pub log_keep: Option<u32>,
 }
 
-/// One `[[app]]`.
-#[derive(Debug, Deserialize)]
+/// One `[[app]]`. `name`, `command` and `port` are required; `validate` says when one is
+/// missing (so that a missing key does not hide the other problems of the app).
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawApp {
-    pub name: Spanned<String>,
-    pub command: Spanned<String>,
+    pub name: Option<Spanned<String>>,
+    pub command: Option<Spanned<String>>,
     #[serde(default)]
     pub args: Vec<String>,
     pub cwd: Option<Spanned<String>>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     pub instances: Option<Spanned<RawInstances>>,
-    pub port: Spanned<i64>,
+    pub port: Option<Spanned<i64>>,
     pub ready: Option<Spanned<String>>,
     pub listen_timeout: Option<Spanned<String>>,
     pub max_memory: Option<Spanned<String>>,
@@ -61,7 +205,9 @@ pub struct RawApp {
 /// `instances = 4` or `instances = "max"`, read without `untagged` so errors keep their span.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RawInstances {
+    /// A number.
     Count(i64),
+    /// A word (only `"max"` is valid).
     Word(String),
 }
 
@@ -88,7 +234,7 @@ impl<'de> Deserialize<'de> for RawInstances {
 }
 
 /// `[balancer]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawBalancer {
     pub listen: Option<Spanned<String>>,
@@ -104,7 +250,7 @@ pub struct RawBalancer {
 }
 
 /// `[admin]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Option<Spanned<String>>,

@@ -1,8 +1,11 @@
-//! Raw → typed: every semantic check, every error collected with its place.
+//! Raw → typed: every semantic check, every error collected with its place; and, for
+//! `rtsup check` only, what this machine says about the file ([`environment`]: commands that
+//! cannot be run are errors, ports in use right now are warnings).
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::ops::Range;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -14,74 +17,160 @@ use toml::Spanned;
 
 use super::defaults::*;
 use super::error::Reporter;
-use super::raw::{RawAdmin, RawApp, RawBalancer, RawConfig, RawInstances};
+use super::raw::{RawAdmin, RawApp, RawBalancer, RawConfig, RawInstances, Section};
 use super::{AdminConfig, BalancerConfig, Config, SupervisorConfig};
 use balancer::NewSessions;
 
-/// Check `raw` and build the typed configuration; `None` when any error was reported.
-pub fn validate(raw: RawConfig, file: &Path, rep: &mut Reporter<'_>) -> Option<Config> {
-    let base = file.parent().unwrap_or(Path::new("."));
-    let supervisor = supervisor_section(&raw, base, rep);
-    if raw.app.is_empty() {
+/// Longest path a Unix socket address holds (`sun_path` is 108 bytes with its final NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// What validation produced: the configuration when the whole file is valid, and the parts
+/// that are valid on their own, which [`environment`] checks against this machine.
+#[derive(Debug)]
+pub struct Validated {
+    /// The configuration, when no error was reported.
+    pub config: Option<Config>,
+    /// Every app that passed its own checks, with its index in the file.
+    pub apps: Vec<(usize, AppSpec)>,
+    /// rtsup's own listeners that parsed: the balancer's and the admin server's.
+    pub listeners: Vec<Listener>,
+    /// The directory relative paths are resolved against.
+    pub base: PathBuf,
+}
+
+/// One of rtsup's own listening addresses.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// `balancer.listen` or `admin.listen`.
+    pub key: &'static str,
+    /// Where it is written; `None` for a default.
+    pub span: Option<Range<usize>>,
+    /// The address.
+    pub addr: SocketAddr,
+}
+
+/// Check `raw` and build the typed configuration (`config` is `None` when any error was
+/// reported).
+pub fn validate(raw: &RawConfig, file: &Path, rep: &mut Reporter<'_>) -> Validated {
+    let base = super::base_dir(file);
+    let supervisor = supervisor_section(&raw.supervisor, &base, rep);
+    if raw.app.is_empty() && !raw.app_unreadable {
         rep.at(None, "app", "at least one [[app]] is required");
     }
     let mut names = HashSet::new();
-    let apps: Vec<Option<AppSpec>> = raw
+    let mut apps = Vec::new();
+    for (i, app) in raw.app.iter().enumerate() {
+        let Some(app) = app else { continue };
+        if let Some(name) = &app.value.name
+            && !names.insert(name.get_ref().clone())
+        {
+            rep.at(
+                Some(name.span()),
+                format!("app[{i}].name"),
+                format!("duplicate app name {:?}", name.get_ref()),
+            );
+        }
+        if let Some(spec) = app_section(i, app, &base, rep) {
+            apps.push((i, spec));
+        }
+    }
+    check_port_overlaps(raw, &apps, rep);
+    // Checked against every app named in the file, valid or not, so one mistake is reported once.
+    let app_names: Vec<&str> = raw
         .app
         .iter()
-        .enumerate()
-        .map(|(i, app)| {
-            if !names.insert(app.name.get_ref().clone()) {
-                rep.at(
-                    Some(app.name.span()),
-                    format!("app[{i}].name"),
-                    format!("duplicate app name {:?}", app.name.get_ref()),
-                );
-            }
-            app_section(i, app, base, rep)
-        })
+        .flatten()
+        .filter_map(|a| a.value.name.as_ref())
+        .map(|n| n.get_ref().as_str())
         .collect();
-    let apps: Vec<AppSpec> = apps.into_iter().flatten().collect();
-    check_port_overlaps(&raw.app, &apps, rep);
-    // Checked against every app named in the file, valid or not, so one mistake is reported once.
-    let app_names: Vec<&str> = raw.app.iter().map(|a| a.name.get_ref().as_str()).collect();
     let balancer = raw
         .balancer
         .as_ref()
         .and_then(|b| balancer_section(b, &app_names, rep));
     let admin = admin_section(raw.admin.as_ref(), rep);
-    if let (Some(b), Some(a)) = (&balancer, &admin)
-        && b.listen.port() == a.listen.port()
-        && b.listen.port() != 0
+    let listeners = own_listeners(raw);
+    if let [b, a] = &listeners[..]
+        && (b.key, a.key) == ("balancer.listen", "admin.listen")
+        && b.addr.port() == a.addr.port()
+        && b.addr.port() != 0
     {
         rep.at(
-            None,
-            "admin.listen",
-            format!("port {} is also the balancer's", a.listen.port()),
+            a.span.clone(),
+            a.key,
+            format!("port {} is also the balancer's", a.addr.port()),
         );
     }
-    if !rep.errors.is_empty() {
-        return None;
-    }
-    Some(Config {
-        file: file.to_path_buf(),
-        supervisor: supervisor?,
+    check_listeners_outside_apps(&listeners, &apps, rep);
+    let config = match (supervisor, admin) {
+        (Some(supervisor), Some(admin)) if rep.errors.is_empty() => Some(Config {
+            file: file.to_path_buf(),
+            supervisor,
+            apps: apps.iter().map(|(_, a)| a.clone()).collect(),
+            balancer,
+            admin,
+        }),
+        _ => None,
+    };
+    Validated {
+        config,
         apps,
-        balancer,
-        admin: admin?,
-    })
+        listeners,
+        base,
+    }
+}
+
+/// rtsup's own listeners whose addresses parse (the balancer's when there is a `[balancer]`,
+/// then the admin server's), even when their sections have other errors, so port clashes
+/// are reported together with those.
+fn own_listeners(raw: &RawConfig) -> Vec<Listener> {
+    let balancer = raw.balancer.as_ref().map(|b| {
+        (
+            "balancer.listen",
+            b.value.listen.as_ref(),
+            DEFAULT_BALANCER_LISTEN,
+        )
+    });
+    let admin = (
+        "admin.listen",
+        raw.admin.as_ref().and_then(|a| a.value.listen.as_ref()),
+        DEFAULT_ADMIN_LISTEN,
+    );
+    balancer
+        .into_iter()
+        .chain([admin])
+        .filter_map(|(key, written, default)| {
+            let text = written.map_or(default, |w| w.get_ref().as_str());
+            Some(Listener {
+                key,
+                span: written.map(Spanned::span),
+                addr: SocketAddr::from_str(text).ok()?,
+            })
+        })
+        .collect()
 }
 
 fn supervisor_section(
-    raw: &RawConfig,
+    s: &Section<super::raw::RawSupervisor>,
     base: &Path,
     rep: &mut Reporter<'_>,
 ) -> Option<SupervisorConfig> {
-    let s = &raw.supervisor;
+    let s = &s.value;
     let control_socket = s
         .control_socket
         .as_ref()
         .map_or_else(default_control_socket, |p| base.join(p.get_ref()));
+    if let Some(p) = &s.control_socket
+        && control_socket.as_os_str().len() > MAX_SOCKET_PATH
+    {
+        rep.at(
+            Some(p.span()),
+            "supervisor.control_socket",
+            format!(
+                "{} is longer than a Unix socket path may be ({MAX_SOCKET_PATH} bytes)",
+                control_socket.display()
+            ),
+        );
+    }
     let log_dir = s
         .log_dir
         .as_ref()
@@ -134,27 +223,50 @@ pub fn default_log_dir() -> PathBuf {
         .join(".rtsup/logs")
 }
 
-fn app_section(i: usize, app: &RawApp, base: &Path, rep: &mut Reporter<'_>) -> Option<AppSpec> {
-    let key = |k: &str| format!("app[{i}].{k}");
-    let errors_before = rep.errors.len();
-    let name = app.name.get_ref();
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
+/// Report a required key of `[[app]]` number `i` that is missing (unless it was present and
+/// already reported).
+fn missing(i: usize, sec: &Section<RawApp>, field: &str, rep: &mut Reporter<'_>) {
+    if !sec.dropped(field) {
         rep.at(
-            Some(app.name.span()),
-            key("name"),
-            "must be non-empty and use only letters, digits, '-' and '_' (it names log files)",
+            Some(sec.span.clone()),
+            format!("app[{i}].{field}"),
+            format!("missing field `{field}`"),
         );
     }
-    if app.command.get_ref().trim().is_empty() {
-        rep.at(
-            Some(app.command.span()),
-            key("command"),
-            "must not be empty",
-        );
+}
+
+fn app_section(
+    i: usize,
+    sec: &Section<RawApp>,
+    base: &Path,
+    rep: &mut Reporter<'_>,
+) -> Option<AppSpec> {
+    let app = &sec.value;
+    let key = |k: &str| format!("app[{i}].{k}");
+    let errors_before = rep.errors.len();
+    match &app.name {
+        None => missing(i, sec, "name", rep),
+        Some(name)
+            if name.get_ref().is_empty()
+                || !name
+                    .get_ref()
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') =>
+        {
+            rep.at(
+                Some(name.span()),
+                key("name"),
+                "must be non-empty and use only letters, digits, '-' and '_' (it names log files)",
+            );
+        }
+        Some(_) => {}
+    }
+    match &app.command {
+        None => missing(i, sec, "command", rep),
+        Some(c) if c.get_ref().trim().is_empty() => {
+            rep.at(Some(c.span()), key("command"), "must not be empty");
+        }
+        Some(_) => {}
     }
     let instances = match app.instances.as_ref().map(|s| (s.get_ref(), s.span())) {
         None => 1,
@@ -185,16 +297,22 @@ fn app_section(i: usize, app: &RawApp, base: &Path, rep: &mut Reporter<'_>) -> O
         }
     };
     // Slot i uses port+i, and port+N+i while a reload replaces it.
-    let port = match u16::try_from(*app.port.get_ref()) {
-        Ok(p) if p > 0 && u32::from(p) + 2 * u32::from(instances) - 1 <= 65535 => p,
-        _ => {
-            rep.at(
-                Some(app.port.span()),
-                key("port"),
-                format!("must leave room for 2×{instances} ports (port+i and its reload twin) within 1..65535"),
-            );
+    let port = match &app.port {
+        None => {
+            missing(i, sec, "port", rep);
             1
         }
+        Some(port) => match u16::try_from(*port.get_ref()) {
+            Ok(p) if p > 0 && u32::from(p) + 2 * u32::from(instances) - 1 <= 65535 => p,
+            _ => {
+                rep.at(
+                    Some(port.span()),
+                    key("port"),
+                    format!("must leave room for 2×{instances} ports (port+i and its reload twin) within 1..65535"),
+                );
+                1
+            }
+        },
     };
     let ready = match app.ready.as_ref() {
         None => ReadyCheck::Tcp,
@@ -285,8 +403,8 @@ fn app_section(i: usize, app: &RawApp, base: &Path, rep: &mut Reporter<'_>) -> O
         return None;
     }
     Some(AppSpec {
-        name: name.clone(),
-        command: app.command.get_ref().clone(),
+        name: app.name.as_ref()?.get_ref().clone(),
+        command: app.command.as_ref()?.get_ref().clone(),
         args: app.args.clone(),
         cwd,
         env: app.env.clone(),
@@ -314,39 +432,95 @@ fn app_section(i: usize, app: &RawApp, base: &Path, rep: &mut Reporter<'_>) -> O
     })
 }
 
+/// The part of `port .. port+2×instances` that `p` is: `slot 1's port` or `slot 0's reload twin`.
+fn port_role(app: &AppSpec, p: u16) -> String {
+    let offset = p.saturating_sub(app.port);
+    if offset < app.instances {
+        format!("slot {offset}'s port")
+    } else {
+        format!("slot {}'s reload twin", offset - app.instances)
+    }
+}
+
+/// The ports an app may hold: `port+i` for its slots and `port+N+i` for their reload twins.
+fn app_range(app: &AppSpec) -> Range<u32> {
+    let lo = u32::from(app.port);
+    lo..lo + 2 * u32::from(app.instances)
+}
+
 /// Apps may not share ports, counting each app's reload twins.
-fn check_port_overlaps(raw: &[RawApp], apps: &[AppSpec], rep: &mut Reporter<'_>) {
-    let mut taken: BTreeMap<u32, String> = BTreeMap::new();
-    for app in apps {
-        let Some((i, r)) = raw
-            .iter()
-            .enumerate()
-            .find(|(_, r)| r.name.get_ref() == &app.name)
-        else {
-            continue;
-        };
-        let lo = u32::from(app.port);
-        let hi = lo + 2 * u32::from(app.instances);
-        if let Some((_, other)) = taken.range(lo..hi).next() {
+fn check_port_overlaps(raw: &RawConfig, apps: &[(usize, AppSpec)], rep: &mut Reporter<'_>) {
+    // Port → position in `apps` of the app holding it.
+    let mut taken: BTreeMap<u32, usize> = BTreeMap::new();
+    for (n, (i, app)) in apps.iter().enumerate() {
+        let range = app_range(app);
+        if let Some((&p, &other)) = taken.range(range.clone()).next() {
+            let other = &apps[other].1;
+            let p = u16::try_from(p).unwrap_or(u16::MAX);
+            let span = raw
+                .app
+                .get(*i)
+                .and_then(Option::as_ref)
+                .and_then(|s| s.value.port.as_ref())
+                .map(Spanned::span);
             rep.at(
-                Some(r.port.span()),
+                span,
                 format!("app[{i}].port"),
-                format!("ports {lo}..{hi} overlap those of app {other:?}"),
+                format!(
+                    "ports {}..{} overlap those of app {:?} (port {p}: {} here, {} of {:?})",
+                    range.start,
+                    range.end,
+                    other.name,
+                    port_role(app, p),
+                    port_role(other, p),
+                    other.name
+                ),
             );
         }
-        for p in lo..hi {
-            taken.insert(p, app.name.clone());
+        for p in range {
+            taken.insert(p, n);
+        }
+    }
+}
+
+/// rtsup's own listeners may not take a port of any app's range (its slots and their reload
+/// twins).
+fn check_listeners_outside_apps(
+    listeners: &[Listener],
+    apps: &[(usize, AppSpec)],
+    rep: &mut Reporter<'_>,
+) {
+    for l in listeners {
+        let p = l.addr.port();
+        if p == 0 {
+            continue;
+        }
+        for (_, app) in apps {
+            let range = app_range(app);
+            if range.contains(&u32::from(p)) {
+                rep.at(
+                    l.span.clone(),
+                    l.key,
+                    format!(
+                        "port {p} is {} of app {:?} (its ports are {}..{})",
+                        port_role(app, p),
+                        app.name,
+                        range.start,
+                        range.end
+                    ),
+                );
+            }
         }
     }
 }
 
 fn balancer_section(
-    b: &Spanned<RawBalancer>,
+    b: &Section<RawBalancer>,
     apps: &[&str],
     rep: &mut Reporter<'_>,
 ) -> Option<BalancerConfig> {
-    let span = b.span();
-    let b = b.get_ref();
+    let span = b.span.clone();
+    let b = &b.value;
     let errors_before = rep.errors.len();
     let listen = addr(
         b.listen.as_ref(),
@@ -458,9 +632,9 @@ fn balancer_section(
     })
 }
 
-fn admin_section(a: Option<&RawAdmin>, rep: &mut Reporter<'_>) -> Option<AdminConfig> {
+fn admin_section(a: Option<&Section<RawAdmin>>, rep: &mut Reporter<'_>) -> Option<AdminConfig> {
     let listen = addr(
-        a.and_then(|a| a.listen.as_ref()),
+        a.and_then(|a| a.value.listen.as_ref()),
         DEFAULT_ADMIN_LISTEN,
         "admin.listen",
         rep,
@@ -529,5 +703,217 @@ fn addr(
             );
             None
         }
+    }
+}
+
+/// What this machine says about the valid parts of a file, for `rtsup check` only (the daemon
+/// does not refuse a file for them: a command may be installed, a port freed, before workers
+/// start). Errors: a `command` that cannot be run (not on `PATH`, or, with a `/`, not an
+/// executable file). Warnings: a slot port or listener that something listens on now.
+pub fn environment(raw: &RawConfig, v: &Validated, rep: &mut Reporter<'_>) {
+    // Commands of every app that names one, valid or not: the answer does not depend on the
+    // rest of the app.
+    for (i, sec) in raw.app.iter().enumerate() {
+        let Some(app) = sec.as_ref().map(|s| &s.value) else {
+            continue;
+        };
+        let Some(command) = &app.command else {
+            continue;
+        };
+        let cwd = app.cwd.as_ref().map(|c| v.base.join(c.get_ref()));
+        if let Some(problem) = command_problem(command.get_ref(), cwd.as_deref(), &app.env) {
+            rep.at(Some(command.span()), format!("app[{i}].command"), problem);
+        }
+    }
+    for (i, app) in &v.apps {
+        let span = raw
+            .app
+            .get(*i)
+            .and_then(Option::as_ref)
+            .and_then(|s| s.value.port.as_ref())
+            .map(Spanned::span);
+        for p in app.port..app.port.saturating_add(app.instances) {
+            if let Some(busy) = busy(SocketAddr::from(([127, 0, 0, 1], p))) {
+                rep.warn(span.clone(), format!("app[{i}].port"), busy);
+            }
+        }
+    }
+    for l in &v.listeners {
+        if l.addr.port() != 0
+            && let Some(busy) = busy(l.addr)
+        {
+            rep.warn(l.span.clone(), l.key, busy);
+        }
+    }
+}
+
+/// Why `command` cannot be started the way the supervisor starts it, if it cannot: without a
+/// `/` it is looked up on `PATH` (the app's own `env.PATH` if set), with one it names a file,
+/// relative to the app's `cwd`.
+fn command_problem(
+    command: &str,
+    cwd: Option<&Path>,
+    env: &BTreeMap<String, String>,
+) -> Option<String> {
+    if command.trim().is_empty() {
+        return None; // reported by `app_section`
+    }
+    if command.contains('/') {
+        // Lexically tidied (`a/./b` → `a/b`) for the message; the meaning is the same.
+        let path: PathBuf = cwd
+            .map_or_else(|| PathBuf::from(command), |dir| dir.join(command))
+            .components()
+            .collect();
+        if is_executable(&path) {
+            return None;
+        }
+        return Some(if path.as_os_str() == command {
+            format!("{command:?} is not an executable file")
+        } else {
+            format!("{command:?} is not an executable file ({})", path.display())
+        });
+    }
+    let path = env
+        .get("PATH")
+        .map(std::ffi::OsString::from)
+        .or_else(|| std::env::var_os("PATH"))
+        .unwrap_or_default();
+    let found = std::env::split_paths(&path).any(|dir| is_executable(&dir.join(command)));
+    (!found).then(|| format!("{command:?} not found on PATH"))
+}
+
+/// A regular file with an execute bit.
+fn is_executable(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// `Some(warning)` when `addr` cannot be bound because something listens there now, naming
+/// the process when `/proc` tells (Linux, a process of this user or any process for root).
+fn busy(addr: SocketAddr) -> Option<String> {
+    match TcpListener::bind(addr) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            let port = addr.port();
+            Some(match port_owner(port) {
+                Some((pid, name)) => format!("port {port} is in use now by pid {pid} ({name})"),
+                None => format!("port {port} is in use now"),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The process listening on TCP `port`: the socket's inode from `/proc/net/tcp{,6}`, then the
+/// process holding a descriptor of that socket. `None` when `/proc` does not tell.
+fn port_owner(port: u16) -> Option<(u32, String)> {
+    let inodes: HashSet<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|table| listening_inodes(&table, port))
+        .collect();
+    if inodes.is_empty() {
+        return None;
+    }
+    let wanted: HashSet<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
+    for proc_entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = proc_entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| target.to_str().is_some_and(|t| wanted.contains(t)))
+        });
+        if holds {
+            let name = std::fs::read_to_string(proc_entry.path().join("comm"))
+                .map(|c| c.trim().to_string())
+                .unwrap_or_else(|_| "?".into());
+            return Some((pid, name));
+        }
+    }
+    None
+}
+
+/// Inodes of the sockets listening on `port` in one `/proc/net/tcp`-format table.
+fn listening_inodes(table: &str, port: u16) -> Vec<String> {
+    const LISTEN: &str = "0A";
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local = fields.get(1)?;
+            let (_, hex_port) = local.rsplit_once(':')?;
+            let p = u16::from_str_radix(hex_port, 16).ok()?;
+            (p == port && *fields.get(3)? == LISTEN && *fields.get(9)? != "0")
+                .then(|| fields[9].to_string())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_inodes_reads_proc_net_tcp() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 0100007F:138B 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0\n\
+   1: 0100007F:138B 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 4343 1 0\n\
+   2: 00000000:138C 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4444 1 0\n";
+        assert_eq!(listening_inodes(table, 5003), vec!["4242".to_string()]);
+        assert_eq!(listening_inodes(table, 5004), vec!["4444".to_string()]);
+        assert!(listening_inodes(table, 5005).is_empty());
+    }
+
+    #[test]
+    fn a_port_this_process_holds_is_named() {
+        let held = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = held.local_addr().expect("addr");
+        let warning = busy(addr).expect("busy");
+        let me = std::process::id();
+        assert!(
+            warning.starts_with(&format!("port {} is in use now by pid {me} (", addr.port())),
+            "{warning}"
+        );
+        drop(held);
+        assert_eq!(busy(addr), None);
+    }
+
+    #[test]
+    fn commands_are_found_like_the_supervisor_runs_them() {
+        let env = BTreeMap::new();
+        assert_eq!(command_problem("sh", None, &env), None);
+        assert_eq!(
+            command_problem("nodee-not-here", None, &env).as_deref(),
+            Some("\"nodee-not-here\" not found on PATH")
+        );
+        let mut only_tmp = BTreeMap::new();
+        only_tmp.insert("PATH".to_string(), "/nonexistent".to_string());
+        assert!(command_problem("sh", None, &only_tmp).is_some());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script = dir.path().join("run.sh");
+        std::fs::write(&script, "#!/bin/sh\n").expect("write");
+        assert_eq!(
+            command_problem("./run.sh", Some(dir.path()), &env).as_deref(),
+            Some(
+                format!(
+                    "\"./run.sh\" is not an executable file ({})",
+                    dir.path().join("run.sh").display()
+                )
+                .as_str()
+            )
+        );
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        assert_eq!(command_problem("./run.sh", Some(dir.path()), &env), None);
+        assert_eq!(
+            command_problem(&script.display().to_string(), None, &env),
+            None
+        );
     }
 }

@@ -67,6 +67,8 @@ pub enum Request {
     },
     /// Stop every worker and exit the daemon; answered once the workers are gone.
     Stop,
+    /// Where the daemon writes worker logs (`rtsup logs` from anywhere).
+    LogDir,
 }
 
 /// A response with its protocol version.
@@ -89,6 +91,11 @@ pub enum Response {
     Report(Report),
     /// Answer to [`Request::Stop`], sent once every worker has exited.
     Stopped,
+    /// Answer to [`Request::LogDir`]: the daemon's `log_dir`, absolute.
+    LogDir {
+        /// The directory.
+        path: std::path::PathBuf,
+    },
     /// The request failed.
     Error {
         /// Why.

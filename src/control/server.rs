@@ -24,6 +24,15 @@ use super::proto::{
 /// Pause after a failed accept (out of file descriptors): keep serving, never spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// The daemon's worker log directory, the answer to [`Request::LogDir`]; set once at start.
+static LOG_DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Tell clients asking [`Request::LogDir`] that worker logs are in `dir` (absolute); the first
+/// call wins (`log_dir` does not change while the daemon runs).
+pub fn advertise_log_dir(dir: std::path::PathBuf) {
+    let _ = LOG_DIR.set(dir);
+}
+
 /// Bind the control socket at `path` with mode 0600, replacing a stale socket file left by a
 /// daemon that died. Fails if another daemon answers there.
 pub async fn bind(path: &Path) -> io::Result<UnixListener> {
@@ -164,6 +173,12 @@ async fn dispatch(
             handle.stop().await;
             Response::Stopped
         }
+        Request::LogDir => match LOG_DIR.get() {
+            Some(path) => Response::LogDir { path: path.clone() },
+            None => Response::Error {
+                message: "this daemon did not say where its worker logs are".into(),
+            },
+        },
     }
 }
 

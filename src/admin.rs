@@ -31,9 +31,23 @@ pub async fn serve(listener: TcpListener, obs: Arc<Observability>) {
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "admin listening (/status, /metrics, /)");
     }
+    let mut failing = false;
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                if std::mem::take(&mut failing) {
+                    info!("admin accepting again");
+                }
+                stream
+            }
+            Err(e) => {
+                // Out of file descriptors: say so once per streak, pause, keep serving.
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(error = %e, "admin accept failed; retrying");
+                }
+                tokio::time::sleep(crate::control::server::ACCEPT_BACKOFF).await;
+                continue;
+            }
         };
         let obs = obs.clone();
         tokio::spawn(async move {

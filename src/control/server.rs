@@ -22,7 +22,7 @@ use super::proto::{
 };
 
 /// Pause after a failed accept (out of file descriptors): keep serving, never spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The daemon's worker log directory, the answer to [`Request::LogDir`]; set once at start.
 static LOG_DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
@@ -77,12 +77,14 @@ pub async fn serve(
     drain: Duration,
 ) {
     let mut conns = JoinSet::new();
+    let mut failing = false;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    failing = false;
                     let handle = handle.clone();
                     let reloader = reloader.clone();
                     conns.spawn(async move {
@@ -92,8 +94,10 @@ pub async fn serve(
                     });
                 }
                 Err(e) => {
-                    // EMFILE and friends pass: back off and keep the socket serving.
-                    warn!(error = %e, "control socket accept failed; retrying");
+                    // EMFILE and friends pass: say so once per streak, back off, keep serving.
+                    if !std::mem::replace(&mut failing, true) {
+                        warn!(error = %e, "control socket accept failed; retrying");
+                    }
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }
             },

@@ -66,6 +66,11 @@ impl Rtsup {
 
     /// [`Rtsup::start`] with extra environment variables for the daemon.
     pub fn start_with(body: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_full(body, env, None)
+    }
+
+    /// [`Rtsup::start_with`] under `ulimit -n nofile` (soft and hard) when given.
+    pub fn start_full(body: &str, env: &[(&str, &str)], nofile: Option<u32>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("rtsup.sock");
         let log_dir = dir.path().join("logs");
@@ -82,9 +87,22 @@ impl Rtsup {
             }
         );
         fs::write(&config, text).expect("write config");
-        let child = Command::new(rtsup_bin())
-            .args(["start", "-c"])
-            .arg(&config)
+        let mut cmd = match nofile {
+            None => {
+                let mut c = Command::new(rtsup_bin());
+                c.args(["start", "-c"]).arg(&config);
+                c
+            }
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" start -c \"$1\""))
+                    .arg(rtsup_bin())
+                    .arg(&config);
+                c
+            }
+        };
+        let child = cmd
             .env("RTSUP_LOG", "info")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -161,6 +179,11 @@ impl Rtsup {
                 Err(s.to_string())
             }
         })
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// The daemon's own stderr so far.

@@ -22,6 +22,9 @@ struct State {
     conns: HashMap<u64, mpsc::Sender<Frame>>,
 }
 
+/// Pause after a failed accept before trying again.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Shared hub state.
 #[derive(Default, Clone)]
 pub struct Hub {
@@ -29,16 +32,24 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Serve connections accepted on `listener` until it fails.
+    /// Serve connections accepted on `listener` until the task is aborted. A failed accept
+    /// (out of file descriptors) is reported once per streak and retried after a pause: the
+    /// hub keeps serving, and never spins.
     pub async fn serve(self, listener: UnixListener) {
+        let mut failing = false;
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
+                    if std::mem::take(&mut failing) {
+                        tracing::info!("hub accepting again");
+                    }
                     tokio::spawn(self.clone().connection(stream));
                 }
                 Err(e) => {
-                    warn!(error = %e, "hub accept failed");
-                    return;
+                    if !std::mem::replace(&mut failing, true) {
+                        warn!(error = %e, "hub accept failed; retrying");
+                    }
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }
             }
         }

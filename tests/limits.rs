@@ -1,0 +1,70 @@
+//! Running out of file descriptors: every accept loop backs off and keeps serving, and the
+//! daemon neither spins nor loses its control socket.
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::harness::{Rtsup, fixture_app, ports, wait_until};
+
+/// CPU time (user + system, in clock ticks) the process has used so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields after the command: state is [0], utime is [11], stime is [12].
+    let get = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    get(11) + get(12)
+}
+
+#[test]
+fn out_of_file_descriptors_the_daemon_keeps_answering_and_does_not_spin() {
+    let block = ports::block(4);
+    let (base, admin) = (block.base, block.base + 3);
+    drop(block);
+    let r = Rtsup::start_full(
+        &format!(
+            "{}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n",
+            fixture_app("web", 1, base, "")
+        ),
+        &[],
+        Some(96),
+    );
+    r.wait_all_ready();
+    // Hold more connections than the daemon has descriptors: the admin accept loop runs out.
+    let mut held = Vec::new();
+    for _ in 0..150 {
+        if let Ok(s) = TcpStream::connect(("127.0.0.1", admin)) {
+            held.push(s);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // An operator asks for the status while the daemon is out of descriptors.
+    let _ = r.cli(&["status"]);
+    let t0 = cpu_ticks(r.pid());
+    let w0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(r.pid()) - t0;
+    let ticks = (w0.elapsed().as_secs_f64() * 100.0) as u64; // USER_HZ = 100
+    assert!(
+        used * 4 < ticks,
+        "the daemon spins while out of descriptors: {used} of {ticks} ticks"
+    );
+    drop(held);
+    // Everything answers again: the control socket and the admin server.
+    wait_until("the control socket answers again", || {
+        r.try_status().map(|_| ())
+    });
+    wait_until("the admin server answers again", || {
+        crate::harness::http_get(admin, "/status").map(|_| ())
+    });
+    assert!(
+        r.daemon_log().matches("admin accept failed").count() <= 2,
+        "one warning per streak, not one per attempt:\n{}",
+        r.daemon_log()
+    );
+}

@@ -39,6 +39,16 @@ pub fn worker_specs(config: &Config, hub: &std::path::Path) -> Vec<AppSpec> {
     apps
 }
 
+/// Stop the proxy (it stops accepting, gives the requests it accepted its grace period, then
+/// closes), once; later calls do nothing.
+pub async fn stop_proxy(proxy: &std::sync::Mutex<Option<balancer::server::ProxyHandle>>) {
+    let taken = proxy.lock().ok().and_then(|mut p| p.take());
+    if let Some(p) = taken {
+        info!("balancer: no new connections; finishing the requests in flight");
+        let _ = tokio::task::spawn_blocking(move || p.stop()).await;
+    }
+}
+
 /// Run the daemon in the foreground until SIGTERM/SIGINT or `rtsup stop`.
 /// `file` is where `config` came from (`None` for the embedded demo); reloads re-read it.
 pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
@@ -122,6 +132,7 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let proxy = Arc::new(std::sync::Mutex::new(proxy));
     // READY=1 once every slot is ready or errored, STATUS= as the fleet changes; WATCHDOG=1
     // only while the supervisor's actor answers.
     let status = notifier.spawn_status();
@@ -141,6 +152,7 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
         running: config.clone(),
         obs: obs.clone(),
         hub: hub_path.clone(),
+        proxy: proxy.clone(),
     });
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let control = tokio::spawn(server::serve(
@@ -152,7 +164,7 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
         },
         CONTROL_DRAIN,
     ));
-    let signals = tokio::spawn(signals::handle(handle.clone(), reloader, notifier.clone()));
+    let signals = tokio::spawn(signals::handle(reloader, notifier.clone()));
     drop(handle);
     supervisor.await.context("supervisor task failed")?;
     notifier.stopping();
@@ -164,9 +176,7 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
     if let Some(a) = admin {
         a.abort();
     }
-    if let Some(proxy) = proxy {
-        let _ = tokio::task::spawn_blocking(move || proxy.stop()).await;
-    }
+    stop_proxy(&proxy).await;
     // Let the `stop` caller read its answer before the runtime goes away.
     let _ = stopped_tx.send(());
     let _ = control.await;

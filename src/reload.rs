@@ -31,6 +31,8 @@ pub struct DaemonReloader {
     pub obs: Arc<crate::observe::Observability>,
     /// The embedded adapter's hub socket, given to every worker.
     pub hub: PathBuf,
+    /// The proxy, stopped before the workers on `stop`.
+    pub proxy: Arc<std::sync::Mutex<Option<balancer::server::ProxyHandle>>>,
 }
 
 impl DaemonReloader {
@@ -99,5 +101,14 @@ impl ControlHooks for DaemonReloader {
 
     fn annotate(&self, report: &mut StatusReport) {
         self.obs.annotate(report);
+    }
+
+    fn stop(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async {
+            // The proxy first: it stops accepting and finishes what it accepted while the
+            // workers still serve; then the workers.
+            crate::daemon::stop_proxy(&self.proxy).await;
+            self.supervisor.stop().await;
+        })
     }
 }

@@ -4,18 +4,13 @@
 use std::sync::Arc;
 
 use crate::control::server::ControlHooks;
-use supervisor::SupervisorHandle;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::notify::Notifier;
 
 /// Wait for signals and act on them until a stop has been carried out.
-pub async fn handle(
-    supervisor: SupervisorHandle,
-    reloader: Arc<dyn ControlHooks>,
-    notifier: Notifier,
-) -> std::io::Result<()> {
+pub async fn handle(reloader: Arc<dyn ControlHooks>, notifier: Notifier) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -36,6 +31,6 @@ pub async fn handle(
         }
     }
     notifier.stopping();
-    supervisor.stop().await;
+    reloader.stop().await;
     Ok(())
 }

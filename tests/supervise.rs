@@ -328,3 +328,79 @@ fn a_hung_worker_is_detected_and_replaced() {
         }
     });
 }
+
+/// One GET through the proxy on a fresh connection: `Ok(true)` served 200, `Ok(false)` never
+/// served (connection refused, or closed before a byte: not accepted), `Err` a failed answer.
+fn one_request(port: u16) -> Result<bool, String> {
+    use std::io::{Read, Write};
+    let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return Ok(false);
+    };
+    let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+    if c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return Ok(false);
+    }
+    let mut resp = Vec::new();
+    let _ = c.read_to_end(&mut resp);
+    if resp.is_empty() {
+        return Ok(false);
+    }
+    let text = String::from_utf8_lossy(&resp);
+    if text.starts_with("HTTP/1.1 200") && text.contains("\"pid\"") {
+        Ok(true)
+    } else {
+        Err(text.lines().next().unwrap_or_default().to_string())
+    }
+}
+
+#[test]
+fn stopping_under_load_fails_no_request_the_proxy_accepted() {
+    let block = ports::block(5);
+    let (base, lb) = (block.base, block.base + 4);
+    drop(block);
+    let mut r = Rtsup::start(&format!(
+        "{}\n[balancer]\nlisten = \"127.0.0.1:{lb}\"\nthreads = 1\n",
+        fixture_app("web", 2, base, "")
+    ));
+    r.wait_all_ready();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loops: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut served, mut failed) = (0u32, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match one_request(lb) {
+                        Ok(true) => served += 1,
+                        Ok(false) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                        Err(e) => failed.push(e),
+                    }
+                }
+                (served, failed)
+            })
+        })
+        .collect();
+    wait_until("requests flowing", || {
+        one_request(lb).and_then(|ok| if ok { Ok(()) } else { Err("not yet".into()) })
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    r.signal(Signal::SIGTERM);
+    assert_eq!(r.wait_exit(), Some(0));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut served, mut failed) = (0, Vec::new());
+    for l in loops {
+        let (s, f) = l.join().expect("load thread");
+        served += s;
+        failed.extend(f);
+    }
+    eprintln!("served {served}, failed {}", failed.len());
+    assert!(served > 20, "the load ran: {served}");
+    assert!(
+        failed.is_empty(),
+        "requests the proxy accepted must be answered: {} failed, e.g. {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+}

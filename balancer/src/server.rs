@@ -24,6 +24,9 @@ use crate::routes::RouteTable;
 use crate::service::{Balancer, RoutingConfig};
 use crate::sid_table::SidTable;
 
+/// Seconds the requests in flight get to finish once the proxy stops accepting.
+pub const STOP_GRACE_SECONDS: u64 = 1;
+
 /// How often silent sessions are swept from the sid table.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -130,7 +133,9 @@ pub fn spawn(
         // request's tasks never hop threads; measured ~2x the throughput of the default on
         // this 2-core machine (bench/compare.py).
         work_stealing: false,
-        grace_period_seconds: Some(0),
+        // After a stop, pingora stops accepting, then gives the requests it accepted this
+        // long before it drops its runtimes (whole seconds; always waited in full).
+        grace_period_seconds: Some(STOP_GRACE_SECONDS),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };

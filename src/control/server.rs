@@ -65,6 +65,10 @@ pub trait ControlHooks: Send + Sync + 'static {
 
     /// Add daemon-level facts to a status report.
     fn annotate(&self, _report: &mut StatusReport) {}
+
+    /// Stop the daemon in order (no new connections, in-flight requests finish, then the
+    /// workers); resolves once every worker is gone.
+    fn stop(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
 }
 
 /// Serve requests until `shutdown` resolves, then stop accepting and give the connections
@@ -174,7 +178,7 @@ async fn dispatch(
             Err(message) => Response::Error { message },
         },
         Request::Stop => {
-            handle.stop().await;
+            reloader.stop().await;
             Response::Stopped
         }
         Request::LogDir => match LOG_DIR.get() {

@@ -355,6 +355,7 @@ mod tests {
             memory_bytes: 0,
             cpu_percent: 0.0,
             last_exit: last_exit.map(str::to_string),
+            over_memory: false,
         }
     }
 

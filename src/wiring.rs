@@ -121,6 +121,7 @@ mod tests {
             memory_bytes: 0,
             cpu_percent: 0.0,
             last_exit: None,
+            over_memory: false,
         }
     }
 

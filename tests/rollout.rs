@@ -180,10 +180,10 @@ fn scaling_4_2_4_while_retired_workers_hold_their_ports_never_clashes() {
     r.rewrite(&fixture_app("web", 4, base, linger));
     let up = r.cli(&["reload"]);
     assert!(up.status.success(), "{}", text(&up));
-    // Slots 2 and 3 still exist (their old workers drain), so they are replaced, not added.
+    // Slots 2 and 3 were retired (their old workers still drain): they come back as added.
     let t = text(&up);
     assert!(
-        t.contains("web:2  replaced") && t.contains("web:3  replaced"),
+        t.contains("web:2  added") && t.contains("web:3  added"),
         "{t}"
     );
     let ws = wait_until("4 ready workers, retired ones gone", || {

@@ -404,3 +404,61 @@ fn stopping_under_load_fails_no_request_the_proxy_accepted() {
         &failed[..failed.len().min(5)]
     );
 }
+
+/// Peak resident memory (VmHWM, bytes) of a live process.
+fn peak_rss(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[test]
+fn a_worker_leaking_100mb_per_second_never_passes_its_ceiling() {
+    let base = ports::block(2).base;
+    // 10 MB every 100 ms; max_memory 300 MB, so the default ceiling is 450 MB. Workers take
+    // 4 s to boot, so the leaking one keeps serving (and growing) while its replacement
+    // starts: the ceiling, not the replacement, must end it.
+    let r = Rtsup::start(&fixture_app(
+        "leak",
+        1,
+        base,
+        "env = { FIXTURE_LEAK_MB = \"10\", FIXTURE_LISTEN_DELAY_MS = \"4000\" }\nmax_memory = \"300MB\"\nlisten_timeout = \"10s\"",
+    ));
+    let first = pid(&r.wait_all_ready()[0]);
+    let mut peak = 0u64;
+    let mut over_limit_seen_draining = false;
+    wait_until("the leaking worker stopped", || {
+        if let Some(p) = peak_rss(first) {
+            peak = peak.max(p);
+        }
+        let ws = r.workers();
+        over_limit_seen_draining |= ws
+            .iter()
+            .any(|w| w["pid"].as_u64() == Some(u64::from(first)) && w["state"] == "draining");
+        if running(first) {
+            Err(format!("peak so far {peak}: {}", Value::from(ws)))
+        } else {
+            Ok(())
+        }
+    });
+    eprintln!(
+        "peak RSS of the leaking worker: {:.1} MB",
+        peak as f64 / 1e6
+    );
+    assert!(
+        peak <= 450_000_000,
+        "peak {:.1} MB past the 450 MB ceiling; daemon log:\n{}",
+        peak as f64 / 1e6,
+        r.daemon_log()
+    );
+    assert!(
+        over_limit_seen_draining,
+        "over max_memory, the worker takes no new sessions (draining) at once"
+    );
+    let log = r.daemon_log();
+    assert!(
+        log.contains("ceiling 450.0MB"),
+        "the reason names the ceiling:\n{log}"
+    );
+}

@@ -191,6 +191,7 @@ pub struct RawApp {
     pub ready: Option<Spanned<String>>,
     pub listen_timeout: Option<Spanned<String>>,
     pub max_memory: Option<Spanned<String>>,
+    pub memory_ceiling: Option<Spanned<String>>,
     pub restart_delay: Option<Spanned<String>>,
     pub max_restarts: Option<u32>,
     pub min_uptime: Option<Spanned<String>>,

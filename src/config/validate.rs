@@ -389,6 +389,30 @@ fn app_section(
             v
         }
     };
+    let memory_ceiling = match &app.memory_ceiling {
+        None => None,
+        Some(c) => {
+            let v = size(Some(c), "0", &key("memory_ceiling"), rep);
+            match (v, max_memory) {
+                (Some(ceiling), Some(limit)) if ceiling < limit => {
+                    rep.at(
+                        Some(c.span()),
+                        key("memory_ceiling"),
+                        "must be at least max_memory",
+                    );
+                }
+                (Some(_), None) => {
+                    rep.at(
+                        Some(c.span()),
+                        key("memory_ceiling"),
+                        "needs max_memory (the ceiling applies while an over-limit worker is replaced)",
+                    );
+                }
+                _ => {}
+            }
+            v
+        }
+    };
     let cwd = app.cwd.as_ref().map(|c| base.join(c.get_ref()));
     if let (Some(dir), Some(raw)) = (&cwd, &app.cwd)
         && !dir.is_dir()
@@ -413,6 +437,7 @@ fn app_section(
         ready,
         listen_timeout: listen_timeout?,
         max_memory,
+        memory_ceiling,
         restart: RestartPolicy {
             restart_delay: restart_delay?,
             min_uptime: min_uptime?,

@@ -26,6 +26,9 @@ use crate::spec::{AppSpec, MAX_INSTANCES, SupervisorSpec};
 
 /// How often the memory sampler measures every worker (PM2 polls every 30 s).
 pub const MEMORY_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often memory is sampled while a worker is over its `max_memory` (a 100 MB/s leak
+/// overshoots its ceiling by at most ~10 MB before it is stopped).
+pub const MEMORY_SAMPLE_HURRY: Duration = Duration::from_millis(100);
 /// How often a draining worker's session count is checked.
 pub(crate) const DRAIN_POLL: Duration = Duration::from_millis(200);
 /// Reconciler passes per wake-up; each pass applies every decision it returned.
@@ -220,7 +223,7 @@ impl<E: Effects> Actor<E> {
             } => self.on_worker(&app, slot, generation, event, now),
             Inbox::Usage(samples) => {
                 for (app, index, generation, usage) in samples {
-                    self.on_usage(&app, index, generation, usage);
+                    self.on_usage(&app, index, generation, usage, now);
                 }
             }
             Inbox::Command(cmd) => self.command(cmd, now),
@@ -284,12 +287,22 @@ impl<E: Effects> Actor<E> {
         self.run_effects(a, s, effects);
     }
 
-    fn on_usage(&mut self, app: &str, index: u16, generation: u64, usage: Usage) {
+    fn on_usage(&mut self, app: &str, index: u16, generation: u64, usage: Usage, now: Instant) {
         let Some((a, s)) = self.find(app, index) else {
             return;
         };
-        if let Some(reason) = self.apps[a].slots[s].usage(generation, usage) {
-            warn!(app, slot = index, generation, %reason, "replacing worker");
+        // The next sample is due in MEMORY_SAMPLE_HURRY; sampling and the worker's own exit
+        // take time too.
+        let horizon = MEMORY_SAMPLE_HURRY * 2;
+        if let Some((reason, effects)) =
+            self.apps[a].slots[s].usage(generation, usage, now, horizon)
+        {
+            if effects.is_empty() {
+                warn!(app, slot = index, generation, %reason, "no new sessions; replacing worker");
+            } else {
+                warn!(app, slot = index, generation, %reason, "stopping worker now");
+            }
+            self.run_effects(a, s, effects);
         }
     }
 
@@ -431,6 +444,8 @@ impl<E: Effects> Actor<E> {
                     started_at: SystemTime::now(),
                     phase: Phase::Starting { ready_by },
                     usage: Usage::default(),
+                    over_memory: false,
+                    sampled_at: None,
                 });
             }
             Err(error) => {
@@ -812,6 +827,8 @@ fn state_of(slot: &Slot) -> WorkerState {
     match &slot.current {
         Some(w) => match w.phase {
             Phase::Starting { .. } => WorkerState::Starting,
+            // Over max_memory: no new sessions from now on.
+            Phase::Ready | Phase::Serving if w.over_memory => WorkerState::Draining,
             Phase::Ready | Phase::Serving => WorkerState::Ready,
             Phase::Draining { .. } | Phase::Releasing { .. } => WorkerState::Draining,
             Phase::Stopping { .. } => WorkerState::Stopping,
@@ -835,6 +852,7 @@ fn snapshots(slot: &Slot) -> Vec<WorkerSnapshot> {
         memory_bytes: w.map_or(0, |w| w.usage.rss_bytes),
         cpu_percent: w.map_or(0.0, |w| w.usage.cpu_percent),
         last_exit,
+        over_memory: w.is_some_and(|w| w.over_memory),
     };
     let mut out = Vec::with_capacity(1 + slot.leaving.len());
     if slot.current.is_some() || slot.leaving.is_empty() {
@@ -846,6 +864,7 @@ fn snapshots(slot: &Slot) -> Vec<WorkerSnapshot> {
     }
     for w in &slot.leaving {
         let state = match w.phase {
+            Phase::Serving | Phase::Ready if w.over_memory => WorkerState::Draining,
             Phase::Serving | Phase::Ready => WorkerState::Ready,
             Phase::Draining { .. } | Phase::Releasing { .. } => WorkerState::Draining,
             Phase::Starting { .. } | Phase::Stopping { .. } => WorkerState::Stopping,
@@ -862,12 +881,30 @@ fn snapshots(slot: &Slot) -> Vec<WorkerSnapshot> {
 
 /// Sample every live worker's process tree once per [`MEMORY_SAMPLE_INTERVAL`] and report to
 /// the actor. Ends when the actor is gone.
-async fn sample_memory(tx: mpsc::WeakSender<Inbox>, fleet: watch::Receiver<Fleet>) {
+async fn sample_memory(tx: mpsc::WeakSender<Inbox>, mut fleet: watch::Receiver<Fleet>) {
     let mut sampler = Some(Sampler::new());
-    let mut tick = tokio::time::interval(MEMORY_SAMPLE_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last: Option<Instant> = None;
     loop {
-        tick.tick().await;
+        // A worker over its limit grows towards its ceiling: watch it closely. The fleet is
+        // watched while waiting, so the first over-limit sample shortens the very next wait.
+        while let Some(at) = last {
+            let hurry = fleet
+                .borrow_and_update()
+                .apps
+                .iter()
+                .any(|a| a.workers.iter().any(|w| w.over_memory && w.pid.is_some()));
+            let due = at
+                + if hurry {
+                    MEMORY_SAMPLE_HURRY
+                } else {
+                    MEMORY_SAMPLE_INTERVAL
+                };
+            tokio::select! {
+                () = sleep_until(due) => break,
+                changed = fleet.changed() => if changed.is_err() { return },
+            }
+        }
+        last = Some(Instant::now());
         let targets: Vec<(Arc<str>, u16, u64, u32)> = {
             let fleet = fleet.borrow();
             fleet

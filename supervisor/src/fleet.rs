@@ -50,6 +50,9 @@ pub struct WorkerSnapshot {
     pub cpu_percent: f32,
     /// How the previous worker ended, or why it was replaced.
     pub last_exit: Option<String>,
+    /// Over its app's `max_memory`: takes no new sessions while it is replaced (memory is
+    /// then sampled more often, to stop it at the ceiling in time).
+    pub over_memory: bool,
 }
 
 /// A worker's lifecycle state as operators see it.

@@ -54,6 +54,10 @@ pub(crate) struct Worker {
     pub phase: Phase,
     /// Its latest resource sample.
     pub usage: Usage,
+    /// Went over its app's `max_memory`: takes no new sessions, is being replaced.
+    pub over_memory: bool,
+    /// When `usage` was sampled.
+    pub sampled_at: Option<Instant>,
 }
 
 /// The phase of one worker.
@@ -571,23 +575,72 @@ impl Slot {
         next
     }
 
-    /// Record a resource sample of worker `generation`. Returns the reason to replace it
-    /// when it is ready and over its app's `max_memory` (the replacement is asked for once).
-    pub(crate) fn usage(&mut self, generation: u64, usage: Usage) -> Option<String> {
+    /// Record a resource sample of worker `generation`. Over its app's `max_memory`, a ready
+    /// worker is marked (it takes no new sessions from then on) and its replacement is asked
+    /// for; past the hard ceiling (`memory_ceiling`, default 1.5 × `max_memory`) any worker
+    /// of the slot is stopped at once. Returns what happened, for the log, and the effects.
+    ///
+    /// `horizon` is the time to the next sample: a worker whose growth since the previous
+    /// sample would take it past the ceiling before then is stopped now, so the ceiling holds
+    /// as a peak, not only as a trigger.
+    pub(crate) fn usage(
+        &mut self,
+        generation: u64,
+        usage: Usage,
+        now: Instant,
+        horizon: Duration,
+    ) -> Option<(String, Vec<Effect>)> {
+        let replacing = self.is_replacing();
+        let is_current = self
+            .current
+            .as_ref()
+            .is_some_and(|w| w.generation == generation);
         let w = self.workers_mut().find(|w| w.generation == generation)?;
+        let (before, before_at) = (w.usage.rss_bytes, w.sampled_at.replace(now));
         w.usage = usage;
         let limit = w.spec.max_memory?;
-        let over = w.phase == Phase::Ready && usage.rss_bytes > limit;
-        if over && self.replace.is_none() && !self.is_replacing() {
-            let reason = format!(
-                "memory {} > max_memory {}",
-                megabytes(usage.rss_bytes),
-                megabytes(limit)
-            );
-            self.replace = Some(reason.clone());
-            return Some(reason);
+        if matches!(w.phase, Phase::Stopping { .. }) {
+            return None;
         }
-        None
+        let ceiling = w.spec.memory_ceiling();
+        let rss = usage.rss_bytes;
+        let next = match before_at {
+            Some(at) if rss > before && now > at => {
+                let rate = (rss - before) as f64 / (now - at).as_secs_f64();
+                rss.saturating_add((rate * horizon.as_secs_f64()) as u64)
+            }
+            _ => rss,
+        };
+        if next > ceiling {
+            let reason = if rss > ceiling {
+                format!("memory {} > ceiling {}", megabytes(rss), megabytes(ceiling))
+            } else {
+                format!(
+                    "memory {} would pass ceiling {} before the next sample",
+                    megabytes(rss),
+                    megabytes(ceiling)
+                )
+            };
+            if is_current {
+                return Some((reason.clone(), self.abandon_current(reason, now)));
+            }
+            let effects = begin_stop(w, now, StopWhy::Halt);
+            self.last_exit = Some(format!("stopped: {reason}"));
+            return Some((reason, effects));
+        }
+        if usage.rss_bytes <= limit || w.over_memory {
+            return None;
+        }
+        w.over_memory = true;
+        let reason = format!(
+            "memory {} > max_memory {}",
+            megabytes(usage.rss_bytes),
+            megabytes(limit)
+        );
+        if is_current && w.phase == Phase::Ready && self.replace.is_none() && !replacing {
+            self.replace = Some(reason.clone());
+        }
+        Some((reason, vec![]))
     }
 
     fn workers_mut(&mut self) -> impl Iterator<Item = &mut Worker> {
@@ -637,6 +690,7 @@ mod tests {
     use crate::testing::arc;
 
     const SEC: Duration = Duration::from_secs(1);
+    const HORIZON: Duration = Duration::from_millis(100);
 
     fn worker(generation: u64, rev: u64, spec: &Arc<AppSpec>, now: Instant) -> Worker {
         Worker {
@@ -651,6 +705,8 @@ mod tests {
                 ready_by: now + spec.listen_timeout + PROBE_GRACE,
             },
             usage: Usage::default(),
+            over_memory: false,
+            sampled_at: None,
         }
     }
 
@@ -927,26 +983,53 @@ mod tests {
     }
 
     #[test]
-    fn memory_over_the_limit_asks_for_one_replacement() {
+    fn memory_over_the_limit_asks_for_one_replacement_and_the_ceiling_stops_it() {
         let t0 = Instant::now();
         let mut spec = crate::testing::spec("a", 1, 5000);
         spec.max_memory = Some(300_000_000);
         let spec = Arc::new(spec);
         let mut s = Slot::new(0, spec.clone(), 1);
         s.launched(worker(1, 1, &spec, t0));
-        let big = Usage {
-            rss_bytes: 312_000_000,
+        let mb = |n: u64| Usage {
+            rss_bytes: n * 1_000_000,
             cpu_percent: 0.0,
         };
-        assert_eq!(s.usage(1, big), None, "not ready yet");
         s.ready(1, t0);
-        assert_eq!(
-            s.usage(1, big).as_deref(),
-            Some("memory 312.0MB > max_memory 300.0MB")
-        );
-        assert_eq!(s.usage(1, big), None, "asked once");
+        let (reason, effects) = s.usage(1, mb(312), t0, HORIZON).expect("over the limit");
+        assert_eq!(reason, "memory 312.0MB > max_memory 300.0MB");
+        assert_eq!(effects, vec![]);
+        assert!(s.current.as_ref().is_some_and(|w| w.over_memory));
+        assert_eq!(s.replace.as_deref(), Some(reason.as_str()));
+        assert_eq!(s.usage(1, mb(350), t0, HORIZON), None, "asked once");
+        // Its replacement starts; the old one keeps growing while it serves: past 1.5× it is
+        // stopped at once.
         s.launched(worker(2, 1, &spec, t0));
         assert!(s.replace.is_none());
+        let (reason, effects) = s.usage(1, mb(451), t0, HORIZON).expect("past the ceiling");
+        assert_eq!(reason, "memory 451.0MB > ceiling 450.0MB");
+        assert_eq!(effects, vec![Effect::Terminate { pid: 101 }]);
+        assert_eq!(s.usage(1, mb(500), t0, HORIZON), None, "already stopping");
+        // Growing 10 MB per 100 ms at 441 MB: the next sample would be past 450 MB, so it is
+        // stopped now.
+        let mut s = Slot::new(0, spec.clone(), 1);
+        s.launched(worker(1, 1, &spec, t0));
+        s.ready(1, t0);
+        s.usage(1, mb(431), t0, HORIZON);
+        let (reason, effects) = s
+            .usage(1, mb(441), t0 + HORIZON, HORIZON)
+            .expect("predicted past the ceiling");
+        assert_eq!(
+            reason,
+            "memory 441.0MB would pass ceiling 450.0MB before the next sample"
+        );
+        assert_eq!(effects, vec![Effect::Terminate { pid: 101 }]);
+        // A current worker past the ceiling leaves the slot at once.
+        let mut s = Slot::new(0, spec.clone(), 1);
+        s.launched(worker(1, 1, &spec, t0));
+        s.ready(1, t0);
+        let (_, effects) = s.usage(1, mb(600), t0, HORIZON).expect("past the ceiling");
+        assert_eq!(effects, vec![Effect::Terminate { pid: 101 }]);
+        assert!(s.current.is_none());
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub struct AppSpec {
     pub listen_timeout: Duration,
     /// Resident memory of the worker's process tree above which it is restarted.
     pub max_memory: Option<u64>,
+    /// Hard ceiling while an over-limit worker is replaced: past it the worker is stopped at
+    /// once; `None` means 1.5 × `max_memory`.
+    pub memory_ceiling: Option<u64>,
     /// Crash restart policy (delay, growth, `min_uptime`, `max_restarts`).
     pub restart: RestartPolicy,
     /// Grace between SIGTERM and SIGKILL when stopping a worker.
@@ -81,6 +84,14 @@ impl Default for HealthSpec {
 }
 
 impl AppSpec {
+    /// The hard memory ceiling (only meaningful with `max_memory`).
+    pub fn memory_ceiling(&self) -> u64 {
+        self.memory_ceiling.unwrap_or_else(|| {
+            let limit = self.max_memory.unwrap_or(u64::MAX);
+            limit.saturating_add(limit / 2)
+        })
+    }
+
     /// The port slot `slot` listens on.
     pub fn slot_port(&self, slot: u16) -> u16 {
         self.port + slot

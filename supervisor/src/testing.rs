@@ -20,6 +20,7 @@ pub(crate) fn spec(name: &str, instances: u16, port: u16) -> AppSpec {
         ready: ReadyCheck::Tcp,
         listen_timeout: Duration::from_secs(1),
         max_memory: None,
+        memory_ceiling: None,
         restart: RestartPolicy {
             restart_delay: Duration::from_millis(100),
             min_uptime: Duration::from_secs(1),

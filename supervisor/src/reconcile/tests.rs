@@ -21,6 +21,8 @@ fn worker(generation: u64, rev: u64, port: u16, phase: Phase, spec: &Arc<AppSpec
         started_at: SystemTime::UNIX_EPOCH,
         phase,
         usage: Usage::default(),
+        over_memory: false,
+        sampled_at: None,
     }
 }
 

@@ -462,3 +462,57 @@ fn a_worker_leaking_100mb_per_second_never_passes_its_ceiling() {
         "the reason names the ceiling:\n{log}"
     );
 }
+
+#[test]
+fn a_stranger_on_the_port_is_avoided_and_never_taken_for_the_worker() {
+    let block = ports::block(4);
+    let base = block.base;
+    drop(block);
+    // Before the spawn: a program already listens on the slot's port (on another loopback
+    // address, so only the wildcard check sees it): the worker goes elsewhere, and says why.
+    let stranger = std::net::TcpListener::bind(("127.0.0.2", base)).expect("stranger");
+    let r = Rtsup::start(&fixture_app("web", 1, base, "listen_timeout = \"3s\""));
+    let ws = r.wait_all_ready();
+    assert_ne!(ws[0]["port"], u64::from(base), "{ws:?}");
+    let why = ws[0]["last_exit"].as_str().unwrap_or_default().to_string();
+    assert!(
+        why.starts_with(&format!("port {base} in use by pid {}", std::process::id())),
+        "{why}"
+    );
+    drop(stranger);
+    drop(r);
+
+    // After the spawn: a worker that never listens, and a stranger who takes its port while
+    // it boots; the probe reaches the stranger, who must not pass for the worker.
+    let base = ports::block(4).base;
+    let r = Rtsup::start(&fixture_app(
+        "mute",
+        1,
+        base,
+        "env = { FIXTURE_MODE = \"never-ready\" }\nlisten_timeout = \"3s\"",
+    ));
+    let port = wait_until("the worker starting", || {
+        let ws = r.workers();
+        match ws.first() {
+            Some(w) if w["state"] == "starting" => Ok(w["port"].as_u64().unwrap_or(0) as u16),
+            _ => Err(Value::from(ws).to_string()),
+        }
+    });
+    let _stranger = std::net::TcpListener::bind(("127.0.0.1", port)).expect("take the port");
+    let w = wait_until("the stranger named", || {
+        let w = r.workers()[0].clone();
+        let last = w["last_exit"].as_str().unwrap_or_default();
+        if last.contains("not by this worker") {
+            Ok(w)
+        } else {
+            Err(w.to_string())
+        }
+    });
+    assert!(
+        w["last_exit"]
+            .as_str()
+            .is_some_and(|e| e.contains(&format!("held by pid {}", std::process::id()))),
+        "{w}"
+    );
+    assert!(!r.daemon_log().contains("\"to\":\"ready\""), "never ready");
+}

@@ -818,7 +818,7 @@ fn busy(addr: SocketAddr) -> Option<String> {
     match TcpListener::bind(addr) {
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
             let port = addr.port();
-            Some(match port_owner(port) {
+            Some(match supervisor::sockets::port_owner(port) {
                 Some((pid, name)) => format!("port {port} is in use now by pid {pid} ({name})"),
                 None => format!("port {port} is in use now"),
             })
@@ -827,74 +827,9 @@ fn busy(addr: SocketAddr) -> Option<String> {
     }
 }
 
-/// The process listening on TCP `port`: the socket's inode from `/proc/net/tcp{,6}`, then the
-/// process holding a descriptor of that socket. `None` when `/proc` does not tell.
-fn port_owner(port: u16) -> Option<(u32, String)> {
-    let inodes: HashSet<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
-        .filter_map(|f| std::fs::read_to_string(f).ok())
-        .flat_map(|table| listening_inodes(&table, port))
-        .collect();
-    if inodes.is_empty() {
-        return None;
-    }
-    let wanted: HashSet<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
-    for proc_entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = proc_entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else {
-            continue;
-        };
-        let holds = fds.flatten().any(|fd| {
-            std::fs::read_link(fd.path())
-                .is_ok_and(|target| target.to_str().is_some_and(|t| wanted.contains(t)))
-        });
-        if holds {
-            let name = std::fs::read_to_string(proc_entry.path().join("comm"))
-                .map(|c| c.trim().to_string())
-                .unwrap_or_else(|_| "?".into());
-            return Some((pid, name));
-        }
-    }
-    None
-}
-
-/// Inodes of the sockets listening on `port` in one `/proc/net/tcp`-format table.
-fn listening_inodes(table: &str, port: u16) -> Vec<String> {
-    const LISTEN: &str = "0A";
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let local = fields.get(1)?;
-            let (_, hex_port) = local.rsplit_once(':')?;
-            let p = u16::from_str_radix(hex_port, 16).ok()?;
-            (p == port && *fields.get(3)? == LISTEN && *fields.get(9)? != "0")
-                .then(|| fields[9].to_string())
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn listening_inodes_reads_proc_net_tcp() {
-        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
-   0: 0100007F:138B 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0\n\
-   1: 0100007F:138B 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 4343 1 0\n\
-   2: 00000000:138C 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4444 1 0\n";
-        assert_eq!(listening_inodes(table, 5003), vec!["4242".to_string()]);
-        assert_eq!(listening_inodes(table, 5004), vec!["4444".to_string()]);
-        assert!(listening_inodes(table, 5005).is_empty());
-    }
 
     #[test]
     fn a_port_this_process_holds_is_named() {

@@ -415,9 +415,12 @@ impl<E: Effects> Actor<E> {
         let Some((a, s)) = self.find(app, index) else {
             return;
         };
-        if !self.effects.port_free(port) {
-            warn!(app = %app, slot = index, port, "port in use by another program; choosing another");
+        if let Err(busy) = self.effects.check_port(port) {
+            warn!(app = %app, slot = index, port, %busy, "choosing another port");
             self.busy.insert(port, now + BUSY_PORT_AVOID);
+            if let Some((a, s)) = self.find(app, index) {
+                self.apps[a].slots[s].last_exit = Some(format!("{busy}; took another port"));
+            }
             return;
         }
         let generation = self.apps[a].slots[s].next_generation();

@@ -19,6 +19,7 @@ use crate::memory::Usage;
 use crate::output::{self, RotatingFile, SharedLog, Stream, Tail};
 use crate::process;
 use crate::readiness;
+use crate::sockets;
 use crate::spec::{AppSpec, LogSpec};
 
 /// How long an exit report waits for the worker's last stderr lines to be read.
@@ -100,9 +101,9 @@ pub(crate) trait Effects: Send + 'static {
     /// Spawn the worker and start its readiness probe; its exit and readiness are reported
     /// through `reporter`. Returns its pid, or why it could not be spawned.
     fn spawn(&mut self, order: &Order<'_>, reporter: &Reporter) -> Result<u32, String>;
-    /// Whether nothing listens on `127.0.0.1:port` now (another program may hold a port
-    /// rtsup would hand out).
-    fn port_free(&mut self, port: u16) -> bool;
+    /// `Ok` when nothing listens on `port` now; else who does (another program may hold a
+    /// port rtsup would hand out).
+    fn check_port(&mut self, port: u16) -> Result<(), String>;
     /// Send `signal` to the process group `pid`.
     fn signal(&mut self, pid: u32, signal: Signal);
     /// The worker is ready: start its liveness checks.
@@ -188,7 +189,12 @@ impl Effects for Processes {
                 match readiness::wait_ready(&probe_spec.ready, port, probe_spec.listen_timeout)
                     .await
                 {
-                    Ok(()) => WorkerEvent::Ready,
+                    // The probe may have reached a stranger who took the port first: ready
+                    // only when the listening socket belongs to the worker's process group.
+                    Ok(()) => match sockets::held_by_group(port, pid) {
+                        Some(Err(stranger)) => WorkerEvent::NotReady(stranger),
+                        Some(Ok(())) | None => WorkerEvent::Ready,
+                    },
                     Err(reason) => WorkerEvent::NotReady(reason),
                 };
             probes.report(app, slot, generation, event).await;
@@ -200,10 +206,16 @@ impl Effects for Processes {
         Ok(pid)
     }
 
-    fn port_free(&mut self, port: u16) -> bool {
+    fn check_port(&mut self, port: u16) -> Result<(), String> {
         // The wildcard address conflicts with a listener on any address of the port (a worker
         // binding 0.0.0.0 would fail the same way); bound, never listened on, dropped at once.
-        std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
+        match std::net::TcpListener::bind(("0.0.0.0", port)) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(match sockets::port_owner(port) {
+                Some((pid, name)) => format!("port {port} in use by pid {pid} ({name})"),
+                None => format!("port {port} in use ({e})"),
+            }),
+        }
     }
 
     fn signal(&mut self, pid: u32, signal: Signal) {

@@ -21,6 +21,7 @@ mod process;
 mod readiness;
 mod reconcile;
 mod slot;
+pub mod sockets;
 pub mod spec;
 #[cfg(test)]
 mod testing;

@@ -98,8 +98,12 @@ impl Fake {
 }
 
 impl Effects for Fake {
-    fn port_free(&mut self, port: u16) -> bool {
-        !self.world().strangers.contains(&port)
+    fn check_port(&mut self, port: u16) -> Result<(), String> {
+        if self.world().strangers.contains(&port) {
+            Err(format!("port {port} in use by pid 1 (stranger)"))
+        } else {
+            Ok(())
+        }
     }
 
     fn spawn(&mut self, order: &Order<'_>, reporter: &Reporter) -> Result<u32, String> {

@@ -41,7 +41,7 @@ pub fn render(report: &StatusReport) -> String {
                 megabytes(w.memory_bytes),
                 w.sessions.map_or("-".into(), |n| n.to_string()),
                 w.websockets.map_or("-".into(), |n| n.to_string()),
-                w.last_exit.clone().unwrap_or_default(),
+                clip(w.last_exit.as_deref().unwrap_or_default(), LAST_EXIT_WIDTH),
             ]);
         }
     }
@@ -60,6 +60,21 @@ pub fn render(report: &StatusReport) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
     }
+    // An errored slot says why and how to bring it back.
+    for app in &report.apps {
+        for w in app.workers.iter().filter(|w| w.state.as_str() == "errored") {
+            let _ = writeln!(
+                out,
+                "{}:{} is errored after {} restart(s): {}\n  fix the cause, then: rtsup restart {}:{} (or rtsup reload)",
+                app.name,
+                w.slot,
+                w.restarts,
+                w.last_exit.as_deref().unwrap_or("no exit recorded"),
+                app.name,
+                w.slot
+            );
+        }
+    }
     if let Some(b) = &report.balancer {
         let _ = writeln!(
             out,
@@ -68,6 +83,19 @@ pub fn render(report: &StatusReport) -> String {
         );
     }
     out
+}
+
+/// Widest "last exit" cell in the table (the JSON has it whole).
+const LAST_EXIT_WIDTH: usize = 80;
+
+/// `text` cut to `max` characters, with `…` when cut.
+fn clip(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut cut: String = text.chars().take(max - 1).collect();
+    cut.push('…');
+    cut
 }
 
 /// `45s`, `12m`, `3h`, `2d`.
@@ -119,7 +147,7 @@ mod tests {
             balancer: None,
         });
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines.len(), 3);
+        assert_eq!(lines.len(), 5, "{table}");
         assert!(
             lines[1].starts_with(
                 "chat  0     1    12345  5000  ready    1h      0         1%   45.2MB"
@@ -127,5 +155,19 @@ mod tests {
             "{table}"
         );
         assert_eq!(lines[0].find("state"), lines[2].find("errored"));
+        assert_eq!(
+            lines[3],
+            "chat:1 is errored after 0 restart(s): no exit recorded"
+        );
+        assert_eq!(
+            lines[4],
+            "  fix the cause, then: rtsup restart chat:1 (or rtsup reload)"
+        );
+    }
+
+    #[test]
+    fn long_exits_are_clipped() {
+        assert_eq!(clip("abcdef", 4), "abc…");
+        assert_eq!(clip("abc", 4), "abc");
     }
 }

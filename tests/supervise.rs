@@ -113,6 +113,19 @@ fn a_crash_loop_ends_errored_after_max_restarts() {
         "the exit and the worker's last stderr line: {last}"
     );
     assert!(w["pid"].is_null());
+    // The table says why and how to recover; the daemon's log said it when it happened.
+    let table = String::from_utf8_lossy(&r.cli(&["status"]).stdout).into_owned();
+    assert!(
+        table.contains(
+            "crashy:0 is errored after 3 restart(s): exit code 1; stderr: fixture stderr"
+        ) && table.contains("rtsup restart crashy:0"),
+        "{table}"
+    );
+    assert!(
+        r.daemon_log().contains("slot errored"),
+        "{}",
+        r.daemon_log()
+    );
     // An operator restart gives it a fresh chance; it crashes again, and says so.
     let out = r.cli(&["restart", "crashy:0"]);
     let err = String::from_utf8_lossy(&out.stderr);

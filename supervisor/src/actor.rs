@@ -14,7 +14,7 @@ use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::effects::{Effects, Inbox, Order, Processes, Reporter, WorkerEvent};
 use crate::fleet::{AppSnapshot, Fleet, WorkerSnapshot, WorkerState};
@@ -282,6 +282,16 @@ impl<E: Effects> Actor<E> {
                 from = before.as_str(),
                 to = after.as_str(),
                 "slot state changed"
+            );
+        }
+        if after == WorkerState::Errored && before != after {
+            let why = slot.last_exit.as_deref().unwrap_or("no exit recorded");
+            error!(
+                app,
+                slot = index,
+                restarts = slot.restarts,
+                %why,
+                "slot errored: crashed too often in a row; fix the cause, then `rtsup restart {app}:{index}` or `rtsup reload`"
             );
         }
         self.run_effects(a, s, effects);

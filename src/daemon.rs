@@ -14,7 +14,7 @@ use crate::control::server::{self, ControlHooks};
 use crate::notify::Notifier;
 use crate::observe::{BalancerView, Observability};
 use crate::reload::DaemonReloader;
-use crate::{admin, signals, wiring};
+use crate::{admin, leftovers, signals, wiring};
 
 /// Longest wait for control connections still answering when the daemon exits (a `stop`
 /// client is waiting for its answer).
@@ -59,6 +59,21 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
     let listener = server::bind(&socket)
         .await
         .with_context(|| format!("binding control socket {}", socket.display()))?;
+    // The control socket is ours, so no other daemon runs here: whatever a previous run left
+    // behind is stopped before anything binds its ports.
+    let groups_file = leftovers::state_file(&socket);
+    let reaped = tokio::task::spawn_blocking({
+        let f = groups_file.clone();
+        move || leftovers::reap(&f)
+    })
+    .await
+    .unwrap_or(0);
+    if reaped > 0 {
+        warn!(
+            groups = reaped,
+            "stopped {reaped} worker process group(s) left by a previous rtsup run"
+        );
+    }
     // The embedded adapter's hub, beside the control socket; every worker learns its path.
     let hub_path = hub_socket_path(&socket);
     let hub = rtsup_worker::hub::server::bind(&hub_path)
@@ -86,6 +101,7 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
     });
     let (handle, supervisor) = Supervisor::spawn(spec, gate.clone());
     let notifier = Notifier::from_env(handle.subscribe());
+    let recorder = tokio::spawn(leftovers::record(handle.subscribe(), groups_file.clone()));
     let obs = Arc::new(Observability {
         supervisor: handle.clone(),
         balancer: OnceLock::new(),
@@ -181,6 +197,9 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
     let _ = stopped_tx.send(());
     let _ = control.await;
     hub_task.abort();
+    recorder.abort();
+    // Every worker has exited: nothing is left to record.
+    let _ = std::fs::remove_file(&groups_file);
     let _ = std::fs::remove_file(&hub_path);
     if let Err(e) = std::fs::remove_file(&socket) {
         warn!(error = %e, socket = %socket.display(), "cannot remove control socket");

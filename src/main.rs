@@ -10,6 +10,7 @@ mod control;
 mod control_client;
 mod daemon;
 mod demo;
+mod leftovers;
 mod logs_cmd;
 mod notify;
 mod observe;

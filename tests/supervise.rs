@@ -529,3 +529,73 @@ fn a_stranger_on_the_port_is_avoided_and_never_taken_for_the_worker() {
     );
     assert!(!r.daemon_log().contains("\"to\":\"ready\""), "never ready");
 }
+
+#[test]
+fn kill_9_of_rtsup_leaves_no_worker_and_the_next_start_stops_what_remains() {
+    let base = ports::block(4).base;
+    let mut r = Rtsup::start(&fixture_app(
+        "orphan",
+        2,
+        base,
+        "env = { FIXTURE_CHILD = \"1\" }",
+    ));
+    let leaders: Vec<u32> = r.wait_all_ready().iter().map(pid).collect();
+    // Each worker forked a `sleep` of its own (same process group), as a Node cluster would.
+    let children: Vec<u32> = wait_until("the workers' children", || {
+        let mut found = Vec::new();
+        for slot in 0..2 {
+            let out = fs::read_to_string(r.log_dir.join(format!("orphan-{slot}.out.log")))
+                .unwrap_or_default();
+            if let Some(p) = out
+                .lines()
+                .find_map(|l| l.split("child pid=").nth(1))
+                .and_then(|p| p.trim().parse::<u32>().ok())
+            {
+                found.push(p);
+            }
+        }
+        if found.len() == 2 {
+            Ok(found)
+        } else {
+            Err(format!("{found:?}"))
+        }
+    });
+    r.signal(Signal::SIGKILL);
+    assert_eq!(r.wait_exit(), None, "killed by a signal");
+    // The kernel's parent-death signal stops the workers themselves.
+    for &p in &leaders {
+        wait_until("a worker gone after its supervisor died", || {
+            if running(p) {
+                Err(format!("{p} alive"))
+            } else {
+                Ok(())
+            }
+        });
+    }
+    // Their own children are beyond its reach; the next start stops them and says so.
+    assert!(
+        children.iter().all(|&c| running(c)),
+        "the children outlive it"
+    );
+    r.start_again();
+    for &c in &children {
+        wait_until("a leftover child stopped", || {
+            if running(c) {
+                Err(format!("{c} alive"))
+            } else {
+                Ok(())
+            }
+        });
+    }
+    assert!(
+        r.daemon_log().contains("left by a previous rtsup run"),
+        "{}",
+        r.daemon_log()
+    );
+    let ws = r.wait_all_ready();
+    assert_eq!(
+        ws[0]["port"],
+        u64::from(base),
+        "its port is free again: {ws:?}"
+    );
+}

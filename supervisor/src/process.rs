@@ -1,7 +1,9 @@
 //! Spawning and signalling worker processes: the only module that touches OS processes.
 //!
 //! Each worker is the leader of its own process group, so a signal reaches every process it
-//! started (a `sh -c` wrapper, a Node cluster…) and nothing is orphaned.
+//! started (a `sh -c` wrapper, a Node cluster…) and nothing is orphaned. Each worker also gets
+//! SIGTERM from the kernel if rtsup itself dies (`PR_SET_PDEATHSIG`), so a `kill -9` of rtsup
+//! does not leave its workers holding their ports.
 
 use std::io;
 use std::process::{ExitStatus, Stdio};
@@ -35,6 +37,22 @@ pub fn spawn(app: &AppSpec, slot: u16, port: u16) -> io::Result<Child> {
         .kill_on_drop(false);
     if let Some(cwd) = &app.cwd {
         cmd.current_dir(cwd);
+    }
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs in the child between fork and exec. It only makes the
+    // async-signal-safe system calls prctl(2) and getppid(2) and allocates nothing (the error
+    // is a raw OS error code).
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)
+                .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+            // rtsup may have died before the line above took effect: then no signal comes.
+            if nix::unistd::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(nix::libc::ESRCH));
+            }
+            Ok(())
+        });
     }
     cmd.spawn()
 }

@@ -125,6 +125,29 @@ impl Rtsup {
         r
     }
 
+    /// Start a new daemon on the same configuration once the previous one is gone (its stderr
+    /// goes to `rtsup.2.err`, read by [`Rtsup::daemon_log`] from then on).
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the previous daemon is still owned");
+        let err = self.dir.path().join("rtsup.err");
+        let _ = fs::rename(&err, self.dir.path().join("rtsup.1.err"));
+        let child = Command::new(rtsup_bin())
+            .args(["start", "-c"])
+            .arg(&self.config)
+            .env("RTSUP_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&err).expect("err"))
+            .spawn()
+            .expect("spawn rtsup");
+        self.child = Some(child);
+        wait_until("the control socket again", || {
+            self.try_status()
+                .map(|_| ())
+                .map_err(|e| format!("{e}; daemon log:\n{}", self.daemon_log()))
+        });
+    }
+
     /// Replace the configuration file's `body` (the `[supervisor]` part is kept), for reloads.
     pub fn rewrite(&self, body: &str) {
         let text = fs::read_to_string(&self.config).expect("config");

@@ -1,4 +1,6 @@
-//! `rtsup logs [-f] [-n N] [APP[:SLOT]]`: print and follow worker log files, no daemon needed.
+//! `rtsup logs [-f] [-n N] [APP[:SLOT]]`: print and follow worker log files merged by time, with
+//! the supervisor's own events (`<app>.events.log`) interleaved and labelled `rtsup`; no daemon
+//! needed.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -55,13 +57,19 @@ pub fn find(
     let mut found = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        // <app>-<slot>.<out|err>.log
+        // <app>-<slot>.<out|err>.log, and the supervisor's <app>.events.log
         let Some(stem) = name.strip_suffix(".log") else {
             continue;
         };
         let Some((worker, stream)) = stem.rsplit_once('.') else {
             continue;
         };
+        if stream == "events" {
+            if app.is_none_or(|x| x == worker) {
+                found.push((entry.path(), format!("{worker} rtsup")));
+            }
+            continue;
+        }
         if stream != "out" && stream != "err" {
             continue;
         }
@@ -78,24 +86,38 @@ pub fn find(
     Ok(found)
 }
 
-/// Print the last `lines` lines of each file, then with `follow` keep printing what is added
-/// (a rotated file is reopened from its start).
+/// Print the last `lines` lines of the files merged by time (every line starts with rtsup's
+/// UTC timestamp, so they sort as text), each labelled with its worker and stream or `rtsup`
+/// for the supervisor's events; then with `follow` keep printing what is added (a rotated file
+/// is reopened from its start).
 pub fn run(files: Vec<(PathBuf, String)>, lines: usize, follow: bool) -> anyhow::Result<()> {
     let stdout = io::stdout();
     let mut out = stdout.lock();
     let prefix = files.len() > 1;
     let mut followed = Vec::new();
-    for (path, label) in files {
+    let mut merged: Vec<(Vec<u8>, usize)> = Vec::new();
+    for (i, (path, label)) in files.into_iter().enumerate() {
         let mut file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
         let meta = file.metadata()?;
         let text = tail(&mut file, meta.len(), lines)?;
-        emit(&mut out, prefix.then_some(label.as_str()), &text)?;
+        merged.extend(
+            text.split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(|l| (l.to_vec(), i)),
+        );
         followed.push(Followed {
             path,
             label,
             inode: meta.ino(),
             offset: meta.len(),
         });
+    }
+    // Stable: lines with the same stamp keep their file's order.
+    merged.sort_by(|a, b| stamp(&a.0).cmp(stamp(&b.0)));
+    let skip = merged.len().saturating_sub(lines);
+    for (line, i) in &merged[skip..] {
+        let label = prefix.then_some(followed[*i].label.as_str());
+        emit(&mut out, label, line)?;
     }
     out.flush()?;
     if !follow {
@@ -127,6 +149,11 @@ pub fn run(files: Vec<(PathBuf, String)>, lines: usize, follow: bool) -> anyhow:
         }
         out.flush()?;
     }
+}
+
+/// The timestamp a stored line starts with (up to the first space).
+fn stamp(line: &[u8]) -> &[u8] {
+    line.split(|&b| b == b' ').next().unwrap_or_default()
 }
 
 /// The last `n` lines of `file` (of length `len`), reading backwards in blocks.

@@ -31,6 +31,12 @@ use clap::Parser;
 use crate::cli::{Cli, Command, Target};
 use crate::config::{ClientSettings, Config};
 
+/// The daemon's log filter unless `RTSUP_LOG`/`RUST_LOG` say otherwise. pingora's connector
+/// reports a routine race of its connection pool ("failed to acquire reusable stream") at
+/// error level on every miss; failures to reach a worker are rtsup's own
+/// (`rtsup_balancer_upstream_errors_total`, and the 502/503 answers).
+const DEFAULT_LOG_FILTER: &str = "info,pingora_core::connectors=off";
+
 /// Configuration file used when `-c` is not given.
 const DEFAULT_CONFIG: &str = "rtsup.toml";
 
@@ -309,7 +315,7 @@ fn init_tracing() {
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
         .or_else(|| EnvFilter::try_from_default_env().ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+        .unwrap_or_else(|| EnvFilter::new(DEFAULT_LOG_FILTER));
     let json = match std::env::var("RTSUP_LOG_FORMAT").as_deref() {
         Ok("json") => true,
         Ok("text") => false,

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use supervisor::{Outcome, Report};
+use supervisor::Report;
 
 /// One line per slot and a summary line starting with `verb`.
 pub fn render(verb: &str, report: &Report) -> String {
@@ -16,7 +16,7 @@ pub fn render(verb: &str, report: &Report) -> String {
         .unwrap_or(0);
     let mut counts: Vec<(&'static str, usize)> = Vec::new();
     for s in &report.slots {
-        let (word, detail) = describe(&s.outcome);
+        let (word, detail) = (s.outcome.word(), s.outcome.detail());
         match counts.iter_mut().find(|(w, _)| *w == word) {
             Some((_, n)) => *n += 1,
             None => counts.push((word, 1)),
@@ -37,24 +37,10 @@ pub fn render(verb: &str, report: &Report) -> String {
     out
 }
 
-fn describe(o: &Outcome) -> (&'static str, String) {
-    match o {
-        Outcome::Replaced { generation } => ("replaced", format!("generation {generation}")),
-        Outcome::Added { generation } => ("added", format!("generation {generation}")),
-        Outcome::Started { generation } => ("started", format!("generation {generation}")),
-        Outcome::Unchanged { reason } => ("unchanged", reason.clone()),
-        Outcome::Removed => ("removed", "draining, then stopped".into()),
-        Outcome::Stopped => ("stopped", String::new()),
-        Outcome::Failed { reason } => ("failed", reason.clone()),
-        Outcome::Skipped { reason } => ("skipped", reason.clone()),
-        Outcome::Superseded { reason } => ("superseded", reason.clone()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use supervisor::SlotReport;
+    use supervisor::{Outcome, SlotReport};
 
     #[test]
     fn one_line_per_slot_and_a_summary() {

@@ -599,3 +599,70 @@ fn kill_9_of_rtsup_leaves_no_worker_and_the_next_start_stops_what_remains() {
         "its port is free again: {ws:?}"
     );
 }
+
+#[test]
+fn logs_merge_workers_and_supervisor_events_by_time_without_colours_or_double_stamps() {
+    let base = ports::block(4).base;
+    let r = Rtsup::start(&fixture_app(
+        "web",
+        2,
+        base,
+        "env = { FIXTURE_FANCY = \"1\" }",
+    ));
+    let ws = r.wait_all_ready();
+    wait_until("the fancy lines written", || {
+        let t = fs::read_to_string(r.log_dir.join("web-1.out.log")).unwrap_or_default();
+        if t.contains("fancy line instance=1") {
+            Ok(())
+        } else {
+            Err(t)
+        }
+    });
+    // Stored as read: one timestamp (rtsup's), no escape sequences.
+    let stored = fs::read_to_string(r.log_dir.join("web-0.out.log")).expect("log");
+    let fancy = stored
+        .lines()
+        .find(|l| l.contains("fancy line"))
+        .expect("fancy line");
+    assert!(!stored.contains('\u{1b}'), "{stored:?}");
+    let after_stamp = fancy
+        .split_once(' ')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    assert_eq!(after_stamp, "info: fancy line instance=0", "{fancy}");
+    // `rtsup logs web`: every worker's lines and the supervisor's events, merged by time.
+    let out = r.cli(&["logs", "-n", "200", "web"]);
+    let logs = String::from_utf8_lossy(&out.stdout).into_owned();
+    let spawned = format!("slot 1: worker 1 spawned: pid {}", ws[1]["pid"]);
+    let lines: Vec<&str> = logs.lines().collect();
+    let at = |needle: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("{needle:?} missing from:\n{logs}"))
+    };
+    let (event, ready, output) = (
+        at(&spawned),
+        at("slot 1: worker 1 ready"),
+        at("fancy line instance=1"),
+    );
+    assert!(
+        lines[event].starts_with("web rtsup | 20"),
+        "{}",
+        lines[event]
+    );
+    assert!(
+        lines[output].starts_with("web:1 out | 20"),
+        "{}",
+        lines[output]
+    );
+    assert!(event < output && event < ready, "merged by time:\n{logs}");
+    let stamps: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.split(" | ").nth(1))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let mut sorted = stamps.clone();
+    sorted.sort();
+    assert_eq!(stamps, sorted, "in time order:\n{logs}");
+}

@@ -45,7 +45,7 @@ pub struct RouteLabels {
 /// Label set of the request counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabels {
-    /// HTTP status sent to the client (0 when the connection died first).
+    /// HTTP status sent to the client.
     pub status: u16,
 }
 
@@ -54,6 +54,9 @@ pub struct StatusLabels {
 pub struct BalancerMetrics {
     /// Requests by response status.
     pub requests: Family<StatusLabels, Counter>,
+    /// Requests that ended before any response was sent (the client went away, or the
+    /// connection failed while the request was read).
+    pub unanswered: Counter,
     /// Routing decisions by kind.
     pub routes: Family<RouteLabels, Counter>,
     /// Failures to connect to or talk with a worker.
@@ -70,6 +73,7 @@ impl Default for BalancerMetrics {
     fn default() -> Self {
         Self {
             requests: Family::default(),
+            unanswered: Counter::default(),
             routes: Family::default(),
             upstream_errors: Counter::default(),
             // 0.5 ms … ~16 s.
@@ -96,6 +100,11 @@ impl BalancerMetrics {
             "requests",
             "Requests by response status",
             self.requests.clone(),
+        );
+        sub.register(
+            "requests_unanswered",
+            "Requests that ended before a response was sent (client gone, connection failed)",
+            self.unanswered.clone(),
         );
         sub.register("routes", "Routing decisions by kind", self.routes.clone());
         sub.register(

@@ -525,11 +525,18 @@ impl ProxyHttp for Balancer {
             error = ?e.map(|e| e.to_string()),
             "request done"
         );
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        self.metrics
-            .requests
-            .get_or_create(&StatusLabels { status })
-            .inc();
+        match session.response_written() {
+            Some(r) => {
+                let status = r.status.as_u16();
+                self.metrics
+                    .requests
+                    .get_or_create(&StatusLabels { status })
+                    .inc();
+            }
+            None => {
+                self.metrics.unanswered.inc();
+            }
+        }
         if ctx.websocket {
             if let Some(id) = &ctx.backend_id {
                 self.metrics.websockets.add(id, -1);

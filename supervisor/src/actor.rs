@@ -243,10 +243,23 @@ impl<E: Effects> Actor<E> {
         };
         let slot = &mut self.apps[a].slots[s];
         let before = state_of(slot);
+        let mut notes = Vec::new();
         let effects = match event {
-            WorkerEvent::Ready => slot.ready(generation, now),
+            WorkerEvent::Ready => {
+                if slot
+                    .current
+                    .as_ref()
+                    .is_some_and(|w| w.generation == generation)
+                {
+                    notes.push(format!("slot {index}: worker {generation} ready"));
+                }
+                slot.ready(generation, now)
+            }
             WorkerEvent::NotReady(reason) => {
                 warn!(app, slot = index, generation, %reason, "worker not ready");
+                notes.push(format!(
+                    "slot {index}: worker {generation} not ready: {reason}"
+                ));
                 slot.not_ready(generation, reason, now)
             }
             WorkerEvent::Exited(status) => {
@@ -256,8 +269,14 @@ impl<E: Effects> Actor<E> {
                     .is_some_and(|w| matches!(w.phase, Phase::Stopping { .. }));
                 if expected {
                     info!(app, slot = index, generation, %status, "worker exited");
+                    notes.push(format!(
+                        "slot {index}: worker {generation} exited: {status}"
+                    ));
                 } else {
                     warn!(app, slot = index, generation, %status, "worker exited unexpectedly");
+                    notes.push(format!(
+                        "slot {index}: worker {generation} exited unexpectedly: {status}"
+                    ));
                 }
                 slot.exited(generation, &status, now)
             }
@@ -269,6 +288,9 @@ impl<E: Effects> Actor<E> {
                     && slot.replace.is_none()
                 {
                     warn!(app, slot = index, generation, %reason, "replacing worker");
+                    notes.push(format!(
+                        "slot {index}: replacing worker {generation}: {reason}"
+                    ));
                     slot.replace = Some(reason);
                 }
                 vec![]
@@ -293,6 +315,13 @@ impl<E: Effects> Actor<E> {
                 %why,
                 "slot errored: crashed too often in a row; fix the cause, then `rtsup restart {app}:{index}` or `rtsup reload`"
             );
+            notes.push(format!(
+                "slot {index}: errored after {} restart(s): {why}; fix the cause, then `rtsup restart {app}:{index}`",
+                slot.restarts
+            ));
+        }
+        for note in notes {
+            self.effects.event(app, &note);
         }
         self.run_effects(a, s, effects);
     }
@@ -309,8 +338,18 @@ impl<E: Effects> Actor<E> {
         {
             if effects.is_empty() {
                 warn!(app, slot = index, generation, %reason, "no new sessions; replacing worker");
+                self.effects.event(
+                    app,
+                    &format!(
+                        "slot {index}: worker {generation}: {reason}; no new sessions, replacing it"
+                    ),
+                );
             } else {
                 warn!(app, slot = index, generation, %reason, "stopping worker now");
+                self.effects.event(
+                    app,
+                    &format!("slot {index}: worker {generation}: {reason}; stopping it now"),
+                );
             }
             self.run_effects(a, s, effects);
         }
@@ -325,10 +364,20 @@ impl<E: Effects> Actor<E> {
                 Effect::Terminate { pid } => self.effects.signal(pid, Signal::SIGTERM),
                 Effect::Kill { pid } => {
                     warn!(app = %name, slot = index, pid, "kill_timeout passed; sending SIGKILL");
+                    self.effects.event(
+                        &name,
+                        &format!(
+                            "slot {index}: pid {pid} ignored SIGTERM for kill_timeout; SIGKILL"
+                        ),
+                    );
                     self.effects.signal(pid, Signal::SIGKILL);
                 }
                 Effect::Release { generation, window } => {
                     info!(app = %name, slot = index, generation, ?window, "drain time up; closing remaining connections gradually");
+                    self.effects.event(
+                        &name,
+                        &format!("slot {index}: worker {generation} drain time up; closing its connections over {}", humantime::format_duration(window)),
+                    );
                     self.gate.release(&name, index, generation, window);
                 }
                 Effect::Watch { generation } => {
@@ -390,6 +439,10 @@ impl<E: Effects> Actor<E> {
             Decision::Retire { app, index } => {
                 if let Some((a, s)) = self.find(&app, index) {
                     info!(app = %app, slot = index, "retiring slot (draining)");
+                    self.effects.event(
+                        &app,
+                        &format!("slot {index}: retired (draining, then stopped)"),
+                    );
                     let effects = self.apps[a].slots[s].retire(now);
                     self.run_effects(a, s, effects);
                 }
@@ -427,6 +480,8 @@ impl<E: Effects> Actor<E> {
         };
         if let Err(busy) = self.effects.check_port(port) {
             warn!(app = %app, slot = index, port, %busy, "choosing another port");
+            self.effects
+                .event(app, &format!("slot {index}: {busy}; taking another port"));
             self.busy.insert(port, now + BUSY_PORT_AVOID);
             if let Some((a, s)) = self.find(app, index) {
                 self.apps[a].slots[s].last_exit = Some(format!("{busy}; took another port"));
@@ -446,6 +501,10 @@ impl<E: Effects> Actor<E> {
         match result {
             Ok(pid) => {
                 info!(app = %app, slot = index, pid, port, generation, rev, "worker spawned");
+                self.effects.event(
+                    app,
+                    &format!("slot {index}: worker {generation} spawned: pid {pid}, port {port}"),
+                );
                 let ready_by = now + spec.listen_timeout + PROBE_GRACE;
                 slot.launched(Worker {
                     generation,
@@ -463,6 +522,9 @@ impl<E: Effects> Actor<E> {
             }
             Err(error) => {
                 warn!(app = %app, slot = index, command = %spec.command, %error, "cannot spawn worker");
+                self.effects
+                    .event(app, &format!("slot {index}: cannot spawn: {error}"));
+                let slot = &mut self.apps[a].slots[s];
                 slot.spawn_failed(rev, error, now);
             }
         }
@@ -602,6 +664,12 @@ impl<E: Effects> Actor<E> {
                 } else {
                     warn!(?report, "request done with failures");
                 }
+                for slot in &report.slots {
+                    self.effects.event(
+                        &slot.app,
+                        &format!("slot {}: request done: {}", slot.slot, slot.outcome),
+                    );
+                }
                 let _ = p.reply.send(Ok(report));
             } else {
                 i += 1;
@@ -630,6 +698,10 @@ impl<E: Effects> Actor<E> {
 
     fn reload(&mut self, specs: Vec<AppSpec>, rev: u64) -> Vec<Target> {
         info!(rev, apps = specs.len(), "reload: new wanted configuration");
+        for spec in &specs {
+            self.effects
+                .event(&spec.name, &format!("reload: configuration revision {rev}"));
+        }
         let mut targets = Vec::new();
         let mut wanted = Vec::with_capacity(specs.len());
         for spec in specs {
@@ -716,6 +788,18 @@ impl<E: Effects> Actor<E> {
         }
         let name: Arc<str> = Arc::from(app);
         info!(app, ?slot, force, "restart requested");
+        self.effects.event(
+            app,
+            &format!(
+                "restart requested ({}{})",
+                slot.map_or("every slot".to_string(), |s| format!("slot {s}")),
+                if force {
+                    ", all at once"
+                } else {
+                    ", one at a time"
+                }
+            ),
+        );
         let mut targets = Vec::new();
         for index in slots {
             targets.push(self.target(&name, index, Expect::Replace));
@@ -756,6 +840,7 @@ impl<E: Effects> Actor<E> {
             targets.push(t);
         }
         info!(app, "app start requested");
+        self.effects.event(app, "start requested");
         Ok((rev, targets))
     }
 
@@ -765,6 +850,7 @@ impl<E: Effects> Actor<E> {
         let name: Arc<str> = Arc::from(app);
         let indexes = self.indexes(app);
         info!(app, "app stop requested");
+        self.effects.event(app, "stop requested");
         Ok(indexes
             .into_iter()
             .map(|i| self.target(&name, i, Expect::Stopped))
@@ -789,6 +875,8 @@ impl<E: Effects> Actor<E> {
         let rev = self.wanted.apps[w].rev;
         let name: Arc<str> = Arc::from(app);
         info!(app, from = old, to = instances, "scale requested");
+        self.effects
+            .event(app, &format!("scale requested: {old} -> {instances}"));
         let existing = self.indexes(app);
         let mut targets = Vec::new();
         for index in 0..instances.max(old) {

@@ -13,7 +13,7 @@ use nix::sys::signal::Signal;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::sleep;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::memory::Usage;
 use crate::output::{self, RotatingFile, SharedLog, Stream, Tail};
@@ -110,6 +110,8 @@ pub(crate) trait Effects: Send + 'static {
     fn watch(&mut self, order: &Order<'_>, reporter: &Reporter);
     /// The worker is gone: cancel its probe and checks.
     fn forget(&mut self, app: &str, slot: u16, generation: u64);
+    /// Record one of the supervisor's own events for `app` (read back by `rtsup logs`).
+    fn event(&mut self, app: &str, line: &str);
 }
 
 type WorkerKey = (Arc<str>, u16, u64);
@@ -118,6 +120,7 @@ type WorkerKey = (Arc<str>, u16, u64);
 pub(crate) struct Processes {
     logs: LogSpec,
     files: HashMap<(Arc<str>, u16), (SharedLog, SharedLog)>,
+    events: HashMap<String, RotatingFile>,
     tasks: HashMap<WorkerKey, Vec<AbortHandle>>,
 }
 
@@ -127,6 +130,7 @@ impl Processes {
         Self {
             logs,
             files: HashMap::new(),
+            events: HashMap::new(),
             tasks: HashMap::new(),
         }
     }
@@ -256,6 +260,26 @@ impl Effects for Processes {
             .entry((order.app.clone(), slot, generation))
             .or_default()
             .push(task.abort_handle());
+    }
+
+    fn event(&mut self, app: &str, line: &str) {
+        if !self.events.contains_key(app) {
+            let path = output::events_path(&self.logs.dir, app);
+            match RotatingFile::open(path.clone(), &self.logs) {
+                Ok(f) => {
+                    self.events.insert(app.to_string(), f);
+                }
+                Err(e) => {
+                    debug!(error = %e, path = %path.display(), "cannot open the event log");
+                    return;
+                }
+            }
+        }
+        if let Some(f) = self.events.get_mut(app)
+            && let Err(e) = f.write_line(line.as_bytes())
+        {
+            debug!(error = %e, "cannot write the event log");
+        }
     }
 
     fn forget(&mut self, app: &str, slot: u16, generation: u64) {

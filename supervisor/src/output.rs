@@ -3,6 +3,12 @@
 //! `log_dir/<app>-<slot>.out.log` and `.err.log`; when a write would take a file past
 //! `max_size`, it becomes `.log.1` (older ones shift to `.2` … `.keep`, the oldest is removed).
 //! Successive workers of one slot share the files, so a slot's history reads as one log.
+//!
+//! Lines are stored as people read them: ANSI escape sequences (colours, cursor moves) are
+//! removed, and a timestamp the worker printed at the start of its line is replaced by
+//! rtsup's own (UTC, milliseconds), so every line of every worker carries exactly one, in one
+//! format, and lines from several files sort together by time (`rtsup logs APP`).
+//! The supervisor's own events for an app go to `log_dir/<app>.events.log` in the same format.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -34,6 +40,11 @@ impl Stream {
             Self::Err => "err",
         }
     }
+}
+
+/// Path of the supervisor's event log of one app.
+pub fn events_path(dir: &Path, app: &str) -> PathBuf {
+    dir.join(format!("{app}.events.log"))
 }
 
 /// Path of the live log file of one slot's stream.
@@ -159,18 +170,19 @@ pub async fn pump(reader: impl AsyncRead + Unpin, log: SharedLog, tail: Option<T
         };
         reader.consume(used);
         if done {
-            write(&log, &mut line, tail.as_ref(), &mut failed);
+            write(&log, &line, tail.as_ref(), &mut failed);
+            line.clear();
         }
     }
     if !line.is_empty() {
-        write(&log, &mut line, tail.as_ref(), &mut failed);
+        write(&log, &line, tail.as_ref(), &mut failed);
     }
 }
 
-fn write(log: &SharedLog, line: &mut Vec<u8>, tail: Option<&Tail>, failed: &mut bool) {
-    if line.last() == Some(&b'\r') {
-        line.pop();
-    }
+fn write(log: &SharedLog, line: &[u8], tail: Option<&Tail>, failed: &mut bool) {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let cleaned = clean(line);
+    let line = cleaned.as_slice();
     if let Some(tail) = tail {
         tail.push(line);
     }
@@ -184,7 +196,111 @@ fn write(log: &SharedLog, line: &mut Vec<u8>, tail: Option<&Tail>, failed: &mut 
         *failed = true;
         tracing::warn!(error = %e, "cannot write worker output; discarding it");
     }
-    line.clear();
+}
+
+/// A worker's line as stored: without ANSI escape sequences, and without a timestamp of its
+/// own at the start (rtsup's replaces it).
+pub fn clean(line: &[u8]) -> Vec<u8> {
+    let plain = strip_ansi(line);
+    let skip = leading_timestamp(&plain);
+    plain[skip..].to_vec()
+}
+
+/// `line` without ANSI escape sequences: CSI (`ESC [ … final`), OSC (`ESC ] … BEL|ESC \`)
+/// and two-byte escapes.
+fn strip_ansi(line: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(line.len());
+    let mut i = 0;
+    while i < line.len() {
+        if line[i] != 0x1b {
+            out.push(line[i]);
+            i += 1;
+            continue;
+        }
+        match line.get(i + 1) {
+            Some(b'[') => {
+                i += 2;
+                while i < line.len() && !(0x40..=0x7e).contains(&line[i]) {
+                    i += 1;
+                }
+                i += 1;
+            }
+            Some(b']') => {
+                i += 2;
+                while i < line.len()
+                    && line[i] != 0x07
+                    && !(line[i] == 0x1b && line.get(i + 1) == Some(&b'\\'))
+                {
+                    i += 1;
+                }
+                i += if line.get(i) == Some(&0x1b) { 2 } else { 1 };
+            }
+            Some(_) => i += 2,
+            None => i += 1,
+        }
+    }
+    out
+}
+
+/// Length of a timestamp the worker put at the start of `line` (`2026-11-23T10:00:00.123Z`,
+/// `[2026-11-23 10:00:00,123]`, with a time zone or not), with the separator after it; 0 when
+/// the line does not start with one.
+fn leading_timestamp(line: &[u8]) -> usize {
+    let bracket = line.first() == Some(&b'[');
+    let mut i = usize::from(bracket);
+    let digits = |i: &mut usize, n: usize| {
+        let ok = line.len() >= *i + n && line[*i..*i + n].iter().all(u8::is_ascii_digit);
+        if ok {
+            *i += n;
+        }
+        ok
+    };
+    let byte = |i: &mut usize, set: &[u8]| {
+        let ok = line.get(*i).is_some_and(|b| set.contains(b));
+        if ok {
+            *i += 1;
+        }
+        ok
+    };
+    let date_time = digits(&mut i, 4)
+        && byte(&mut i, b"-")
+        && digits(&mut i, 2)
+        && byte(&mut i, b"-")
+        && digits(&mut i, 2)
+        && byte(&mut i, b"T ")
+        && digits(&mut i, 2)
+        && byte(&mut i, b":")
+        && digits(&mut i, 2)
+        && byte(&mut i, b":")
+        && digits(&mut i, 2);
+    if !date_time {
+        return 0;
+    }
+    if byte(&mut i, b".,") {
+        while line.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+    }
+    if !byte(&mut i, b"Z") && line.get(i).is_some_and(|b| *b == b'+' || *b == b'-') {
+        let mut j = i + 1;
+        if digits(&mut j, 2) {
+            byte(&mut j, b":");
+            if digits(&mut j, 2) {
+                i = j;
+            }
+        }
+    }
+    if bracket && !byte(&mut i, b"]") {
+        return 0;
+    }
+    // The separator the worker put after it: spaces, or ": " / "- ".
+    while line.get(i) == Some(&b' ') {
+        i += 1;
+    }
+    if matches!(line.get(i), Some(b':' | b'-')) && line.get(i + 1) == Some(&b' ') {
+        i += 2;
+    }
+    i
 }
 
 #[cfg(test)]
@@ -213,6 +329,25 @@ mod tests {
         assert!(live.ends_with("line 19 padding\n"), "{live}");
         assert!(PathBuf::from(format!("{}.2", path.display())).exists());
         assert!(!PathBuf::from(format!("{}.3", path.display())).exists());
+    }
+
+    #[test]
+    fn colours_and_the_workers_own_timestamps_are_removed() {
+        let cases: [(&[u8], &str); 7] = [
+            (b"\x1b[32minfo\x1b[0m: listening", "info: listening"),
+            (b"2026-11-23T10:00:00.123Z listening", "listening"),
+            (b"[2026-11-23 10:00:00,123] INFO x", "INFO x"),
+            (b"2026-11-23 10:00:00+01:00 - started", "started"),
+            (b"\x1b]0;title\x07plain", "plain"),
+            (b"2026 is a year", "2026 is a year"),
+            (
+                b"[2026-11-23 10:00:00 unclosed",
+                "[2026-11-23 10:00:00 unclosed",
+            ),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(String::from_utf8_lossy(&clean(raw)), want);
+        }
     }
 
     #[tokio::test]

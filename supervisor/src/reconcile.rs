@@ -431,6 +431,45 @@ impl Outcome {
     pub fn is_failure(&self) -> bool {
         matches!(self, Self::Failed { .. } | Self::Skipped { .. })
     }
+
+    /// One word for it: `replaced`, `added`, `failed`…
+    pub fn word(&self) -> &'static str {
+        match self {
+            Self::Replaced { .. } => "replaced",
+            Self::Added { .. } => "added",
+            Self::Started { .. } => "started",
+            Self::Unchanged { .. } => "unchanged",
+            Self::Removed => "removed",
+            Self::Stopped => "stopped",
+            Self::Failed { .. } => "failed",
+            Self::Skipped { .. } => "skipped",
+            Self::Superseded { .. } => "superseded",
+        }
+    }
+
+    /// What goes with the word: the new generation, or the reason.
+    pub fn detail(&self) -> String {
+        match self {
+            Self::Replaced { generation }
+            | Self::Added { generation }
+            | Self::Started { generation } => format!("generation {generation}"),
+            Self::Unchanged { reason }
+            | Self::Failed { reason }
+            | Self::Skipped { reason }
+            | Self::Superseded { reason } => reason.clone(),
+            Self::Removed => "draining, then stopped".into(),
+            Self::Stopped => String::new(),
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.detail() {
+            d if d.is_empty() => f.write_str(self.word()),
+            d => write!(f, "{} ({d})", self.word()),
+        }
+    }
 }
 
 /// One slot a request waits on.

@@ -52,6 +52,8 @@ struct World {
     spawned: u32,
     /// Ports a stranger listens on.
     strangers: Vec<u16>,
+    /// The supervisor's events, as written to the event logs.
+    events: Vec<String>,
 }
 
 #[derive(Clone, Default)]
@@ -166,6 +168,10 @@ impl Effects for Fake {
     }
 
     fn watch(&mut self, _order: &Order<'_>, _reporter: &Reporter) {}
+
+    fn event(&mut self, app: &str, line: &str) {
+        self.world().events.push(format!("{app}: {line}"));
+    }
 
     fn forget(&mut self, _app: &str, _slot: u16, _generation: u64) {}
 }
@@ -285,20 +291,7 @@ fn pids(ws: &[WorkerSnapshot]) -> Vec<u32> {
 fn outcomes(r: &Report) -> Vec<String> {
     r.slots
         .iter()
-        .map(|s| {
-            let word = match &s.outcome {
-                Outcome::Replaced { .. } => "replaced",
-                Outcome::Added { .. } => "added",
-                Outcome::Started { .. } => "started",
-                Outcome::Unchanged { .. } => "unchanged",
-                Outcome::Removed => "removed",
-                Outcome::Stopped => "stopped",
-                Outcome::Failed { .. } => "failed",
-                Outcome::Skipped { .. } => "skipped",
-                Outcome::Superseded { .. } => "superseded",
-            };
-            format!("{}:{} {word}", s.app, s.slot)
-        })
+        .map(|s| format!("{}:{} {}", s.app, s.slot, s.outcome.word()))
         .collect()
 }
 

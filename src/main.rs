@@ -31,11 +31,11 @@ use clap::Parser;
 use crate::cli::{Cli, Command, Target};
 use crate::config::{ClientSettings, Config};
 
-/// The daemon's log filter unless `RTSUP_LOG`/`RUST_LOG` say otherwise. pingora's connector
-/// reports a routine race of its connection pool ("failed to acquire reusable stream") at
-/// error level on every miss; failures to reach a worker are rtsup's own
-/// (`rtsup_balancer_upstream_errors_total`, and the 502/503 answers).
-const DEFAULT_LOG_FILTER: &str = "info,pingora_core::connectors=off";
+/// Added to every log filter that does not name pingora_core itself: pingora's connector reports
+/// a routine race of its connection pool ("failed to acquire reusable stream") at error level on
+/// every miss; failures to reach a worker are rtsup's own (`rtsup_balancer_upstream_errors_total`
+/// and the 502/503 answers).
+const QUIET_TARGET: &str = "pingora_core::connectors=off";
 
 /// Configuration file used when `-c` is not given.
 const DEFAULT_CONFIG: &str = "rtsup.toml";
@@ -305,17 +305,23 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-/// Daemon logs on stderr; `RTSUP_LOG` (or `RUST_LOG`) sets the filter, default `info`.
+/// Daemon logs on stderr; `RTSUP_LOG` (or `RUST_LOG`) sets the filter, default `info`; pingora's
+/// connector stays silent unless the filter names it (see [`QUIET_TARGET`]).
 /// JSON lines when stderr is not a terminal (journald, files) or `RTSUP_LOG_FORMAT=json`;
 /// text with `RTSUP_LOG_FORMAT=text`.
 fn init_tracing() {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("RTSUP_LOG")
-        .ok()
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .or_else(|| EnvFilter::try_from_default_env().ok())
-        .unwrap_or_else(|| EnvFilter::new(DEFAULT_LOG_FILTER));
+    let spec = std::env::var("RTSUP_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".to_string());
+    let spec = if spec.contains("pingora_core") {
+        spec
+    } else {
+        format!("{spec},{QUIET_TARGET}")
+    };
+    let filter = EnvFilter::try_new(&spec)
+        .unwrap_or_else(|_| EnvFilter::new(format!("info,{QUIET_TARGET}")));
     let json = match std::env::var("RTSUP_LOG_FORMAT").as_deref() {
         Ok("json") => true,
         Ok("text") => false,

@@ -39,6 +39,22 @@ pub fn worker_specs(config: &Config, hub: &std::path::Path) -> Vec<AppSpec> {
     apps
 }
 
+/// Raise the soft limit on open files to the hard one: a proxy needs two descriptors per
+/// client, and the default soft limit (often 1024) runs out long before the machine does.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft >= hard {
+        return;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => info!(from = soft, to = hard, "raised the open files limit"),
+        Err(e) => warn!(soft, hard, error = %e, "cannot raise the open files limit"),
+    }
+}
+
 /// Stop the proxy (it stops accepting, gives the requests it accepted its grace period, then
 /// closes), once; later calls do nothing.
 pub async fn stop_proxy(proxy: &std::sync::Mutex<Option<balancer::server::ProxyHandle>>) {
@@ -52,6 +68,7 @@ pub async fn stop_proxy(proxy: &std::sync::Mutex<Option<balancer::server::ProxyH
 /// Run the daemon in the foreground until SIGTERM/SIGINT or `rtsup stop`.
 /// `file` is where `config` came from (`None` for the embedded demo); reloads re-read it.
 pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
+    raise_fd_limit();
     let logs = &config.supervisor.logs.dir;
     std::fs::create_dir_all(logs)
         .with_context(|| format!("creating log_dir {}", logs.display()))?;

@@ -32,7 +32,7 @@ fn out_of_file_descriptors_the_daemon_keeps_answering_and_does_not_spin() {
             fixture_app("web", 1, base, "")
         ),
         &[],
-        Some(96),
+        Some("-n 96"),
     );
     r.wait_all_ready();
     // Hold more connections than the daemon has descriptors: the admin accept loop runs out.
@@ -67,4 +67,28 @@ fn out_of_file_descriptors_the_daemon_keeps_answering_and_does_not_spin() {
         "one warning per streak, not one per attempt:\n{}",
         r.daemon_log()
     );
+}
+
+/// The soft and hard limits on open files of a running process.
+fn nofile(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap_or_default();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_default()
+        .to_string();
+    let f: Vec<&str> = line.split_whitespace().collect();
+    (
+        f.get(3).copied().unwrap_or_default().to_string(),
+        f.get(4).copied().unwrap_or_default().to_string(),
+    )
+}
+
+#[test]
+fn the_soft_open_files_limit_is_raised_to_the_hard_one() {
+    let base = ports::block(2).base;
+    let r = Rtsup::start_full(&fixture_app("web", 1, base, ""), &[], Some("-Sn 256"));
+    let (soft, hard) = nofile(r.pid());
+    assert_eq!(soft, hard, "soft {soft}, hard {hard}");
+    assert_ne!(soft, "256");
 }

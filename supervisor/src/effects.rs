@@ -242,6 +242,11 @@ impl Effects for Processes {
                 sleep(health.interval).await;
                 match readiness::alive(&check, port, health.timeout).await {
                     Ok(()) => failed = 0,
+                    // rtsup itself is out of descriptors: the check proves nothing about the
+                    // worker and must not condemn it.
+                    Err(why) if short_of_descriptors() => {
+                        debug!(app = %name, slot, port, %why, "liveness check inconclusive: rtsup is out of file descriptors");
+                    }
                     Err(why) => {
                         failed += 1;
                         warn!(app = %name, slot, port, failed, %why, "liveness check failed");
@@ -288,4 +293,14 @@ impl Effects for Processes {
             task.abort();
         }
     }
+}
+
+/// Whether this process cannot open one more file descriptor right now (EMFILE, ENFILE).
+fn short_of_descriptors() -> bool {
+    std::fs::File::open("/dev/null").is_err_and(|e| {
+        matches!(
+            e.raw_os_error(),
+            Some(nix::libc::EMFILE | nix::libc::ENFILE)
+        )
+    })
 }

@@ -69,8 +69,8 @@ impl Rtsup {
         Self::start_full(body, env, None)
     }
 
-    /// [`Rtsup::start_with`] under `ulimit -n nofile` (soft and hard) when given.
-    pub fn start_full(body: &str, env: &[(&str, &str)], nofile: Option<u32>) -> Self {
+    /// [`Rtsup::start_with`] under `ulimit ARGS` when given (e.g. `-n 96`, `-Sn 256`).
+    pub fn start_full(body: &str, env: &[(&str, &str)], ulimit: Option<&str>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("rtsup.sock");
         let log_dir = dir.path().join("logs");
@@ -87,16 +87,16 @@ impl Rtsup {
             }
         );
         fs::write(&config, text).expect("write config");
-        let mut cmd = match nofile {
+        let mut cmd = match ulimit {
             None => {
                 let mut c = Command::new(rtsup_bin());
                 c.args(["start", "-c"]).arg(&config);
                 c
             }
-            Some(n) => {
+            Some(args) => {
                 let mut c = Command::new("sh");
                 c.arg("-c")
-                    .arg(format!("ulimit -n {n} && exec \"$0\" start -c \"$1\""))
+                    .arg(format!("ulimit {args} && exec \"$0\" start -c \"$1\""))
                     .arg(rtsup_bin())
                     .arg(&config);
                 c

@@ -279,3 +279,62 @@ fn start_with_an_invalid_config_fails_before_spawning() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("app[0].port"), "{err}");
 }
+
+#[test]
+fn check_refuses_what_is_not_a_small_regular_file_and_names_that_are_not_file_names() {
+    // A device, a FIFO and a directory are refused at once (no endless read, no block).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("fifo.toml");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .is_ok_and(|s| s.success())
+    );
+    let big = dir.path().join("big.toml");
+    fs::write(&big, "#".repeat(2 << 20)).expect("big");
+    for path in [Path::new("/dev/zero"), &fifo, dir.path(), &big] {
+        let out = crate::harness::wait_until("check answers", || {
+            let mut child = Command::new(rtsup_bin())
+                .args(["check", "-c"])
+                .arg(path)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .map_err(|e| e.to_string())?;
+            let t0 = std::time::Instant::now();
+            while t0.elapsed() < std::time::Duration::from_secs(5) {
+                if child.try_wait().map_err(|e| e.to_string())?.is_some() {
+                    return child.wait_with_output().map_err(|e| e.to_string());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            panic!(
+                "rtsup check -c {} did not answer within 5 s",
+                path.display()
+            );
+        });
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{}: {err}", path.display());
+        assert!(
+            err.contains("not a regular file") || err.contains("larger than 1048576 bytes"),
+            "{}: {err}",
+            path.display()
+        );
+    }
+    let long = "a".repeat(300);
+    let (_dir, file, c) = check(&format!(
+        "[[app]]\nname = \"{long}\"\ncommand = \"node\"\nport = 5000\n"
+    ));
+    assert_eq!(c.code, Some(1));
+    assert_eq!(
+        c.stderr,
+        lines(
+            &file,
+            &[
+                "{f}:2:8: app[0].name: must be 1 to 64 letters, digits, '-' or '_' (it names log files)"
+            ]
+        )
+    );
+}

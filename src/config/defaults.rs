@@ -40,3 +40,6 @@ pub const DEFAULT_HEALTH_INTERVAL: &str = "5s";
 pub const DEFAULT_HEALTH_TIMEOUT: &str = "2s";
 /// Failed liveness checks in a row before a worker is replaced.
 pub const DEFAULT_HEALTH_FAILURES: u32 = 3;
+/// Longest app name: it names log files (`<app>-<slot>.out.log.<n>` must stay a valid file
+/// name) and appears in metrics labels.
+pub const MAX_APP_NAME: usize = 64;

@@ -142,8 +142,37 @@ impl Config {
 
 /// The text of `file`; a file that is not UTF-8 is read lossily (the TOML reader then says
 /// where it is not TOML).
+/// Largest configuration file read: a config is a few kilobytes; `-c /dev/zero` must not read
+/// for ever.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// The file's text: only a regular file (a FIFO would block, a device never end), at most
+/// [`MAX_CONFIG_BYTES`].
 fn read_source(file: &Path) -> io::Result<String> {
-    let bytes = std::fs::read(file)?;
+    use std::io::Read;
+    let meta = std::fs::metadata(file)?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {MAX_CONFIG_BYTES} bytes"),
+        ));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(file)?
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {MAX_CONFIG_BYTES} bytes"),
+        ));
+    }
     Ok(match String::from_utf8(bytes) {
         Ok(s) => s,
         Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),

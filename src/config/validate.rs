@@ -248,6 +248,7 @@ fn app_section(
         None => missing(i, sec, "name", rep),
         Some(name)
             if name.get_ref().is_empty()
+                || name.get_ref().len() > MAX_APP_NAME
                 || !name
                     .get_ref()
                     .chars()
@@ -256,7 +257,9 @@ fn app_section(
             rep.at(
                 Some(name.span()),
                 key("name"),
-                "must be non-empty and use only letters, digits, '-' and '_' (it names log files)",
+                format!(
+                    "must be 1 to {MAX_APP_NAME} letters, digits, '-' or '_' (it names log files)"
+                ),
             );
         }
         Some(_) => {}

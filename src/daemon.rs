@@ -142,6 +142,8 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
                     cookie: b.cookie.clone(),
                     trusted_proxies: b.trusted_proxies.clone(),
                     unsticky: b.unsticky,
+                    session_rate: b.session_rate,
+                    session_burst: b.session_burst,
                 },
                 max_sessions: balancer::sid_table::DEFAULT_MAX_SESSIONS,
             };

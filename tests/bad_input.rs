@@ -93,3 +93,74 @@ fn slowloris_clients_do_not_starve_others() {
     drop(slow);
     assert!(http_get(lb, "/").is_ok());
 }
+
+/// A handshake (`GET /socket.io/?EIO=4&transport=polling`) from local address `from`; returns
+/// the status and the `Retry-After` header.
+fn handshake_from(from: [u8; 4], port: u16) -> (u16, Option<String>) {
+    let socket = std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(5),
+    );
+    // Bind the client side to `from` when it is not 127.0.0.1 (the whole 127/8 is loopback).
+    let mut c = if from == [127, 0, 0, 1] {
+        socket.expect("connect")
+    } else {
+        let s = nix::sys::socket::socket(
+            nix::sys::socket::AddressFamily::Inet,
+            nix::sys::socket::SockType::Stream,
+            nix::sys::socket::SockFlag::empty(),
+            None,
+        )
+        .expect("socket");
+        let local = nix::sys::socket::SockaddrIn::new(from[0], from[1], from[2], from[3], 0);
+        nix::sys::socket::bind(std::os::fd::AsRawFd::as_raw_fd(&s), &local).expect("bind");
+        let remote = nix::sys::socket::SockaddrIn::new(127, 0, 0, 1, port);
+        nix::sys::socket::connect(std::os::fd::AsRawFd::as_raw_fd(&s), &remote).expect("connect");
+        std::net::TcpStream::from(s)
+    };
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    c.write_all(
+        b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .expect("write");
+    let mut resp = Vec::new();
+    let _ = c.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp);
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let retry = text
+        .lines()
+        .find_map(|l| l.strip_prefix("retry-after: ").map(str::to_string));
+    (status, retry)
+}
+
+#[test]
+fn a_session_flood_from_one_address_gets_429_and_others_are_served() {
+    let base = ports::block(5).base;
+    let lb = base + 4;
+    let r = Rtsup::start(&format!(
+        "{}\n[balancer]\nlisten = \"127.0.0.1:{lb}\"\nsession_rate = 2\nsession_burst = 5\n",
+        fixture_app("web", 2, base, "")
+    ));
+    r.wait_all_ready();
+    let mut statuses = Vec::new();
+    let mut retry = None;
+    for _ in 0..30 {
+        let (status, after) = handshake_from([127, 0, 0, 1], lb);
+        statuses.push(status);
+        retry = retry.or(after);
+    }
+    let served = statuses.iter().filter(|&&s| s == 200).count();
+    let limited = statuses.iter().filter(|&&s| s == 429).count();
+    assert!(
+        (5..=8).contains(&served),
+        "the burst, and a token or two: {statuses:?}"
+    );
+    assert_eq!(served + limited, 30, "{statuses:?}");
+    assert_eq!(retry.as_deref(), Some("1"), "429 says when to come back");
+    // Another address is not held back by the flood.
+    assert_eq!(handshake_from([127, 0, 0, 2], lb).0, 200);
+    // Requests of existing sessions are never limited.
+    assert!(http_get(lb, "/anything").is_ok());
+    drop(r);
+}

@@ -51,6 +51,8 @@ async fn main() -> Result<(), String> {
             cookie: "rtsup".into(),
             trusted_proxies: Vec::new(),
             unsticky: false,
+            session_rate: 0,
+            session_burst: 0,
         },
         max_sessions: 1_000_000,
     };

@@ -26,6 +26,7 @@ pub mod routes;
 pub mod server;
 #[cfg(feature = "proxy")]
 pub mod service;
+pub mod session_rate;
 pub mod sid_table;
 pub mod websocket;
 

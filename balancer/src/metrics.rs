@@ -33,6 +33,8 @@ pub enum RouteLabel {
     no_backend,
     /// Malformed engine.io query (400).
     bad_request,
+    /// A handshake over its client address's new-session rate (429).
+    rate_limited,
 }
 
 /// Label set of the routing counter.

@@ -116,14 +116,28 @@ pub fn spawn(
                 .await;
         });
     }
+    let metrics = BalancerMetrics::default();
+    let app = Balancer::new(
+        routes,
+        sids.clone(),
+        loads.clone(),
+        upgrades.clone(),
+        CookieSigner::random(),
+        settings.routing.clone(),
+        metrics.clone(),
+    );
     {
         let sids = Arc::downgrade(&sids);
+        let rate = Arc::downgrade(&app.session_rate());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);
             loop {
                 tick.tick().await;
-                let Some(sids) = sids.upgrade() else { return };
+                let (Some(sids), Some(rate)) = (sids.upgrade(), rate.upgrade()) else {
+                    return;
+                };
                 sids.sweep();
+                rate.sweep(std::time::Instant::now());
             }
         });
     }
@@ -140,16 +154,6 @@ pub fn spawn(
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
-    let metrics = BalancerMetrics::default();
-    let app = Balancer::new(
-        routes,
-        sids.clone(),
-        loads.clone(),
-        upgrades.clone(),
-        CookieSigner::random(),
-        settings.routing.clone(),
-        metrics.clone(),
-    );
     let mut svc = http_proxy_service(&server.configuration, app);
     svc.add_tcp(&settings.listen.to_string());
     server.add_service(svc);

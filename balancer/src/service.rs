@@ -32,11 +32,14 @@ use crate::metrics::{BalancerMetrics, RouteLabel, StatusLabels};
 use crate::policy::{self, Decision, NewSessions, RequestFacts, RouteKind};
 use crate::release::{Close, Upgrades, UpstreamSocket};
 use crate::routes::{RouteTable, Snapshot};
+use crate::session_rate::SessionRate;
 use crate::sid_table::SidTable;
 use crate::websocket::{FrameTracker, GOING_AWAY_CLOSE};
 
 /// engine.io's own answer for an unknown session, in Node's form (numeric code).
 pub const SESSION_UNKNOWN_BODY: &str = r#"{"code":1,"message":"Session ID unknown"}"#;
+/// Body of the 429 sent to a client over its new-session rate.
+const RATE_LIMITED_BODY: &str = r#"{"code":5,"message":"Too many new sessions"}"#;
 const BAD_REQUEST_BODY: &str = r#"{"code":3,"message":"Bad request"}"#;
 const NO_BACKEND_BODY: &str = r#"{"code":503,"message":"No worker is ready"}"#;
 
@@ -54,6 +57,10 @@ pub struct RoutingConfig {
     /// Test-only: route every request round-robin, ignoring sids and cookies, to show what
     /// happens without stickiness.
     pub unsticky: bool,
+    /// New sessions per second per client address (0: no limit).
+    pub session_rate: u32,
+    /// New sessions a client address may open at once.
+    pub session_burst: u32,
 }
 
 /// The proxy application.
@@ -62,6 +69,7 @@ pub struct Balancer {
     sids: Arc<SidTable>,
     loads: Arc<Loads>,
     upgrades: Arc<Upgrades>,
+    session_rate: Arc<SessionRate>,
     signer: CookieSigner,
     config: RoutingConfig,
     turn: AtomicUsize,
@@ -112,10 +120,16 @@ impl Balancer {
             sids,
             loads,
             upgrades,
+            session_rate: Arc::new(SessionRate::new(config.session_rate, config.session_burst)),
             signer,
             config,
             turn: AtomicUsize::new(0),
         }
+    }
+
+    /// The per-address limiter of new sessions (for the sweeper).
+    pub(crate) fn session_rate(&self) -> Arc<SessionRate> {
+        self.session_rate.clone()
     }
 
     fn client_ip(&self, session: &Session) -> Option<IpAddr> {
@@ -141,6 +155,20 @@ impl Balancer {
             .find_map(|v| affinity::find_cookie(v, &self.config.cookie))
             .and_then(|t| self.signer.verify(t))
     }
+}
+
+/// 429 for a client over its new-session rate, with when to come back.
+async fn respond_rate_limited(session: &mut Session, retry_after: u64) -> Result<()> {
+    let mut h = ResponseHeader::build(429, Some(4))?;
+    h.insert_header("content-type", "application/json")?;
+    h.insert_header("content-length", RATE_LIMITED_BODY.len().to_string())?;
+    h.insert_header("retry-after", retry_after.to_string())?;
+    h.insert_header("cache-control", "no-store")?;
+    session.write_response_header(Box::new(h), false).await?;
+    session
+        .write_response_body(Some(Bytes::from_static(RATE_LIMITED_BODY.as_bytes())), true)
+        .await?;
+    Ok(())
 }
 
 /// Write a small JSON response and keep the connection alive.
@@ -193,6 +221,15 @@ impl ProxyHttp for Balancer {
                     respond_json(session, 400, BAD_REQUEST_BODY).await?;
                     return Ok(true);
                 }
+            }
+            // A handshake opens a session: limited per client address.
+            if ctx.sid.is_none()
+                && let Some(ip) = self.client_ip(session)
+                && let Err(wait) = self.session_rate.take(ip, std::time::Instant::now())
+            {
+                self.metrics.route(RouteLabel::rate_limited);
+                respond_rate_limited(session, wait).await?;
+                return Ok(true);
             }
         }
         let snap = self.routes.load();

@@ -116,6 +116,8 @@ async fn release_closes_websockets_gracefully_and_spread() {
                 cookie: "rtsup".into(),
                 trusted_proxies: Vec::new(),
                 unsticky: false,
+                session_rate: 0,
+                session_burst: 0,
             },
             max_sessions: 1000,
         },

@@ -43,3 +43,8 @@ pub const DEFAULT_HEALTH_FAILURES: u32 = 3;
 /// Longest app name: it names log files (`<app>-<slot>.out.log.<n>` must stay a valid file
 /// name) and appears in metrics labels.
 pub const MAX_APP_NAME: usize = 64;
+/// New engine.io sessions per second one client address may open, sustained (a browser opens
+/// one; a NAT of hundreds reconnecting after a deploy stays well below), answered 429 beyond.
+pub const DEFAULT_SESSION_RATE: u32 = 100;
+/// New sessions one client address may open at once before the rate applies.
+pub const DEFAULT_SESSION_BURST: u32 = 500;

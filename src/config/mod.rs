@@ -70,6 +70,10 @@ pub struct BalancerConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// Proxy worker threads.
     pub threads: usize,
+    /// New engine.io sessions per second per client address (0: no limit).
+    pub session_rate: u32,
+    /// New sessions one client address may open at once.
+    pub session_burst: u32,
     /// Test-only (`test_unsticky = true`): no session pinning at all, to prove it matters.
     pub unsticky: bool,
 }

@@ -246,6 +246,8 @@ pub struct RawBalancer {
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
     pub threads: Option<Spanned<i64>>,
+    pub session_rate: Option<u32>,
+    pub session_burst: Option<u32>,
     /// Test-only: disable session pinning (plain round-robin) to show what it prevents.
     pub test_unsticky: Option<bool>,
 }

@@ -656,6 +656,8 @@ fn balancer_section(
         cookie,
         trusted_proxies,
         threads,
+        session_rate: b.session_rate.unwrap_or(DEFAULT_SESSION_RATE),
+        session_burst: b.session_burst.unwrap_or(DEFAULT_SESSION_BURST),
         unsticky: b.test_unsticky.unwrap_or(false),
     })
 }

@@ -164,3 +164,45 @@ fn a_session_flood_from_one_address_gets_429_and_others_are_served() {
     assert!(http_get(lb, "/anything").is_ok());
     drop(r);
 }
+
+#[test]
+fn clients_that_hang_up_mid_body_are_counted_not_logged_as_errors() {
+    let (r, lb) = cluster();
+    for _ in 0..20 {
+        let mut c = TcpStream::connect(("127.0.0.1", lb)).expect("connect");
+        let _ = c.write_all(
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nonly a little",
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        drop(c);
+    }
+    assert!(http_get(lb, "/").is_ok(), "still serving");
+    wait_until("the failures counted", || {
+        let s = r.try_status()?;
+        let admin_port = r
+            .daemon_log()
+            .lines()
+            .find(|l| l.contains("admin listening"))
+            .and_then(|l| l.split("127.0.0.1:").nth(1))
+            .and_then(|p| p.split('"').next())
+            .and_then(|p| p.parse::<u16>().ok())
+            .ok_or(format!("no admin port: {s}"))?;
+        let metrics = http_get(admin_port, "/metrics")?;
+        let n = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("rtsup_balancer_client_errors_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if n >= 10 {
+            Ok(())
+        } else {
+            Err(format!("client_errors {n}"))
+        }
+    });
+    let errors = r
+        .daemon_log()
+        .lines()
+        .filter(|l| l.contains("\"level\":\"ERROR\""))
+        .count();
+    assert_eq!(errors, 0, "{}", r.daemon_log());
+}

@@ -61,6 +61,8 @@ pub struct BalancerMetrics {
     pub unanswered: Counter,
     /// Routing decisions by kind.
     pub routes: Family<RouteLabels, Counter>,
+    /// Requests that failed on the client's side (gone mid-request, invalid), logged at debug.
+    pub client_errors: Counter,
     /// Failures to connect to or talk with a worker.
     pub upstream_errors: Counter,
     /// Request duration, seconds (upgraded WebSockets count their whole life; not observed).
@@ -77,6 +79,7 @@ impl Default for BalancerMetrics {
             requests: Family::default(),
             unanswered: Counter::default(),
             routes: Family::default(),
+            client_errors: Counter::default(),
             upstream_errors: Counter::default(),
             // 0.5 ms … ~16 s.
             latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
@@ -109,6 +112,11 @@ impl BalancerMetrics {
             self.unanswered.clone(),
         );
         sub.register("routes", "Routing decisions by kind", self.routes.clone());
+        sub.register(
+            "client_errors",
+            "Requests that failed on the client's side (gone mid-request, invalid)",
+            self.client_errors.clone(),
+        );
         sub.register(
             "upstream_errors",
             "Failures reaching a worker",

@@ -503,6 +503,17 @@ impl ProxyHttp for Balancer {
         Ok(None)
     }
 
+    /// A request that failed because of its client (gone mid-request, garbage) is counted, not
+    /// logged at error level: a client must not be able to fill the daemon's log.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        let client = *e.esource() == ErrorSource::Downstream;
+        if client {
+            self.metrics.client_errors.inc();
+            debug!(error = %e, "request failed on the client's side");
+        }
+        client
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,

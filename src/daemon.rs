@@ -103,7 +103,7 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
             .balancer
             .iter()
             .map(|b| b.listen.port())
-            .chain([config.admin.listen.port()])
+            .chain(config.admin.enabled.then_some(config.admin.listen.port()))
             .filter(|&p| p != 0)
             .collect(),
     };
@@ -172,13 +172,28 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
     // only while the supervisor's actor answers.
     let status = notifier.spawn_status();
     let watchdog = notifier.spawn_watchdog(handle.clone());
-    // The admin server is an aid, not a dependency: a busy port is reported, not fatal.
-    let admin = match admin::bind(config.admin.listen).await {
-        Ok(listener) => Some(tokio::spawn(admin::serve(listener, obs.clone()))),
-        Err(e) => {
-            warn!(error = %e, "admin server disabled");
-            None
+    // The admin server is an aid, not a dependency: off unless configured, and a busy port
+    // is reported, not fatal.
+    let admin = if config.admin.enabled {
+        if !config.admin.listen.ip().is_loopback() && config.admin.token.is_none() {
+            warn!(
+                listen = %config.admin.listen,
+                "the admin server listens beyond loopback without [admin] token: anyone who reaches it reads the status and metrics"
+            );
         }
+        match admin::bind(config.admin.listen).await {
+            Ok(listener) => Some(tokio::spawn(admin::serve(
+                listener,
+                obs.clone(),
+                config.admin.token.clone(),
+            ))),
+            Err(e) => {
+                warn!(error = %e, "admin server disabled");
+                None
+            }
+        }
+    } else {
+        None
     };
     let reloader: Arc<dyn ControlHooks> = Arc::new(DaemonReloader {
         file,

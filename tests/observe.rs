@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Rtsup, ports, reference_app, run_node, wait_until};
+use crate::harness::{Rtsup, fixture_app, ports, reference_app, run_node, wait_until};
 
 fn get(port: u16, path: &str) -> String {
     let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
@@ -15,7 +15,7 @@ fn get(port: u16, path: &str) -> String {
         .expect("timeout");
     write!(
         c,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
     )
     .expect("write");
     let mut resp = String::new();
@@ -188,11 +188,73 @@ fn the_admin_server_answers_only_get_on_known_paths() {
     let (_r, _lb, admin) = cluster();
     assert!(get(admin, "/nope").contains("not found"));
     let mut c = TcpStream::connect(("127.0.0.1", admin)).expect("connect");
-    c.write_all(
-        b"POST /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+    write!(
+        c,
+        "POST /metrics HTTP/1.1\r\nHost: 127.0.0.1:{admin}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
     )
     .expect("write");
     let mut resp = String::new();
     c.read_to_string(&mut resp).expect("read");
     assert!(resp.starts_with("HTTP/1.1 405"), "{resp}");
+}
+
+/// Status line and body of `GET path` on `port` with extra request headers.
+fn raw_get(port: u16, path: &str, headers: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\n{headers}Connection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    let status = resp.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, resp)
+}
+
+#[test]
+fn the_admin_server_is_off_unless_configured_and_checks_host_and_token() {
+    let base = ports::block(3).base;
+    let admin = base + 2;
+    // No [admin] section (the comment keeps the harness from adding one): no admin server.
+    let r = Rtsup::start(&format!(
+        "# no [admin] section\n{}",
+        fixture_app("web", 1, base, "")
+    ));
+    r.wait_all_ready();
+    assert!(
+        !r.daemon_log().contains("admin listening"),
+        "{}",
+        r.daemon_log()
+    );
+    drop(r);
+
+    let r = Rtsup::start(&format!(
+        "{}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"a-long-admin-token\"\n",
+        fixture_app("web", 1, base, "")
+    ));
+    r.wait_all_ready();
+    let host = format!("Host: 127.0.0.1:{admin}\r\n");
+    let bearer = "Authorization: Bearer a-long-admin-token\r\n";
+    assert_eq!(raw_get(admin, "/status", &host).0, 401, "no token");
+    assert_eq!(
+        raw_get(
+            admin,
+            "/status",
+            &format!("{host}Authorization: Bearer wrong-admin-token!\r\n")
+        )
+        .0,
+        401
+    );
+    assert_eq!(raw_get(admin, "/status", &format!("{host}{bearer}")).0, 200);
+    assert_eq!(raw_get(admin, "/?token=a-long-admin-token", &host).0, 200);
+    // DNS rebinding: a page of evil.example that resolves to 127.0.0.1.
+    let (status, _) = raw_get(
+        admin,
+        "/status",
+        &format!("Host: evil.example:{admin}\r\n{bearer}"),
+    );
+    assert_eq!(status, 421);
 }

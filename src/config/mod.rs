@@ -81,8 +81,13 @@ pub struct BalancerConfig {
 /// `[admin]`, checked.
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
+    /// Whether the admin server runs: only when the file has an `[admin]` section.
+    pub enabled: bool,
     /// Admin HTTP address (loopback by default).
     pub listen: SocketAddr,
+    /// Bearer token every request must carry (`Authorization: Bearer …`, or `?token=` for the
+    /// dashboard page), when set.
+    pub token: Option<String>,
 }
 
 /// What `rtsup check` found in one file.

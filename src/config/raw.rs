@@ -257,4 +257,5 @@ pub struct RawBalancer {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Option<Spanned<String>>,
+    pub token: Option<Spanned<String>>,
 }

@@ -669,7 +669,23 @@ fn admin_section(a: Option<&Section<RawAdmin>>, rep: &mut Reporter<'_>) -> Optio
         "admin.listen",
         rep,
     )?;
-    Some(AdminConfig { listen })
+    let token = a
+        .and_then(|a| a.value.token.as_ref())
+        .map(|t| t.get_ref().clone());
+    if let Some(t) = a.and_then(|a| a.value.token.as_ref())
+        && t.get_ref().len() < 16
+    {
+        rep.at(
+            Some(t.span()),
+            "admin.token",
+            "must be at least 16 characters",
+        );
+    }
+    Some(AdminConfig {
+        enabled: a.is_some(),
+        listen,
+        token,
+    })
 }
 
 fn span_of<T>(v: Option<&Spanned<T>>) -> Option<Range<usize>> {

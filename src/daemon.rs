@@ -28,16 +28,23 @@ pub fn hub_socket_path(control: &std::path::Path) -> std::path::PathBuf {
 }
 
 /// The apps of `config` as the supervisor runs them: every worker learns the embedded
-/// adapter's hub socket (`RTSUP_HUB`) unless the app sets its own.
+/// adapter's hub socket (`RTSUP_HUB`) unless the app sets its own, and carries which daemon
+/// runs it ([`SUPERVISOR_ENV`]), so a later start reaps only its own leftovers.
 pub fn worker_specs(config: &Config, hub: &std::path::Path) -> Vec<AppSpec> {
     let mut apps = config.apps.clone();
     for app in &mut apps {
         app.env
             .entry("RTSUP_HUB".into())
             .or_insert_with(|| hub.display().to_string());
+        app.env
+            .insert(SUPERVISOR_ENV.into(), hub.display().to_string());
     }
     apps
 }
+
+/// Environment variable naming the daemon (by its hub socket, unique per control socket) in
+/// every worker and its children.
+pub const SUPERVISOR_ENV: &str = "RTSUP_SUPERVISOR";
 
 /// Raise the soft limit on open files to the hard one: a proxy needs two descriptors per
 /// client, and the default soft limit (often 1024) runs out long before the machine does.
@@ -79,9 +86,10 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
     // The control socket is ours, so no other daemon runs here: whatever a previous run left
     // behind is stopped before anything binds its ports.
     let groups_file = leftovers::state_file(&socket);
+    let marker = format!("{SUPERVISOR_ENV}={}", hub_socket_path(&socket).display());
     let reaped = tokio::task::spawn_blocking({
         let f = groups_file.clone();
-        move || leftovers::reap(&f)
+        move || leftovers::reap(&f, &marker)
     })
     .await
     .unwrap_or(0);

@@ -4,8 +4,9 @@
 //!
 //! The kernel's parent-death signal (see the supervisor's `process` module) already stops each
 //! worker when rtsup dies; this catches what it cannot: a worker's own children, and a worker
-//! that ignores SIGTERM. A process counts as ours only if its environment carries the
-//! `RTSUP_APP` variable every worker (and its children) inherits, so a recycled pid is never hit.
+//! that ignores SIGTERM. A process counts as ours only if its environment carries this
+//! daemon's marker (`RTSUP_SUPERVISOR=<its hub socket>`), which every worker and its children
+//! inherit: a recycled pid, another daemon's worker or a forged entry in the file is never hit.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -28,9 +29,10 @@ pub fn state_file(socket: &Path) -> PathBuf {
     name.into()
 }
 
-/// Stop every process group recorded in `file` that still has processes of ours; returns how
-/// many groups were stopped. Removes the file.
-pub fn reap(file: &Path) -> usize {
+/// Stop every process group recorded in `file` that still has processes carrying `marker`
+/// (`NAME=value` in their environment); returns how many groups were stopped. Removes the
+/// file.
+pub fn reap(file: &Path, marker: &str) -> usize {
     let Ok(text) = fs::read_to_string(file) else {
         return 0;
     };
@@ -39,6 +41,7 @@ pub fn reap(file: &Path) -> usize {
         .filter_map(|l| l.trim().parse().ok())
         .filter(|&g| g > 1)
         .collect();
+    let ours_alive = |g: u32| group_alive_with(g, marker.as_bytes());
     let alive: Vec<u32> = groups.into_iter().filter(|&g| ours_alive(g)).collect();
     for &g in &alive {
         signal_group(g, Signal::SIGTERM);
@@ -78,9 +81,8 @@ pub async fn record(mut fleet: watch::Receiver<Fleet>, file: PathBuf) {
     }
 }
 
-/// Whether process group `pgid` has a live process that is one of rtsup's workers (or a child
-/// of one).
-fn ours_alive(pgid: u32) -> bool {
+/// Whether process group `pgid` has a live process whose environment holds `marker`.
+fn group_alive_with(pgid: u32, marker: &[u8]) -> bool {
     let Ok(procs) = fs::read_dir("/proc") else {
         return false;
     };
@@ -96,10 +98,8 @@ fn ours_alive(pgid: u32) -> bool {
                 .unwrap_or(false)
         });
         in_group
-            && fs::read(path.join("environ")).is_ok_and(|env| {
-                env.split(|&b| b == 0)
-                    .any(|var| var.starts_with(b"RTSUP_APP="))
-            })
+            && fs::read(path.join("environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|var| var == marker))
     })
 }
 

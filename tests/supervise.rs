@@ -495,6 +495,15 @@ fn a_stranger_on_the_port_is_avoided_and_never_taken_for_the_worker() {
     drop(stranger);
     drop(r);
 
+    // A stranger on IPv6 only: a Node worker's listen(PORT) binds `::` and would clash.
+    let base = ports::block(4).base;
+    let v6 = std::net::TcpListener::bind(("::1", base));
+    if let Ok(_v6) = v6 {
+        let r = Rtsup::start(&fixture_app("web6", 1, base, ""));
+        let ws = r.wait_all_ready();
+        assert_ne!(ws[0]["port"], u64::from(base), "{ws:?}");
+    }
+
     // After the spawn: a worker that never listens, and a stranger who takes its port while
     // it boots; the probe reaches the stranger, who must not pass for the worker.
     let base = ports::block(4).base;
@@ -577,6 +586,14 @@ fn kill_9_of_rtsup_leaves_no_worker_and_the_next_start_stops_what_remains() {
         children.iter().all(|&c| running(c)),
         "the children outlive it"
     );
+    // ...and only them: another daemon's worker listed in the file (by mistake or on
+    // purpose) is not touched.
+    let other = Rtsup::start(&fixture_app("other", 1, ports::block(2).base, ""));
+    let stranger = pid(&other.wait_all_ready()[0]);
+    let mut state = r.socket.as_os_str().to_owned();
+    state.push(".pids");
+    let listed = fs::read_to_string(&state).unwrap_or_default();
+    fs::write(&state, format!("{listed}{stranger}\n")).expect("state file");
     r.start_again();
     for &c in &children {
         wait_until("a leftover child stopped", || {
@@ -598,6 +615,8 @@ fn kill_9_of_rtsup_leaves_no_worker_and_the_next_start_stops_what_remains() {
         u64::from(base),
         "its port is free again: {ws:?}"
     );
+    assert!(running(stranger), "another daemon's worker survives");
+    assert_eq!(other.workers()[0]["pid"], u64::from(stranger));
 }
 
 #[test]

@@ -21,7 +21,7 @@ use crate::fleet::{AppSnapshot, Fleet, WorkerSnapshot, WorkerState};
 use crate::handle::{Command, DrainGate, Report, SlotReport, SupervisorError, SupervisorHandle};
 use crate::memory::{Sampler, Usage};
 use crate::reconcile::{self, AppSlots, Decision, Expect, Outcome, Target, Wanted, WantedApp};
-use crate::slot::{Effect, PROBE_GRACE, Phase, Slot, Worker};
+use crate::slot::{Effect, Horizons, PROBE_GRACE, Phase, Slot, Worker};
 use crate::spec::{AppSpec, MAX_INSTANCES, SupervisorSpec};
 
 /// How often the memory sampler measures every worker (PM2 polls every 30 s).
@@ -330,11 +330,13 @@ impl<E: Effects> Actor<E> {
         let Some((a, s)) = self.find(app, index) else {
             return;
         };
-        // The next sample is due in MEMORY_SAMPLE_HURRY; sampling and the worker's own exit
-        // take time too.
-        let horizon = MEMORY_SAMPLE_HURRY * 2;
+        // Sampling and the worker's own exit take time too: margins on both periods.
+        let horizons = Horizons {
+            hurry: MEMORY_SAMPLE_HURRY * 2,
+            normal: MEMORY_SAMPLE_INTERVAL + MEMORY_SAMPLE_HURRY,
+        };
         if let Some((reason, effects)) =
-            self.apps[a].slots[s].usage(generation, usage, now, horizon)
+            self.apps[a].slots[s].usage(generation, usage, now, horizons)
         {
             if effects.is_empty() {
                 warn!(app, slot = index, generation, %reason, "no new sessions; replacing worker");
@@ -1033,7 +1035,12 @@ async fn sample_memory(tx: mpsc::WeakSender<Inbox>, mut fleet: watch::Receiver<F
         let samples = targets
             .into_iter()
             .filter_map(|(app, slot, generation, pid)| {
-                usage.get(&pid).map(|u| (app, slot, generation, *u))
+                // A live process has some resident memory: nothing read (rtsup out of
+                // descriptors, /proc unreadable) is no sample, not "0 bytes".
+                usage
+                    .get(&pid)
+                    .filter(|u| u.rss_bytes > 0)
+                    .map(|u| (app, slot, generation, *u))
             })
             .collect();
         let Some(tx) = tx.upgrade() else { return };

@@ -213,9 +213,19 @@ impl Effects for Processes {
     fn check_port(&mut self, port: u16) -> Result<(), String> {
         // The wildcard address conflicts with a listener on any address of the port (a worker
         // binding 0.0.0.0 would fail the same way); bound, never listened on, dropped at once.
-        match std::net::TcpListener::bind(("0.0.0.0", port)) {
-            Ok(_) => Ok(()),
-            Err(e) => Err(match sockets::port_owner(port) {
+        // And the IPv6 wildcard (dual-stack where the system allows it): a Node worker that
+        // calls listen(PORT) binds `::`. A system without IPv6 says "not available", which is
+        // not "in use".
+        let busy =
+            ["0.0.0.0", "::"].into_iter().find_map(|any| {
+                match std::net::TcpListener::bind((any, port)) {
+                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Some(e),
+                    _ => None,
+                }
+            });
+        match busy {
+            None => Ok(()),
+            Some(e) => Err(match sockets::port_owner(port) {
                 Some((pid, name)) => format!("port {port} in use by pid {pid} ({name})"),
                 None => format!("port {port} in use ({e})"),
             }),

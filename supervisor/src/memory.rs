@@ -35,7 +35,9 @@ impl Sampler {
         }
     }
 
-    /// Usage of the process tree rooted at each pid in `roots`.
+    /// Usage of the process tree rooted at each pid in `roots`, and of every process still in
+    /// its process group (a child that left the tree, e.g. `(leaker &)` in a shell, stays in
+    /// the worker's group and keeps costing memory).
     pub fn sample(&mut self, roots: &[u32]) -> HashMap<u32, Usage> {
         let Some(system) = self.system.as_mut() else {
             return HashMap::new();
@@ -46,6 +48,8 @@ impl Sampler {
             ProcessRefreshKind::nothing().with_memory().with_cpu(),
         );
         let mut children: HashMap<Pid, Vec<Pid>> = HashMap::new();
+        let wanted: std::collections::HashSet<u32> = roots.iter().copied().collect();
+        let mut groups: HashMap<u32, Vec<Pid>> = HashMap::new();
         // On Linux sysinfo may list threads as processes of their own (same RSS as their
         // process): only real processes count.
         for (pid, proc_) in system.processes() {
@@ -55,13 +59,23 @@ impl Sampler {
             if let Some(parent) = proc_.parent() {
                 children.entry(parent).or_default().push(*pid);
             }
+            if let Some(group) = crate::sockets::process_group_of(pid.as_u32())
+                && wanted.contains(&group)
+            {
+                groups.entry(group).or_default().push(*pid);
+            }
         }
         roots
             .iter()
             .map(|&root| {
                 let mut usage = Usage::default();
                 let mut stack = vec![Pid::from_u32(root)];
+                stack.extend(groups.get(&root).into_iter().flatten().copied());
+                let mut seen = std::collections::HashSet::new();
                 while let Some(pid) = stack.pop() {
+                    if !seen.insert(pid) {
+                        continue;
+                    }
                     if let Some(p) = system.process(pid).filter(|p| p.thread_kind().is_none()) {
                         usage.rss_bytes += p.memory();
                         usage.cpu_percent += p.cpu_usage();

@@ -588,7 +588,7 @@ impl Slot {
         generation: u64,
         usage: Usage,
         now: Instant,
-        horizon: Duration,
+        horizons: Horizons,
     ) -> Option<(String, Vec<Effect>)> {
         let replacing = self.is_replacing();
         let is_current = self
@@ -599,11 +599,28 @@ impl Slot {
         let (before, before_at) = (w.usage.rss_bytes, w.sampled_at.replace(now));
         w.usage = usage;
         let limit = w.spec.max_memory?;
-        if matches!(w.phase, Phase::Stopping { .. }) {
-            return None;
-        }
         let ceiling = w.spec.memory_ceiling();
         let rss = usage.rss_bytes;
+        if let Phase::Stopping { killed, .. } = &mut w.phase {
+            // Still growing while it stops (it ignores SIGTERM, or takes its time): past the
+            // ceiling it does not get the rest of its kill_timeout.
+            if rss > ceiling && !*killed {
+                *killed = true;
+                let reason = format!(
+                    "memory {} > ceiling {} while stopping",
+                    megabytes(rss),
+                    megabytes(ceiling)
+                );
+                return Some((reason, vec![Effect::Kill { pid: w.pid }]));
+            }
+            return None;
+        }
+        // The next sample comes sooner once the worker is over its limit.
+        let horizon = if w.over_memory || rss > limit {
+            horizons.hurry
+        } else {
+            horizons.normal
+        };
         let next = match before_at {
             Some(at) if rss > before && now > at => {
                 let rate = (rss - before) as f64 / (now - at).as_secs_f64();
@@ -646,6 +663,16 @@ impl Slot {
     fn workers_mut(&mut self) -> impl Iterator<Item = &mut Worker> {
         self.current.iter_mut().chain(self.leaving.iter_mut())
     }
+}
+
+/// How far ahead the memory check looks: the time to the next sample while a worker is over
+/// its limit (`hurry`) or not (`normal`), with margin.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Horizons {
+    /// Over the limit: samples come fast.
+    pub hurry: Duration,
+    /// Under the limit: the regular sampling period.
+    pub normal: Duration,
 }
 
 /// SIGTERM a worker unless it is already stopping.
@@ -691,6 +718,10 @@ mod tests {
 
     const SEC: Duration = Duration::from_secs(1);
     const HORIZON: Duration = Duration::from_millis(100);
+    const HORIZONS: Horizons = Horizons {
+        hurry: HORIZON,
+        normal: Duration::from_secs(1),
+    };
 
     fn worker(generation: u64, rev: u64, spec: &Arc<AppSpec>, now: Instant) -> Worker {
         Worker {
@@ -995,28 +1026,42 @@ mod tests {
             cpu_percent: 0.0,
         };
         s.ready(1, t0);
-        let (reason, effects) = s.usage(1, mb(312), t0, HORIZON).expect("over the limit");
+        let (reason, effects) = s.usage(1, mb(312), t0, HORIZONS).expect("over the limit");
         assert_eq!(reason, "memory 312.0MB > max_memory 300.0MB");
         assert_eq!(effects, vec![]);
         assert!(s.current.as_ref().is_some_and(|w| w.over_memory));
         assert_eq!(s.replace.as_deref(), Some(reason.as_str()));
-        assert_eq!(s.usage(1, mb(350), t0, HORIZON), None, "asked once");
+        assert_eq!(s.usage(1, mb(350), t0, HORIZONS), None, "asked once");
         // Its replacement starts; the old one keeps growing while it serves: past 1.5× it is
         // stopped at once.
         s.launched(worker(2, 1, &spec, t0));
         assert!(s.replace.is_none());
-        let (reason, effects) = s.usage(1, mb(451), t0, HORIZON).expect("past the ceiling");
+        let (reason, effects) = s.usage(1, mb(451), t0, HORIZONS).expect("past the ceiling");
         assert_eq!(reason, "memory 451.0MB > ceiling 450.0MB");
         assert_eq!(effects, vec![Effect::Terminate { pid: 101 }]);
-        assert_eq!(s.usage(1, mb(500), t0, HORIZON), None, "already stopping");
+        // Still growing while it stops (it ignores SIGTERM): SIGKILL at once, once.
+        let (reason, effects) = s.usage(1, mb(500), t0, HORIZONS).expect("killed");
+        assert_eq!(reason, "memory 500.0MB > ceiling 450.0MB while stopping");
+        assert_eq!(effects, vec![Effect::Kill { pid: 101 }]);
+        assert_eq!(s.usage(1, mb(600), t0, HORIZONS), None, "already killed");
+        // A fast leak still under the limit would pass the ceiling before the next regular
+        // sample (1 s away): stopped now.
+        let mut s = Slot::new(0, spec.clone(), 1);
+        s.launched(worker(1, 1, &spec, t0));
+        s.ready(1, t0);
+        s.usage(1, mb(100), t0, HORIZONS);
+        let (reason, _) = s
+            .usage(1, mb(290), t0 + SEC, HORIZONS)
+            .expect("190 MB/s from 290 MB passes 450 MB within a second");
+        assert!(reason.contains("would pass ceiling 450.0MB"), "{reason}");
         // Growing 10 MB per 100 ms at 441 MB: the next sample would be past 450 MB, so it is
         // stopped now.
         let mut s = Slot::new(0, spec.clone(), 1);
         s.launched(worker(1, 1, &spec, t0));
         s.ready(1, t0);
-        s.usage(1, mb(431), t0, HORIZON);
+        s.usage(1, mb(431), t0, HORIZONS);
         let (reason, effects) = s
-            .usage(1, mb(441), t0 + HORIZON, HORIZON)
+            .usage(1, mb(441), t0 + HORIZON, HORIZONS)
             .expect("predicted past the ceiling");
         assert_eq!(
             reason,
@@ -1027,7 +1072,7 @@ mod tests {
         let mut s = Slot::new(0, spec.clone(), 1);
         s.launched(worker(1, 1, &spec, t0));
         s.ready(1, t0);
-        let (_, effects) = s.usage(1, mb(600), t0, HORIZON).expect("past the ceiling");
+        let (_, effects) = s.usage(1, mb(600), t0, HORIZONS).expect("past the ceiling");
         assert_eq!(effects, vec![Effect::Terminate { pid: 101 }]);
         assert!(s.current.is_none());
     }

@@ -94,6 +94,11 @@ fn listening_inodes(table: &str, port: u16) -> Vec<String> {
         .collect()
 }
 
+/// The process group of `pid`, from `/proc`.
+pub(crate) fn process_group_of(pid: u32) -> Option<u32> {
+    process_group(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
 /// The process group in a `/proc/<pid>/stat` line (field 5, after the command in parens).
 fn process_group(stat: &str) -> Option<u32> {
     let (_, rest) = stat.rsplit_once(')')?;

@@ -99,7 +99,22 @@ pub fn run(files: Vec<(PathBuf, String)>, lines: usize, follow: bool) -> anyhow:
     for (i, (path, label)) in files.into_iter().enumerate() {
         let mut file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
         let meta = file.metadata()?;
-        let text = tail(&mut file, meta.len(), lines)?;
+        let mut text = tail(&mut file, meta.len(), lines)?;
+        // Not enough in the live file: the rotated ones (`.1` newest) hold the rest.
+        for n in 1.. {
+            let have = text.iter().filter(|&&b| b == b'\n').count();
+            if have >= lines {
+                break;
+            }
+            let older = PathBuf::from(format!("{}.{n}", path.display()));
+            let Ok(mut f) = File::open(&older) else {
+                break;
+            };
+            let len = f.metadata()?.len();
+            let mut before = tail(&mut f, len, lines - have)?;
+            before.extend_from_slice(&text);
+            text = before;
+        }
         merged.extend(
             text.split(|&b| b == b'\n')
                 .filter(|l| !l.is_empty())

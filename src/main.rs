@@ -44,11 +44,30 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
+        // `rtsup status | head -1`: the reader is done, so is the command (as ripgrep does).
+        Err(e) if broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("rtsup: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `e` comes from writing to a pipe whose reader has gone.
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Write `text` to stdout; an error (a closed pipe) is returned, never a panic.
+fn out(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -64,7 +83,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             match report.config {
                 Some(c) => {
-                    println!("{}: ok ({} app(s))", file.display(), c.apps.len());
+                    out(&format!(
+                        "{}: ok ({} app(s))\n",
+                        file.display(),
+                        c.apps.len()
+                    ))?;
                     Ok(ExitCode::SUCCESS)
                 }
                 None => Ok(ExitCode::FAILURE),
@@ -118,9 +141,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 bail!("unexpected answer to status");
             };
             if json {
-                println!("{}", serde_json::to_string(&report)?);
+                out(&format!("{}\n", serde_json::to_string(&report)?))?;
             } else {
-                print!("{}", status_table::render(&report));
+                out(&status_table::render(&report))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -131,7 +154,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stop { target, app: None } => {
             let socket = socket(&target)?;
             runtime()?.block_on(control_client::call(&socket, Request::Stop))?;
-            println!("stopped");
+            out("stopped\n")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Scale {
@@ -146,7 +169,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let exe = std::env::current_exe().context("finding the rtsup binary")?;
             let file = std::fs::canonicalize(&file)
                 .with_context(|| format!("resolving {}", file.display()))?;
-            print!("{}", systemd::unit(&exe, &file));
+            out(&systemd::unit(&exe, &file))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Restart {
@@ -188,7 +211,7 @@ fn ask(target: &Target, verb: &str, request: Request) -> anyhow::Result<ExitCode
     };
     let text = report_text::render(verb, &report);
     if report.ok() {
-        print!("{text}");
+        out(&text)?;
         Ok(ExitCode::SUCCESS)
     } else {
         eprint!("{text}");

@@ -247,3 +247,32 @@ fn a_file_that_is_not_toml_leaves_the_default_socket_with_one_warning() {
     );
     assert!(!out.status.success());
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let base = ports::block(2).base;
+    let r = crate::harness::Rtsup::start(&fixture_app("web", 1, base, ""));
+    r.wait_all_ready();
+    let socket = r.socket.display().to_string();
+    for args in [
+        vec!["status", "--socket", &socket],
+        vec!["status", "--json", "--socket", &socket],
+        vec!["logs", "-n", "50", "--socket", &socket],
+    ] {
+        // `rtsup status | head -0`: the reader is gone before rtsup writes.
+        let mut child = Command::new(rtsup_bin())
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?} {err}", out.status);
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe"),
+            "{args:?}: {err}"
+        );
+    }
+}

@@ -198,10 +198,12 @@ fn write(log: &SharedLog, line: &[u8], tail: Option<&Tail>, failed: &mut bool) {
     }
 }
 
-/// A worker's line as stored: without ANSI escape sequences, and without a timestamp of its
-/// own at the start (rtsup's replaces it).
+/// A worker's line as stored: without ANSI escape sequences, without other control characters
+/// (a `\r` or a NUL would let a line overwrite its own label and timestamp on a terminal; tabs
+/// stay), and without a timestamp of its own at the start (rtsup's replaces it).
 pub fn clean(line: &[u8]) -> Vec<u8> {
-    let plain = strip_ansi(line);
+    let mut plain = strip_ansi(line);
+    plain.retain(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f));
     let skip = leading_timestamp(&plain);
     plain[skip..].to_vec()
 }
@@ -333,12 +335,13 @@ mod tests {
 
     #[test]
     fn colours_and_the_workers_own_timestamps_are_removed() {
-        let cases: [(&[u8], &str); 7] = [
+        let cases: [(&[u8], &str); 8] = [
             (b"\x1b[32minfo\x1b[0m: listening", "info: listening"),
             (b"2026-11-23T10:00:00.123Z listening", "listening"),
             (b"[2026-11-23 10:00:00,123] INFO x", "INFO x"),
             (b"2026-11-23 10:00:00+01:00 - started", "started"),
             (b"\x1b]0;title\x07plain", "plain"),
+            (b"over\rwrite\x00\x01\tkept", "overwrite\tkept"),
             (b"2026 is a year", "2026 is a year"),
             (
                 b"[2026-11-23 10:00:00 unclosed",

@@ -404,7 +404,7 @@ fn app_section(
                         "must be at least max_memory",
                     );
                 }
-                (Some(_), None) => {
+                (Some(_), None) if app.max_memory.is_none() => {
                     rep.at(
                         Some(c.span()),
                         key("memory_ceiling"),

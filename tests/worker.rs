@@ -233,6 +233,14 @@ fn jwt_auth_and_the_per_socket_rate_limit() {
             .is_some_and(|e| e.contains("invalid token")),
         "{s}"
     );
+    assert_eq!(
+        s["forever"]["ok"], false,
+        "a token without exp is refused: {s}"
+    );
+    assert_eq!(
+        s["forever"]["error"], "invalid token",
+        "no library internals reach the client: {s}"
+    );
     assert_eq!(s["anonymous"]["ok"], false, "{s}");
     assert!(
         s["anonymous"]["error"]
@@ -246,6 +254,10 @@ fn jwt_auth_and_the_per_socket_rate_limit() {
         "200 events at 20/s should mostly be refused: {s}"
     );
     assert_eq!(s["stillConnected"], true, "{s}");
+    assert_eq!(
+        s["flooderDisconnected"], true,
+        "a client that keeps ignoring its limit is disconnected: {s}"
+    );
 }
 
 #[test]

@@ -1,9 +1,10 @@
 // Auth and rate limiting of rtsup-worker with the official client. Prints one JSON line.
 //   node auth.js URL SECRET
 // - a token signed with SECRET connects as its user;
-// - a token signed with another secret, and no token at all, get connect_error;
+// - a token signed with another secret, one without `exp`, and no token at all get
+//   connect_error ("invalid token" says nothing more);
 // - 200 events in a burst: the excess is answered with error{code:"rate_limited"} and the
-//   socket stays connected.
+//   socket stays connected; a client that keeps going (600 more) is disconnected.
 const crypto = require("crypto");
 const { io } = require("socket.io-client");
 
@@ -23,10 +24,13 @@ const attempt = (auth) => new Promise((resolve) => {
 
 async function main() {
   const result = {};
-  const good = await attempt({ token: jwt({ sub: "u42", name: "Ada" }, secret) });
+  const exp = Math.floor(Date.now() / 1000) + 3600;
+  const good = await attempt({ token: jwt({ sub: "u42", name: "Ada", exp }, secret) });
   result.good = { ok: good.ok, user: good.user };
-  const forged = await attempt({ token: jwt({ sub: "u42" }, "not-the-secret") });
+  const forged = await attempt({ token: jwt({ sub: "u42", exp }, "not-the-secret") });
   result.forged = { ok: forged.ok, error: forged.error };
+  const forever = await attempt({ token: jwt({ sub: "u42" }, secret) });
+  result.forever = { ok: forever.ok, error: forever.error };
   const anonymous = await attempt({});
   result.anonymous = { ok: anonymous.ok, error: anonymous.error };
   const s = good.socket;
@@ -40,6 +44,11 @@ async function main() {
   result.burstMs = Date.now() - t0;
   result.stillConnected = s.connected && who.user.id === "u42";
   s.close();
+  const flooder = (await attempt({ token: jwt({ sub: "u43", exp }, secret) })).socket;
+  const gone = new Promise((r) => flooder.once("disconnect", () => r(true)));
+  for (let i = 0; i < 800; i++) flooder.emit("typing", { room: "r", typing: true });
+  result.flooderDisconnected = await Promise.race([gone, new Promise((r) => setTimeout(() => r(false), 5000))]);
+  flooder.close();
   console.log(JSON.stringify(result));
   process.exit(0);
 }

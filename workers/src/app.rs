@@ -24,7 +24,7 @@ use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, SocketRef, State, TryData};
 use tracing::warn;
 
-use crate::auth::{AuthError, User, authenticate};
+use crate::auth::{AuthError, User, authenticate_with_leeway};
 use crate::rate_limit::TokenBucket;
 
 /// What every handler may need to know about this worker.
@@ -42,6 +42,8 @@ pub struct WorkerInfo {
     pub jwt_secret: Option<String>,
     /// Whether guests may connect.
     pub allow_guests: bool,
+    /// Seconds of clock skew tolerated on a token's `exp`.
+    pub jwt_leeway: u64,
 }
 
 /// Shared handle to the worker info (socketioxide state).
@@ -60,11 +62,12 @@ pub async fn authenticate_socket<A: Adapter>(
     State(info): State<Info>,
 ) -> Result<(), AuthError> {
     let auth = auth.ok();
-    let user = authenticate(
+    let user = authenticate_with_leeway(
         auth.as_ref(),
         info.jwt_secret.as_deref(),
         info.allow_guests,
         &s.id.to_string(),
+        info.jwt_leeway,
     )?;
     s.extensions.insert(user);
     Ok(())
@@ -102,10 +105,19 @@ fn allowed<A: Adapter>(s: &SocketRef<A>, event: &str) -> bool {
     };
     let verdict = bucket
         .lock()
-        .map(|mut b| (b.try_take(Instant::now()), b.retry_after()));
+        .map(|mut b| (b.try_take(Instant::now()), b.retry_after(), b.exhausted()));
     match verdict {
-        Ok((true, _)) | Err(_) => true,
-        Ok((false, retry)) => {
+        Ok((true, _, _)) | Err(_) => true,
+        Ok((false, _, true)) => {
+            tracing::warn!(socket = %s.id, "disconnecting a client that keeps ignoring its rate limit");
+            let _ = s.emit(
+                "error",
+                &json!({"code": "rate_limited", "event": event, "disconnect": true}),
+            );
+            let _ = s.clone().disconnect();
+            false
+        }
+        Ok((false, retry, false)) => {
             let _ = s.emit(
                 "error",
                 &json!({"code": "rate_limited", "event": event, "retry_after_ms": retry.as_millis() as u64}),

@@ -10,6 +10,7 @@
 //! | `RTSUP_EMIT_TOKEN` | bearer token of `POST /emit`; unset disables the webhook | none |
 //! | `RTSUP_JWT_SECRET` | HS256 secret for `auth.token` | none |
 //! | `RTSUP_ALLOW_GUESTS` | accept connections without a token | true without a secret |
+//! | `RTSUP_JWT_LEEWAY` | clock skew tolerated on a token's `exp` (which is required), seconds | 60 |
 //! | `RTSUP_RATE_LIMIT` | client events per second per socket (burst the same) | 20 |
 //! | `RTSUP_LISTEN_HOST` | listen address | 127.0.0.1 |
 //! | `RTSUP_MAX_BUFFER` | packets queued per socket before socketioxide drops it | 4096 |
@@ -38,6 +39,8 @@ pub struct WorkerConfig {
     pub jwt_secret: Option<String>,
     /// Whether connections without a token are accepted.
     pub allow_guests: bool,
+    /// Seconds of clock skew tolerated on `exp`.
+    pub jwt_leeway: u64,
     /// Client events per second per socket.
     pub rate_limit: u32,
     /// Packets queued per socket before it is dropped. socketioxide's default (128) drops
@@ -109,6 +112,12 @@ impl WorkerConfig {
             emit_token: get("RTSUP_EMIT_TOKEN"),
             jwt_secret,
             allow_guests,
+            jwt_leeway: parse(
+                "RTSUP_JWT_LEEWAY",
+                get("RTSUP_JWT_LEEWAY"),
+                "must be a number of seconds",
+            )?
+            .unwrap_or(crate::auth::DEFAULT_JWT_LEEWAY_SECS),
             rate_limit: parse(
                 "RTSUP_RATE_LIMIT",
                 get("RTSUP_RATE_LIMIT"),

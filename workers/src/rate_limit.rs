@@ -2,6 +2,10 @@
 
 use std::time::{Duration, Instant};
 
+/// Refused events in a row after which a socket is disconnected: a client that keeps hammering
+/// past its limit is misbehaving, not bursting.
+pub const MAX_REFUSED_IN_A_ROW: u32 = 200;
+
 /// Tokens refill continuously; each client event takes one.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
@@ -9,6 +13,8 @@ pub struct TokenBucket {
     tokens: f64,
     per_sec: f64,
     last: Instant,
+    /// Events refused since the last one allowed.
+    refused: u32,
 }
 
 impl TokenBucket {
@@ -20,7 +26,13 @@ impl TokenBucket {
             tokens: r,
             per_sec: r,
             last: now,
+            refused: 0,
         }
+    }
+
+    /// Whether the client has been refused [`MAX_REFUSED_IN_A_ROW`] times in a row.
+    pub fn exhausted(&self) -> bool {
+        self.refused >= MAX_REFUSED_IN_A_ROW
     }
 
     /// Take a token at `now`; false when the bucket is empty (the event is rejected).
@@ -30,8 +42,10 @@ impl TokenBucket {
         self.tokens = (self.tokens + elapsed.as_secs_f64() * self.per_sec).min(self.capacity);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
+            self.refused = 0;
             true
         } else {
+            self.refused = self.refused.saturating_add(1);
             false
         }
     }
@@ -58,5 +72,21 @@ mod tests {
         // Long idle never overfills.
         let later = t0 + Duration::from_secs(60);
         assert_eq!((0..10).filter(|_| b.try_take(later)).count(), 5);
+    }
+
+    #[test]
+    fn sustained_refusals_exhaust_the_client() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(1, t0);
+        assert!(b.try_take(t0));
+        for _ in 0..MAX_REFUSED_IN_A_ROW - 1 {
+            assert!(!b.try_take(t0));
+        }
+        assert!(!b.exhausted());
+        assert!(!b.try_take(t0));
+        assert!(b.exhausted());
+        // One allowed event resets the count.
+        assert!(b.try_take(t0 + Duration::from_secs(2)));
+        assert!(!b.exhausted());
     }
 }

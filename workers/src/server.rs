@@ -75,6 +75,7 @@ pub async fn run(cfg: WorkerConfig) -> anyhow::Result<()> {
         rate_limit: cfg.rate_limit,
         jwt_secret: cfg.jwt_secret.clone(),
         allow_guests: cfg.allow_guests,
+        jwt_leeway: cfg.jwt_leeway,
     });
     if let Some(url) = &cfg.redis_url {
         let ctr = adapter::redis(url, &cfg.prefix)

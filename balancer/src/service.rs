@@ -295,9 +295,6 @@ impl ProxyHttp for Balancer {
         ctx.snap = Some(snap);
         let upgrade = session.is_upgrade_req();
         if upgrade {
-            // Upgraded connections idle between engine.io pings; their liveness is the
-            // worker's business, not a proxy read timeout.
-            session.set_read_timeout(None);
             ctx.upstream = Some((self.upgrades.next_id(), Arc::default()));
         }
         if ctx.engineio && !self.config.unsticky {
@@ -426,6 +423,10 @@ impl ProxyHttp for Balancer {
         if status == 101
             && let Some(id) = &ctx.backend_id
         {
+            // Upgraded for real: the connection now idles between engine.io pings, and its
+            // liveness is the worker's business, not a proxy read timeout. A request that only
+            // asked for an upgrade keeps the timeout (it would stick to a kept-alive connection).
+            session.set_read_timeout(None);
             ctx.websocket = true;
             self.metrics.websockets.add(id, 1);
             ctx.frames = Some(FrameTracker::default());

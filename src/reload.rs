@@ -41,7 +41,7 @@ impl DaemonReloader {
         let result = self.reload_inner().await;
         self.notifier.ready(match &result {
             Ok(r) if r.ok() => "reloaded",
-            _ => "reload failed; previous workers kept",
+            _ => "reload incomplete: failed slots kept their previous workers",
         });
         result
     }

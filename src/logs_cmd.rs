@@ -90,7 +90,13 @@ pub fn find(
 /// UTC timestamp, so they sort as text), each labelled with its worker and stream or `rtsup`
 /// for the supervisor's events; then with `follow` keep printing what is added (a rotated file
 /// is reopened from its start).
-pub fn run(files: Vec<(PathBuf, String)>, lines: usize, follow: bool) -> anyhow::Result<()> {
+/// With `slot`, the supervisor's event lines about other slots are left out.
+pub fn run(
+    files: Vec<(PathBuf, String)>,
+    slot: Option<u16>,
+    lines: usize,
+    follow: bool,
+) -> anyhow::Result<()> {
     let stdout = io::stdout();
     let mut out = stdout.lock();
     let prefix = files.len() > 1;
@@ -115,9 +121,10 @@ pub fn run(files: Vec<(PathBuf, String)>, lines: usize, follow: bool) -> anyhow:
             before.extend_from_slice(&text);
             text = before;
         }
+        let events = label.ends_with(" rtsup");
         merged.extend(
             text.split(|&b| b == b'\n')
-                .filter(|l| !l.is_empty())
+                .filter(|l| !l.is_empty() && (!events || about_slot(l, slot)))
                 .map(|l| (l.to_vec(), i)),
         );
         followed.push(Followed {
@@ -160,10 +167,23 @@ pub fn run(files: Vec<(PathBuf, String)>, lines: usize, follow: bool) -> anyhow:
                 continue;
             };
             f.offset += end as u64 + 1;
-            emit(&mut out, prefix.then_some(f.label.as_str()), &buf[..=end])?;
+            let events = f.label.ends_with(" rtsup");
+            for line in buf[..=end].split_inclusive(|&b| b == b'\n') {
+                if !events || about_slot(line, slot) {
+                    emit(&mut out, prefix.then_some(f.label.as_str()), line)?;
+                }
+            }
         }
         out.flush()?;
     }
+}
+
+/// Whether an event line (`<stamp> slot 3: …` or `<stamp> reload: …`) concerns `slot`: app-wide
+/// events always do.
+fn about_slot(line: &[u8], slot: Option<u16>) -> bool {
+    let Some(slot) = slot else { return true };
+    let message = line.splitn(2, |&b| b == b' ').nth(1).unwrap_or_default();
+    !message.starts_with(b"slot ") || message.starts_with(format!("slot {slot}:").as_bytes())
 }
 
 /// The timestamp a stored line starts with (up to the first space).
@@ -224,6 +244,19 @@ fn emit(out: &mut impl Write, label: Option<&str>, text: &[u8]) -> io::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_lines_of_other_slots_are_left_out() {
+        let line = b"2026-11-23T10:00:00.000Z slot 1: worker 2 ready";
+        assert!(about_slot(line, None));
+        assert!(about_slot(line, Some(1)));
+        assert!(!about_slot(line, Some(0)));
+        assert!(!about_slot(b"2026-11-23T10:00:00.000Z slot 10: x", Some(1)));
+        assert!(about_slot(
+            b"2026-11-23T10:00:00.000Z reload: revision 2",
+            Some(0)
+        ));
+    }
 
     #[test]
     fn tail_takes_last_lines() {

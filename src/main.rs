@@ -195,7 +195,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if files.is_empty() {
                 bail!("no worker log files in {} ({from})", dir.display());
             }
-            logs_cmd::run(files, lines, follow)?;
+            logs_cmd::run(files, slot, lines, follow)?;
             Ok(ExitCode::SUCCESS)
         }
     }

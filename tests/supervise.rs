@@ -684,6 +684,11 @@ fn logs_merge_workers_and_supervisor_events_by_time_without_colours_or_double_st
     let mut sorted = stamps.clone();
     sorted.sort();
     assert_eq!(stamps, sorted, "in time order:\n{logs}");
+    // One slot: its own events only.
+    let one = r.cli(&["logs", "-n", "200", "web:0"]);
+    let one = String::from_utf8_lossy(&one.stdout).into_owned();
+    assert!(one.contains("slot 0: worker 1 ready"), "{one}");
+    assert!(!one.contains("slot 1:"), "{one}");
 }
 
 #[test]

@@ -78,7 +78,8 @@ impl Tail {
             if lines.len() == TAIL_LINES {
                 lines.pop_front();
             }
-            lines.push_back(String::from_utf8_lossy(line).into_owned());
+            // One line of a status table: tabs would break its columns.
+            lines.push_back(String::from_utf8_lossy(line).replace('\t', " "));
         }
     }
 
@@ -204,8 +205,14 @@ fn write(log: &SharedLog, line: &[u8], tail: Option<&Tail>, failed: &mut bool) {
 pub fn clean(line: &[u8]) -> Vec<u8> {
     let mut plain = strip_ansi(line);
     plain.retain(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f));
-    let skip = leading_timestamp(&plain);
-    plain[skip..].to_vec()
+    // Invalid UTF-8 becomes U+FFFD; C1 controls (U+0080–U+009F, e.g. the 8-bit CSI) and the
+    // bidirectional overrides that reorder what a terminal shows are dropped.
+    let text: String = String::from_utf8_lossy(&plain)
+        .chars()
+        .filter(|c| !matches!(c, '\u{80}'..='\u{9f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'))
+        .collect();
+    let skip = leading_timestamp(text.as_bytes());
+    text.as_bytes()[skip..].to_vec()
 }
 
 /// `line` without ANSI escape sequences: CSI (`ESC [ … final`), OSC (`ESC ] … BEL|ESC \`)
@@ -335,13 +342,15 @@ mod tests {
 
     #[test]
     fn colours_and_the_workers_own_timestamps_are_removed() {
-        let cases: [(&[u8], &str); 8] = [
+        let cases: [(&[u8], &str); 10] = [
             (b"\x1b[32minfo\x1b[0m: listening", "info: listening"),
             (b"2026-11-23T10:00:00.123Z listening", "listening"),
             (b"[2026-11-23 10:00:00,123] INFO x", "INFO x"),
             (b"2026-11-23 10:00:00+01:00 - started", "started"),
             (b"\x1b]0;title\x07plain", "plain"),
             (b"over\rwrite\x00\x01\tkept", "overwrite\tkept"),
+            ("c1\u{9b}31m \u{202e}evil".as_bytes(), "c131m evil"),
+            (b"bad\xff\xfe!", "bad\u{fffd}\u{fffd}!"),
             (b"2026 is a year", "2026 is a year"),
             (
                 b"[2026-11-23 10:00:00 unclosed",

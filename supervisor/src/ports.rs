@@ -40,21 +40,22 @@ impl PortMap {
             .chain(own.clone())
             .chain(own.end..=u32::from(u16::MAX))
             .filter_map(|p| u16::try_from(p).ok())
-            .find(|&p| self.free_for(app, p, &own))?;
+            .find(|&p| self.free_for(app, p))?;
         self.held.insert(port);
         Some(port)
     }
 
-    fn free_for(&self, app: &str, port: u16, own: &Range<u32>) -> bool {
+    fn free_for(&self, app: &str, port: u16) -> bool {
         if port == 0 || self.held.contains(&port) || self.reserved.contains(&port) {
             return false;
         }
+        // Another app's configured range is never taken, even where this app's range (grown
+        // by `scale`) reaches into it.
         let p = u32::from(port);
-        own.contains(&p)
-            || !self
-                .ranges
-                .iter()
-                .any(|(name, r)| name != app && r.contains(&p))
+        !self
+            .ranges
+            .iter()
+            .any(|(name, r)| name != app && r.contains(&p))
     }
 }
 
@@ -98,6 +99,13 @@ mod tests {
         let p2 = m.allocate("a", 5000, 1, 0);
         assert_eq!(p1, Some(5001));
         assert_eq!(p2, Some(5002));
+    }
+
+    #[test]
+    fn a_scaled_up_range_never_takes_another_apps_ports() {
+        // App a scaled to 6 slots: its range would reach 5000..5012, over app b's 5008..5012.
+        let held: Vec<u16> = (5000..5008).collect();
+        assert_eq!(map(&held).allocate("a", 5000, 6, 0), Some(5012));
     }
 
     #[test]

@@ -572,7 +572,10 @@ fn ready_outcome(
             _ => Outcome::Replaced { generation },
         });
     }
+    // `start APP` wants the app running: after a newer spec failed, the slot comes up on the
+    // spec in force, so only an errored slot fails it.
     if let Some(tries) = &slot.tries
+        && t.expect != Expect::Start
         && tries.rev >= goal
         && tries.failed >= MAX_TRIES
         && tries.generation > t.since

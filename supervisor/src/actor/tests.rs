@@ -694,6 +694,27 @@ async fn after_a_failed_reload_scale_start_and_restart_run_the_spec_in_force() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn starting_a_stopped_app_whose_new_config_is_broken_runs_the_old_one() {
+    let r = rig(vec![app_spec("a", 2, 5000, "good")]);
+    r.all_ready("a", 2).await;
+    assert!(r.handle.stop_app("a").await.expect("report").ok());
+    let reload = r
+        .handle
+        .reload(vec![app_spec("a", 2, 5000, "missing")])
+        .await
+        .expect("report");
+    assert_eq!(outcomes(&reload), vec!["a:0 unchanged", "a:1 unchanged"]);
+    let started = r.handle.start_app("a").await.expect("report");
+    assert_eq!(
+        outcomes(&started),
+        vec!["a:0 started", "a:1 started"],
+        "the report says how the slots end: running, on the spec in force"
+    );
+    r.all_ready("a", 2).await;
+    r.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn scaling_back_up_while_slots_drain_waits_for_the_new_workers() {
     let r = rig(vec![app_spec("a", 4, 5000, "good")]);
     r.all_ready("a", 4).await;

@@ -485,12 +485,7 @@ fn check_port_overlaps(raw: &RawConfig, apps: &[(usize, AppSpec)], rep: &mut Rep
         if let Some((&p, &other)) = taken.range(range.clone()).next() {
             let other = &apps[other].1;
             let p = u16::try_from(p).unwrap_or(u16::MAX);
-            let span = raw
-                .app
-                .get(*i)
-                .and_then(Option::as_ref)
-                .and_then(|s| s.value.port.as_ref())
-                .map(Spanned::span);
+            let span = port_span(raw, *i);
             rep.at(
                 span,
                 format!("app[{i}].port"),
@@ -688,6 +683,15 @@ fn admin_section(a: Option<&Section<RawAdmin>>, rep: &mut Reporter<'_>) -> Optio
     })
 }
 
+/// Where `app[i].port` is written, when it is.
+fn port_span(raw: &RawConfig, i: usize) -> Option<Range<usize>> {
+    raw.app
+        .get(i)
+        .and_then(Option::as_ref)
+        .and_then(|s| s.value.port.as_ref())
+        .map(Spanned::span)
+}
+
 fn span_of<T>(v: Option<&Spanned<T>>) -> Option<Range<usize>> {
     v.map(Spanned::span)
 }
@@ -773,12 +777,7 @@ pub fn environment(raw: &RawConfig, v: &Validated, rep: &mut Reporter<'_>) {
         }
     }
     for (i, app) in &v.apps {
-        let span = raw
-            .app
-            .get(*i)
-            .and_then(Option::as_ref)
-            .and_then(|s| s.value.port.as_ref())
-            .map(Spanned::span);
+        let span = port_span(raw, *i);
         for p in app.port..app.port.saturating_add(app.instances) {
             if let Some(busy) = busy(SocketAddr::from(([127, 0, 0, 1], p))) {
                 rep.warn(span.clone(), format!("app[{i}].port"), busy);

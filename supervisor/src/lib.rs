@@ -15,7 +15,7 @@ mod effects;
 pub mod fleet;
 mod handle;
 mod memory;
-pub mod output;
+mod output;
 mod ports;
 mod process;
 mod readiness;

@@ -206,3 +206,20 @@ fn clients_that_hang_up_mid_body_are_counted_not_logged_as_errors() {
         .count();
     assert_eq!(errors, 0, "{}", r.daemon_log());
 }
+
+#[test]
+fn pipelined_requests_are_all_answered_in_order() {
+    let (_r, lb) = cluster();
+    let mut c = TcpStream::connect(("127.0.0.1", lb)).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    // Three requests in one write; the last one closes the connection.
+    c.write_all(
+        b"GET /first HTTP/1.1\r\nHost: x\r\n\r\nGET /second HTTP/1.1\r\nHost: x\r\n\r\nGET /third HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .expect("write");
+    let mut resp = String::new();
+    let _ = c.read_to_string(&mut resp);
+    let answers = resp.matches("HTTP/1.1 200").count();
+    assert_eq!(answers, 3, "every pipelined request is answered:\n{resp}");
+}

@@ -209,6 +209,10 @@ impl ProxyHttp for Balancer {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // Requests a client sends back to back on one connection (HTTP/1.1 pipelining) are
+        // answered in order, each routed on its own; without this pingora answers the first
+        // and drops the rest.
+        session.set_pipelining_enabled(true);
         let path = session.req_header().uri.path();
         ctx.engineio = path.starts_with(&self.config.engineio_path)
             || path == self.config.engineio_path.trim_end_matches('/');

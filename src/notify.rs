@@ -462,6 +462,14 @@ mod tests {
     }
 
     /// The messages received so far.
+    /// Let a ping in flight finish, then nothing more may come for several periods.
+    async fn assert_silent(sock: &UnixDatagram, period: Duration, why: &str) {
+        tokio::time::sleep(period).await;
+        drain(sock);
+        tokio::time::sleep(period * 4).await;
+        assert_eq!(drain(sock), Vec::<String>::new(), "{why}");
+    }
+
     fn drain(sock: &UnixDatagram) -> Vec<String> {
         let mut out = Vec::new();
         let mut buf = [0u8; 4096];
@@ -503,15 +511,7 @@ mod tests {
         }));
         assert!(watchdogs(&sock, 3, Duration::from_secs(10)).await >= 3);
         tx.send(false).expect("send");
-        // Let a ping in flight finish, then nothing more may come for several periods.
-        tokio::time::sleep(period).await;
-        drain(&sock);
-        tokio::time::sleep(period * 4).await;
-        assert_eq!(
-            drain(&sock),
-            Vec::<String>::new(),
-            "no WATCHDOG=1 when stuck"
-        );
+        assert_silent(&sock, period, "no WATCHDOG=1 when stuck").await;
         let _ = tx.send(true);
         assert!(
             watchdogs(&sock, 1, Duration::from_secs(10)).await >= 1,
@@ -548,14 +548,7 @@ mod tests {
         );
         handle.stop().await;
         actor.await.expect("actor ended");
-        tokio::time::sleep(period).await;
-        drain(&sock);
-        tokio::time::sleep(period * 4).await;
-        assert_eq!(
-            drain(&sock),
-            Vec::<String>::new(),
-            "no WATCHDOG=1 after the actor ended"
-        );
+        assert_silent(&sock, period, "no WATCHDOG=1 after the actor ended").await;
         task.abort();
     }
 

@@ -62,6 +62,49 @@ fn raise_fd_limit() {
     }
 }
 
+/// The balancer's bounds on clients from its config, with the connection cap no higher than
+/// the open-files limit allows (see [`balancer::connections::budget`]).
+fn client_limits(b: &crate::config::BalancerConfig) -> balancer::server::ClientLimits {
+    use nix::sys::resource::{Resource, getrlimit};
+    let l = &b.limits;
+    let nofile = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft);
+    let open_now = std::fs::read_dir("/proc/self/fd").map_or(64, |d| d.count() as u64);
+    let budget = balancer::connections::budget(nofile, open_now, balancer::server::UPSTREAM_POOL);
+    let (pool, budget) = (budget.pool, budget.connections);
+    let total = match l.max_connections {
+        Some(n) if n > budget => {
+            warn!(
+                max_connections = n,
+                budget,
+                open_files_limit = nofile,
+                "balancer.max_connections is more than the open files limit allows; using {budget}"
+            );
+            budget
+        }
+        Some(n) => n,
+        None => budget,
+    };
+    info!(
+        max_connections = total,
+        per_address = l.max_connections_per_address,
+        "balancer connection caps"
+    );
+    balancer::server::ClientLimits {
+        upstream_pool: pool,
+        request: balancer::server::RequestLimits {
+            max_request_line: l.max_request_line,
+            max_header: l.max_header,
+            header_timeout: l.header_timeout,
+            keepalive_timeout: l.keepalive_timeout,
+        },
+        caps: balancer::connections::ConnectionCaps {
+            total,
+            per_address: l.max_connections_per_address,
+            exempt: b.trusted_proxies.clone(),
+        },
+    }
+}
+
 /// Stop the proxy (it stops accepting, gives the requests it accepted its grace period, then
 /// closes), once; later calls do nothing.
 pub async fn stop_proxy(proxy: &std::sync::Mutex<Option<balancer::server::ProxyHandle>>) {
@@ -152,8 +195,13 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
                     unsticky: b.unsticky,
                     session_rate: b.session_rate,
                     session_burst: b.session_burst,
+                    timeouts: balancer::service::ClientTimeouts {
+                        body: b.limits.body_timeout,
+                        send: b.limits.send_timeout,
+                    },
                 },
                 max_sessions: balancer::sid_table::DEFAULT_MAX_SESSIONS,
+                limits: client_limits(b),
             };
             match balancer::server::spawn(settings, rx) {
                 Ok(p) => {

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use crate::harness::{Rtsup, fixture_app, http_get, ports, wait_until};
+use crate::harness::{Rtsup, fixture_app, handshake_from, http_get, metric, ports, wait_until};
 
 fn cluster() -> (Rtsup, u16) {
     let base = ports::block(5).base;
@@ -94,46 +94,6 @@ fn slowloris_clients_do_not_starve_others() {
     assert!(http_get(lb, "/").is_ok());
 }
 
-/// A handshake (`GET /socket.io/?EIO=4&transport=polling`) from local address `from`; returns
-/// the status and the `Retry-After` header.
-fn handshake_from(from: [u8; 4], port: u16) -> (u16, Option<String>) {
-    let socket = std::net::TcpStream::connect_timeout(
-        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_secs(5),
-    );
-    // Bind the client side to `from` when it is not 127.0.0.1 (the whole 127/8 is loopback).
-    let mut c = if from == [127, 0, 0, 1] {
-        socket.expect("connect")
-    } else {
-        let s = nix::sys::socket::socket(
-            nix::sys::socket::AddressFamily::Inet,
-            nix::sys::socket::SockType::Stream,
-            nix::sys::socket::SockFlag::empty(),
-            None,
-        )
-        .expect("socket");
-        let local = nix::sys::socket::SockaddrIn::new(from[0], from[1], from[2], from[3], 0);
-        nix::sys::socket::bind(std::os::fd::AsRawFd::as_raw_fd(&s), &local).expect("bind");
-        let remote = nix::sys::socket::SockaddrIn::new(127, 0, 0, 1, port);
-        nix::sys::socket::connect(std::os::fd::AsRawFd::as_raw_fd(&s), &remote).expect("connect");
-        std::net::TcpStream::from(s)
-    };
-    c.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    c.write_all(
-        b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .expect("write");
-    let mut resp = Vec::new();
-    let _ = c.read_to_end(&mut resp);
-    let text = String::from_utf8_lossy(&resp);
-    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let retry = text
-        .lines()
-        .find_map(|l| l.strip_prefix("retry-after: ").map(str::to_string));
-    (status, retry)
-}
-
 #[test]
 fn a_session_flood_from_one_address_gets_429_and_others_are_served() {
     let base = ports::block(5).base;
@@ -178,21 +138,7 @@ fn clients_that_hang_up_mid_body_are_counted_not_logged_as_errors() {
     }
     assert!(http_get(lb, "/").is_ok(), "still serving");
     wait_until("the failures counted", || {
-        let s = r.try_status()?;
-        let admin_port = r
-            .daemon_log()
-            .lines()
-            .find(|l| l.contains("admin listening"))
-            .and_then(|l| l.split("127.0.0.1:").nth(1))
-            .and_then(|p| p.split('"').next())
-            .and_then(|p| p.parse::<u16>().ok())
-            .ok_or(format!("no admin port: {s}"))?;
-        let metrics = http_get(admin_port, "/metrics")?;
-        let n = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("rtsup_balancer_client_errors_total "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0);
+        let n = metric(&r, "rtsup_balancer_client_errors_total")?;
         if n >= 10 {
             Ok(())
         } else {

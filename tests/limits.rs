@@ -4,22 +4,7 @@
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Rtsup, fixture_app, ports, wait_until};
-
-/// CPU time (user + system, in clock ticks) the process has used so far.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // Fields after the command: state is [0], utime is [11], stime is [12].
-    let get = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    get(11) + get(12)
-}
+use crate::harness::{Rtsup, cpu_ticks, fixture_app, ports, wait_until};
 
 #[test]
 fn out_of_file_descriptors_the_daemon_keeps_answering_and_does_not_spin() {

@@ -6,6 +6,7 @@ mod harness;
 mod bad_input;
 mod cli;
 mod config_check;
+mod hostile;
 mod limits;
 mod observe;
 mod reload;

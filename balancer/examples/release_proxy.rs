@@ -15,7 +15,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use balancer::service::RoutingConfig;
+use balancer::server::ClientLimits;
+use balancer::service::{ClientTimeouts, RoutingConfig};
 use balancer::{Backend, BackendSet, BackendState, BalancerSettings, NewSessions};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
@@ -53,8 +54,10 @@ async fn main() -> Result<(), String> {
             unsticky: false,
             session_rate: 0,
             session_burst: 0,
+            timeouts: ClientTimeouts::default(),
         },
         max_sessions: 1_000_000,
+        limits: ClientLimits::default(),
     };
     let proxy = balancer::server::spawn(settings, rx).map_err(|e| e.to_string())?;
     println!("{{\"listening\":\"{listen}\"}}");

@@ -11,8 +11,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+#[cfg(feature = "proxy")]
+pub mod admission;
 pub mod affinity;
 pub mod client_ip;
+pub mod connections;
 pub mod engineio;
 pub mod loads;
 #[cfg(feature = "proxy")]

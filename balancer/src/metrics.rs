@@ -8,9 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::connections::Refusal;
 use crate::loads::Loads;
 
 /// Why a request went where it went, or why it was answered by the balancer itself.
@@ -44,6 +46,46 @@ pub struct RouteLabels {
     pub kind: RouteLabel,
 }
 
+/// Why a connection was refused at the door.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RefusalLabel {
+    /// The proxy held its whole connection budget (503).
+    total,
+    /// The client's address held its share (429).
+    per_address,
+}
+
+/// Label set of the refused-connections counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// Which cap.
+    pub cap: RefusalLabel,
+}
+
+/// What went wrong reading a request header.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum HeaderErrorLabel {
+    /// Not whole within the header timeout (closed).
+    timeout,
+    /// Malformed (400).
+    malformed,
+    /// Request line too long (414).
+    line_too_long,
+    /// Header too large (431).
+    too_large,
+    /// The client closed or broke the connection mid-header.
+    closed,
+}
+
+/// Label set of the header-errors counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HeaderErrorLabels {
+    /// What went wrong.
+    pub kind: HeaderErrorLabel,
+}
+
 /// Label set of the request counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabels {
@@ -71,6 +113,12 @@ pub struct BalancerMetrics {
     pub websockets: Arc<Loads>,
     /// Balancer-answered "Session ID unknown" (both kinds), for `rtsup status`.
     pub sid_unknown_total: Arc<AtomicU64>,
+    /// Connections refused by a cap.
+    pub refused: Family<RefusalLabels, Counter>,
+    /// Client connections open now.
+    pub connections: Gauge,
+    /// Request headers that could not be read, by what went wrong.
+    pub header_errors: Family<HeaderErrorLabels, Counter>,
 }
 
 impl Default for BalancerMetrics {
@@ -85,6 +133,9 @@ impl Default for BalancerMetrics {
             latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             websockets: Arc::new(Loads::default()),
             sid_unknown_total: Arc::new(AtomicU64::new(0)),
+            refused: Family::default(),
+            connections: Gauge::default(),
+            header_errors: Family::default(),
         }
     }
 }
@@ -96,6 +147,22 @@ impl BalancerMetrics {
         if matches!(kind, RouteLabel::sid_unknown | RouteLabel::dead_worker) {
             self.sid_unknown_total.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Count one refused connection.
+    pub fn refused(&self, refusal: Refusal) {
+        let cap = match refusal {
+            Refusal::Total => RefusalLabel::total,
+            Refusal::PerAddress => RefusalLabel::per_address,
+        };
+        self.refused.get_or_create(&RefusalLabels { cap }).inc();
+    }
+
+    /// Count one request header that could not be read.
+    pub fn header_error(&self, kind: HeaderErrorLabel) {
+        self.header_errors
+            .get_or_create(&HeaderErrorLabels { kind })
+            .inc();
     }
 
     /// Register every metric under the `balancer_` prefix (below the registry's own).
@@ -121,6 +188,21 @@ impl BalancerMetrics {
             "upstream_errors",
             "Failures reaching a worker",
             self.upstream_errors.clone(),
+        );
+        sub.register(
+            "connections",
+            "Client connections open now",
+            self.connections.clone(),
+        );
+        sub.register(
+            "connections_refused",
+            "Client connections refused by a cap, by cap",
+            self.refused.clone(),
+        );
+        sub.register(
+            "header_errors",
+            "Request headers that could not be read (timeout, malformed, too long, closed)",
+            self.header_errors.clone(),
         );
         sub.register(
             "request_duration_seconds",

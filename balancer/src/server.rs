@@ -9,14 +9,19 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::proxy::http_proxy_service;
+use pingora::apps::HttpServerOptions;
+pub use pingora::protocols::http::v1::server::RequestLimits;
+use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::listening::Service;
 use tokio::sync::{oneshot, watch};
 use tracing::info;
 
 use crate::BackendSet;
+use crate::admission::Admission;
 use crate::affinity::CookieSigner;
+use crate::connections::{ConnectionCaps, Connections};
 use crate::loads::Loads;
 use crate::metrics::BalancerMetrics;
 use crate::release::Upgrades;
@@ -30,6 +35,36 @@ pub const STOP_GRACE_SECONDS: u64 = 1;
 /// How often silent sessions are swept from the sid table.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Most idle upstream connections pingora keeps for reuse (each holds a descriptor; see
+/// [`crate::connections::budget`]).
+pub const UPSTREAM_POOL: usize = 128;
+
+/// The bounds on clients: header limits and timeouts, body and send timeouts, connection caps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Request line and header size, header and keep-alive timeouts.
+    pub request: RequestLimits,
+    /// Connection caps, total and per address.
+    pub caps: ConnectionCaps,
+    /// Idle upstream connections kept for reuse.
+    pub upstream_pool: usize,
+}
+
+impl Default for ClientLimits {
+    /// nginx's header limits and timeouts, 10,000 connections, no per-address cap.
+    fn default() -> Self {
+        Self {
+            request: RequestLimits::default(),
+            caps: ConnectionCaps {
+                total: 10_000,
+                per_address: 0,
+                exempt: Vec::new(),
+            },
+            upstream_pool: UPSTREAM_POOL,
+        }
+    }
+}
+
 /// Everything needed to run the proxy.
 #[derive(Debug, Clone)]
 pub struct BalancerSettings {
@@ -41,6 +76,8 @@ pub struct BalancerSettings {
     pub routing: RoutingConfig,
     /// Hard bound of the sid table.
     pub max_sessions: usize,
+    /// The bounds on clients.
+    pub limits: ClientLimits,
 }
 
 /// A running proxy.
@@ -56,6 +93,8 @@ pub struct ProxyHandle {
     /// The open WebSockets per backend, to release a draining one gradually (shareable:
     /// clone the `Arc` to call [`Upgrades::release`] from elsewhere).
     pub upgrades: Arc<Upgrades>,
+    /// The open client connections (for status and metrics).
+    pub connections: Arc<Connections>,
 }
 
 /// Errors starting the proxy.
@@ -151,10 +190,20 @@ pub fn spawn(
         // long before it drops its runtimes (whole seconds; always waited in full).
         grace_period_seconds: Some(STOP_GRACE_SECONDS),
         graceful_shutdown_timeout_seconds: Some(1),
+        upstream_keepalive_pool_size: settings.limits.upstream_pool,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
-    let mut svc = http_proxy_service(&server.configuration, app);
+    let mut proxy = HttpProxy::new(app, server.configuration.clone());
+    let mut options = HttpServerOptions::default();
+    options.h1_request_limits = Some(settings.limits.request);
+    proxy.server_options = Some(options);
+    proxy.handle_init_modules();
+    let connections = Connections::new(settings.limits.caps.clone());
+    let mut svc = Service::new(
+        "rtsup balancer".to_string(),
+        Admission::new(proxy, connections.clone(), metrics.clone()),
+    );
     svc.add_tcp(&settings.listen.to_string());
     server.add_service(svc);
     let (tx, rx) = oneshot::channel();
@@ -176,6 +225,7 @@ pub fn spawn(
         loads,
         metrics,
         upgrades,
+        connections,
     })
 }
 

@@ -28,7 +28,7 @@ use tracing::debug;
 use crate::affinity::{self, CookieSigner};
 use crate::engineio::{self, OpenPacketSniffer};
 use crate::loads::Loads;
-use crate::metrics::{BalancerMetrics, RouteLabel, StatusLabels};
+use crate::metrics::{BalancerMetrics, HeaderErrorLabel, RouteLabel, StatusLabels};
 use crate::policy::{self, Decision, NewSessions, RequestFacts, RouteKind};
 use crate::release::{Close, Upgrades, UpstreamSocket};
 use crate::routes::{RouteTable, Snapshot};
@@ -43,7 +43,7 @@ const RATE_LIMITED_BODY: &str = r#"{"code":5,"message":"Too many new sessions"}"
 const BAD_REQUEST_BODY: &str = r#"{"code":3,"message":"Bad request"}"#;
 const NO_BACKEND_BODY: &str = r#"{"code":503,"message":"No worker is ready"}"#;
 
-/// Routing settings of the balancer.
+/// Settings of the balancer's request handling: routing, new-session rate, client timeouts.
 #[derive(Debug, Clone)]
 pub struct RoutingConfig {
     /// Engine.io path prefix, e.g. `/socket.io/`.
@@ -61,6 +61,30 @@ pub struct RoutingConfig {
     pub session_rate: u32,
     /// New sessions a client address may open at once.
     pub session_burst: u32,
+    /// Body and send timeouts towards the client.
+    pub timeouts: ClientTimeouts,
+}
+
+/// Timeouts of a request towards its client once its header is in (nginx
+/// `client_body_timeout` and `send_timeout`): each bounds one wait for the client to send
+/// or to take data, on every request of a connection. An upgraded connection drops the read
+/// one once the worker answered 101.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientTimeouts {
+    /// Longest wait for the next piece of a request body.
+    pub body: Duration,
+    /// Longest wait for the client to take response bytes.
+    pub send: Duration,
+}
+
+impl Default for ClientTimeouts {
+    /// nginx's defaults: 60 s each.
+    fn default() -> Self {
+        Self {
+            body: Duration::from_secs(60),
+            send: Duration::from_secs(60),
+        }
+    }
 }
 
 /// The proxy application.
@@ -213,6 +237,8 @@ impl ProxyHttp for Balancer {
         // answered in order, each routed on its own; without this pingora answers the first
         // and drops the rest.
         session.set_pipelining_enabled(true);
+        session.set_read_timeout(Some(self.config.timeouts.body));
+        session.set_write_timeout(Some(self.config.timeouts.send));
         let path = session.req_header().uri.path();
         ctx.engineio = path.starts_with(&self.config.engineio_path)
             || path == self.config.engineio_path.trim_end_matches('/');
@@ -506,6 +532,20 @@ impl ProxyHttp for Balancer {
             }
         }
         Ok(None)
+    }
+
+    /// A request header that never came whole (the client closed, timed out, or sent garbage
+    /// or too much): pingora answers and closes; it is counted, and logged at debug only.
+    fn request_header_error(&self, e: &Error) {
+        let kind = match e.etype() {
+            ErrorType::ReadTimedout => HeaderErrorLabel::timeout,
+            ErrorType::InvalidHTTPHeader => HeaderErrorLabel::malformed,
+            ErrorType::CustomCode(_, 414) => HeaderErrorLabel::line_too_long,
+            ErrorType::CustomCode(_, 431) => HeaderErrorLabel::too_large,
+            _ => HeaderErrorLabel::closed,
+        };
+        self.metrics.header_error(kind);
+        debug!(error = %e, "request header not read");
     }
 
     /// A request that failed because of its client (gone mid-request, garbage) is counted, not

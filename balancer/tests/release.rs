@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use balancer::service::RoutingConfig;
+use balancer::server::ClientLimits;
+use balancer::service::{ClientTimeouts, RoutingConfig};
 use balancer::websocket::GOING_AWAY_CLOSE;
 use balancer::{Backend, BackendSet, BackendState, BalancerSettings, NewSessions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -118,8 +119,10 @@ async fn release_closes_websockets_gracefully_and_spread() {
                 unsticky: false,
                 session_rate: 0,
                 session_burst: 0,
+                timeouts: ClientTimeouts::default(),
             },
             max_sessions: 1000,
+            limits: ClientLimits::default(),
         },
         set_rx,
     )

@@ -48,3 +48,20 @@ pub const MAX_APP_NAME: usize = 64;
 pub const DEFAULT_SESSION_RATE: u32 = 100;
 /// New sessions one client address may open at once before the rate applies.
 pub const DEFAULT_SESSION_BURST: u32 = 500;
+/// Longest request line (nginx `large_client_header_buffers` 8k), answered 414 beyond.
+pub const DEFAULT_MAX_REQUEST_LINE: &str = "8KiB";
+/// Largest request header (nginx: 4 buffers of 8k), answered 431 beyond.
+pub const DEFAULT_MAX_HEADER: &str = "32KiB";
+/// Largest `max_header` accepted (pingora's own bound).
+pub const MAX_MAX_HEADER: u64 = 1024 * 1024;
+/// Time for a whole request header (nginx `client_header_timeout`).
+pub const DEFAULT_HEADER_TIMEOUT: &str = "60s";
+/// Longest wait for the next piece of a body (nginx `client_body_timeout`).
+pub const DEFAULT_BODY_TIMEOUT: &str = "60s";
+/// Longest wait for a client to take response bytes (nginx `send_timeout`).
+pub const DEFAULT_SEND_TIMEOUT: &str = "60s";
+/// Idle time of a kept-alive connection (nginx `keepalive_timeout`).
+pub const DEFAULT_KEEPALIVE_TIMEOUT: &str = "75s";
+/// Open connections per client address: far above a browser's handful, and room for an
+/// office behind one NAT; a host running a connection flood from one address stops here.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 1000;

@@ -22,6 +22,7 @@ pub mod validate;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use balancer::NewSessions;
 use ipnet::IpNet;
@@ -74,8 +75,31 @@ pub struct BalancerConfig {
     pub session_rate: u32,
     /// New sessions one client address may open at once.
     pub session_burst: u32,
+    /// Bounds on clients (header size and timeouts, body and send timeouts, connection caps).
+    pub limits: ClientBounds,
     /// Test-only (`test_unsticky = true`): no session pinning at all, to prove it matters.
     pub unsticky: bool,
+}
+
+/// `[balancer]` bounds on clients, checked (nginx's defaults unless said otherwise).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientBounds {
+    /// Longest request line, bytes (414 beyond).
+    pub max_request_line: usize,
+    /// Largest request header, bytes (431 beyond).
+    pub max_header: usize,
+    /// Time for a whole request header.
+    pub header_timeout: Duration,
+    /// Longest wait for the next piece of a request body.
+    pub body_timeout: Duration,
+    /// Longest wait for a client to take response bytes.
+    pub send_timeout: Duration,
+    /// Longest idle wait of a kept-alive connection for its next request.
+    pub keepalive_timeout: Duration,
+    /// Open client connections at most (`None`: what the open-files limit allows).
+    pub max_connections: Option<usize>,
+    /// Open client connections at most per client address (0: no cap).
+    pub max_connections_per_address: usize,
 }
 
 /// `[admin]`, checked.

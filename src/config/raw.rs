@@ -248,6 +248,14 @@ pub struct RawBalancer {
     pub threads: Option<Spanned<i64>>,
     pub session_rate: Option<u32>,
     pub session_burst: Option<u32>,
+    pub max_request_line: Option<Spanned<String>>,
+    pub max_header: Option<Spanned<String>>,
+    pub header_timeout: Option<Spanned<String>>,
+    pub body_timeout: Option<Spanned<String>>,
+    pub send_timeout: Option<Spanned<String>>,
+    pub keepalive_timeout: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub max_connections_per_address: Option<Spanned<i64>>,
     /// Test-only: disable session pinning (plain round-robin) to show what it prevents.
     pub test_unsticky: Option<bool>,
 }

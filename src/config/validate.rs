@@ -18,7 +18,7 @@ use toml::Spanned;
 use super::defaults::*;
 use super::error::Reporter;
 use super::raw::{RawAdmin, RawApp, RawBalancer, RawConfig, RawInstances, Section};
-use super::{AdminConfig, BalancerConfig, Config, SupervisorConfig};
+use super::{AdminConfig, BalancerConfig, ClientBounds, Config, SupervisorConfig};
 use balancer::NewSessions;
 
 /// Longest path a Unix socket address holds (`sun_path` is 108 bytes with its final NUL).
@@ -640,6 +640,7 @@ fn balancer_section(
             }
         },
     };
+    let limits = client_bounds(b, rep);
     if rep.errors.len() > errors_before {
         return None;
     }
@@ -653,7 +654,108 @@ fn balancer_section(
         threads,
         session_rate: b.session_rate.unwrap_or(DEFAULT_SESSION_RATE),
         session_burst: b.session_burst.unwrap_or(DEFAULT_SESSION_BURST),
+        limits: limits?,
         unsticky: b.test_unsticky.unwrap_or(false),
+    })
+}
+
+/// The `[balancer]` bounds on clients: sizes within pingora's 1 MiB and the request line
+/// within the header, timeouts of at least 100 ms, caps of at least 1.
+fn client_bounds(b: &RawBalancer, rep: &mut Reporter<'_>) -> Option<ClientBounds> {
+    let bounded_size = |v: Option<&Spanned<String>>, default, key, rep: &mut Reporter<'_>| {
+        let n = size(v, default, key, rep)?;
+        if (1024..=MAX_MAX_HEADER).contains(&n) {
+            usize::try_from(n).ok()
+        } else {
+            rep.at(span_of(v), key, "must be 1KiB to 1MiB");
+            None
+        }
+    };
+    let timeout = |v: Option<&Spanned<String>>, default, key, rep: &mut Reporter<'_>| {
+        let d = duration(v, default, key, rep)?;
+        if d < Duration::from_millis(100) {
+            rep.at(span_of(v), key, "must be at least 100ms");
+            return None;
+        }
+        Some(d)
+    };
+    let count = |v: Option<&Spanned<i64>>, key, zero_ok: bool, rep: &mut Reporter<'_>| {
+        let v = v?;
+        match usize::try_from(*v.get_ref()) {
+            Ok(n) if n > 0 || zero_ok => Some(n),
+            _ => {
+                let least = if zero_ok { "0 (no cap)" } else { "1" };
+                rep.at(Some(v.span()), key, format!("must be {least} or more"));
+                None
+            }
+        }
+    };
+    let line = bounded_size(
+        b.max_request_line.as_ref(),
+        DEFAULT_MAX_REQUEST_LINE,
+        "balancer.max_request_line",
+        rep,
+    );
+    let header = bounded_size(
+        b.max_header.as_ref(),
+        DEFAULT_MAX_HEADER,
+        "balancer.max_header",
+        rep,
+    );
+    if let (Some(l), Some(h)) = (line, header)
+        && l > h
+    {
+        rep.at(
+            span_of(b.max_request_line.as_ref()),
+            "balancer.max_request_line",
+            format!("must not exceed max_header ({h} bytes)"),
+        );
+    }
+    let header_timeout = timeout(
+        b.header_timeout.as_ref(),
+        DEFAULT_HEADER_TIMEOUT,
+        "balancer.header_timeout",
+        rep,
+    );
+    let body_timeout = timeout(
+        b.body_timeout.as_ref(),
+        DEFAULT_BODY_TIMEOUT,
+        "balancer.body_timeout",
+        rep,
+    );
+    let send_timeout = timeout(
+        b.send_timeout.as_ref(),
+        DEFAULT_SEND_TIMEOUT,
+        "balancer.send_timeout",
+        rep,
+    );
+    let keepalive_timeout = timeout(
+        b.keepalive_timeout.as_ref(),
+        DEFAULT_KEEPALIVE_TIMEOUT,
+        "balancer.keepalive_timeout",
+        rep,
+    );
+    let max_connections = count(
+        b.max_connections.as_ref(),
+        "balancer.max_connections",
+        false,
+        rep,
+    );
+    let per_address = count(
+        b.max_connections_per_address.as_ref(),
+        "balancer.max_connections_per_address",
+        true,
+        rep,
+    );
+    Some(ClientBounds {
+        max_request_line: line?,
+        max_header: header?,
+        header_timeout: header_timeout?,
+        body_timeout: body_timeout?,
+        send_timeout: send_timeout?,
+        keepalive_timeout: keepalive_timeout?,
+        max_connections,
+        max_connections_per_address: per_address.unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_ADDRESS),
     })
 }
 

@@ -295,6 +295,102 @@ pub fn http_get(port: u16, path: &str) -> Result<String, String> {
     Ok(body.to_string())
 }
 
+/// The admin server's port, as the daemon logged it (`[admin] listen` may ask for port 0).
+pub fn admin_port(r: &Rtsup) -> Result<u16, String> {
+    r.daemon_log()
+        .lines()
+        .find(|l| l.contains("admin listening"))
+        .and_then(|l| l.split("127.0.0.1:").nth(1))
+        .and_then(|p| p.split('"').next())
+        .and_then(|p| p.parse::<u16>().ok())
+        .ok_or_else(|| "the daemon has not logged its admin port".to_string())
+}
+
+/// The value of one sample of the admin server's `/metrics` (`name` with its labels, e.g.
+/// `rtsup_balancer_header_errors_total{kind="timeout"}`); 0 when absent.
+pub fn metric(r: &Rtsup, name: &str) -> Result<u64, String> {
+    let text = http_get(admin_port(r)?, "/metrics")?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0))
+}
+
+/// Resident memory of a process, KiB.
+pub fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU time (user + system, in clock ticks) a process has used so far.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields after the command: state is [0], utime is [11], stime is [12].
+    let get = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    get(11) + get(12)
+}
+
+/// Share of one core a process uses over `window` (0.0 to 1.0 per core).
+pub fn cpu_share(pid: u32, window: Duration) -> f64 {
+    let t0 = cpu_ticks(pid);
+    let w0 = std::time::Instant::now();
+    std::thread::sleep(window);
+    let used = cpu_ticks(pid).saturating_sub(t0) as f64;
+    used / (w0.elapsed().as_secs_f64() * 100.0) // USER_HZ = 100
+}
+
+/// A TCP connection to 127.0.0.1:`port` from local address `from` (any of 127/8, so a test
+/// can be several clients).
+pub fn connect_from(from: [u8; 4], port: u16) -> std::io::Result<std::net::TcpStream> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
+    use std::os::fd::AsRawFd;
+    let s = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )?;
+    bind(
+        s.as_raw_fd(),
+        &SockaddrIn::new(from[0], from[1], from[2], from[3], 0),
+    )?;
+    connect(s.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, port))?;
+    Ok(std::net::TcpStream::from(s))
+}
+
+/// A handshake (`GET /socket.io/?EIO=4&transport=polling`) from local address `from`; returns
+/// the status and the `Retry-After` header.
+pub fn handshake_from(from: [u8; 4], port: u16) -> (u16, Option<String>) {
+    let mut c = connect_from(from, port).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    std::io::Write::write_all(
+        &mut c,
+        b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .expect("write");
+    let mut resp = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut c, &mut resp);
+    let text = String::from_utf8_lossy(&resp);
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let retry = text
+        .lines()
+        .find_map(|l| l.strip_prefix("retry-after: ").map(str::to_string));
+    (status, retry)
+}
+
 /// An `[[app]]` section running the fixture worker.
 pub fn fixture_app(name: &str, instances: u16, port: u16, extra: &str) -> String {
     format!(

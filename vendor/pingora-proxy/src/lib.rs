@@ -347,23 +347,26 @@ where
             }
             Err(mut e) => {
                 e.as_down();
-                if matches!(e.etype, InvalidHTTPHeader) {
-                    debug!(
-                        "Fail to proxy: {e}, downstream session type: {}",
-                        downstream_session.session_type()
-                    );
+                // rtsup patch: every one of these is the client's doing; log at debug and let
+                // the proxy count them. Oversized headers get their own status (414, 431).
+                debug!(
+                    "Fail to proxy: {e}, downstream session type: {}",
+                    downstream_session.session_type()
+                );
+                self.inner.request_header_error(&e);
+                let status = match e.etype {
+                    InvalidHTTPHeader => Some(400),
+                    CustomCode(_, code) => Some(code),
+                    // otherwise the connection must be broken, no need to send anything
+                    _ => None,
+                };
+                if let Some(status) = status {
                     downstream_session
-                        .respond_error(400)
+                        .respond_error(status)
                         .await
                         .unwrap_or_else(|e| {
-                            error!("failed to send error response to downstream: {e}");
+                            debug!("failed to send error response to downstream: {e}");
                         });
-                } else {
-                    // otherwise the connection must be broken, no need to send anything
-                    error!(
-                        "Fail to proxy: {e}, downstream session type: {}",
-                        downstream_session.session_type()
-                    );
                 }
                 downstream_session.shutdown().await;
                 return None;

@@ -708,6 +708,12 @@ pub trait ProxyHttp {
         Ok(())
     }
 
+    /// rtsup patch: called when a request header could not be read (the client closed, timed
+    /// out, or sent a malformed or oversized header). pingora answers the errors that have a
+    /// status (400, 414, 431) and closes the connection; this hook lets the proxy count them
+    /// instead of logging each one.
+    fn request_header_error(&self, _error: &Error) {}
+
     /// This callback is invoked every time request related error log needs to be generated
     ///
     /// Users can define what is important to be written about this request via the returned string.

@@ -89,6 +89,11 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None`
     pub h2_idle_timeout: Option<Duration>,
+
+    /// rtsup patch: bounds on every HTTP/1.x request header, see
+    /// [`RequestLimits`](crate::protocols::http::v1::server::RequestLimits). `None` keeps
+    /// pingora's behaviour (1 MiB headers, timeouts only between reads).
+    pub h1_request_limits: Option<crate::protocols::http::v1::server::RequestLimits>,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -344,7 +349,11 @@ where
             return self.clone().process_custom_session(stream, shutdown).await;
         } else {
             // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
+            let limits = self.server_options().and_then(|o| o.h1_request_limits);
             let mut session = ServerSession::new_http1(stream);
+            if let (Some(limits), ServerSession::H1(h1)) = (limits, &mut session) {
+                h1.set_request_limits(limits, false);
+            }
             if *shutdown.borrow() {
                 // stop downstream from reusing if this service is shutting down soon
                 session.set_keepalive(None);
@@ -360,6 +369,9 @@ where
             let mut result = self.process_new_http(session, shutdown).await;
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
                 let mut session = ServerSession::new_http1(stream);
+                if let (Some(limits), ServerSession::H1(h1)) = (limits, &mut session) {
+                    h1.set_request_limits(limits, true);
+                }
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
                 }

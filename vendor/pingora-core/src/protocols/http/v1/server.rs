@@ -29,7 +29,7 @@ use pingora_timeout::timeout;
 use regex::bytes::Regex;
 use std::any::Any;
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::body::{BodyReader, BodyWriter};
@@ -72,6 +72,42 @@ impl ProxyTaskState {
         self.header_writer.get_or_insert_with(HeaderWriter::new)
     }
 }
+
+/// Bounds on reading a request header (rtsup patch). With these set, the header of every
+/// request on a connection, not only the first, must arrive whole within `header_timeout` of
+/// its first byte; a kept-alive connection may wait `keepalive_timeout` for that first byte;
+/// and the header may not exceed `max_request_line` (414) or `max_header` bytes (431), which
+/// also bounds the read buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Longest request line accepted (nginx: 8 KiB).
+    pub max_request_line: usize,
+    /// Largest header, request line included (nginx: 4 x 8 KiB).
+    pub max_header: usize,
+    /// Time for a whole header from its first byte; for a connection's first request, from
+    /// the start of the read (nginx `client_header_timeout`: 60 s).
+    pub header_timeout: Duration,
+    /// Time a kept-alive connection may stay idle before its next request (nginx: 75 s).
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            max_request_line: 8 * 1024,
+            max_header: 32 * 1024,
+            header_timeout: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(75),
+        }
+    }
+}
+
+/// The error type of a request line over [`RequestLimits::max_request_line`].
+pub const URI_TOO_LONG: pingora_error::ErrorType =
+    pingora_error::ErrorType::CustomCode("request line too long", 414);
+/// The error type of a header over [`RequestLimits::max_header`].
+pub const HEADER_TOO_LARGE: pingora_error::ErrorType =
+    pingora_error::ErrorType::CustomCode("request header too large", 431);
 
 /// The HTTP 1.x server session
 pub struct HttpSession {
@@ -158,6 +194,10 @@ pub struct HttpSession {
     /// [`super::super::HttpPersistentSettings`] into the next session.
     /// Scoped narrowly so it cannot affect FIN / `abort_on_close` semantics.
     pipelined_idle_bytes_stashed: bool,
+    /// rtsup patch: bounds on the request header, see [`RequestLimits`].
+    request_limits: Option<RequestLimits>,
+    /// rtsup patch: whether this session is a later request on a kept-alive connection.
+    reused: bool,
 }
 
 impl HttpSession {
@@ -206,7 +246,65 @@ impl HttpSession {
             pipelining_enabled: false,
             pipelined_prefix: None,
             pipelined_idle_bytes_stashed: false,
+            request_limits: None,
+            reused: false,
         }
+    }
+
+    /// Bound the header reads of this session (rtsup patch). `reused` says whether the
+    /// session is a later request on a kept-alive connection: its wait for a first byte is
+    /// then the keep-alive idle timeout instead of the header timeout.
+    pub fn set_request_limits(&mut self, limits: RequestLimits, reused: bool) {
+        self.request_limits = Some(limits);
+        self.reused = reused;
+    }
+
+    /// One read of a request header under [`RequestLimits`]: the buffer grows by doubling up
+    /// to `max_header + 1` bytes and no further; before the header's first byte the wait is
+    /// the idle timeout (a quiet close), after it the header deadline (an error).
+    async fn read_request_bounded(
+        &mut self,
+        buf: &mut BytesMut,
+        already_read: usize,
+        limits: RequestLimits,
+        deadline: &mut Option<Instant>,
+    ) -> Result<Option<usize>> {
+        let cap = limits.max_header + 1;
+        if buf.len() == buf.capacity() && buf.capacity() < cap {
+            let mut bigger = BytesMut::with_capacity((buf.capacity() * 2).clamp(1024, cap));
+            bigger.extend_from_slice(buf);
+            *buf = bigger;
+        }
+        let room = cap.saturating_sub(buf.len()).max(1);
+        let mut bounded = (&mut *buf).limit(room);
+        let read_event = self.underlying_stream.read_buf(&mut bounded);
+        let read_result = match *deadline {
+            Some(at) => match timeout(at.saturating_duration_since(Instant::now()), read_event).await
+            {
+                Ok(res) => res,
+                Err(_) if already_read == 0 => {
+                    debug!("no request within {:?}", limits.header_timeout);
+                    return Ok(None);
+                }
+                Err(_) => {
+                    return Error::e_explain(
+                        ReadTimedout,
+                        format!("request header not complete within {:?}", limits.header_timeout),
+                    );
+                }
+            },
+            None => match timeout(limits.keepalive_timeout, read_event).await {
+                Ok(res) => res,
+                Err(_) => {
+                    debug!("keepalive timeout {:?} reached", limits.keepalive_timeout);
+                    return Ok(None);
+                }
+            },
+        };
+        if deadline.is_none() {
+            *deadline = Some(Instant::now() + limits.header_timeout);
+        }
+        Self::request_read_outcome(read_result, already_read)
     }
 
     async fn read_request_buf(
@@ -241,6 +339,13 @@ impl HttpSession {
             }
         };
 
+        Self::request_read_outcome(read_result, already_read)
+    }
+
+    fn request_read_outcome(
+        read_result: std::io::Result<usize>,
+        already_read: usize,
+    ) -> Result<Option<usize>> {
         match read_result {
             Ok(n_read) => {
                 if n_read == 0 {
@@ -304,6 +409,13 @@ impl HttpSession {
         let mut already_read = buf.len();
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
+        // rtsup patch: the header deadline runs from the first byte of the header, or from now
+        // for a connection's first request.
+        let limits = self.request_limits;
+        let mut deadline = match limits {
+            Some(l) if !self.reused || already_read > 0 => Some(Instant::now() + l.header_timeout),
+            _ => None,
+        };
         loop {
             if already_read > MAX_HEADER_SIZE {
                 /* NOTE: this check only blocks second read. The first large read is allowed
@@ -323,6 +435,14 @@ impl HttpSession {
             // this request and is waiting for our response).
             if skip_next_read {
                 skip_next_read = false;
+            } else if let Some(l) = limits {
+                match self
+                    .read_request_bounded(&mut buf, already_read, l, &mut deadline)
+                    .await?
+                {
+                    Some(n) => already_read += n,
+                    None => return Ok(None),
+                }
             } else if let Some(n) = self.read_request_buf(&mut buf, already_read).await? {
                 already_read += n;
             } else {
@@ -336,6 +456,9 @@ impl HttpSession {
                 let parsed = parse_req_buffer(&mut req, &buf);
                 match parsed {
                     HeaderParseState::Complete(s) => {
+                        if let Some(l) = limits {
+                            check_request_limits(&buf[..s], l)?;
+                        }
                         self.raw_header = Some(BufRef(0, s));
 
                         // We have the header name and values we parsed to be just 0 copy Bytes
@@ -431,6 +554,9 @@ impl HttpSession {
                         return Ok(Some(s));
                     }
                     HeaderParseState::Partial => {
+                        if let Some(l) = limits {
+                            check_request_limits(&buf, l)?;
+                        }
                         break; /* continue the read loop */
                     }
                     HeaderParseState::Invalid(e) => match e {
@@ -1761,6 +1887,27 @@ static REQUEST_LINE_REGEX: Lazy<Regex> =
 // the chars httparse considers illegal in URL
 // Almost https://url.spec.whatwg.org/#query-percent-encode-set + {}
 const URI_ESC_CHARSET: &AsciiSet = &CONTROLS.add(b' ').add(b'<').add(b'>').add(b'"');
+
+/// rtsup patch: whether a header, complete or still arriving, is within [`RequestLimits`].
+fn check_request_limits(header: &[u8], limits: RequestLimits) -> Result<()> {
+    let line = header
+        .iter()
+        .position(|&b| b == b'\n')
+        .unwrap_or(header.len());
+    if line > limits.max_request_line {
+        return Error::e_explain(
+            URI_TOO_LONG,
+            format!("request line over {} bytes", limits.max_request_line),
+        );
+    }
+    if header.len() > limits.max_header {
+        return Error::e_explain(
+            HEADER_TOO_LARGE,
+            format!("request header over {} bytes", limits.max_header),
+        );
+    }
+    Ok(())
+}
 
 fn escape_illegal_request_line(buf: &BytesMut) -> Option<BytesMut> {
     if let Some(captures) = REQUEST_LINE_REGEX.captures(buf) {

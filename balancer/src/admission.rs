@@ -1,0 +1,173 @@
+//! The proxy's door: every accepted connection passes [`Connections::admit`] before pingora
+//! reads a byte of it. A connection over a cap gets a short answer (503 when the proxy is
+//! full, 429 when its address holds its share) and is closed at once; an admitted one holds
+//! its [`Ticket`](crate::connections::Ticket) until pingora is done with it, keep-alive
+//! requests and WebSocket included.
+//!
+//! Refusals are counted in the metrics and warned about at most once per
+//! [`WARN_EVERY`], with how many there were since: a flood must not fill the log.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use tokio::io::AsyncWriteExt;
+use tracing::warn;
+
+use crate::connections::{Connections, Refusal};
+use crate::metrics::BalancerMetrics;
+
+/// Least time between two warnings about refused connections.
+pub const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Time a refused client gets to take its answer.
+const REFUSAL_WRITE: Duration = Duration::from_secs(1);
+
+const FULL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n";
+const TOO_MANY: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n";
+
+/// A pingora app behind the connection caps.
+pub struct Admission<A> {
+    inner: Arc<A>,
+    connections: Arc<Connections>,
+    metrics: BalancerMetrics,
+    warned: WarnThrottle,
+}
+
+impl<A> Admission<A> {
+    /// `inner` behind `connections`' caps.
+    pub fn new(inner: A, connections: Arc<Connections>, metrics: BalancerMetrics) -> Self {
+        Self {
+            inner: Arc::new(inner),
+            connections,
+            metrics,
+            warned: WarnThrottle::new(WARN_EVERY),
+        }
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Admission<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let peer: Option<IpAddr> = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        match self.connections.admit(peer) {
+            Ok(_ticket) => {
+                // The ticket lives as long as pingora serves the connection: every keep-alive
+                // request and an upgraded WebSocket run inside this call.
+                let _open = OpenGauge::new(&self.metrics);
+                self.inner.process_new(stream, shutdown).await
+            }
+            Err(refusal) => {
+                self.metrics.refused(refusal);
+                if let Some(since) = self.warned.due(Instant::now()) {
+                    let caps = self.connections.caps();
+                    warn!(
+                        refused = since,
+                        total_cap = caps.total,
+                        per_address_cap = caps.per_address,
+                        last = ?refusal,
+                        "balancer: refusing client connections over the caps \
+                         ([balancer] max_connections, max_connections_per_address)"
+                    );
+                }
+                let answer = match refusal {
+                    Refusal::Total => FULL,
+                    Refusal::PerAddress => TOO_MANY,
+                };
+                let _ = tokio::time::timeout(REFUSAL_WRITE, async {
+                    stream.write_all(answer).await?;
+                    stream.shutdown().await
+                })
+                .await;
+                None
+            }
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await;
+    }
+}
+
+/// Counts one open connection in the metrics while it lives (also when the connection's task
+/// is dropped at shutdown).
+struct OpenGauge<'a>(&'a BalancerMetrics);
+
+impl<'a> OpenGauge<'a> {
+    fn new(metrics: &'a BalancerMetrics) -> Self {
+        metrics.connections.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for OpenGauge<'_> {
+    fn drop(&mut self) {
+        self.0.connections.dec();
+    }
+}
+
+/// At most one warning per period, reporting how many events it stands for.
+#[derive(Debug)]
+pub(crate) struct WarnThrottle {
+    start: Instant,
+    period_ms: u64,
+    /// Milliseconds after `start` of the last warning, plus one (0: never warned).
+    last: AtomicU64,
+    pending: AtomicU64,
+}
+
+impl WarnThrottle {
+    pub(crate) fn new(period: Duration) -> Self {
+        Self {
+            start: Instant::now(),
+            period_ms: u64::try_from(period.as_millis()).unwrap_or(u64::MAX),
+            last: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+        }
+    }
+
+    /// Record one event at `now`; `Some(n)` when a warning is due, `n` events since the last.
+    pub(crate) fn due(&self, now: Instant) -> Option<u64> {
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        let at = u64::try_from(now.saturating_duration_since(self.start).as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        let last = self.last.load(Ordering::Relaxed);
+        if last != 0 && at.saturating_sub(last) < self.period_ms {
+            return None;
+        }
+        self.last
+            .compare_exchange(last, at, Ordering::AcqRel, Ordering::Relaxed)
+            .ok()?;
+        Some(self.pending.swap(0, Ordering::AcqRel))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_throttled_warning_is_due_once_per_period_and_counts_what_it_stood_for() {
+        let t = WarnThrottle::new(Duration::from_secs(10));
+        let t0 = t.start;
+        assert_eq!(t.due(t0), Some(1), "the first event warns");
+        for s in 1..10 {
+            assert_eq!(t.due(t0 + Duration::from_secs(s)), None);
+        }
+        assert_eq!(t.due(t0 + Duration::from_secs(10)), Some(10));
+        assert_eq!(t.due(t0 + Duration::from_secs(11)), None);
+        assert_eq!(t.due(t0 + Duration::from_secs(25)), Some(2));
+    }
+}

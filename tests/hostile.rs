@@ -1,0 +1,444 @@
+//! Hostile clients, one attack a test: each checks what the proxy does to the attacker, that a
+//! legitimate client is served during the attack, and that the daemon is back to normal after
+//! it (memory, CPU, control socket). Timeouts are configured short so the suite stays quick.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::harness::{
+    Rtsup, connect_from, cpu_share, fixture_app, handshake_from, http_get, metric, ports, rss_kb,
+    wait_until,
+};
+
+/// Where the legitimate client connects from; attackers use 127.0.0.1.
+const LEGIT: [u8; 4] = [127, 0, 0, 9];
+
+/// Bound on a legitimate handshake's p99 during an attack (generous: CI machines are slow).
+const LEGIT_P99: Duration = Duration::from_secs(2);
+
+/// A fixture cluster of 2 workers behind the balancer with `balancer_extra` settings.
+fn cluster(balancer_extra: &str) -> (Rtsup, u16) {
+    cluster_full(balancer_extra, "", None)
+}
+
+fn cluster_full(balancer_extra: &str, app_extra: &str, ulimit: Option<&str>) -> (Rtsup, u16) {
+    let base = ports::block(5).base;
+    let lb = base + 4;
+    let r = Rtsup::start_full(
+        &format!(
+            "{}\n[balancer]\nlisten = \"127.0.0.1:{lb}\"\nthreads = 2\n{balancer_extra}\n",
+            fixture_app("web", 2, base, app_extra)
+        ),
+        &[],
+        ulimit,
+    );
+    r.wait_all_ready();
+    wait_until("the balancer", || http_get(lb, "/").map(|_| ()));
+    (r, lb)
+}
+
+/// `n` handshakes from [`LEGIT`], one after another; all must succeed; returns their p99.
+fn legit_handshakes(lb: u16, n: usize) -> Duration {
+    let mut took: Vec<Duration> = (0..n)
+        .map(|i| {
+            let t = Instant::now();
+            let (status, _) = handshake_from(LEGIT, lb);
+            assert_eq!(status, 200, "legitimate handshake {i} during the attack");
+            t.elapsed()
+        })
+        .collect();
+    took.sort();
+    took[(n * 99 / 100).min(n - 1)]
+}
+
+/// The status line's code of whatever the proxy answered, 0 when it closed without a word.
+fn status_of(resp: &[u8]) -> u16 {
+    String::from_utf8_lossy(resp)
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Send `bytes` and read the answer until the proxy closes.
+fn exchange(lb: u16, bytes: &[u8]) -> u16 {
+    let mut c = TcpStream::connect(("127.0.0.1", lb)).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let _ = c.write_all(bytes);
+    let mut resp = Vec::new();
+    let _ = c.read_to_end(&mut resp);
+    status_of(&resp)
+}
+
+/// How long until the proxy closes `c`, writing `drip` every 200 ms meanwhile (None: idle);
+/// `None` if it is still open after `limit`.
+fn closed_after(mut c: TcpStream, drip: Option<&[u8]>, limit: Duration) -> Option<Duration> {
+    let t = Instant::now();
+    c.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let mut buf = [0u8; 4096];
+    while t.elapsed() < limit {
+        if let Some(d) = drip
+            && c.write_all(d).is_err()
+        {
+            return Some(t.elapsed());
+        }
+        match c.read(&mut buf) {
+            Ok(0) => return Some(t.elapsed()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return Some(t.elapsed()),
+        }
+    }
+    None
+}
+
+/// After an attack: the control socket answers and the daemon idles.
+fn back_to_normal(r: &Rtsup) {
+    wait_until("the control socket answers", || r.try_status().map(|_| ()));
+    wait_until("the daemon idles again", || {
+        let share = cpu_share(r.pid(), Duration::from_millis(500));
+        if share < 0.25 {
+            Ok(())
+        } else {
+            Err(format!("{:.0} % of a core", share * 100.0))
+        }
+    });
+}
+
+#[test]
+fn long_request_lines_and_large_headers_are_answered_by_the_proxy_without_forwarding() {
+    // The fixture worker (Node, 16 KiB header limit) would answer all of these 200: a 414 or
+    // 431 can only come from the proxy.
+    let (r, lb) = cluster("max_request_line = \"2KiB\"\nmax_header = \"4KiB\"\n");
+    let long_line = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(3000));
+    assert_eq!(exchange(lb, long_line.as_bytes()), 414);
+    let large = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\n{}\r\n",
+        "X-Pad: 0123456789012345678901234567890123456789\r\n".repeat(120)
+    );
+    assert_eq!(exchange(lb, large.as_bytes()), 431);
+    // Under the limits, the same requests go through.
+    let fits = format!(
+        "GET /{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "a".repeat(1500)
+    );
+    assert_eq!(exchange(lb, fits.as_bytes()), 200);
+    // A megabyte of header that never ends is cut off at the limit, not read to the end.
+    let t = Instant::now();
+    let endless = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}",
+        "a".repeat(1 << 20)
+    );
+    let status = exchange(lb, endless.as_bytes());
+    assert!(status == 431 || status == 0, "got {status}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    wait_until("counted", || {
+        let long = metric(
+            &r,
+            "rtsup_balancer_header_errors_total{kind=\"line_too_long\"}",
+        )?;
+        let large = metric(&r, "rtsup_balancer_header_errors_total{kind=\"too_large\"}")?;
+        if long >= 1 && large >= 2 {
+            Ok(())
+        } else {
+            Err(format!("line_too_long {long}, too_large {large}"))
+        }
+    });
+    assert!(legit_handshakes(lb, 20) < LEGIT_P99);
+    back_to_normal(&r);
+}
+
+#[test]
+fn header_body_and_idle_timeouts_apply_to_every_request_of_a_connection() {
+    let (r, lb) =
+        cluster("header_timeout = \"1s\"\nbody_timeout = \"1s\"\nkeepalive_timeout = \"2s\"\n");
+    let after_one_request = |extra: &str| {
+        let mut c = TcpStream::connect(("127.0.0.1", lb)).expect("connect");
+        c.write_all(format!("GET / HTTP/1.1\r\nHost: x\r\n{extra}\r\n").as_bytes())
+            .expect("write");
+        c.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut buf = [0u8; 4096];
+        let n = c.read(&mut buf).expect("the first answer");
+        assert_eq!(status_of(&buf[..n]), 200);
+        c
+    };
+    let fresh = || TcpStream::connect(("127.0.0.1", lb)).expect("connect");
+    let limit = Duration::from_secs(10);
+    let cases: Vec<(&str, TcpStream, Option<&'static [u8]>, Duration)> = vec![
+        (
+            "a header dripped on a new connection",
+            {
+                let mut c = fresh();
+                c.write_all(b"GET / HTTP/1.1\r\n").expect("write");
+                c
+            },
+            Some(b"X-a: b\r\n"),
+            Duration::from_secs(1),
+        ),
+        (
+            "a header dripped after a first request",
+            {
+                let mut c = after_one_request("");
+                c.write_all(b"GET / HTTP/1.1\r\n").expect("write");
+                c
+            },
+            Some(b"X-a: b\r\n"),
+            Duration::from_secs(1),
+        ),
+        (
+            "half a request line after a first request",
+            {
+                let mut c = after_one_request("");
+                c.write_all(b"GET /some").expect("write");
+                c
+            },
+            None,
+            Duration::from_secs(1),
+        ),
+        (
+            "an idle kept-alive connection",
+            after_one_request(""),
+            None,
+            Duration::from_secs(2),
+        ),
+        (
+            "an idle connection after an upgrade the worker refused",
+            after_one_request("Upgrade: websocket\r\nConnection: Upgrade\r\n"),
+            None,
+            Duration::from_secs(2),
+        ),
+        (
+            "a new connection that never sends",
+            fresh(),
+            None,
+            Duration::from_secs(1),
+        ),
+        (
+            "a body that stops coming",
+            {
+                let mut c = fresh();
+                c.write_all(
+                    b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nsome",
+                )
+                .expect("write");
+                c
+            },
+            None,
+            Duration::from_secs(1),
+        ),
+    ];
+    let waits: Vec<_> = cases
+        .into_iter()
+        .map(|(what, c, drip, timeout)| {
+            std::thread::spawn(move || (what, timeout, closed_after(c, drip, limit)))
+        })
+        .collect();
+    assert!(legit_handshakes(lb, 20) < LEGIT_P99);
+    for w in waits {
+        let (what, timeout, closed) = w.join().expect("join");
+        let closed = closed.unwrap_or_else(|| panic!("{what}: still open after {limit:?}"));
+        // Closed by the timeout: not before most of it, and not long after it.
+        assert!(
+            closed >= timeout.mul_f64(0.7) && closed <= timeout + Duration::from_secs(4),
+            "{what}: closed after {closed:?}, timeout {timeout:?}"
+        );
+    }
+    back_to_normal(&r);
+}
+
+#[test]
+fn connections_over_the_per_address_share_or_the_total_are_refused_and_others_served() {
+    let (r, lb) = cluster("max_connections = 30\nmax_connections_per_address = 10\n");
+    let hold = |from: [u8; 4], n: usize| -> Vec<TcpStream> {
+        (0..n)
+            .map(|_| connect_from(from, lb).expect("connect"))
+            .collect()
+    };
+    let refused_with = |from: [u8; 4]| {
+        let mut c = connect_from(from, lb).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut resp = Vec::new();
+        let _ = c.read_to_end(&mut resp);
+        status_of(&resp)
+    };
+    let open = |n: u64| {
+        wait_until(&format!("{n} connections open"), || {
+            match metric(&r, "rtsup_balancer_connections")? {
+                m if m == n => Ok(()),
+                m => Err(format!("{m} open")),
+            }
+        })
+    };
+    let first = hold([127, 0, 0, 1], 10);
+    open(10);
+    assert_eq!(
+        refused_with([127, 0, 0, 1]),
+        429,
+        "over its address's share"
+    );
+    assert!(
+        legit_handshakes(lb, 10) < LEGIT_P99,
+        "another address is served"
+    );
+    let second = hold([127, 0, 0, 2], 10);
+    let third = hold([127, 0, 0, 3], 10);
+    open(30);
+    assert_eq!(refused_with([127, 0, 0, 4]), 503, "over the total");
+    wait_until("both refusals counted", || {
+        let per = metric(
+            &r,
+            "rtsup_balancer_connections_refused_total{cap=\"per_address\"}",
+        )?;
+        let total = metric(
+            &r,
+            "rtsup_balancer_connections_refused_total{cap=\"total\"}",
+        )?;
+        if per >= 1 && total >= 1 {
+            Ok(())
+        } else {
+            Err(format!("per_address {per}, total {total}"))
+        }
+    });
+    drop((first, second, third));
+    wait_until("served again once they close", || {
+        match handshake_from([127, 0, 0, 1], lb).0 {
+            200 => Ok(()),
+            s => Err(format!("status {s}")),
+        }
+    });
+    let log = r.daemon_log();
+    assert!(
+        log.matches("refusing client connections").count() <= 1,
+        "refusals are warned about once per period:\n{log}"
+    );
+    back_to_normal(&r);
+}
+
+#[test]
+fn half_requests_that_would_use_up_descriptors_never_cost_the_supervisor() {
+    // 256 descriptors: the proxy's share is a few dozen connections; 400 half requests from
+    // one address would have taken every descriptor, failed the liveness checks and had
+    // healthy workers replaced.
+    let (r, lb) = cluster_full(
+        "max_connections_per_address = 20\n",
+        "health_interval = \"200ms\"\nhealth_timeout = \"1s\"\n",
+        Some("-n 256"),
+    );
+    let pids: Vec<_> = r.workers().iter().map(|w| w["pid"].clone()).collect();
+    let mut held = Vec::new();
+    for _ in 0..400 {
+        if let Ok(mut c) = TcpStream::connect(("127.0.0.1", lb)) {
+            let _ = c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n");
+            held.push(c);
+        }
+    }
+    // Several liveness periods pass with the attack in place.
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(2) {
+        assert!(
+            r.try_status().is_ok(),
+            "the control socket answers during the attack"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(legit_handshakes(lb, 10) < LEGIT_P99);
+    let now: Vec<_> = r.workers().iter().map(|w| w["pid"].clone()).collect();
+    assert_eq!(
+        pids,
+        now,
+        "no healthy worker was replaced:\n{}",
+        r.daemon_log()
+    );
+    drop(held);
+    back_to_normal(&r);
+    assert!(http_get(lb, "/").is_ok());
+}
+
+#[test]
+fn a_flood_of_endless_headers_costs_bounded_memory() {
+    let (r, lb) = cluster("");
+    let before = rss_kb(r.pid());
+    let pid = r.pid();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_kb(pid));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        })
+    };
+    // 300 connections each sending a megabyte of header without its end: before the limits,
+    // each cost the proxy about a megabyte.
+    let attackers: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let chunk = vec![b'a'; 64 * 1024];
+                let mut held = Vec::new();
+                for _ in 0..75 {
+                    let Ok(mut c) = TcpStream::connect(("127.0.0.1", lb)) else {
+                        continue;
+                    };
+                    let _ = c.set_write_timeout(Some(Duration::from_secs(2)));
+                    let _ = c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ");
+                    for _ in 0..16 {
+                        if c.write_all(&chunk).is_err() {
+                            break;
+                        }
+                    }
+                    held.push(c);
+                }
+                held
+            })
+        })
+        .collect();
+    let held: Vec<TcpStream> = attackers
+        .into_iter()
+        .flat_map(|a| a.join().expect("join"))
+        .collect();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().expect("sampler");
+    assert!(legit_handshakes(lb, 20) < LEGIT_P99);
+    let grown = peak.saturating_sub(before);
+    assert!(
+        grown < 64 * 1024,
+        "300 endless headers grew the daemon by {grown} KiB (from {before} KiB)"
+    );
+    drop(held);
+    back_to_normal(&r);
+}
+
+#[test]
+fn clients_that_give_up_mid_header_are_counted_not_logged() {
+    let (r, lb) = cluster("");
+    for i in 0..200 {
+        let mut c = TcpStream::connect(("127.0.0.1", lb)).expect("connect");
+        let _ = c.write_all(format!("GET /{i} HTTP/1.1\r\nHost: x\r\nX-Half").as_bytes());
+        drop(c);
+    }
+    assert!(legit_handshakes(lb, 10) < LEGIT_P99);
+    wait_until("counted", || {
+        let n = metric(&r, "rtsup_balancer_header_errors_total{kind=\"closed\"}")?;
+        if n >= 150 {
+            Ok(())
+        } else {
+            Err(format!("closed {n}"))
+        }
+    });
+    let noisy: Vec<String> = r
+        .daemon_log()
+        .lines()
+        .filter(|l| l.contains("\"level\":\"ERROR\"") || l.contains("\"level\":\"WARN\""))
+        .map(str::to_string)
+        .collect();
+    assert!(noisy.is_empty(), "{noisy:#?}");
+    back_to_normal(&r);
+}

@@ -119,6 +119,11 @@ pub async fn stop_proxy(proxy: &std::sync::Mutex<Option<balancer::server::ProxyH
 /// `file` is where `config` came from (`None` for the embedded demo); reloads re-read it.
 pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
     raise_fd_limit();
+    // jemalloc's background threads purge freed pages on their own, so the memory a flood of
+    // connections took is given back even when the proxy threads then sit idle.
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        warn!(error = %e, "cannot start the allocator's background threads");
+    }
     let logs = &config.supervisor.logs.dir;
     std::fs::create_dir_all(logs)
         .with_context(|| format!("creating log_dir {}", logs.display()))?;

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
+use pingora::listeners::ListenerConfig;
 pub use pingora::protocols::http::v1::server::RequestLimits;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
@@ -204,7 +206,13 @@ pub fn spawn(
         "rtsup balancer".to_string(),
         Admission::new(proxy, connections.clone(), metrics.clone()),
     );
-    svc.add_tcp(&settings.listen.to_string());
+    // No read buffer in front of the client socket: pingora's default is 64 KiB per connection
+    // (resident once touched), which an idle or half-sent connection would hold; the header
+    // and body reads go straight into their own bounded buffers instead.
+    svc.endpoints().add_listener(
+        ListenerConfig::tcp(settings.listen.to_string())
+            .l4_buffer(L4BufferSettings::default().read(0)),
+    );
     server.add_service(svc);
     let (tx, rx) = oneshot::channel();
     let signal = ChannelSignal(Mutex::new(Some(rx)));

@@ -8,6 +8,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -23,6 +24,14 @@ use crate::observe::Observability;
 
 const DASHBOARD: &str = include_str!("assets/dashboard.html");
 
+/// Admin connections served at once; more are closed at once (the admin port must never take
+/// the descriptors the supervisor needs).
+const MAX_CONNECTIONS: usize = 32;
+
+/// Time for a request header, and for a whole admin connection.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
 /// Bind the admin address (errors name it).
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
@@ -37,6 +46,7 @@ pub async fn serve(listener: TcpListener, obs: Arc<Observability>, token: Option
     };
     info!(addr = %local, "admin listening (/status, /metrics, /)");
     let token: Arc<Option<String>> = Arc::new(token);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut failing = false;
     loop {
         let stream = match listener.accept().await {
@@ -55,9 +65,15 @@ pub async fn serve(listener: TcpListener, obs: Arc<Observability>, token: Option
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Full: close it now rather than hold a descriptor for it.
+            drop(stream);
+            continue;
+        };
         let obs = obs.clone();
         let token = token.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = service_fn(move |req| {
                 let obs = obs.clone();
                 let token = token.clone();
@@ -68,11 +84,14 @@ pub async fn serve(listener: TcpListener, obs: Arc<Observability>, token: Option
                     })
                 }
             });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                debug!(error = %e, "admin connection ended");
+            let conn = http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), svc);
+            match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+                Ok(Err(e)) => debug!(error = %e, "admin connection ended"),
+                Ok(Ok(())) => {}
+                Err(_) => debug!("admin connection closed after its lifetime"),
             }
         });
     }

@@ -71,6 +71,7 @@ fn client_limits(b: &crate::config::BalancerConfig) -> balancer::server::ClientL
     let open_now = std::fs::read_dir("/proc/self/fd").map_or(64, |d| d.count() as u64);
     let budget = balancer::connections::budget(nofile, open_now, balancer::server::UPSTREAM_POOL);
     let (pool, budget) = (budget.pool, budget.connections);
+    let memory = physical_memory();
     let total = match l.max_connections {
         Some(n) if n > budget => {
             warn!(
@@ -82,7 +83,11 @@ fn client_limits(b: &crate::config::BalancerConfig) -> balancer::server::ClientL
             budget
         }
         Some(n) => n,
-        None => budget,
+        // Also within a quarter of the memory, at a full header each (a flood of partial
+        // headers is the most clients can make the proxy hold).
+        None => memory.map_or(budget, |m| {
+            budget.min(balancer::connections::memory_cap(m, l.max_header as u64))
+        }),
     };
     info!(
         max_connections = total,
@@ -103,6 +108,19 @@ fn client_limits(b: &crate::config::BalancerConfig) -> balancer::server::ClientL
             exempt: b.trusted_proxies.clone(),
         },
     }
+}
+
+/// Physical memory in bytes (`MemTotal` of /proc/meminfo).
+fn physical_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 /// Stop the proxy (it stops accepting, gives the requests it accepted its grace period, then

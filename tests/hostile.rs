@@ -115,6 +115,29 @@ fn long_request_lines_and_large_headers_are_answered_by_the_proxy_without_forwar
     let (r, lb) = cluster("max_request_line = \"2KiB\"\nmax_header = \"4KiB\"\n");
     let long_line = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(3000));
     assert_eq!(exchange(lb, long_line.as_bytes()), 414);
+    // Blank lines before the request line do not hide it from the limit.
+    let after_blank = format!(
+        "\r\n\r\nGET /{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "a".repeat(3000)
+    );
+    assert_eq!(exchange(lb, after_blank.as_bytes()), 414);
+    // The limit is the line without its ending, whichever ending the client uses.
+    let line = |len: usize, ending: &str| {
+        let target = "a".repeat(len - "GET / HTTP/1.1".len());
+        format!("GET /{target} HTTP/1.1{ending}Host: x{ending}Connection: close{ending}{ending}")
+    };
+    for ending in ["\r\n", "\n"] {
+        assert_eq!(
+            exchange(lb, line(2048, ending).as_bytes()),
+            200,
+            "{ending:?}"
+        );
+        assert_eq!(
+            exchange(lb, line(2049, ending).as_bytes()),
+            414,
+            "{ending:?}"
+        );
+    }
     let large = format!(
         "GET / HTTP/1.1\r\nHost: x\r\n{}\r\n",
         "X-Pad: 0123456789012345678901234567890123456789\r\n".repeat(120)

@@ -77,3 +77,50 @@ fn the_soft_open_files_limit_is_raised_to_the_hard_one() {
     assert_eq!(soft, hard, "soft {soft}, hard {hard}");
     assert_ne!(soft, "256");
 }
+
+#[test]
+fn the_admin_server_holds_a_bounded_number_of_connections() {
+    let block = ports::block(3);
+    let (base, admin) = (block.base, block.base + 2);
+    drop(block);
+    let r = Rtsup::start(&format!(
+        "{}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n",
+        fixture_app("web", 1, base, "")
+    ));
+    r.wait_all_ready();
+    // 100 requests that never finish their header: the admin server keeps 32 of them and
+    // closes the rest at once, so they cannot take the daemon's descriptors.
+    let mut held: Vec<TcpStream> = (0..100)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", admin)).ok())
+        .collect();
+    for c in &mut held {
+        let _ = std::io::Write::write_all(c, b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+    }
+    let closed = wait_until("the surplus closed", || {
+        let closed = held
+            .iter()
+            .filter(|c| {
+                let _ = c.set_read_timeout(Some(Duration::from_millis(20)));
+                match std::io::Read::read(&mut &**c, &mut [0u8; 64]) {
+                    Ok(0) => true,
+                    Ok(_) => false,
+                    Err(e) => !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ),
+                }
+            })
+            .count();
+        if closed >= 60 {
+            Ok(closed)
+        } else {
+            Err(format!("{closed} closed"))
+        }
+    });
+    assert!(closed <= 68, "it keeps 32: {closed} of 100 closed");
+    assert!(r.try_status().is_ok(), "the control socket answers");
+    drop(held);
+    wait_until("the admin server answers again", || {
+        crate::harness::http_get(admin, "/status").map(|_| ())
+    });
+}

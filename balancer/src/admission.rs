@@ -36,17 +36,23 @@ pub struct Admission<A> {
     inner: Arc<A>,
     connections: Arc<Connections>,
     metrics: BalancerMetrics,
-    warned: WarnThrottle,
+    warned: Arc<WarnThrottle>,
 }
 
 impl<A> Admission<A> {
-    /// `inner` behind `connections`' caps.
-    pub fn new(inner: A, connections: Arc<Connections>, metrics: BalancerMetrics) -> Self {
+    /// `inner` behind `connections`' caps, warning through `warned` (shared by every proxy
+    /// thread, so the warning is once per period for the whole proxy).
+    pub fn new(
+        inner: A,
+        connections: Arc<Connections>,
+        metrics: BalancerMetrics,
+        warned: Arc<WarnThrottle>,
+    ) -> Self {
         Self {
             inner: Arc::new(inner),
             connections,
             metrics,
-            warned: WarnThrottle::new(WARN_EVERY),
+            warned,
         }
     }
 }
@@ -119,7 +125,7 @@ impl Drop for OpenGauge<'_> {
 
 /// At most one warning per period, reporting how many events it stands for.
 #[derive(Debug)]
-pub(crate) struct WarnThrottle {
+pub struct WarnThrottle {
     start: Instant,
     period_ms: u64,
     /// Milliseconds after `start` of the last warning, plus one (0: never warned).
@@ -128,7 +134,8 @@ pub(crate) struct WarnThrottle {
 }
 
 impl WarnThrottle {
-    pub(crate) fn new(period: Duration) -> Self {
+    /// At most one warning per `period`.
+    pub fn new(period: Duration) -> Self {
         Self {
             start: Instant::now(),
             period_ms: u64::try_from(period.as_millis()).unwrap_or(u64::MAX),

@@ -84,6 +84,7 @@ impl Connections {
             return Err(Refusal::Total);
         }
         let address = peer
+            .map(|ip| ip.to_canonical())
             .filter(|ip| {
                 self.caps.per_address > 0 && !self.caps.exempt.iter().any(|n| n.contains(ip))
             })
@@ -156,6 +157,17 @@ pub fn budget(nofile: u64, open_now: u64, max_pool: usize) -> Budget {
     }
 }
 
+/// What one client connection may cost the proxy beyond its header buffer (measured ~18 KB
+/// for an idle connection, bench/hostile.py), rounded up.
+pub const CONNECTION_OVERHEAD: u64 = 24 * 1024;
+
+/// How many client connections fit in a quarter of `memory` bytes when each may hold a whole
+/// `max_header` (a partial header is the most a client can make the proxy hold); at least 1.
+pub fn memory_cap(memory: u64, max_header: u64) -> usize {
+    let room = memory / 4 / (max_header + CONNECTION_OVERHEAD).max(1);
+    usize::try_from(room).unwrap_or(usize::MAX).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +225,13 @@ mod tests {
         );
         assert!(c.admit(ip("2001:db8:1:3::1")).is_ok(), "another /64");
         let _v4 = c.admit(ip("5.5.5.5")).expect("v4");
+        let mapped_proxy: Vec<Ticket> = (0..3)
+            .map(|_| {
+                c.admit(ip("::ffff:10.0.0.1"))
+                    .expect("a mapped trusted proxy is exempt")
+            })
+            .collect();
+        assert_eq!(mapped_proxy.len(), 3);
         assert_eq!(
             c.admit(ip("::ffff:5.5.5.5")).err(),
             Some(Refusal::PerAddress)
@@ -230,6 +249,16 @@ mod tests {
         assert_eq!(c.addresses(), 0);
         drop((held, unix));
         assert_eq!(c.open(), 0);
+    }
+
+    #[test]
+    fn the_memory_cap_is_a_quarter_of_memory_at_a_full_header_each() {
+        let gib = 1 << 30;
+        // 24 GiB, 32 KiB headers: 6 GiB / 56 KiB.
+        assert_eq!(memory_cap(24 * gib, 32 * 1024), 112_347);
+        // 1 MiB headers: far fewer.
+        assert_eq!(memory_cap(24 * gib, 1 << 20), 6_003);
+        assert_eq!(memory_cap(0, 1 << 20), 1);
     }
 
     #[test]

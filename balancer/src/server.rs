@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
-use pingora::listeners::ListenerConfig;
+use pingora::listeners::{ListenerConfig, TcpSocketOptions};
 pub use pingora::protocols::http::v1::server::RequestLimits;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::HttpProxy;
@@ -21,7 +21,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::info;
 
 use crate::BackendSet;
-use crate::admission::Admission;
+use crate::admission::{Admission, WARN_EVERY, WarnThrottle};
 use crate::affinity::CookieSigner;
 use crate::connections::{ConnectionCaps, Connections};
 use crate::loads::Loads;
@@ -182,38 +182,47 @@ pub fn spawn(
             }
         });
     }
+    let threads = settings.threads.max(1);
     let conf = ServerConf {
-        threads: settings.threads,
-        // One current-thread runtime per proxy thread (nginx's model): no work stealing, so a
-        // request's tasks never hop threads; measured ~2x the throughput of the default on
-        // this 2-core machine (bench/compare.py).
+        // One service per proxy thread, each a current-thread runtime with its own listener on
+        // the port (SO_REUSEPORT: the kernel spreads connections) and its own upstream pool,
+        // so a request never changes thread (nginx's model; see docs/BENCHMARKS.md).
+        threads: 1,
         work_stealing: false,
         // After a stop, pingora stops accepting, then gives the requests it accepted this
         // long before it drops its runtimes (whole seconds; always waited in full).
         grace_period_seconds: Some(STOP_GRACE_SECONDS),
         graceful_shutdown_timeout_seconds: Some(1),
-        upstream_keepalive_pool_size: settings.limits.upstream_pool,
+        upstream_keepalive_pool_size: (settings.limits.upstream_pool / threads).max(1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
-    let mut proxy = HttpProxy::new(app, server.configuration.clone());
+    let connections = Connections::new(settings.limits.caps.clone());
     let mut options = HttpServerOptions::default();
     options.h1_request_limits = Some(settings.limits.request);
-    proxy.server_options = Some(options);
-    proxy.handle_init_modules();
-    let connections = Connections::new(settings.limits.caps.clone());
-    let mut svc = Service::new(
-        "rtsup balancer".to_string(),
-        Admission::new(proxy, connections.clone(), metrics.clone()),
-    );
-    // No read buffer in front of the client socket: pingora's default is 64 KiB per connection
-    // (resident once touched), which an idle or half-sent connection would hold; the header
-    // and body reads go straight into their own bounded buffers instead.
-    svc.endpoints().add_listener(
-        ListenerConfig::tcp(settings.listen.to_string())
-            .l4_buffer(L4BufferSettings::default().read(0)),
-    );
-    server.add_service(svc);
+    let warned = Arc::new(WarnThrottle::new(WARN_EVERY));
+    let mut socket = TcpSocketOptions::default();
+    socket.so_reuseport = Some(true);
+    let mut apps: Vec<Balancer> = (1..threads).map(|_| app.for_another_thread()).collect();
+    apps.push(app);
+    for (i, app) in apps.into_iter().enumerate() {
+        let mut proxy = HttpProxy::new(app, server.configuration.clone());
+        proxy.server_options = Some(options.clone());
+        proxy.handle_init_modules();
+        let mut svc = Service::new(
+            format!("rtsup balancer {i}"),
+            Admission::new(proxy, connections.clone(), metrics.clone(), warned.clone()),
+        );
+        // No read buffer in front of the client socket: pingora's default is 64 KiB per
+        // connection (resident once touched), which an idle or half-sent connection would
+        // hold; the header and body reads go straight into their own bounded buffers.
+        svc.endpoints().add_listener(
+            ListenerConfig::tcp(settings.listen.to_string())
+                .tcp_socket_options(socket.clone())
+                .l4_buffer(L4BufferSettings::default().read(0)),
+        );
+        server.add_service(svc);
+    }
     let (tx, rx) = oneshot::channel();
     let signal = ChannelSignal(Mutex::new(Some(rx)));
     let listen = settings.listen;

@@ -151,6 +151,22 @@ impl Balancer {
         }
     }
 
+    /// The same balancer for another proxy thread: every table and counter shared, its own
+    /// round-robin turn (no cache line bounced between threads per request).
+    pub(crate) fn for_another_thread(&self) -> Self {
+        Self {
+            metrics: self.metrics.clone(),
+            routes: self.routes.clone(),
+            sids: self.sids.clone(),
+            loads: self.loads.clone(),
+            upgrades: self.upgrades.clone(),
+            session_rate: self.session_rate.clone(),
+            signer: self.signer.clone(),
+            config: self.config.clone(),
+            turn: AtomicUsize::new(self.turn.load(Ordering::Relaxed)),
+        }
+    }
+
     /// The per-address limiter of new sessions (for the sweeper).
     pub(crate) fn session_rate(&self) -> Arc<SessionRate> {
         self.session_rate.clone()

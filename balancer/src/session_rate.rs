@@ -51,10 +51,13 @@ impl SessionRate {
 
     /// Take one new session for `ip` at `now`: `Err(seconds)` to wait when its bucket is
     /// empty.
+    /// Addresses are grouped like connections ([`crate::connections::client_key`]: an IPv6
+    /// client by its /64), so one host cannot spread a flood over its own addresses.
     pub fn take(&self, ip: IpAddr, now: Instant) -> Result<(), u64> {
         if self.rate <= 0.0 {
             return Ok(());
         }
+        let ip = crate::connections::client_key(ip);
         if !self.buckets.contains_key(&ip) && self.buckets.len() >= self.max_clients {
             self.untracked.fetch_add(1, Ordering::Relaxed);
             return Ok(());
@@ -114,6 +117,17 @@ mod tests {
         let t1 = t0 + Duration::from_millis(100);
         assert_eq!(r.take(ip(1), t1), Ok(()));
         assert_eq!(r.take(ip(1), t1), Err(1));
+    }
+
+    #[test]
+    fn an_ipv6_host_shares_one_bucket_across_its_64() {
+        let r = SessionRate::new(1, 2);
+        let t0 = Instant::now();
+        let v6 = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert_eq!(r.take(v6("2001:db8:0:1::1"), t0), Ok(()));
+        assert_eq!(r.take(v6("2001:db8:0:1::2"), t0), Ok(()));
+        assert_eq!(r.take(v6("2001:db8:0:1:ffff::3"), t0), Err(1), "same /64");
+        assert_eq!(r.take(v6("2001:db8:0:2::1"), t0), Ok(()), "another /64");
     }
 
     #[test]

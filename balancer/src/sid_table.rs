@@ -2,10 +2,13 @@
 //!
 //! A sync sharded map (DashMap): it is written from pingora's synchronous body filter. An entry
 //! lives while requests keep coming or a WebSocket of the session is open; it expires after the
-//! session's `pingInterval + pingTimeout` of silence. The table has a hard size bound.
+//! session's `pingInterval + pingTimeout` of silence. The table has a hard size bound, kept
+//! with an atomic count: a full table refuses the new entry at once (the session then relies
+//! on its affinity cookie) and the periodic [`SidTable::sweep`] makes room, so no request ever
+//! waits on work that grows with the number of sessions.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -30,6 +33,8 @@ struct Entry {
 #[derive(Debug)]
 pub struct SidTable {
     map: DashMap<Box<str>, Entry>,
+    /// Entries in `map` (DashMap's own `len` visits every shard).
+    count: AtomicUsize,
     epoch: Instant,
     max: usize,
     loads: Arc<Loads>,
@@ -40,6 +45,7 @@ impl SidTable {
     pub fn new(max: usize, loads: Arc<Loads>) -> Self {
         Self {
             map: DashMap::new(),
+            count: AtomicUsize::new(0),
             epoch: Instant::now(),
             max,
             loads,
@@ -50,14 +56,12 @@ impl SidTable {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Record that `sid` belongs to `backend`. Returns false when the table is full even after
-    /// a sweep (the session then relies on the affinity cookie).
+    /// Record that `sid` belongs to `backend`. Returns false when the table is full (the
+    /// session then relies on the affinity cookie until a sweep makes room).
     pub fn insert(&self, sid: &str, backend: Arc<str>, liveness: Option<Duration>) -> bool {
-        if self.map.len() >= self.max {
-            self.sweep();
-            if self.map.len() >= self.max {
-                return false;
-            }
+        if self.count.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+            return false;
         }
         let entry = Entry {
             backend: backend.clone(),
@@ -68,6 +72,7 @@ impl SidTable {
         self.loads.add(&backend, 1);
         if let Some(old) = self.map.insert(sid.into(), entry) {
             self.loads.add(&old.backend, -1);
+            self.count.fetch_sub(1, Ordering::AcqRel);
         }
         true
     }
@@ -83,6 +88,7 @@ impl SidTable {
     pub fn remove(&self, sid: &str) {
         if let Some((_, e)) = self.map.remove(sid) {
             self.loads.add(&e.backend, -1);
+            self.count.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -116,17 +122,18 @@ impl SidTable {
             }
             keep
         });
+        self.count.fetch_sub(removed, Ordering::AcqRel);
         removed
     }
 
     /// Entries in the table.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.count.load(Ordering::Acquire)
     }
 
     /// Whether the table is empty.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
     }
 }
 
@@ -177,5 +184,29 @@ mod tests {
         assert!(t.insert("2", a.clone(), None));
         assert!(!t.insert("3", a.clone(), None));
         assert_eq!(t.len(), 2);
+        // Replacing an entry is not a new one; removing makes room.
+        assert!(
+            !t.insert("2", a.clone(), None),
+            "full is full, even for a known sid"
+        );
+        t.remove("1");
+        assert!(t.insert("3", a.clone(), None));
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn a_full_table_refuses_at_once_and_the_sweep_makes_room() {
+        let (t, _) = table(2);
+        let a: Arc<str> = Arc::from("a");
+        assert!(t.insert("old1", a.clone(), Some(Duration::ZERO)));
+        assert!(t.insert("old2", a.clone(), Some(Duration::ZERO)));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(
+            !t.insert("new", a.clone(), None),
+            "no sweep on the request path"
+        );
+        assert_eq!(t.sweep(), 2);
+        assert_eq!(t.len(), 0);
+        assert!(t.insert("new", a.clone(), None));
     }
 }

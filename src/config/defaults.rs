@@ -54,6 +54,8 @@ pub const DEFAULT_MAX_REQUEST_LINE: &str = "8KiB";
 pub const DEFAULT_MAX_HEADER: &str = "32KiB";
 /// Largest `max_header` accepted (pingora's own bound).
 pub const MAX_MAX_HEADER: u64 = 1024 * 1024;
+/// Longest `max_request_line` accepted (the `http` crate refuses longer URIs).
+pub const MAX_MAX_REQUEST_LINE: u64 = 63 * 1024;
 /// Time for a whole request header (nginx `client_header_timeout`).
 pub const DEFAULT_HEADER_TIMEOUT: &str = "60s";
 /// Longest wait for the next piece of a body (nginx `client_body_timeout`).

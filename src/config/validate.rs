@@ -659,22 +659,25 @@ fn balancer_section(
     })
 }
 
-/// The `[balancer]` bounds on clients: sizes within pingora's 1 MiB and the request line
-/// within the header, timeouts of at least 100 ms, caps of at least 1.
+/// The `[balancer]` bounds on clients: the header within 1 MiB, the request line within 64 KiB
+/// (the longest URI the HTTP stack takes) and the header, timeouts from 100 ms to 1 day, caps
+/// of at least 1.
 fn client_bounds(b: &RawBalancer, rep: &mut Reporter<'_>) -> Option<ClientBounds> {
-    let bounded_size = |v: Option<&Spanned<String>>, default, key, rep: &mut Reporter<'_>| {
-        let n = size(v, default, key, rep)?;
-        if (1024..=MAX_MAX_HEADER).contains(&n) {
-            usize::try_from(n).ok()
-        } else {
-            rep.at(span_of(v), key, "must be 1KiB to 1MiB");
-            None
-        }
-    };
+    let bounded_size =
+        |v: Option<&Spanned<String>>, default, key, max: u64, rep: &mut Reporter<'_>| {
+            let n = size(v, default, key, rep)?;
+            if (1024..=max).contains(&n) {
+                usize::try_from(n).ok()
+            } else {
+                let max = bytesize::ByteSize::b(max).display().iec();
+                rep.at(span_of(v), key, format!("must be 1KiB to {max}"));
+                None
+            }
+        };
     let timeout = |v: Option<&Spanned<String>>, default, key, rep: &mut Reporter<'_>| {
         let d = duration(v, default, key, rep)?;
-        if d < Duration::from_millis(100) {
-            rep.at(span_of(v), key, "must be at least 100ms");
+        if d < Duration::from_millis(100) || d > Duration::from_secs(24 * 3600) {
+            rep.at(span_of(v), key, "must be 100ms to 1d");
             return None;
         }
         Some(d)
@@ -694,12 +697,14 @@ fn client_bounds(b: &RawBalancer, rep: &mut Reporter<'_>) -> Option<ClientBounds
         b.max_request_line.as_ref(),
         DEFAULT_MAX_REQUEST_LINE,
         "balancer.max_request_line",
+        MAX_MAX_REQUEST_LINE,
         rep,
     );
     let header = bounded_size(
         b.max_header.as_ref(),
         DEFAULT_MAX_HEADER,
         "balancer.max_header",
+        MAX_MAX_HEADER,
         rep,
     );
     if let (Some(l), Some(h)) = (line, header)

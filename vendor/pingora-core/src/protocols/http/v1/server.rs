@@ -302,7 +302,7 @@ impl HttpSession {
             },
         };
         if deadline.is_none() {
-            *deadline = Some(Instant::now() + limits.header_timeout);
+            *deadline = Some(deadline_after(limits.header_timeout));
         }
         Self::request_read_outcome(read_result, already_read)
     }
@@ -413,11 +413,12 @@ impl HttpSession {
         // for a connection's first request.
         let limits = self.request_limits;
         let mut deadline = match limits {
-            Some(l) if !self.reused || already_read > 0 => Some(Instant::now() + l.header_timeout),
+            Some(l) if !self.reused || already_read > 0 => Some(deadline_after(l.header_timeout)),
             _ => None,
         };
         loop {
-            if already_read > MAX_HEADER_SIZE {
+            // rtsup patch: with limits set, `max_header` bounds the buffer instead.
+            if limits.is_none() && already_read > MAX_HEADER_SIZE {
                 /* NOTE: this check only blocks second read. The first large read is allowed
                 since the buf is already allocated. The goal is to avoid slowly bloating
                 this buffer */
@@ -440,7 +441,17 @@ impl HttpSession {
                     .read_request_bounded(&mut buf, already_read, l, &mut deadline)
                     .await?
                 {
-                    Some(n) => already_read += n,
+                    Some(n) => {
+                        let before = already_read;
+                        already_read += n;
+                        // rtsup patch: a header ends with a blank line, so it cannot be complete
+                        // unless the bytes just read finish one; parsing again from the start
+                        // on every read would cost a slow sender's header quadratic CPU.
+                        if !ends_blank_line_within(&buf, before) {
+                            check_request_limits(&buf, l)?;
+                            continue;
+                        }
+                    }
                     None => return Ok(None),
                 }
             } else if let Some(n) = self.read_request_buf(&mut buf, already_read).await? {
@@ -1888,12 +1899,43 @@ static REQUEST_LINE_REGEX: Lazy<Regex> =
 // Almost https://url.spec.whatwg.org/#query-percent-encode-set + {}
 const URI_ESC_CHARSET: &AsciiSet = &CONTROLS.add(b' ').add(b'<').add(b'>').add(b'"');
 
-/// rtsup patch: whether a header, complete or still arriving, is within [`RequestLimits`].
-fn check_request_limits(header: &[u8], limits: RequestLimits) -> Result<()> {
-    let line = header
+/// rtsup patch: a deadline `after` from now, far in the future when that overflows.
+fn deadline_after(after: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(after)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+}
+
+/// rtsup patch: whether `buf` has a blank line (`\n\n` or `\n\r\n`) ending at or after
+/// `from` (the bytes before `from` were already looked at).
+fn ends_blank_line_within(buf: &[u8], from: usize) -> bool {
+    let start = from.saturating_sub(2);
+    buf[start..]
         .iter()
-        .position(|&b| b == b'\n')
+        .enumerate()
+        .any(|(i, &b)| {
+            b == b'\n' && {
+                let at = start + i;
+                (at >= 1 && buf[at - 1] == b'\n')
+                    || (at >= 2 && buf[at - 1] == b'\r' && buf[at - 2] == b'\n')
+            }
+        })
+}
+
+/// rtsup patch: whether a header, complete or still arriving, is within [`RequestLimits`].
+/// The request line is measured without the blank lines a client may send before it and
+/// without its line ending.
+fn check_request_limits(header: &[u8], limits: RequestLimits) -> Result<()> {
+    let start = header
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
         .unwrap_or(header.len());
+    let rest = &header[start..];
+    let line = match rest.iter().position(|&b| b == b'\n') {
+        Some(end) if end > 0 && rest[end - 1] == b'\r' => end - 1,
+        Some(end) => end,
+        None => rest.len(),
+    };
     if line > limits.max_request_line {
         return Error::e_explain(
             URI_TOO_LONG,

@@ -1,0 +1,78 @@
+//! The ceiling rtsup's proxy is measured against (`bench/compare.py`): a pingora proxy that
+//! does nothing but pick a backend round-robin in `upstream_peer`, on the same pingora and
+//! the same runtime layout as rtsup (SERVICES services of one current-thread runtime each,
+//! on one port with SO_REUSEPORT).
+//!
+//! `cargo run --release -p rtsup-balancer --example minimal_proxy -- LISTEN SERVICES BACKEND...`
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use pingora::listeners::TcpSocketOptions;
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{ProxyHttp, Session, http_proxy_service};
+use pingora::server::Server;
+use pingora::server::configuration::ServerConf;
+
+struct Minimal {
+    backends: Vec<SocketAddr>,
+    turn: AtomicUsize,
+}
+
+#[async_trait]
+impl ProxyHttp for Minimal {
+    type CTX = ();
+
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut (),
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let i = self.turn.fetch_add(1, Ordering::Relaxed) % self.backends.len();
+        Ok(Box::new(HttpPeer::new(
+            self.backends[i],
+            false,
+            String::new(),
+        )))
+    }
+}
+
+fn main() -> Result<(), String> {
+    let mut args = std::env::args().skip(1);
+    let usage = "usage: minimal_proxy LISTEN SERVICES BACKEND...";
+    let listen = args.next().ok_or(usage)?;
+    let services: usize = args
+        .next()
+        .ok_or(usage)?
+        .parse()
+        .map_err(|e| format!("SERVICES: {e}"))?;
+    let backends = args
+        .map(|a| a.parse::<SocketAddr>().map_err(|e| format!("{a}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if backends.is_empty() || services == 0 {
+        return Err(usage.into());
+    }
+    let conf = ServerConf {
+        threads: 1,
+        work_stealing: false,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    for _ in 0..services {
+        let mut svc = http_proxy_service(
+            &server.configuration,
+            Minimal {
+                backends: backends.clone(),
+                turn: AtomicUsize::new(0),
+            },
+        );
+        let mut opts = TcpSocketOptions::default();
+        opts.so_reuseport = Some(true);
+        svc.add_tcp_with_settings(&listen, opts);
+        server.add_service(svc);
+    }
+    server.run_forever();
+}

@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""The proxy's own cost, side by side in one run: rtsup's balancer, the minimal pingora proxy
+(the ceiling: pingora with nothing but `upstream_peer`, same runtime layout), nginx, and no
+proxy, all in front of the same fast backend (nginx `return 200`, supervised by rtsup as its
+one worker), so the backend is never the bottleneck.
+
+  bench/proxy_speed.py        (needs: cargo build --release --examples -p rtsup-balancer, nginx, wrk)
+
+Per proxy: keep-alive req/s (wrk -t1 -c50), its CPU per request (from /proc), and the p50 /
+p99 latency at c=1 and the latency added over direct; medians of ROUNDS interleaved rounds.
+THREADS (default 2) sets rtsup's `[balancer] threads`, the minimal proxy's services and
+nginx's worker_processes. Raw numbers: target/bench/proxy_speed.json.
+"""
+import json, os, random, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target/release/rtsup")
+MINIMAL = os.path.join(ROOT, "target/release/examples/minimal_proxy")
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
+THREADS = int(os.environ.get("THREADS", "2"))
+DURATION = os.environ.get("DURATION", "5s")
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def wait_port(port, deadline=30):
+    end = time.time() + deadline
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"port {port} never opened")
+
+
+def cpu_ticks(pids):
+    total = 0
+    for pid in pids:
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError):
+            pass
+    return total
+
+
+def children(pid):
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def to_ms(v):
+    num, unit = re.match(r"([\d.]+)(\w+)", v).groups()
+    return float(num) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(port, conns, pids):
+    before = cpu_ticks(pids)
+    out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{DURATION}", "--latency", f"http://127.0.0.1:{port}/"],
+                         capture_output=True, text=True).stdout
+    used = cpu_ticks(pids) - before
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p50_ms": to_ms(re.search(r"\s50%\s+(\S+)", out).group(1)),
+            "p99_ms": to_ms(re.search(r"\s99%\s+(\S+)", out).group(1)),
+            "cpu_us_per_req": round(used / HZ * 1e6 / max(total, 1), 1) if pids else None,
+            "non2xx": int(errors.group(1)) if errors else 0}
+
+
+def main():
+    for path in (BIN, MINIMAL):
+        if not os.path.exists(path):
+            sys.exit(f"missing {path}: cargo build --release --examples -p rtsup-balancer && cargo build --release")
+    work = tempfile.mkdtemp(prefix="rtsup-speed-")
+    base = random.randint(20000, 31000)
+    backend, lb, minimal, ngx = base, base + 10, base + 11, base + 12
+    backend_conf = os.path.join(work, "backend.conf")
+    with open(backend_conf, "w") as f:
+        f.write(f"""worker_processes 1;
+pid {work}/backend.pid;
+error_log {work}/backend-error.log crit;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  server {{ listen 127.0.0.1:{backend}; keepalive_requests 1000000; location / {{ return 200 "ok"; }} }}
+}}
+""")
+    conf = os.path.join(work, "rtsup.toml")
+    with open(conf, "w") as f:
+        f.write(f"""[supervisor]
+control_socket = "{work}/rtsup.sock"
+log_dir = "{work}/logs"
+[[app]]
+name = "backend"
+command = "nginx"
+args = ["-p", "{work}", "-c", "{backend_conf}", "-g", "daemon off;"]
+instances = 1
+port = {backend}
+ready = "tcp"
+[balancer]
+listen = "127.0.0.1:{lb}"
+threads = {THREADS}
+""")
+    rtsup = subprocess.Popen([BIN, "start", "-c", conf], stderr=open(os.path.join(work, "rtsup.log"), "w"))
+    wait_port(backend)
+    wait_port(lb)
+    mini = subprocess.Popen([MINIMAL, f"127.0.0.1:{minimal}", str(THREADS), f"127.0.0.1:{backend}"],
+                            stderr=subprocess.DEVNULL)
+    wait_port(minimal)
+    ngx_conf = os.path.join(work, "nginx.conf")
+    with open(ngx_conf, "w") as f:
+        f.write(f"""worker_processes {THREADS};
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log crit;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  upstream backend {{ server 127.0.0.1:{backend}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{ngx} reuseport;
+    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
+}}
+""")
+    nginx = subprocess.Popen(["nginx", "-p", work, "-c", ngx_conf, "-g", "daemon off;"])
+    wait_port(ngx)
+    time.sleep(1)
+    targets = {"rtsup": (lb, lambda: [rtsup.pid]), "pingora-minimal": (minimal, lambda: [mini.pid]),
+               "nginx": (ngx, lambda: [nginx.pid] + children(nginx.pid)), "direct": (backend, lambda: [])}
+    raw = {name: {"load": [], "c1": []} for name in targets}
+    try:
+        for r in range(ROUNDS):
+            for name, (port, pids) in targets.items():
+                print(f"# round {r + 1}: {name}", file=sys.stderr)
+                raw[name]["load"].append(wrk(port, 50, pids()))
+                raw[name]["c1"].append(wrk(port, 1, pids()))
+    finally:
+        nginx.send_signal(signal.SIGQUIT)
+        mini.kill()  # pingora's own shutdown waits out a 300 s grace period
+        rtsup.send_signal(signal.SIGTERM)
+        nginx.wait(timeout=30)
+        mini.wait(timeout=30)
+        rtsup.wait(timeout=60)
+    med = lambda name, kind, key: statistics.median(x[key] for x in raw[name][kind])
+    summary = {}
+    for name in targets:
+        s = summary[name] = {"rps": med(name, "load", "rps"), "p99_ms": med(name, "load", "p99_ms"),
+                             "c1_p50_ms": med(name, "c1", "p50_ms"),
+                             "non2xx": sum(x["non2xx"] for x in raw[name]["load"])}
+        if name != "direct":
+            s["cpu_us_per_req"] = med(name, "load", "cpu_us_per_req")
+    for s in summary.values():
+        s["x_nginx"] = round(s["rps"] / summary["nginx"]["rps"], 2)
+        s["added_c1_ms"] = round(s["c1_p50_ms"] - summary["direct"]["c1_p50_ms"], 3)
+    os.makedirs(os.path.join(ROOT, "target/bench"), exist_ok=True)
+    with open(os.path.join(ROOT, "target/bench/proxy_speed.json"), "w") as f:
+        json.dump({"summary": summary, "raw": raw, "threads": THREADS}, f, indent=1)
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"| {THREADS} proxy threads/workers, wrk -t1 -c50 {DURATION}, median of {ROUNDS} | req/s | × nginx | p99 (ms) | proxy CPU per request (µs) | p50 at c=1 (ms) | added at c=1 (ms) | non-2xx |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, s in summary.items():
+        print(f"| {name} | {s['rps']:,.0f} | {s['x_nginx']} | {s['p99_ms']:.2f} | {s.get('cpu_us_per_req', '—')} | "
+              f"{s['c1_p50_ms']:.3f} | {s['added_c1_ms']:.3f} | {s['non2xx']} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -290,14 +290,24 @@ impl ProxyHttp for Balancer {
             }
         } else {
             let owner = ctx.sid.as_deref().and_then(|s| self.sids.lookup(s));
-            let cookie = self.cookie_key(session);
+            // Only what the decision reads: a request of a known session needs neither the
+            // cookie (HMAC) nor the client address; only a new session under ip-hash needs the
+            // address.
+            let cookie = match (ctx.engineio, &owner) {
+                (true, Some(_)) => None,
+                _ => self.cookie_key(session),
+            };
+            let hashed = ctx.engineio
+                && ctx.sid.is_none()
+                && self.config.new_sessions == NewSessions::IpHash;
             let facts = RequestFacts {
                 engineio: ctx.engineio,
                 sid: ctx.sid.as_deref(),
                 sid_owner: owner.as_deref(),
                 cookie_key: cookie.as_deref(),
-                client_ip: self
-                    .client_ip(session)
+                client_ip: hashed
+                    .then(|| self.client_ip(session))
+                    .flatten()
                     .unwrap_or(IpAddr::from([0, 0, 0, 0])),
             };
             policy::route(

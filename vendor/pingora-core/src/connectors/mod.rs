@@ -260,10 +260,13 @@ impl TransportConnector {
                         let mut stream = l.into_inner();
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
+                        // rtsup patch: no `peer.matches_fd(stream.id())` here. It asked the
+                        // kernel (getpeername) on every reuse whether the pooled stream's fd
+                        // still points at the peer, one syscall per proxied request; the pool
+                        // owns the fd (the `Stream` closes it only when dropped), so it cannot
+                        // point anywhere else.
                         #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
-                            && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
-                        {
+                        if test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
                             Some(stream)
                         } else {
                             None

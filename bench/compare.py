@@ -102,6 +102,10 @@ env = {{ RTSUP_RATE_LIMIT = "1000000" }}
 [balancer]
 listen = "127.0.0.1:{lb}"
 threads = 2
+# Every benchmark client comes from 127.0.0.1: the per-address bounds (meant for one client
+# among many) would refuse most of them. nginx has neither bound.
+session_rate = 0
+max_connections_per_address = 0
 [admin]
 listen = "127.0.0.1:{base + 11}"
 """)

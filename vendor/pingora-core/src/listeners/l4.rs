@@ -362,7 +362,20 @@ impl ListenerEndpointBuilder {
             let existing_fd = fds_table.lock().get(addr_str).copied();
 
             if let Some(fd) = existing_fd {
-                from_raw_fd(&listen_addr, fd)?
+                // rtsup patch: a second service on the same address (one per proxy thread)
+                // gets a descriptor of its own for the shared socket, so each listener closes
+                // only its own; upstream gave both the same one, and the second close at
+                // shutdown aborted the process ("owned file descriptor already closed").
+                let own = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+                    .try_clone_to_owned()
+                    .map_err(|e| {
+                        pingora_error::Error::because(
+                            BindError,
+                            format!("dup of the listener of {addr_str}"),
+                            e,
+                        )
+                    })?;
+                from_raw_fd(&listen_addr, std::os::fd::IntoRawFd::into_raw_fd(own))?
             } else {
                 let listener = bind(&listen_addr).await?;
                 fds_table

@@ -6,41 +6,12 @@ four rtsup-worker processes (supervised by rtsup; nginx points at the same ports
 
 Prints a markdown table; raw numbers go to target/bench/compare.json.
 """
-import json, os, random, re, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
+import json, os, random, re, shutil, signal, subprocess, sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target/release/rtsup")
+from common import BIN, ROOT, children, rss_kb, to_ms, wait_port
 NODE_ENV = dict(os.environ, NODE_PATH=os.path.join(ROOT, "tests/interop/node_modules"))
 IDLE_SESSIONS = int(os.environ.get("IDLE_SESSIONS", "8000"))
 FANOUT_CLIENTS = int(os.environ.get("FANOUT_CLIENTS", "1000"))
-
-
-def wait_port(port, deadline=20):
-    end = time.time() + deadline
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"port {port} never opened")
-
-
-def rss_kb(pids):
-    total = 0
-    for pid in pids:
-        try:
-            for line in open(f"/proc/{pid}/status"):
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
-
-
-def children(pid):
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
 
 
 def node(script, *args, timeout=600):
@@ -48,11 +19,6 @@ def node(script, *args, timeout=600):
                          capture_output=True, text=True, env=NODE_ENV, timeout=timeout)
     lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
     return json.loads(lines[-1]) if lines else {"error": out.stderr[-500:]}
-
-
-def to_ms(v):
-    num, unit = re.match(r"([\d.]+)(\w+)", v).groups()
-    return float(num) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
 def wrk(port):

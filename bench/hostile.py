@@ -15,38 +15,9 @@ Prints a markdown table; raw numbers go to target/bench/hostile.json.
 """
 import http.client, json, os, random, resource, shutil, signal, socket, subprocess, sys, tempfile, threading, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target/release/rtsup")
+from common import BIN, ROOT, children, rss_kb, wait_port
 N = int(os.environ.get("HOSTILE_N", "2000"))
 SETTLE = float(os.environ.get("HOSTILE_SETTLE", "30"))
-
-
-def wait_port(port, deadline=30):
-    end = time.time() + deadline
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"port {port} never opened")
-
-
-def rss_kb(pids):
-    total = 0
-    for pid in pids:
-        try:
-            for line in open(f"/proc/{pid}/status"):
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
-
-
-def children(pid):
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
 
 
 def connect(port, i):

@@ -11,47 +11,14 @@ p99 latency at c=1 and the latency added over direct; medians of ROUNDS interlea
 THREADS (default 2) sets rtsup's `[balancer] threads`, the minimal proxy's services and
 nginx's worker_processes. Raw numbers: target/bench/proxy_speed.json.
 """
-import json, os, random, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+import json, os, random, re, shutil, signal, statistics, subprocess, sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target/release/rtsup")
+from common import BIN, ROOT, children, cpu_ticks, to_ms, wait_port
 MINIMAL = os.path.join(ROOT, "target/release/examples/minimal_proxy")
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 THREADS = int(os.environ.get("THREADS", "2"))
 DURATION = os.environ.get("DURATION", "5s")
 HZ = os.sysconf("SC_CLK_TCK")
-
-
-def wait_port(port, deadline=30):
-    end = time.time() + deadline
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"port {port} never opened")
-
-
-def cpu_ticks(pids):
-    total = 0
-    for pid in pids:
-        try:
-            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except (OSError, IndexError):
-            pass
-    return total
-
-
-def children(pid):
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
-
-
-def to_ms(v):
-    num, unit = re.match(r"([\d.]+)(\w+)", v).groups()
-    return float(num) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
 def wrk(port, conns, pids):

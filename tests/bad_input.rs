@@ -5,7 +5,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use crate::harness::{Rtsup, fixture_app, handshake_from, http_get, metric, ports, wait_until};
+use crate::harness::{
+    Rtsup, exchange, fixture_app, handshake_from, http_get, metric, ports, wait_until,
+};
 
 fn cluster() -> (Rtsup, u16) {
     let base = ports::block(5).base;
@@ -17,20 +19,6 @@ fn cluster() -> (Rtsup, u16) {
     r.wait_all_ready();
     wait_until("the balancer", || http_get(lb, "/").map(|_| ()));
     (r, lb)
-}
-
-/// Send raw bytes; return the status code of the answer (0 when the proxy just closed).
-fn raw(port: u16, bytes: &[u8]) -> u16 {
-    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    c.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let _ = c.write_all(bytes);
-    let mut resp = Vec::new();
-    let _ = c.read_to_end(&mut resp);
-    String::from_utf8_lossy(&resp)
-        .get(9..12)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
 }
 
 #[test]
@@ -51,7 +39,7 @@ fn malformed_requests_get_4xx_and_the_proxy_keeps_serving() {
         ("forged cookie", b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\nCookie: rtsup=zz.zz; rtsup=..\r\n\r\n".to_vec()),
     ];
     for (what, bytes) in cases {
-        let status = raw(lb, &bytes);
+        let status = exchange(lb, &bytes);
         match what {
             // The forged cookie is ignored: a normal handshake answered by a worker.
             "forged cookie" => assert_eq!(status, 200, "{what}"),

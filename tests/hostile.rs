@@ -7,8 +7,8 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    Rtsup, connect_from, cpu_share, fixture_app, handshake_from, http_get, metric, ports, rss_kb,
-    wait_until,
+    Rtsup, connect_from, cpu_share, exchange, fixture_app, handshake_from, http_get, metric, ports,
+    rss_kb, status_of, wait_until,
 };
 
 /// Where the legitimate client connects from; attackers use 127.0.0.1.
@@ -50,25 +50,6 @@ fn legit_handshakes(lb: u16, n: usize) -> Duration {
         .collect();
     took.sort();
     took[(n * 99 / 100).min(n - 1)]
-}
-
-/// The status line's code of whatever the proxy answered, 0 when it closed without a word.
-fn status_of(resp: &[u8]) -> u16 {
-    String::from_utf8_lossy(resp)
-        .get(9..12)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Send `bytes` and read the answer until the proxy closes.
-fn exchange(lb: u16, bytes: &[u8]) -> u16 {
-    let mut c = TcpStream::connect(("127.0.0.1", lb)).expect("connect");
-    c.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let _ = c.write_all(bytes);
-    let mut resp = Vec::new();
-    let _ = c.read_to_end(&mut resp);
-    status_of(&resp)
 }
 
 /// How long until the proxy closes `c`, writing `drip` every 200 ms meanwhile (None: idle);

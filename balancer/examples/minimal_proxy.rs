@@ -1,8 +1,8 @@
 //! The ceiling rtsup's proxy is measured against (`bench/compare.py`): a pingora proxy that
 //! does nothing but pick a backend round-robin in `upstream_peer`, on the same pingora and
 //! the same runtime layout as rtsup (SERVICES services of one current-thread runtime each,
-//! on one port with SO_REUSEPORT, the same allocator and no read buffer in front of client
-//! sockets), so the difference is what rtsup's own request handling costs.
+//! accepting on one listening socket, the same allocator and no read buffer in front of
+//! client sockets), so the difference is what rtsup's own request handling costs.
 //!
 //! `cargo run --release -p rtsup-balancer --example minimal_proxy -- LISTEN SERVICES BACKEND...`
 
@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
-use pingora::listeners::{ListenerConfig, TcpSocketOptions};
+use pingora::listeners::ListenerConfig;
 use pingora::prelude::HttpPeer;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::{ProxyHttp, Session, http_proxy_service};
@@ -74,12 +74,8 @@ fn main() -> Result<(), String> {
                 turn: AtomicUsize::new(0),
             },
         );
-        let mut opts = TcpSocketOptions::default();
-        opts.so_reuseport = Some(true);
         svc.endpoints().add_listener(
-            ListenerConfig::tcp(listen.clone())
-                .tcp_socket_options(opts)
-                .l4_buffer(L4BufferSettings::default().read(0)),
+            ListenerConfig::tcp(listen.clone()).l4_buffer(L4BufferSettings::default().read(0)),
         );
         server.add_service(svc);
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
-use pingora::listeners::{ListenerConfig, TcpSocketOptions};
+use pingora::listeners::ListenerConfig;
 pub use pingora::protocols::http::v1::server::RequestLimits;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::HttpProxy;
@@ -184,9 +184,9 @@ pub fn spawn(
     }
     let threads = settings.threads.max(1);
     let conf = ServerConf {
-        // One service per proxy thread, each a current-thread runtime with its own listener on
-        // the port (SO_REUSEPORT: the kernel spreads connections) and its own upstream pool,
-        // so a request never changes thread (nginx's model; see docs/BENCHMARKS.md).
+        // One service per proxy thread, each a current-thread runtime with its own accept loop
+        // on the one listening socket (pingora gives each a dup of it) and its own upstream
+        // pool, so a request never changes thread (nginx's model; see docs/BENCHMARKS.md).
         threads: 1,
         work_stealing: false,
         // After a stop, pingora stops accepting, then gives the requests it accepted this
@@ -201,8 +201,6 @@ pub fn spawn(
     let mut options = HttpServerOptions::default();
     options.h1_request_limits = Some(settings.limits.request);
     let warned = Arc::new(WarnThrottle::new(WARN_EVERY));
-    let mut socket = TcpSocketOptions::default();
-    socket.so_reuseport = Some(true);
     let mut apps: Vec<Balancer> = (1..threads).map(|_| app.for_another_thread()).collect();
     apps.push(app);
     for (i, app) in apps.into_iter().enumerate() {
@@ -218,7 +216,6 @@ pub fn spawn(
         // hold; the header and body reads go straight into their own bounded buffers.
         svc.endpoints().add_listener(
             ListenerConfig::tcp(settings.listen.to_string())
-                .tcp_socket_options(socket.clone())
                 .l4_buffer(L4BufferSettings::default().read(0)),
         );
         server.add_service(svc);

@@ -716,30 +716,34 @@ fn client_bounds(b: &RawBalancer, rep: &mut Reporter<'_>) -> Option<ClientBounds
             format!("must not exceed max_header ({h} bytes)"),
         );
     }
-    let header_timeout = timeout(
-        b.header_timeout.as_ref(),
-        DEFAULT_HEADER_TIMEOUT,
-        "balancer.header_timeout",
-        rep,
-    );
-    let body_timeout = timeout(
-        b.body_timeout.as_ref(),
-        DEFAULT_BODY_TIMEOUT,
-        "balancer.body_timeout",
-        rep,
-    );
-    let send_timeout = timeout(
-        b.send_timeout.as_ref(),
-        DEFAULT_SEND_TIMEOUT,
-        "balancer.send_timeout",
-        rep,
-    );
-    let keepalive_timeout = timeout(
-        b.keepalive_timeout.as_ref(),
-        DEFAULT_KEEPALIVE_TIMEOUT,
-        "balancer.keepalive_timeout",
-        rep,
-    );
+    let [
+        header_timeout,
+        body_timeout,
+        send_timeout,
+        keepalive_timeout,
+    ] = [
+        (
+            &b.header_timeout,
+            DEFAULT_HEADER_TIMEOUT,
+            "balancer.header_timeout",
+        ),
+        (
+            &b.body_timeout,
+            DEFAULT_BODY_TIMEOUT,
+            "balancer.body_timeout",
+        ),
+        (
+            &b.send_timeout,
+            DEFAULT_SEND_TIMEOUT,
+            "balancer.send_timeout",
+        ),
+        (
+            &b.keepalive_timeout,
+            DEFAULT_KEEPALIVE_TIMEOUT,
+            "balancer.keepalive_timeout",
+        ),
+    ]
+    .map(|(v, default, key)| timeout(v.as_ref(), default, key, rep));
     let max_connections = count(
         b.max_connections.as_ref(),
         "balancer.max_connections",

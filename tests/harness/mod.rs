@@ -391,6 +391,27 @@ pub fn handshake_from(from: [u8; 4], port: u16) -> (u16, Option<String>) {
     (status, retry)
 }
 
+/// The status line's code of whatever a server answered, 0 when it closed without a word.
+pub fn status_of(resp: &[u8]) -> u16 {
+    String::from_utf8_lossy(resp)
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Send raw `bytes` to 127.0.0.1:`port` and read the answer until the server closes; its
+/// status code, 0 when it closed without a word.
+pub fn exchange(port: u16, bytes: &[u8]) -> u16 {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let _ = c.write_all(bytes);
+    let mut resp = Vec::new();
+    let _ = c.read_to_end(&mut resp);
+    status_of(&resp)
+}
+
 /// An `[[app]]` section running the fixture worker.
 pub fn fixture_app(name: &str, instances: u16, port: u16, extra: &str) -> String {
     format!(

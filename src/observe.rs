@@ -10,6 +10,7 @@ use balancer::loads::Loads;
 use balancer::metrics::BalancerMetrics;
 use balancer::sid_table::SidTable;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -137,6 +138,13 @@ impl Observability {
                 "balancer_sid_table_entries",
                 "Sessions in the sid table",
                 sid_table,
+            );
+            let refused = Counter::<u64>::default();
+            refused.inc_by(b.sids.refused.load(std::sync::atomic::Ordering::Relaxed));
+            registry.register(
+                "balancer_sid_table_refused",
+                "New sessions not recorded because the sid table was full (they rely on the cookie)",
+                refused,
             );
             b.metrics.register(&mut registry);
         }

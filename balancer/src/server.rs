@@ -201,7 +201,7 @@ pub fn spawn(
     let mut options = HttpServerOptions::default();
     options.h1_request_limits = Some(settings.limits.request);
     let warned = Arc::new(WarnThrottle::new(WARN_EVERY));
-    let mut apps: Vec<Balancer> = (1..threads).map(|_| app.for_another_thread()).collect();
+    let mut apps: Vec<Balancer> = (1..threads).map(|i| app.for_another_thread(i)).collect();
     apps.push(app);
     for (i, app) in apps.into_iter().enumerate() {
         let mut proxy = HttpProxy::new(app, server.configuration.clone());

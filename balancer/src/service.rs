@@ -151,9 +151,10 @@ impl Balancer {
         }
     }
 
-    /// The same balancer for another proxy thread: every table and counter shared, its own
-    /// round-robin turn (no cache line bounced between threads per request).
-    pub(crate) fn for_another_thread(&self) -> Self {
+    /// The same balancer for proxy thread `thread`: every table and counter shared, its own
+    /// round-robin turn (no cache line bounced between threads per request), started at
+    /// `thread` so simultaneous first requests on every thread do not all pick backend 0.
+    pub(crate) fn for_another_thread(&self, thread: usize) -> Self {
         Self {
             metrics: self.metrics.clone(),
             routes: self.routes.clone(),
@@ -163,7 +164,7 @@ impl Balancer {
             session_rate: self.session_rate.clone(),
             signer: self.signer.clone(),
             config: self.config.clone(),
-            turn: AtomicUsize::new(self.turn.load(Ordering::Relaxed)),
+            turn: AtomicUsize::new(self.turn.load(Ordering::Relaxed).wrapping_add(thread)),
         }
     }
 
@@ -532,8 +533,11 @@ impl ProxyHttp for Balancer {
             if let Some(id) = &ctx.backend_id {
                 // Inserted before these bytes reach the client, so its next request (which
                 // carries the sid) always finds the entry.
-                self.sids.insert(&open.sid, id.clone(), open.liveness);
-                debug!(sid = %open.sid, backend = %id, "session learned");
+                if self.sids.insert(&open.sid, id.clone(), open.liveness) {
+                    debug!(sid = %open.sid, backend = %id, "session learned");
+                } else {
+                    debug!(sid = %open.sid, "sid table full: the session relies on its cookie");
+                }
                 if std::mem::take(&mut ctx.provisional) {
                     self.loads.add(id, -1);
                 }

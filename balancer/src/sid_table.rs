@@ -3,9 +3,10 @@
 //! A sync sharded map (DashMap): it is written from pingora's synchronous body filter. An entry
 //! lives while requests keep coming or a WebSocket of the session is open; it expires after the
 //! session's `pingInterval + pingTimeout` of silence. The table has a hard size bound, kept
-//! with an atomic count: a full table refuses the new entry at once (the session then relies
-//! on its affinity cookie) and the periodic [`SidTable::sweep`] makes room, so no request ever
-//! waits on work that grows with the number of sessions.
+//! with an atomic count. A full table sweeps expired entries on the spot at most once per
+//! [`FULL_SWEEP_EVERY`] (one request in that second pays for it, never every request), and
+//! otherwise refuses the new entry at once (the session then relies on its affinity cookie)
+//! until the periodic [`SidTable::sweep`] makes room; refusals are counted.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -19,6 +20,8 @@ use crate::loads::Loads;
 pub const DEFAULT_LIVENESS: Duration = Duration::from_secs(45);
 /// Default hard bound on entries.
 pub const DEFAULT_MAX_SESSIONS: usize = 1_000_000;
+/// Least time between two sweeps forced by a full table.
+pub const FULL_SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct Entry {
@@ -35,6 +38,10 @@ pub struct SidTable {
     map: DashMap<Box<str>, Entry>,
     /// Entries in `map` (DashMap's own `len` visits every shard).
     count: AtomicUsize,
+    /// Milliseconds since `epoch` of the last sweep a full table forced, plus one (0: never).
+    last_full_sweep: AtomicU64,
+    /// New sessions refused because the table was full.
+    pub refused: AtomicU64,
     epoch: Instant,
     max: usize,
     loads: Arc<Loads>,
@@ -46,6 +53,8 @@ impl SidTable {
         Self {
             map: DashMap::new(),
             count: AtomicUsize::new(0),
+            last_full_sweep: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             epoch: Instant::now(),
             max,
             loads,
@@ -59,8 +68,9 @@ impl SidTable {
     /// Record that `sid` belongs to `backend`. Returns false when the table is full (the
     /// session then relies on the affinity cookie until a sweep makes room).
     pub fn insert(&self, sid: &str, backend: Arc<str>, liveness: Option<Duration>) -> bool {
-        if self.count.fetch_add(1, Ordering::AcqRel) >= self.max {
-            self.count.fetch_sub(1, Ordering::AcqRel);
+        let placed = self.reserve() || (self.full_sweep() > 0 && self.reserve());
+        if !placed {
+            self.refused.fetch_add(1, Ordering::Relaxed);
             return false;
         }
         let entry = Entry {
@@ -75,6 +85,34 @@ impl SidTable {
             self.count.fetch_sub(1, Ordering::AcqRel);
         }
         true
+    }
+
+    /// Take a place for one entry, if the table has one.
+    fn reserve(&self) -> bool {
+        if self.count.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Sweep because the table is full, unless a full table forced a sweep less than
+    /// [`FULL_SWEEP_EVERY`] ago; how many entries went.
+    fn full_sweep(&self) -> usize {
+        let now = self.now_ms().saturating_add(1);
+        let last = self.last_full_sweep.load(Ordering::Acquire);
+        let every = FULL_SWEEP_EVERY.as_millis() as u64;
+        if last != 0 && now.saturating_sub(last) < every {
+            return 0;
+        }
+        if self
+            .last_full_sweep
+            .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return 0;
+        }
+        self.sweep()
     }
 
     /// The owner of `sid`, refreshing its last-seen time.
@@ -195,18 +233,22 @@ mod tests {
     }
 
     #[test]
-    fn a_full_table_refuses_at_once_and_the_sweep_makes_room() {
+    fn a_full_table_sweeps_at_most_once_a_second_and_counts_refusals() {
         let (t, _) = table(2);
         let a: Arc<str> = Arc::from("a");
         assert!(t.insert("old1", a.clone(), Some(Duration::ZERO)));
-        assert!(t.insert("old2", a.clone(), Some(Duration::ZERO)));
+        assert!(t.insert("old2", a.clone(), Some(Duration::from_secs(60))));
         std::thread::sleep(Duration::from_millis(5));
-        assert!(
-            !t.insert("new", a.clone(), None),
-            "no sweep on the request path"
-        );
-        assert_eq!(t.sweep(), 2);
-        assert_eq!(t.len(), 0);
-        assert!(t.insert("new", a.clone(), None));
+        // Full: this insert sweeps the expired entry on the spot and takes its place.
+        assert!(t.insert("new1", a.clone(), Some(Duration::ZERO)));
+        assert_eq!(t.len(), 2);
+        std::thread::sleep(Duration::from_millis(5));
+        // Full again within the second: refused at once, no second sweep, counted.
+        assert!(!t.insert("new2", a.clone(), None));
+        assert_eq!(t.refused.load(Ordering::Relaxed), 1);
+        assert_eq!(t.len(), 2);
+        // The periodic sweep makes room.
+        assert_eq!(t.sweep(), 1);
+        assert!(t.insert("new2", a.clone(), None));
     }
 }

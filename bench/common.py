@@ -48,3 +48,24 @@ def children(pid):
 def to_ms(v):
     num, unit = re.match(r"([\d.]+)(\w+)", v).groups()
     return float(num) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def start_rtsup(work, body):
+    """Start `rtsup start` on `[supervisor]` (socket and logs in `work`) plus `body`."""
+    conf = os.path.join(work, "rtsup.toml")
+    with open(conf, "w") as f:
+        f.write(f'[supervisor]\ncontrol_socket = "{work}/rtsup.sock"\nlog_dir = "{work}/logs"\n{body}')
+    return subprocess.Popen([BIN, "start", "-c", conf], stderr=open(os.path.join(work, "rtsup.log"), "w"))
+
+
+def reference_app(base, instances):
+    """`[[app]]` of `instances` reference workers (`rtsup worker`) from port `base`."""
+    return f"""[[app]]
+name = "ref"
+command = "{BIN}"
+args = ["worker"]
+instances = {instances}
+port = {base}
+ready = "http:/health"
+env = {{ RTSUP_RATE_LIMIT = "1000000" }}
+"""

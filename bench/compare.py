@@ -8,7 +8,7 @@ Prints a markdown table; raw numbers go to target/bench/compare.json.
 """
 import json, os, random, re, shutil, signal, subprocess, sys, tempfile, time
 
-from common import BIN, ROOT, children, rss_kb, to_ms, wait_port
+from common import BIN, ROOT, children, reference_app, rss_kb, start_rtsup, to_ms, wait_port
 NODE_ENV = dict(os.environ, NODE_PATH=os.path.join(ROOT, "tests/interop/node_modules"))
 IDLE_SESSIONS = int(os.environ.get("IDLE_SESSIONS", "8000"))
 FANOUT_CLIENTS = int(os.environ.get("FANOUT_CLIENTS", "1000"))
@@ -52,20 +52,7 @@ def main():
     work = tempfile.mkdtemp(prefix="rtsup-bench-")
     base = random.randint(20000, 31000)
     lb, ngx = base + 10, base + 12
-    conf = os.path.join(work, "rtsup.toml")
-    with open(conf, "w") as f:
-        f.write(f"""[supervisor]
-control_socket = "{work}/rtsup.sock"
-log_dir = "{work}/logs"
-[[app]]
-name = "ref"
-command = "{BIN}"
-args = ["worker"]
-instances = 4
-port = {base}
-ready = "http:/health"
-env = {{ RTSUP_RATE_LIMIT = "1000000" }}
-[balancer]
+    rtsup = start_rtsup(work, reference_app(base, 4) + f"""[balancer]
 listen = "127.0.0.1:{lb}"
 threads = 2
 # Every benchmark client comes from 127.0.0.1: the per-address bounds (meant for one client
@@ -75,7 +62,6 @@ max_connections_per_address = 0
 [admin]
 listen = "127.0.0.1:{base + 11}"
 """)
-    rtsup = subprocess.Popen([BIN, "start", "-c", conf], stderr=open(os.path.join(work, "rtsup.log"), "w"))
     for p in [base + i for i in range(4)] + [lb]:
         wait_port(p)
     ngx_conf = os.path.join(work, "nginx.conf")

@@ -15,7 +15,7 @@ Prints a markdown table; raw numbers go to target/bench/hostile.json.
 """
 import http.client, json, os, random, resource, shutil, signal, socket, subprocess, sys, tempfile, threading, time
 
-from common import BIN, ROOT, children, rss_kb, wait_port
+from common import BIN, ROOT, children, reference_app, rss_kb, start_rtsup, wait_port
 N = int(os.environ.get("HOSTILE_N", "2000"))
 SETTLE = float(os.environ.get("HOSTILE_SETTLE", "30"))
 
@@ -152,24 +152,10 @@ def main():
     work = tempfile.mkdtemp(prefix="rtsup-hostile-")
     base = random.randint(20000, 31000)
     lb, ngx = base + 10, base + 12
-    conf = os.path.join(work, "rtsup.toml")
-    with open(conf, "w") as f:
-        f.write(f"""[supervisor]
-control_socket = "{work}/rtsup.sock"
-log_dir = "{work}/logs"
-[[app]]
-name = "ref"
-command = "{BIN}"
-args = ["worker"]
-instances = 2
-port = {base}
-ready = "http:/health"
-env = {{ RTSUP_RATE_LIMIT = "1000000" }}
-[balancer]
+    rtsup = start_rtsup(work, reference_app(base, 2) + f"""[balancer]
 listen = "127.0.0.1:{lb}"
 threads = 2
 """)
-    rtsup = subprocess.Popen([BIN, "start", "-c", conf], stderr=open(os.path.join(work, "rtsup.log"), "w"))
     for p in [base, base + 1, lb]:
         wait_port(p)
     ngx_conf = os.path.join(work, "nginx.conf")

@@ -13,7 +13,7 @@ nginx's worker_processes. Raw numbers: target/bench/proxy_speed.json.
 """
 import json, os, random, re, shutil, signal, statistics, subprocess, sys, tempfile, time
 
-from common import BIN, ROOT, children, cpu_ticks, to_ms, wait_port
+from common import BIN, ROOT, children, cpu_ticks, start_rtsup, to_ms, wait_port
 MINIMAL = os.path.join(ROOT, "target/release/examples/minimal_proxy")
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 THREADS = int(os.environ.get("THREADS", "2"))
@@ -53,12 +53,7 @@ http {{
   server {{ listen 127.0.0.1:{backend}; keepalive_requests 1000000; location / {{ return 200 "ok"; }} }}
 }}
 """)
-    conf = os.path.join(work, "rtsup.toml")
-    with open(conf, "w") as f:
-        f.write(f"""[supervisor]
-control_socket = "{work}/rtsup.sock"
-log_dir = "{work}/logs"
-[[app]]
+    rtsup = start_rtsup(work, f"""[[app]]
 name = "backend"
 command = "nginx"
 args = ["-p", "{work}", "-c", "{backend_conf}", "-g", "daemon off;"]
@@ -69,7 +64,6 @@ ready = "tcp"
 listen = "127.0.0.1:{lb}"
 threads = {THREADS}
 """)
-    rtsup = subprocess.Popen([BIN, "start", "-c", conf], stderr=open(os.path.join(work, "rtsup.log"), "w"))
     wait_port(backend)
     wait_port(lb)
     mini = subprocess.Popen([MINIMAL, f"127.0.0.1:{minimal}", str(THREADS), f"127.0.0.1:{backend}"],

@@ -68,8 +68,15 @@ fn client_limits(b: &crate::config::BalancerConfig) -> balancer::server::ClientL
     use nix::sys::resource::{Resource, getrlimit};
     let l = &b.limits;
     let nofile = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft);
+    // Each proxy thread adds a runtime (epoll, eventfd: ~5 descriptors, measured) and keeps at
+    // least one idle upstream connection.
+    let threads = b.threads as u64;
     let open_now = std::fs::read_dir("/proc/self/fd").map_or(64, |d| d.count() as u64);
-    let budget = balancer::connections::budget(nofile, open_now, balancer::server::UPSTREAM_POOL);
+    let budget = balancer::connections::budget(
+        nofile,
+        open_now + 6 * threads,
+        balancer::server::UPSTREAM_POOL.max(b.threads),
+    );
     let (pool, budget) = (budget.pool, budget.connections);
     let memory = physical_memory();
     let total = match l.max_connections {

@@ -8,10 +8,11 @@
 //! end. No I/O; the caller passes the clock.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 
 /// Addresses tracked at most (each ~64 bytes).
 pub const MAX_CLIENTS: usize = 100_000;
@@ -29,6 +30,8 @@ pub struct SessionRate {
     burst: f64,
     max_clients: usize,
     buckets: DashMap<IpAddr, Bucket>,
+    /// Entries in `buckets`.
+    tracked: AtomicUsize,
     /// Handshakes let through untracked because the map was full.
     pub untracked: AtomicU64,
 }
@@ -45,6 +48,7 @@ impl SessionRate {
             burst: f64::from(burst.max(1)),
             max_clients,
             buckets: DashMap::new(),
+            tracked: AtomicUsize::new(0),
             untracked: AtomicU64::new(0),
         }
     }
@@ -58,14 +62,21 @@ impl SessionRate {
             return Ok(());
         }
         let ip = crate::connections::client_key(ip);
-        if !self.buckets.contains_key(&ip) && self.buckets.len() >= self.max_clients {
-            self.untracked.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
-        }
-        let mut b = self.buckets.entry(ip).or_insert(Bucket {
-            tokens: self.burst,
-            at: now,
-        });
+        let mut b = match self.buckets.entry(ip) {
+            Entry::Occupied(o) => o.into_ref(),
+            Entry::Vacant(v) => {
+                // The bound is kept with a count: DashMap's `len` would visit every shard.
+                if self.tracked.fetch_add(1, Ordering::AcqRel) >= self.max_clients {
+                    self.tracked.fetch_sub(1, Ordering::AcqRel);
+                    self.untracked.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                v.insert(Bucket {
+                    tokens: self.burst,
+                    at: now,
+                })
+            }
+        };
         let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
         b.tokens = (b.tokens + elapsed * self.rate).min(self.burst);
         b.at = now;
@@ -80,18 +91,23 @@ impl SessionRate {
     /// Forget addresses whose bucket has refilled (they are as good as new).
     pub fn sweep(&self, now: Instant) {
         let full = self.burst / self.rate.max(f64::MIN_POSITIVE);
-        self.buckets
-            .retain(|_, b| now.saturating_duration_since(b.at).as_secs_f64() < full);
+        let mut removed = 0;
+        self.buckets.retain(|_, b| {
+            let keep = now.saturating_duration_since(b.at).as_secs_f64() < full;
+            removed += usize::from(!keep);
+            keep
+        });
+        self.tracked.fetch_sub(removed, Ordering::AcqRel);
     }
 
     /// Addresses tracked now.
     pub fn len(&self) -> usize {
-        self.buckets.len()
+        self.tracked.load(Ordering::Acquire)
     }
 
     /// Whether no address is tracked.
     pub fn is_empty(&self) -> bool {
-        self.buckets.is_empty()
+        self.len() == 0
     }
 }
 

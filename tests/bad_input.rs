@@ -6,19 +6,11 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use crate::harness::{
-    Rtsup, exchange, fixture_app, handshake_from, http_get, metric, ports, wait_until,
+    Rtsup, exchange, fixture_cluster, handshake_from, http_get, metric, wait_until,
 };
 
 fn cluster() -> (Rtsup, u16) {
-    let base = ports::block(5).base;
-    let lb = base + 4;
-    let r = Rtsup::start(&format!(
-        "{}\n[balancer]\nlisten = \"127.0.0.1:{lb}\"\nthreads = 2\n",
-        fixture_app("web", 2, base, "")
-    ));
-    r.wait_all_ready();
-    wait_until("the balancer", || http_get(lb, "/").map(|_| ()));
-    (r, lb)
+    fixture_cluster("", "", None)
 }
 
 #[test]
@@ -84,13 +76,7 @@ fn slowloris_clients_do_not_starve_others() {
 
 #[test]
 fn a_session_flood_from_one_address_gets_429_and_others_are_served() {
-    let base = ports::block(5).base;
-    let lb = base + 4;
-    let r = Rtsup::start(&format!(
-        "{}\n[balancer]\nlisten = \"127.0.0.1:{lb}\"\nsession_rate = 2\nsession_burst = 5\n",
-        fixture_app("web", 2, base, "")
-    ));
-    r.wait_all_ready();
+    let (r, lb) = fixture_cluster("session_rate = 2\nsession_burst = 5\n", "", None);
     let mut statuses = Vec::new();
     let mut retry = None;
     for _ in 0..30 {

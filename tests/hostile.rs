@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    Rtsup, connect_from, cpu_share, exchange, fixture_app, handshake_from, http_get, metric, ports,
+    Rtsup, connect_from, cpu_share, exchange, fixture_cluster, handshake_from, http_get, metric,
     rss_kb, status_of, wait_until,
 };
 
@@ -19,23 +19,7 @@ const LEGIT_P99: Duration = Duration::from_secs(2);
 
 /// A fixture cluster of 2 workers behind the balancer with `balancer_extra` settings.
 fn cluster(balancer_extra: &str) -> (Rtsup, u16) {
-    cluster_full(balancer_extra, "", None)
-}
-
-fn cluster_full(balancer_extra: &str, app_extra: &str, ulimit: Option<&str>) -> (Rtsup, u16) {
-    let base = ports::block(5).base;
-    let lb = base + 4;
-    let r = Rtsup::start_full(
-        &format!(
-            "{}\n[balancer]\nlisten = \"127.0.0.1:{lb}\"\nthreads = 2\n{balancer_extra}\n",
-            fixture_app("web", 2, base, app_extra)
-        ),
-        &[],
-        ulimit,
-    );
-    r.wait_all_ready();
-    wait_until("the balancer", || http_get(lb, "/").map(|_| ()));
-    (r, lb)
+    fixture_cluster(balancer_extra, "", None)
 }
 
 /// `n` handshakes from [`LEGIT`], one after another; all must succeed; returns their p99.
@@ -328,7 +312,7 @@ fn half_requests_that_would_use_up_descriptors_never_cost_the_supervisor() {
     // 256 descriptors: the proxy's share is a few dozen connections; 400 half requests from
     // one address would have taken every descriptor, failed the liveness checks and had
     // healthy workers replaced.
-    let (r, lb) = cluster_full(
+    let (r, lb) = fixture_cluster(
         "max_connections_per_address = 20\n",
         "health_interval = \"200ms\"\nhealth_timeout = \"1s\"\n",
         Some("-n 256"),

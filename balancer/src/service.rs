@@ -198,25 +198,24 @@ impl Balancer {
     }
 }
 
-/// 429 for a client over its new-session rate, with when to come back.
-async fn respond_rate_limited(session: &mut Session, retry_after: u64) -> Result<()> {
-    let mut h = ResponseHeader::build(429, Some(4))?;
-    h.insert_header("content-type", "application/json")?;
-    h.insert_header("content-length", RATE_LIMITED_BODY.len().to_string())?;
-    h.insert_header("retry-after", retry_after.to_string())?;
-    h.insert_header("cache-control", "no-store")?;
-    session.write_response_header(Box::new(h), false).await?;
-    session
-        .write_response_body(Some(Bytes::from_static(RATE_LIMITED_BODY.as_bytes())), true)
-        .await?;
-    Ok(())
-}
-
 /// Write a small JSON response and keep the connection alive.
 async fn respond_json(session: &mut Session, status: u16, body: &'static str) -> Result<()> {
-    let mut h = ResponseHeader::build(status, Some(3))?;
+    respond_json_retry(session, status, body, None).await
+}
+
+/// [`respond_json`] with a `Retry-After` (seconds) when given.
+async fn respond_json_retry(
+    session: &mut Session,
+    status: u16,
+    body: &'static str,
+    retry_after: Option<u64>,
+) -> Result<()> {
+    let mut h = ResponseHeader::build(status, Some(4))?;
     h.insert_header("content-type", "application/json")?;
     h.insert_header("content-length", body.len().to_string())?;
+    if let Some(seconds) = retry_after {
+        h.insert_header("retry-after", seconds.to_string())?;
+    }
     h.insert_header("cache-control", "no-store")?;
     session.write_response_header(Box::new(h), false).await?;
     session
@@ -256,6 +255,8 @@ impl ProxyHttp for Balancer {
         session.set_pipelining_enabled(true);
         session.set_read_timeout(Some(self.config.timeouts.body));
         session.set_write_timeout(Some(self.config.timeouts.send));
+        // The client address of a handshake (new sessions are limited and may be placed by it).
+        let mut handshake_ip = None;
         let path = session.req_header().uri.path();
         ctx.engineio = path.starts_with(&self.config.engineio_path)
             || path == self.config.engineio_path.trim_end_matches('/');
@@ -270,13 +271,15 @@ impl ProxyHttp for Balancer {
                 }
             }
             // A handshake opens a session: limited per client address.
-            if ctx.sid.is_none()
-                && let Some(ip) = self.client_ip(session)
-                && let Err(wait) = self.session_rate.take(ip, std::time::Instant::now())
-            {
-                self.metrics.route(RouteLabel::rate_limited);
-                respond_rate_limited(session, wait).await?;
-                return Ok(true);
+            if ctx.sid.is_none() {
+                handshake_ip = self.client_ip(session);
+                if let Some(ip) = handshake_ip
+                    && let Err(wait) = self.session_rate.take(ip, std::time::Instant::now())
+                {
+                    self.metrics.route(RouteLabel::rate_limited);
+                    respond_json_retry(session, 429, RATE_LIMITED_BODY, Some(wait)).await?;
+                    return Ok(true);
+                }
             }
         }
         let snap = self.routes.load();
@@ -291,25 +294,18 @@ impl ProxyHttp for Balancer {
             }
         } else {
             let owner = ctx.sid.as_deref().and_then(|s| self.sids.lookup(s));
-            // Only what the decision reads: a request of a known session needs neither the
-            // cookie (HMAC) nor the client address; only a new session under ip-hash needs the
-            // address.
+            // Only what the decision reads: a request of a known session needs no cookie
+            // (HMAC), and only a handshake has a client address (read for ip-hash placement).
             let cookie = match (ctx.engineio, &owner) {
                 (true, Some(_)) => None,
                 _ => self.cookie_key(session),
             };
-            let hashed = ctx.engineio
-                && ctx.sid.is_none()
-                && self.config.new_sessions == NewSessions::IpHash;
             let facts = RequestFacts {
                 engineio: ctx.engineio,
                 sid: ctx.sid.as_deref(),
                 sid_owner: owner.as_deref(),
                 cookie_key: cookie.as_deref(),
-                client_ip: hashed
-                    .then(|| self.client_ip(session))
-                    .flatten()
-                    .unwrap_or(IpAddr::from([0, 0, 0, 0])),
+                client_ip: handshake_ip.unwrap_or(IpAddr::from([0, 0, 0, 0])),
             };
             policy::route(
                 &snap,

@@ -412,6 +412,29 @@ pub fn exchange(port: u16, bytes: &[u8]) -> u16 {
     status_of(&resp)
 }
 
+/// Two fixture workers behind the balancer (2 proxy threads) with `balancer_extra` settings,
+/// `app_extra` in their `[[app]]`, under `ulimit` when given; returns once the balancer
+/// serves, with its port.
+pub fn fixture_cluster(
+    balancer_extra: &str,
+    app_extra: &str,
+    ulimit: Option<&str>,
+) -> (Rtsup, u16) {
+    let base = ports::block(5).base;
+    let lb = base + 4;
+    let r = Rtsup::start_full(
+        &format!(
+            "{}\n[balancer]\nlisten = \"127.0.0.1:{lb}\"\nthreads = 2\n{balancer_extra}\n",
+            fixture_app("web", 2, base, app_extra)
+        ),
+        &[],
+        ulimit,
+    );
+    r.wait_all_ready();
+    wait_until("the balancer", || http_get(lb, "/").map(|_| ()));
+    (r, lb)
+}
+
 /// An `[[app]]` section running the fixture worker.
 pub fn fixture_app(name: &str, instances: u16, port: u16, extra: &str) -> String {
     format!(

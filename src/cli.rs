@@ -108,8 +108,11 @@ pub enum Command {
         #[arg(short = 'n', long = "lines", default_value_t = 20)]
         lines: usize,
         /// `APP` or `APP:SLOT`; all workers when absent.
-        #[arg(value_name = "APP[:SLOT]")]
+        #[arg(value_name = "APP[:SLOT]", conflicts_with = "access")]
         which: Option<String>,
+        /// The balancer's access log (`log_dir/access.log`) instead of the workers' logs.
+        #[arg(long)]
+        access: bool,
     },
     /// Run the reference Socket.IO worker (configured by its environment: PORT, REDIS_URL or
     /// RTSUP_HUB, …); this is what the embedded demo supervises.

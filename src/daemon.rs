@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use supervisor::{AppSpec, Supervisor, SupervisorSpec};
@@ -130,6 +130,34 @@ fn physical_memory() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Open the access log (rotated like the worker logs) and start its writer.
+fn open_access_log(
+    a: &crate::config::AccessLogConfig,
+    logs: &supervisor::LogSpec,
+) -> anyhow::Result<balancer::access_log::AccessLog> {
+    if let Some(dir) = a.path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the access log's directory {}", dir.display()))?;
+    }
+    let mut file = supervisor::RotatingFile::open(a.path.clone(), logs)
+        .with_context(|| format!("opening the access log {}", a.path.display()))?;
+    balancer::access_log::AccessLog::spawn(a.format, move |line| file.write_raw(line))
+        .context("starting the access log writer")
+}
+
+/// Log what certificates the balancer serves (`what`: serving, reloaded).
+pub fn log_certificates(what: &str, certs: &balancer::tls::Certificates) {
+    for c in &certs.summaries {
+        info!(
+            file = %c.file.display(),
+            names = ?c.names,
+            serial = %c.serial,
+            not_after = c.not_after,
+            "{what} certificate"
+        );
+    }
+}
+
 /// Stop the proxy (it stops accepting, gives the requests it accepted its grace period, then
 /// closes), once; later calls do nothing.
 pub async fn stop_proxy(proxy: &std::sync::Mutex<Option<balancer::server::ProxyHandle>>) {
@@ -210,12 +238,51 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
         apps = config.apps.len(),
         "rtsup started"
     );
+    // The certificates in force, swapped by a reload.
+    let mut certificates = None;
     let proxy = match &config.balancer {
         Some(b) => {
             let (tx, rx) = tokio::sync::watch::channel(balancer::BackendSet::default());
             tokio::spawn(wiring::follow(handle.subscribe(), b.app.clone(), tx));
+            let tls = match &b.tls {
+                None => None,
+                Some(t) => match balancer::tls::Certificates::load(&t.certs, SystemTime::now()) {
+                    Ok(certs) => {
+                        log_certificates("serving", &certs);
+                        Some(balancer::server::TlsListen {
+                            certs: Arc::new(balancer::tls::CertResolver::new(certs)),
+                            http2: t.http2,
+                            redirect_listen: t.redirect.as_ref().map(|r| r.listen),
+                        })
+                    }
+                    Err(e) => {
+                        handle.stop().await;
+                        return Err(e).context("loading the balancer's certificates");
+                    }
+                },
+            };
+            let redirect = b.tls.as_ref().and_then(|t| t.redirect.as_ref()).map(|r| {
+                balancer::redirect::Redirect {
+                    plain_port: r.listen.port(),
+                    https_port: b.listen.port(),
+                    except: r.except.clone(),
+                }
+            });
+            let certs = tls.as_ref().map(|t| t.certs.clone());
+            let access_log = match &b.access_log {
+                None => None,
+                Some(a) => match open_access_log(a, &config.supervisor.logs) {
+                    Ok(log) => Some(log),
+                    Err(e) => {
+                        handle.stop().await;
+                        return Err(e);
+                    }
+                },
+            };
             let settings = balancer::BalancerSettings {
                 listen: b.listen,
+                tls,
+                access_log,
                 threads: b.threads,
                 routing: balancer::service::RoutingConfig {
                     engineio_path: b.engineio_path.clone(),
@@ -229,12 +296,14 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
                         body: b.limits.body_timeout,
                         send: b.limits.send_timeout,
                     },
+                    redirect,
                 },
                 max_sessions: balancer::sid_table::DEFAULT_MAX_SESSIONS,
                 limits: client_limits(b),
             };
             match balancer::server::spawn(settings, rx) {
                 Ok(p) => {
+                    certificates = certs;
                     let _ = gate.loads.set(p.loads.clone());
                     let _ = gate.upgrades.set(p.upgrades.clone());
                     let _ = obs.balancer.set(BalancerView {
@@ -289,6 +358,7 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
         obs: obs.clone(),
         hub: hub_path.clone(),
         proxy: proxy.clone(),
+        certificates,
     });
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let control = tokio::spawn(server::serve(

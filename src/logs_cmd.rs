@@ -134,8 +134,11 @@ pub fn run(
             offset: meta.len(),
         });
     }
-    // Stable: lines with the same stamp keep their file's order.
-    merged.sort_by(|a, b| stamp(&a.0).cmp(stamp(&b.0)));
+    // Stable: lines with the same stamp keep their file's order. One file is in order already
+    // (and the access log's lines do not start with a stamp).
+    if prefix {
+        merged.sort_by(|a, b| stamp(&a.0).cmp(stamp(&b.0)));
+    }
     let skip = merged.len().saturating_sub(lines);
     for (line, i) in &merged[skip..] {
         let label = prefix.then_some(followed[*i].label.as_str());

@@ -192,7 +192,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             follow,
             lines,
             which,
+            access,
         } => {
+            if access {
+                let (dir, from) = log_dir(&target)?;
+                let file = dir.join("access.log");
+                if !file.exists() {
+                    bail!(
+                        "no access log at {} ({from}; a balancer with access_log = \"off\" or another path writes none there)",
+                        file.display()
+                    );
+                }
+                logs_cmd::run(vec![(file, "access".into())], None, lines, follow)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let (app, slot) = match which.as_deref().map(cli::parse_which).transpose()? {
                 Some((a, s)) => (Some(a), s),
                 None => (None, None),

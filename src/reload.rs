@@ -33,6 +33,9 @@ pub struct DaemonReloader {
     pub hub: PathBuf,
     /// The proxy, stopped before the workers on `stop`.
     pub proxy: Arc<std::sync::Mutex<Option<balancer::server::ProxyHandle>>>,
+    /// The certificates the balancer serves, when it terminates TLS: a reload reads their
+    /// files again (a renewed certificate keeps its path).
+    pub certificates: Option<Arc<balancer::tls::CertResolver>>,
 }
 
 impl DaemonReloader {
@@ -76,6 +79,7 @@ impl DaemonReloader {
                         );
                     }
                 }
+                self.reload_certificates(&fresh)?;
                 crate::daemon::worker_specs(&fresh, &self.hub)
             }
         };
@@ -91,6 +95,28 @@ impl DaemonReloader {
             warn!(?report, "reload done with failures");
         }
         Ok(report)
+    }
+}
+
+impl DaemonReloader {
+    /// Serve the certificates `fresh` names, read again from their files, to every new TLS
+    /// handshake; established connections keep theirs. `fresh` was checked as it loaded, so
+    /// an error here means a file changed in between: nothing changes and the reload fails.
+    fn reload_certificates(&self, fresh: &Config) -> Result<(), String> {
+        let (Some(resolver), Some(tls)) = (
+            &self.certificates,
+            fresh.balancer.as_ref().and_then(|b| b.tls.as_ref()),
+        ) else {
+            return Ok(());
+        };
+        let certs = balancer::tls::Certificates::load(&tls.certs, std::time::SystemTime::now())
+            .map_err(|e| {
+                warn!(error = %e, "reload: certificate refused; still serving the previous ones");
+                format!("certificate refused, nothing changed: {e}")
+            })?;
+        crate::daemon::log_certificates("reloaded", &certs);
+        resolver.replace(certs);
+        Ok(())
     }
 }
 

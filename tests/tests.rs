@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod access_log;
 mod bad_input;
 mod cli;
 mod config_check;
@@ -14,4 +15,5 @@ mod rollout;
 mod sticky;
 mod supervise;
 mod systemd;
+mod tls;
 mod worker;

@@ -45,6 +45,8 @@ async fn main() -> Result<(), String> {
     let (tx, rx) = watch::channel(set(a, BackendState::Ready, b, BackendState::Starting));
     let settings = BalancerSettings {
         listen,
+        tls: None,
+        access_log: None,
         threads: 2,
         routing: RoutingConfig {
             engineio_path: "/socket.io/".into(),
@@ -55,6 +57,7 @@ async fn main() -> Result<(), String> {
             session_rate: 0,
             session_burst: 0,
             timeouts: ClientTimeouts::default(),
+            redirect: None,
         },
         max_sessions: 1_000_000,
         limits: ClientLimits::default(),

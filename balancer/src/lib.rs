@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 #[cfg(feature = "proxy")]
+pub mod access_log;
+#[cfg(feature = "proxy")]
 pub mod admission;
 pub mod affinity;
 pub mod client_ip;
@@ -22,6 +24,8 @@ pub mod loads;
 pub mod metrics;
 pub mod policy;
 #[cfg(feature = "proxy")]
+pub mod redirect;
+#[cfg(feature = "proxy")]
 pub mod release;
 pub mod ring;
 pub mod routes;
@@ -31,6 +35,8 @@ pub mod server;
 pub mod service;
 pub mod session_rate;
 pub mod sid_table;
+#[cfg(feature = "proxy")]
+pub mod tls;
 pub mod websocket;
 
 pub use policy::NewSessions;

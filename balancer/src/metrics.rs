@@ -37,6 +37,26 @@ pub enum RouteLabel {
     bad_request,
     /// A handshake over its client address's new-session rate (429).
     rate_limited,
+    /// Plain HTTP redirected to HTTPS (301).
+    redirect,
+}
+
+impl RouteLabel {
+    /// How the access log names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteLabel::sid_hit => "sid",
+            RouteLabel::cookie => "cookie",
+            RouteLabel::new_session => "new-session",
+            RouteLabel::round_robin => "round-robin",
+            RouteLabel::sid_unknown => "sid-unknown",
+            RouteLabel::dead_worker => "dead-worker",
+            RouteLabel::no_backend => "no-worker",
+            RouteLabel::bad_request => "bad-request",
+            RouteLabel::rate_limited => "rate-limited",
+            RouteLabel::redirect => "redirect",
+        }
+    }
 }
 
 /// Label set of the routing counter.
@@ -124,7 +144,7 @@ pub struct BalancerMetrics {
 }
 
 /// Every route kind, in the order of [`RouteLabel`]'s discriminants.
-const ROUTE_KINDS: [RouteLabel; 9] = [
+const ROUTE_KINDS: [RouteLabel; 10] = [
     RouteLabel::sid_hit,
     RouteLabel::cookie,
     RouteLabel::new_session,
@@ -134,6 +154,7 @@ const ROUTE_KINDS: [RouteLabel; 9] = [
     RouteLabel::no_backend,
     RouteLabel::bad_request,
     RouteLabel::rate_limited,
+    RouteLabel::redirect,
 ];
 
 impl Default for BalancerMetrics {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::ListenerConfig;
+use pingora::listeners::tls::TlsSettings;
 pub use pingora::protocols::http::v1::server::RequestLimits;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::HttpProxy;
@@ -21,6 +22,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::info;
 
 use crate::BackendSet;
+use crate::access_log::AccessLog;
 use crate::admission::{Admission, WARN_EVERY, WarnThrottle};
 use crate::affinity::CookieSigner;
 use crate::connections::{ConnectionCaps, Connections};
@@ -30,6 +32,7 @@ use crate::release::Upgrades;
 use crate::routes::RouteTable;
 use crate::service::{Balancer, RoutingConfig};
 use crate::sid_table::SidTable;
+use crate::tls::CertResolver;
 
 /// Seconds the requests in flight get to finish once the proxy stops accepting.
 pub const STOP_GRACE_SECONDS: u64 = 1;
@@ -67,11 +70,26 @@ impl Default for ClientLimits {
     }
 }
 
+/// HTTPS on the balancer's address.
+#[derive(Debug, Clone)]
+pub struct TlsListen {
+    /// The certificates served (a reload swaps them through this).
+    pub certs: Arc<CertResolver>,
+    /// Offer HTTP/2 (ALPN `h2`) beside HTTP/1.1.
+    pub http2: bool,
+    /// A plain-HTTP listener redirected to HTTPS (see [`crate::service::Redirect`]).
+    pub redirect_listen: Option<SocketAddr>,
+}
+
 /// Everything needed to run the proxy.
 #[derive(Debug, Clone)]
 pub struct BalancerSettings {
     /// Where clients connect.
     pub listen: SocketAddr,
+    /// HTTPS on `listen` (else plain HTTP).
+    pub tls: Option<TlsListen>,
+    /// Where finished requests are logged, when they are.
+    pub access_log: Option<AccessLog>,
     /// Proxy worker threads.
     pub threads: usize,
     /// Routing settings.
@@ -113,6 +131,9 @@ pub enum StartError {
     /// The proxy thread could not be started.
     #[error("cannot start the proxy thread: {0}")]
     Thread(std::io::Error),
+    /// TLS could not be set up.
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
 }
 
 struct ChannelSignal(Mutex<Option<oneshot::Receiver<()>>>);
@@ -136,10 +157,10 @@ pub fn spawn(
 ) -> Result<ProxyHandle, StartError> {
     // pingora binds inside its own runtime and cannot report a failure to us: check first so a
     // busy port is a clear error, not a dead proxy.
-    TcpListener::bind(settings.listen).map_err(|source| StartError::Listen {
-        addr: settings.listen,
-        source,
-    })?;
+    let redirect_listen = settings.tls.as_ref().and_then(|t| t.redirect_listen);
+    for addr in std::iter::once(settings.listen).chain(redirect_listen) {
+        TcpListener::bind(addr).map_err(|source| StartError::Listen { addr, source })?;
+    }
     let loads = Arc::new(Loads::default());
     let sids = Arc::new(SidTable::new(settings.max_sessions, loads.clone()));
     let routes = Arc::new(RouteTable::default());
@@ -166,7 +187,8 @@ pub fn spawn(
         CookieSigner::random(),
         settings.routing.clone(),
         metrics.clone(),
-    );
+    )
+    .with_access_log(settings.access_log.clone());
     {
         let sids = Arc::downgrade(&sids);
         let rate = Arc::downgrade(&app.session_rate());
@@ -214,10 +236,26 @@ pub fn spawn(
         // No read buffer in front of the client socket: pingora's default is 64 KiB per
         // connection (resident once touched), which an idle or half-sent connection would
         // hold; the header and body reads go straight into their own bounded buffers.
-        svc.endpoints().add_listener(
-            ListenerConfig::tcp(settings.listen.to_string())
-                .l4_buffer(L4BufferSettings::default().read(0)),
-        );
+        let plain = |addr: SocketAddr| {
+            ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::default().read(0))
+        };
+        match &settings.tls {
+            None => svc.endpoints().add_listener(plain(settings.listen)),
+            Some(tls) => {
+                // The resolver picks the certificate per handshake (SNI), so a reload reaches
+                // every new connection; the paths given here are never read.
+                let mut t = TlsSettings::intermediate("", "")
+                    .map_err(|e| StartError::Tls(e.to_string()))?;
+                t.set_cert_resolver(tls.certs.clone());
+                if tls.http2 {
+                    t.enable_h2();
+                }
+                svc.endpoints().add_listener(plain(settings.listen).tls(t));
+                if let Some(addr) = tls.redirect_listen {
+                    svc.endpoints().add_listener(plain(addr));
+                }
+            }
+        }
         server.add_service(svc);
     }
     let (tx, rx) = oneshot::channel();
@@ -231,7 +269,13 @@ pub fn spawn(
             });
         })
         .map_err(StartError::Thread)?;
-    info!(%listen, threads = settings.threads, "balancer listening");
+    info!(
+        %listen,
+        tls = settings.tls.is_some(),
+        redirect = ?redirect_listen,
+        threads = settings.threads,
+        "balancer listening"
+    );
     Ok(ProxyHandle {
         shutdown: Some(tx),
         thread: Some(thread),

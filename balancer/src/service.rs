@@ -25,11 +25,13 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use tracing::debug;
 
+use crate::access_log::{AccessLog, Entry};
 use crate::affinity::{self, CookieSigner};
 use crate::engineio::{self, OpenPacketSniffer};
 use crate::loads::Loads;
 use crate::metrics::{BalancerMetrics, HeaderErrorLabel, RouteLabel, StatusLabels};
 use crate::policy::{self, Decision, NewSessions, RequestFacts, RouteKind};
+use crate::redirect::Redirect;
 use crate::release::{Close, Upgrades, UpstreamSocket};
 use crate::routes::{RouteTable, Snapshot};
 use crate::session_rate::SessionRate;
@@ -63,6 +65,8 @@ pub struct RoutingConfig {
     pub session_burst: u32,
     /// Body and send timeouts towards the client.
     pub timeouts: ClientTimeouts,
+    /// Plain HTTP redirected to HTTPS, when the balancer terminates TLS.
+    pub redirect: Option<Redirect>,
 }
 
 /// Timeouts of a request towards its client once its header is in (nginx
@@ -98,6 +102,7 @@ pub struct Balancer {
     config: RoutingConfig,
     turn: AtomicUsize,
     metrics: BalancerMetrics,
+    access: Option<AccessLog>,
 }
 
 /// Per-request state.
@@ -124,6 +129,8 @@ pub struct RequestCtx {
     registered: bool,
     /// Frame boundaries of the worker → client WebSocket stream.
     frames: Option<FrameTracker>,
+    /// Why it went where it went (metrics and the access log).
+    route: Option<RouteLabel>,
 }
 
 impl Balancer {
@@ -140,6 +147,7 @@ impl Balancer {
     ) -> Self {
         Self {
             metrics,
+            access: None,
             routes,
             sids,
             loads,
@@ -149,6 +157,12 @@ impl Balancer {
             config,
             turn: AtomicUsize::new(0),
         }
+    }
+
+    /// Log every finished request to `log`.
+    pub(crate) fn with_access_log(mut self, log: Option<AccessLog>) -> Self {
+        self.access = log;
+        self
     }
 
     /// The same balancer for proxy thread `thread`: every table and counter shared, its own
@@ -165,7 +179,14 @@ impl Balancer {
             signer: self.signer.clone(),
             config: self.config.clone(),
             turn: AtomicUsize::new(self.turn.load(Ordering::Relaxed).wrapping_add(thread)),
+            access: self.access.clone(),
         }
+    }
+
+    /// Count a routing decision and remember it for the access log.
+    fn route(&self, ctx: &mut RequestCtx, kind: RouteLabel) {
+        ctx.route = Some(kind);
+        self.metrics.route(kind);
     }
 
     /// The per-address limiter of new sessions (for the sweeper).
@@ -198,6 +219,35 @@ impl Balancer {
     }
 }
 
+impl Balancer {
+    /// One access log line for the request (or WebSocket) that just ended.
+    fn access_log(&self, log: &AccessLog, session: &Session, ctx: &RequestCtx) {
+        let req = session.req_header();
+        let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+        let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let version = match req.version {
+            pingora::http::Version::HTTP_10 => "HTTP/1.0",
+            pingora::http::Version::HTTP_2 => "HTTP/2.0",
+            _ => "HTTP/1.1",
+        };
+        log.log(&Entry {
+            at: std::time::SystemTime::now(),
+            client: self.client_ip(session),
+            method: req.method.as_str(),
+            target,
+            version,
+            status: session.response_written().map_or(0, |r| r.status.as_u16()),
+            bytes: session.body_bytes_sent(),
+            duration: ctx.start.elapsed(),
+            worker: ctx.backend_id.as_deref(),
+            route: ctx.route.map_or("-", RouteLabel::as_str),
+            websocket: ctx.websocket,
+            referer: header("referer"),
+            user_agent: header("user-agent"),
+        });
+    }
+}
+
 /// Write a small JSON response and keep the connection alive.
 async fn respond_json(session: &mut Session, status: u16, body: &'static str) -> Result<()> {
     respond_json_retry(session, status, body, None).await
@@ -224,6 +274,15 @@ async fn respond_json_retry(
     Ok(())
 }
 
+/// A 301 to `location`, keeping the connection alive.
+async fn respond_redirect(session: &mut Session, location: &str) -> Result<()> {
+    let mut h = ResponseHeader::build(301, Some(3))?;
+    h.insert_header("location", location)?;
+    h.insert_header("content-length", "0")?;
+    session.write_response_header(Box::new(h), true).await?;
+    Ok(())
+}
+
 #[async_trait]
 impl ProxyHttp for Balancer {
     type CTX = RequestCtx;
@@ -245,6 +304,7 @@ impl ProxyHttp for Balancer {
             upstream: None,
             registered: false,
             frames: None,
+            route: None,
         }
     }
 
@@ -257,6 +317,23 @@ impl ProxyHttp for Balancer {
         session.set_write_timeout(Some(self.config.timeouts.send));
         // The client address of a handshake (new sessions are limited and may be placed by it).
         let mut handshake_ip = None;
+        if let Some(r) = &self.config.redirect {
+            let port = session
+                .server_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.port());
+            let req = session.req_header();
+            if r.applies(port, req.uri.path()) {
+                let host = req.headers.get("host").and_then(|h| h.to_str().ok());
+                let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
+                match r.location(host, pq) {
+                    Some(location) => respond_redirect(session, &location).await?,
+                    None => respond_json(session, 400, BAD_REQUEST_BODY).await?,
+                }
+                self.route(ctx, RouteLabel::redirect);
+                return Ok(true);
+            }
+        }
         let path = session.req_header().uri.path();
         ctx.engineio = path.starts_with(&self.config.engineio_path)
             || path == self.config.engineio_path.trim_end_matches('/');
@@ -265,7 +342,7 @@ impl ProxyHttp for Balancer {
                 Ok(q) => ctx.sid = q.sid,
                 Err(e) => {
                     debug!(error = %e, "malformed engine.io query");
-                    self.metrics.route(RouteLabel::bad_request);
+                    self.route(ctx, RouteLabel::bad_request);
                     respond_json(session, 400, BAD_REQUEST_BODY).await?;
                     return Ok(true);
                 }
@@ -276,7 +353,7 @@ impl ProxyHttp for Balancer {
                 if let Some(ip) = handshake_ip
                     && let Err(wait) = self.session_rate.take(ip, std::time::Instant::now())
                 {
-                    self.metrics.route(RouteLabel::rate_limited);
+                    self.route(ctx, RouteLabel::rate_limited);
                     respond_json_retry(session, 429, RATE_LIMITED_BODY, Some(wait)).await?;
                     return Ok(true);
                 }
@@ -317,11 +394,14 @@ impl ProxyHttp for Balancer {
         };
         match decision {
             Decision::SessionUnknown { owner_gone } => {
-                self.metrics.route(if owner_gone {
-                    RouteLabel::dead_worker
-                } else {
-                    RouteLabel::sid_unknown
-                });
+                self.route(
+                    ctx,
+                    if owner_gone {
+                        RouteLabel::dead_worker
+                    } else {
+                        RouteLabel::sid_unknown
+                    },
+                );
                 debug!(sid = ?ctx.sid, owner_gone, "answering Session ID unknown");
                 if owner_gone && let Some(sid) = &ctx.sid {
                     self.sids.remove(sid);
@@ -330,17 +410,20 @@ impl ProxyHttp for Balancer {
                 return Ok(true);
             }
             Decision::NoBackend => {
-                self.metrics.route(RouteLabel::no_backend);
+                self.route(ctx, RouteLabel::no_backend);
                 respond_json(session, 503, NO_BACKEND_BODY).await?;
                 return Ok(true);
             }
             Decision::Proxy { backend, kind } => {
-                self.metrics.route(match kind {
-                    RouteKind::SidHit => RouteLabel::sid_hit,
-                    RouteKind::Cookie => RouteLabel::cookie,
-                    RouteKind::NewSession => RouteLabel::new_session,
-                    RouteKind::RoundRobin => RouteLabel::round_robin,
-                });
+                self.route(
+                    ctx,
+                    match kind {
+                        RouteKind::SidHit => RouteLabel::sid_hit,
+                        RouteKind::Cookie => RouteLabel::cookie,
+                        RouteKind::NewSession => RouteLabel::new_session,
+                        RouteKind::RoundRobin => RouteLabel::round_robin,
+                    },
+                );
                 ctx.backend = Some(backend);
                 ctx.backend_id = Some(snap.backends[backend].id.clone());
             }
@@ -604,6 +687,7 @@ impl ProxyHttp for Balancer {
         }
         let code = if ctx.sid.is_some() && connect_failed {
             // Its worker is unreachable: tell the client its session is gone so it reconnects.
+            ctx.route = Some(RouteLabel::dead_worker);
             if let Some(sid) = &ctx.sid {
                 self.sids.remove(sid);
             }
@@ -644,6 +728,9 @@ impl ProxyHttp for Balancer {
             error = ?e.map(|e| e.to_string()),
             "request done"
         );
+        if let Some(log) = &self.access {
+            self.access_log(log, session, ctx);
+        }
         match session.response_written() {
             Some(r) => {
                 let status = r.status.as_u16();

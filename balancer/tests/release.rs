@@ -110,6 +110,8 @@ async fn release_closes_websockets_gracefully_and_spread() {
     let proxy = balancer::server::spawn(
         BalancerSettings {
             listen,
+            tls: None,
+            access_log: None,
             threads: 1,
             routing: RoutingConfig {
                 engineio_path: "/socket.io/".into(),
@@ -120,6 +122,7 @@ async fn release_closes_websockets_gracefully_and_spread() {
                 session_rate: 0,
                 session_burst: 0,
                 timeouts: ClientTimeouts::default(),
+                redirect: None,
             },
             max_sessions: 1000,
             limits: ClientLimits::default(),

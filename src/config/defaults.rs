@@ -67,3 +67,6 @@ pub const DEFAULT_KEEPALIVE_TIMEOUT: &str = "75s";
 /// Open connections per client address: far above a browser's handful, and room for an
 /// office behind one NAT; a host running a connection flood from one address stops here.
 pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 1000;
+
+/// Path prefix a plain-HTTP redirect listener proxies instead of redirecting (ACME http-01).
+pub const DEFAULT_REDIRECT_EXCEPT: &str = "/.well-known/acme-challenge/";

@@ -79,6 +79,41 @@ pub struct BalancerConfig {
     pub limits: ClientBounds,
     /// Test-only (`test_unsticky = true`): no session pinning at all, to prove it matters.
     pub unsticky: bool,
+    /// HTTPS on `listen`, when `tls_cert` is set.
+    pub tls: Option<TlsConfig>,
+    /// The access log, unless `access_log = "off"`.
+    pub access_log: Option<AccessLogConfig>,
+}
+
+/// `[balancer] access_log` and `access_log_format`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    /// The file (default `log_dir/access.log`), rotated like the worker logs.
+    pub path: PathBuf,
+    /// Line format.
+    pub format: balancer::access_log::Format,
+}
+
+/// `[balancer]` TLS termination, checked (the certificate files were loaded and checked too).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// `tls_cert`/`tls_key` first (the default certificate), then every
+    /// `[[balancer.certificate]]`; the client's SNI picks among them.
+    pub certs: Vec<balancer::tls::CertFiles>,
+    /// Offer HTTP/2 (ALPN `h2`) beside HTTP/1.1.
+    pub http2: bool,
+    /// A plain-HTTP listener that redirects to HTTPS.
+    pub redirect: Option<RedirectConfig>,
+}
+
+/// `[balancer] redirect_listen`: plain HTTP answered with a 301 to the same URL over HTTPS,
+/// except under one path prefix (ACME http-01 challenges), which is proxied as usual.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedirectConfig {
+    /// Where plain-HTTP clients connect.
+    pub listen: SocketAddr,
+    /// Path prefix proxied instead of redirected (empty: redirect everything).
+    pub except: String,
 }
 
 /// `[balancer]` bounds on clients, checked (nginx's defaults unless said otherwise).

@@ -256,8 +256,26 @@ pub struct RawBalancer {
     pub keepalive_timeout: Option<Spanned<String>>,
     pub max_connections: Option<Spanned<i64>>,
     pub max_connections_per_address: Option<Spanned<i64>>,
+    pub tls_cert: Option<Spanned<String>>,
+    pub tls_key: Option<Spanned<String>>,
+    /// More certificates, chosen by SNI (`[[balancer.certificate]]`).
+    #[serde(default)]
+    pub certificate: Vec<Spanned<RawCertificate>>,
+    pub http2: Option<bool>,
+    pub redirect_listen: Option<Spanned<String>>,
+    pub redirect_except: Option<Spanned<String>>,
+    pub access_log: Option<Spanned<String>>,
+    pub access_log_format: Option<Spanned<String>>,
     /// Test-only: disable session pinning (plain round-robin) to show what it prevents.
     pub test_unsticky: Option<bool>,
+}
+
+/// One `[[balancer.certificate]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
 }
 
 /// `[admin]`.

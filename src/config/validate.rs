@@ -18,8 +18,12 @@ use toml::Spanned;
 use super::defaults::*;
 use super::error::Reporter;
 use super::raw::{RawAdmin, RawApp, RawBalancer, RawConfig, RawInstances, Section};
-use super::{AdminConfig, BalancerConfig, ClientBounds, Config, SupervisorConfig};
+use super::{
+    AccessLogConfig, AdminConfig, BalancerConfig, ClientBounds, Config, RedirectConfig,
+    SupervisorConfig, TlsConfig,
+};
 use balancer::NewSessions;
+use balancer::access_log::Format;
 
 /// Longest path a Unix socket address holds (`sun_path` is 108 bytes with its final NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -49,11 +53,23 @@ pub struct Listener {
     pub addr: SocketAddr,
 }
 
+impl Listener {
+    /// Whose port it is, for messages.
+    fn role(&self) -> &'static str {
+        match self.key {
+            "balancer.listen" => "the balancer's",
+            "balancer.redirect_listen" => "the redirect listener's",
+            _ => "the admin server's",
+        }
+    }
+}
+
 /// Check `raw` and build the typed configuration (`config` is `None` when any error was
 /// reported).
 pub fn validate(raw: &RawConfig, file: &Path, rep: &mut Reporter<'_>) -> Validated {
     let base = super::base_dir(file);
     let supervisor = supervisor_section(&raw.supervisor, &base, rep);
+    let log_dir = supervisor.as_ref().map(|s| s.logs.dir.clone());
     if raw.app.is_empty() && !raw.app_unreadable {
         rep.at(None, "app", "at least one [[app]] is required");
     }
@@ -86,19 +102,20 @@ pub fn validate(raw: &RawConfig, file: &Path, rep: &mut Reporter<'_>) -> Validat
     let balancer = raw
         .balancer
         .as_ref()
-        .and_then(|b| balancer_section(b, &app_names, rep));
+        .and_then(|b| balancer_section(b, &app_names, &base, log_dir.as_deref(), rep));
     let admin = admin_section(raw.admin.as_ref(), rep);
     let listeners = own_listeners(raw);
-    if let [b, a] = &listeners[..]
-        && (b.key, a.key) == ("balancer.listen", "admin.listen")
-        && b.addr.port() == a.addr.port()
-        && b.addr.port() != 0
-    {
-        rep.at(
-            a.span.clone(),
-            a.key,
-            format!("port {} is also the balancer's", a.addr.port()),
-        );
+    for (i, a) in listeners.iter().enumerate() {
+        if let Some(b) = listeners[..i]
+            .iter()
+            .find(|b| b.addr.port() == a.addr.port() && a.addr.port() != 0)
+        {
+            rep.at(
+                a.span.clone(),
+                a.key,
+                format!("port {} is also {}", a.addr.port(), b.role()),
+            );
+        }
     }
     check_listeners_outside_apps(&listeners, &apps, rep);
     let config = match (supervisor, admin) {
@@ -130,6 +147,11 @@ fn own_listeners(raw: &RawConfig) -> Vec<Listener> {
             DEFAULT_BALANCER_LISTEN,
         )
     });
+    let redirect = raw
+        .balancer
+        .as_ref()
+        .and_then(|b| b.value.redirect_listen.as_ref())
+        .map(|l| ("balancer.redirect_listen", Some(l), ""));
     let admin = (
         "admin.listen",
         raw.admin.as_ref().and_then(|a| a.value.listen.as_ref()),
@@ -137,6 +159,7 @@ fn own_listeners(raw: &RawConfig) -> Vec<Listener> {
     );
     balancer
         .into_iter()
+        .chain(redirect)
         .chain([admin])
         .filter_map(|(key, written, default)| {
             let text = written.map_or(default, |w| w.get_ref().as_str());
@@ -540,6 +563,8 @@ fn check_listeners_outside_apps(
 fn balancer_section(
     b: &Section<RawBalancer>,
     apps: &[&str],
+    base: &Path,
+    log_dir: Option<&Path>,
     rep: &mut Reporter<'_>,
 ) -> Option<BalancerConfig> {
     let span = b.span.clone();
@@ -565,7 +590,7 @@ fn balancer_section(
         None if apps.len() == 1 => apps[0].to_string(),
         None => {
             rep.at(
-                Some(span),
+                Some(span.clone()),
                 "balancer.app",
                 "required when there is more than one [[app]]",
             );
@@ -641,6 +666,8 @@ fn balancer_section(
         },
     };
     let limits = client_bounds(b, rep);
+    let tls = tls_section(b, base, span, rep);
+    let access_log = access_log(b, base, log_dir, rep);
     if rep.errors.len() > errors_before {
         return None;
     }
@@ -656,6 +683,129 @@ fn balancer_section(
         session_burst: b.session_burst.unwrap_or(DEFAULT_SESSION_BURST),
         limits: limits?,
         unsticky: b.test_unsticky.unwrap_or(false),
+        tls,
+        access_log: access_log?,
+    })
+}
+
+/// `access_log` (a path, or "off"; default `log_dir/access.log`) and `access_log_format`.
+/// `None` when either is wrong; `Some(None)` when the log is off.
+fn access_log(
+    b: &RawBalancer,
+    base: &Path,
+    log_dir: Option<&Path>,
+    rep: &mut Reporter<'_>,
+) -> Option<Option<AccessLogConfig>> {
+    let format = match b.access_log_format.as_ref() {
+        None => Format::Combined,
+        Some(f) => match f.get_ref().as_str() {
+            "combined" => Format::Combined,
+            "json" => Format::Json,
+            other => {
+                rep.at(
+                    Some(f.span()),
+                    "balancer.access_log_format",
+                    format!(r#"must be "combined" or "json", not {other:?}"#),
+                );
+                return None;
+            }
+        },
+    };
+    let path = match b.access_log.as_ref().map(|p| p.get_ref().as_str()) {
+        Some("off") => return Some(None),
+        Some("") => {
+            let s = b.access_log.as_ref().map(Spanned::span);
+            rep.at(s, "balancer.access_log", r#"must be a file path or "off""#);
+            return None;
+        }
+        Some(p) => base.join(p),
+        // The supervisor section was reported: no default to give.
+        None => log_dir?.join("access.log"),
+    };
+    Some(Some(AccessLogConfig { path, format }))
+}
+
+/// `[balancer]` TLS: `tls_cert` and `tls_key` together, each `[[balancer.certificate]]`,
+/// every pair loaded and checked now (readable, a certificate and its own key, valid today),
+/// so `rtsup check` and a reload refuse a bad certificate with its key named; the redirect
+/// listener only beside TLS.
+fn tls_section(
+    b: &RawBalancer,
+    base: &Path,
+    section: Range<usize>,
+    rep: &mut Reporter<'_>,
+) -> Option<TlsConfig> {
+    let pair = match (&b.tls_cert, &b.tls_key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        (Some(c), None) => {
+            rep.at(Some(c.span()), "balancer.tls_key", "required with tls_cert");
+            return None;
+        }
+        (None, Some(k)) => {
+            rep.at(Some(k.span()), "balancer.tls_cert", "required with tls_key");
+            return None;
+        }
+    };
+    let Some((cert, key)) = pair else {
+        if !b.certificate.is_empty() || b.redirect_listen.is_some() || b.http2.is_some() {
+            let span = b
+                .redirect_listen
+                .as_ref()
+                .map(Spanned::span)
+                .or(b.certificate.first().map(Spanned::span))
+                .unwrap_or(section);
+            rep.at(
+                Some(span),
+                "balancer.tls_cert",
+                "required by [[balancer.certificate]], redirect_listen and http2 (they are HTTPS settings)",
+            );
+        }
+        return None;
+    };
+    let errors_before = rep.errors.len();
+    let mut certs = Vec::new();
+    let first = [(cert, key, "balancer.tls_cert".to_string())];
+    let more = b.certificate.iter().enumerate().map(|(i, c)| {
+        let c = c.get_ref();
+        (&c.cert, &c.key, format!("balancer.certificate[{i}].cert"))
+    });
+    for (cert, key, name) in first.into_iter().chain(more) {
+        let files = balancer::tls::CertFiles {
+            cert: base.join(cert.get_ref()),
+            key: base.join(key.get_ref()),
+        };
+        match balancer::tls::Certificates::load(
+            std::slice::from_ref(&files),
+            std::time::SystemTime::now(),
+        ) {
+            Ok(_) => certs.push(files),
+            Err(e) => rep.at(Some(cert.span()), name, e.to_string()),
+        }
+    }
+    let redirect = b.redirect_listen.as_ref().and_then(|l| {
+        let listen = addr(Some(l), "", "balancer.redirect_listen", rep)?;
+        let except = b
+            .redirect_except
+            .as_ref()
+            .map_or(DEFAULT_REDIRECT_EXCEPT.to_string(), |e| e.get_ref().clone());
+        if !except.is_empty() && !except.starts_with('/') {
+            let s = b.redirect_except.as_ref().map(Spanned::span);
+            rep.at(
+                s,
+                "balancer.redirect_except",
+                "must start with '/' (or be \"\" to redirect everything)",
+            );
+        }
+        Some(RedirectConfig { listen, except })
+    });
+    if rep.errors.len() > errors_before {
+        return None;
+    }
+    Some(TlsConfig {
+        certs,
+        http2: b.http2.unwrap_or(true),
+        redirect,
     })
 }
 

@@ -29,5 +29,6 @@ mod testing;
 pub use actor::Supervisor;
 pub use fleet::{AppSnapshot, Fleet, WorkerSnapshot, WorkerState};
 pub use handle::{DrainGate, Report, SlotReport, SupervisorError, SupervisorHandle};
+pub use output::RotatingFile;
 pub use reconcile::Outcome;
 pub use spec::{AppSpec, HealthSpec, LogSpec, ReadyCheck, SupervisorSpec};

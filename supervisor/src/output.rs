@@ -109,16 +109,22 @@ impl RotatingFile {
     /// Append one line, prefixed with an RFC 3339 UTC timestamp, rotating first if needed.
     pub fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
         let stamp = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-        let len = (stamp.len() + 1 + line.len() + 1) as u64;
-        if self.size > 0 && self.size + len > self.max_size {
-            self.rotate()?;
-        }
-        let mut buf = Vec::with_capacity(len as usize);
+        let mut buf = Vec::with_capacity(stamp.len() + 1 + line.len() + 1);
         buf.extend_from_slice(stamp.as_bytes());
         buf.push(b' ');
         buf.extend_from_slice(line);
         buf.push(b'\n');
-        self.file.write_all(&buf)?;
+        self.write_raw(&buf)
+    }
+
+    /// Append `bytes` as they are (whole lines carrying their own time, like the access
+    /// log's), rotating first if they would not fit.
+    pub fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let len = bytes.len() as u64;
+        if self.size > 0 && self.size + len > self.max_size {
+            self.rotate()?;
+        }
+        self.file.write_all(bytes)?;
         self.size += len;
         Ok(())
     }

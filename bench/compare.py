@@ -54,6 +54,8 @@ def main():
     lb, ngx = base + 10, base + 12
     rtsup = start_rtsup(work, reference_app(base, 4) + f"""[balancer]
 listen = "127.0.0.1:{lb}"
+# nginx here logs no requests either.
+access_log = "off"
 threads = 2
 # Every benchmark client comes from 127.0.0.1: the per-address bounds (meant for one client
 # among many) would refuse most of them. nginx has neither bound.

@@ -154,6 +154,8 @@ def main():
     lb, ngx = base + 10, base + 12
     rtsup = start_rtsup(work, reference_app(base, 2) + f"""[balancer]
 listen = "127.0.0.1:{lb}"
+# nginx here logs no requests either.
+access_log = "off"
 threads = 2
 """)
     for p in [base, base + 1, lb]:

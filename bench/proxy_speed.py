@@ -62,6 +62,8 @@ port = {backend}
 ready = "tcp"
 [balancer]
 listen = "127.0.0.1:{lb}"
+# nginx here logs no requests either.
+access_log = "off"
 threads = {THREADS}
 """)
     wait_port(backend)

@@ -217,10 +217,10 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
             .collect(),
     };
     let gate = Arc::new(wiring::BalancerGate {
-        app: config
+        apps: config
             .balancer
             .as_ref()
-            .map(|b| b.app.clone())
+            .map(|b| b.apps())
             .unwrap_or_default(),
         loads: OnceLock::new(),
         upgrades: OnceLock::new(),
@@ -242,8 +242,16 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
     let mut certificates = None;
     let proxy = match &config.balancer {
         Some(b) => {
-            let (tx, rx) = tokio::sync::watch::channel(balancer::BackendSet::default());
-            tokio::spawn(wiring::follow(handle.subscribe(), b.app.clone(), tx));
+            // One backend set per app the routes name, in the order of `b.apps()`.
+            let backends = b
+                .apps()
+                .into_iter()
+                .map(|app| {
+                    let (tx, rx) = tokio::sync::watch::channel(balancer::BackendSet::default());
+                    tokio::spawn(wiring::follow(handle.subscribe(), app, tx));
+                    rx
+                })
+                .collect();
             let tls = match &b.tls {
                 None => None,
                 Some(t) => match balancer::tls::Certificates::load(&t.certs, SystemTime::now()) {
@@ -285,9 +293,7 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
                 access_log,
                 threads: b.threads,
                 routing: balancer::service::RoutingConfig {
-                    engineio_path: b.engineio_path.clone(),
-                    new_sessions: b.new_sessions,
-                    cookie: b.cookie.clone(),
+                    router: b.router(),
                     trusted_proxies: b.trusted_proxies.clone(),
                     unsticky: b.unsticky,
                     session_rate: b.session_rate,
@@ -301,13 +307,13 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
                 max_sessions: balancer::sid_table::DEFAULT_MAX_SESSIONS,
                 limits: client_limits(b),
             };
-            match balancer::server::spawn(settings, rx) {
+            match balancer::server::spawn(settings, backends) {
                 Ok(p) => {
                     certificates = certs;
                     let _ = gate.loads.set(p.loads.clone());
                     let _ = gate.upgrades.set(p.upgrades.clone());
                     let _ = obs.balancer.set(BalancerView {
-                        app: b.app.clone(),
+                        apps: b.apps(),
                         sessions: p.loads.clone(),
                         sids: p.sids.clone(),
                         metrics: p.metrics.clone(),

@@ -20,8 +20,8 @@ use crate::wiring::backend_id;
 
 /// The balancer's live state, as observability reads it.
 pub struct BalancerView {
-    /// The app it serves.
-    pub app: String,
+    /// The apps it serves.
+    pub apps: Vec<String>,
     /// Sessions per backend id.
     pub sessions: Arc<Loads>,
     /// The sid table.
@@ -52,7 +52,7 @@ impl Observability {
     pub fn annotate(&self, report: &mut StatusReport) {
         let Some(b) = self.balancer.get() else { return };
         let mut websockets = 0;
-        for app in report.apps.iter_mut().filter(|a| a.name == b.app) {
+        for app in report.apps.iter_mut().filter(|a| b.apps.contains(&a.name)) {
             for w in &mut app.workers {
                 let id = backend_id(&app.name, w.slot, w.generation);
                 let ws = b.metrics.websockets.get(&id).max(0) as u64;

@@ -63,8 +63,8 @@ pub async fn follow(
 /// The supervisor's `DrainGate`, answered from the balancer's live session counts; releasing
 /// a worker closes its remaining WebSockets through the proxy, spread over the window.
 pub struct BalancerGate {
-    /// The app the balancer serves (other apps have no sessions to wait for).
-    pub app: String,
+    /// The apps the balancer serves (other apps have no sessions to wait for).
+    pub apps: Vec<String>,
     /// Session counts per backend id, set once the balancer runs.
     pub loads: std::sync::OnceLock<Arc<balancer::loads::Loads>>,
     /// Open WebSockets per backend id, set once the balancer runs.
@@ -73,7 +73,7 @@ pub struct BalancerGate {
 
 impl supervisor::DrainGate for BalancerGate {
     fn sessions(&self, app: &str, slot: u16, generation: u64) -> Option<u64> {
-        if app != self.app {
+        if !self.apps.iter().any(|a| a == app) {
             return None;
         }
         let loads = self.loads.get()?;
@@ -81,7 +81,7 @@ impl supervisor::DrainGate for BalancerGate {
     }
 
     fn release(&self, app: &str, slot: u16, generation: u64, window: std::time::Duration) {
-        if app != self.app {
+        if !self.apps.iter().any(|a| a == app) {
             return;
         }
         if let Some(upgrades) = self.upgrades.get() {

@@ -12,6 +12,7 @@ mod limits;
 mod observe;
 mod reload;
 mod rollout;
+mod routes;
 mod sticky;
 mod supervise;
 mod systemd;

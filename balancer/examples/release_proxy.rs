@@ -15,9 +15,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use balancer::router::Router;
 use balancer::server::ClientLimits;
 use balancer::service::{ClientTimeouts, RoutingConfig};
-use balancer::{Backend, BackendSet, BackendState, BalancerSettings, NewSessions};
+use balancer::{Backend, BackendSet, BackendState, BalancerSettings};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
 
@@ -49,9 +50,7 @@ async fn main() -> Result<(), String> {
         access_log: None,
         threads: 2,
         routing: RoutingConfig {
-            engineio_path: "/socket.io/".into(),
-            new_sessions: NewSessions::LeastConn,
-            cookie: "rtsup".into(),
+            router: Router::single("a"),
             trusted_proxies: Vec::new(),
             unsticky: false,
             session_rate: 0,
@@ -62,7 +61,7 @@ async fn main() -> Result<(), String> {
         max_sessions: 1_000_000,
         limits: ClientLimits::default(),
     };
-    let proxy = balancer::server::spawn(settings, rx).map_err(|e| e.to_string())?;
+    let proxy = balancer::server::spawn(settings, vec![rx]).map_err(|e| e.to_string())?;
     println!("{{\"listening\":\"{listen}\"}}");
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(line)) = lines.next_line().await {

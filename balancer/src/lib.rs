@@ -28,6 +28,7 @@ pub mod redirect;
 #[cfg(feature = "proxy")]
 pub mod release;
 pub mod ring;
+pub mod router;
 pub mod routes;
 #[cfg(feature = "proxy")]
 pub mod server;

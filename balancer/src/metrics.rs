@@ -39,6 +39,8 @@ pub enum RouteLabel {
     rate_limited,
     /// Plain HTTP redirected to HTTPS (301).
     redirect,
+    /// No route takes the request's host and path (404).
+    no_route,
 }
 
 impl RouteLabel {
@@ -55,6 +57,7 @@ impl RouteLabel {
             RouteLabel::bad_request => "bad-request",
             RouteLabel::rate_limited => "rate-limited",
             RouteLabel::redirect => "redirect",
+            RouteLabel::no_route => "no-route",
         }
     }
 }
@@ -144,7 +147,7 @@ pub struct BalancerMetrics {
 }
 
 /// Every route kind, in the order of [`RouteLabel`]'s discriminants.
-const ROUTE_KINDS: [RouteLabel; 10] = [
+const ROUTE_KINDS: [RouteLabel; 11] = [
     RouteLabel::sid_hit,
     RouteLabel::cookie,
     RouteLabel::new_session,
@@ -155,6 +158,7 @@ const ROUTE_KINDS: [RouteLabel; 10] = [
     RouteLabel::bad_request,
     RouteLabel::rate_limited,
     RouteLabel::redirect,
+    RouteLabel::no_route,
 ];
 
 impl Default for BalancerMetrics {

@@ -149,11 +149,12 @@ impl ShutdownSignalWatch for ChannelSignal {
     }
 }
 
-/// Start the proxy on its own thread, following `backends`. Must be called inside a tokio
-/// runtime: the route follower, the sid sweeper and the gradual WebSocket releases run there.
+/// Start the proxy on its own thread, following the backends of each app (`backends[i]` is
+/// the app of the routes whose `app` is `i`). Must be called inside a tokio runtime: the route
+/// followers, the sid sweeper and the gradual WebSocket releases run there.
 pub fn spawn(
     settings: BalancerSettings,
-    backends: watch::Receiver<BackendSet>,
+    backends: Vec<watch::Receiver<BackendSet>>,
 ) -> Result<ProxyHandle, StartError> {
     // pingora binds inside its own runtime and cannot report a failure to us: check first so a
     // busy port is a clear error, not a dead proxy.
@@ -163,24 +164,32 @@ pub fn spawn(
     }
     let loads = Arc::new(Loads::default());
     let sids = Arc::new(SidTable::new(settings.max_sessions, loads.clone()));
-    let routes = Arc::new(RouteTable::default());
+    let apps: Arc<[Arc<RouteTable>]> = backends.iter().map(|_| Arc::default()).collect();
     let upgrades = Arc::new(Upgrades::new(tokio::runtime::Handle::current()));
-    {
-        let routes = routes.clone();
+    for (i, rx) in backends.into_iter().enumerate() {
+        let apps = apps.clone();
         let loads = loads.clone();
         let upgrades = upgrades.clone();
         tokio::spawn(async move {
-            routes
-                .follow(backends, |snap| {
-                    loads.retain(|id| snap.by_id(id).is_some());
-                    upgrades.retain(|id| snap.by_id(id).is_some());
+            apps[i]
+                .follow(rx, |snap| {
+                    // Counters of workers no app has any more are forgotten.
+                    let known = |id: &str| {
+                        snap.by_id(id).is_some()
+                            || apps
+                                .iter()
+                                .enumerate()
+                                .any(|(j, t)| j != i && t.load().by_id(id).is_some())
+                    };
+                    loads.retain(|id| known(id));
+                    upgrades.retain(|id| known(id));
                 })
                 .await;
         });
     }
     let metrics = BalancerMetrics::default();
     let app = Balancer::new(
-        routes,
+        apps,
         sids.clone(),
         loads.clone(),
         upgrades.clone(),

@@ -30,9 +30,10 @@ use crate::affinity::{self, CookieSigner};
 use crate::engineio::{self, OpenPacketSniffer};
 use crate::loads::Loads;
 use crate::metrics::{BalancerMetrics, HeaderErrorLabel, RouteLabel, StatusLabels};
-use crate::policy::{self, Decision, NewSessions, RequestFacts, RouteKind};
+use crate::policy::{self, Decision, RequestFacts, RouteKind};
 use crate::redirect::Redirect;
 use crate::release::{Close, Upgrades, UpstreamSocket};
+use crate::router::Router;
 use crate::routes::{RouteTable, Snapshot};
 use crate::session_rate::SessionRate;
 use crate::sid_table::SidTable;
@@ -44,16 +45,13 @@ pub const SESSION_UNKNOWN_BODY: &str = r#"{"code":1,"message":"Session ID unknow
 const RATE_LIMITED_BODY: &str = r#"{"code":5,"message":"Too many new sessions"}"#;
 const BAD_REQUEST_BODY: &str = r#"{"code":3,"message":"Bad request"}"#;
 const NO_BACKEND_BODY: &str = r#"{"code":503,"message":"No worker is ready"}"#;
+const NO_ROUTE_BODY: &str = r#"{"code":404,"message":"No app serves this host and path"}"#;
 
 /// Settings of the balancer's request handling: routing, new-session rate, client timeouts.
 #[derive(Debug, Clone)]
 pub struct RoutingConfig {
-    /// Engine.io path prefix, e.g. `/socket.io/`.
-    pub engineio_path: String,
-    /// Placement of new sessions.
-    pub new_sessions: NewSessions,
-    /// Affinity cookie name.
-    pub cookie: String,
+    /// Which app each request goes to, with that route's sticky settings.
+    pub router: Router,
     /// Peers whose forwarding headers are believed.
     pub trusted_proxies: Vec<IpNet>,
     /// Test-only: route every request round-robin, ignoring sids and cookies, to show what
@@ -93,7 +91,8 @@ impl Default for ClientTimeouts {
 
 /// The proxy application.
 pub struct Balancer {
-    routes: Arc<RouteTable>,
+    /// The live backends of each app (indexed like [`Route::app`]).
+    apps: Arc<[Arc<RouteTable>]>,
     sids: Arc<SidTable>,
     loads: Arc<Loads>,
     upgrades: Arc<Upgrades>,
@@ -131,13 +130,15 @@ pub struct RequestCtx {
     frames: Option<FrameTracker>,
     /// Why it went where it went (metrics and the access log).
     route: Option<RouteLabel>,
+    /// Index of its route in the router (none matched: answered 404).
+    rule: Option<usize>,
 }
 
 impl Balancer {
-    /// A balancer reading `routes`, recording sessions in `sids`, counting into `loads`,
-    /// registering WebSockets in `upgrades`.
+    /// A balancer reading each app's backends in `apps`, recording sessions in `sids`,
+    /// counting into `loads`, registering WebSockets in `upgrades`.
     pub(crate) fn new(
-        routes: Arc<RouteTable>,
+        apps: Arc<[Arc<RouteTable>]>,
         sids: Arc<SidTable>,
         loads: Arc<Loads>,
         upgrades: Arc<Upgrades>,
@@ -148,7 +149,7 @@ impl Balancer {
         Self {
             metrics,
             access: None,
-            routes,
+            apps,
             sids,
             loads,
             upgrades,
@@ -171,7 +172,7 @@ impl Balancer {
     pub(crate) fn for_another_thread(&self, thread: usize) -> Self {
         Self {
             metrics: self.metrics.clone(),
-            routes: self.routes.clone(),
+            apps: self.apps.clone(),
             sids: self.sids.clone(),
             loads: self.loads.clone(),
             upgrades: self.upgrades.clone(),
@@ -187,6 +188,16 @@ impl Balancer {
     fn route(&self, ctx: &mut RequestCtx, kind: RouteLabel) {
         ctx.route = Some(kind);
         self.metrics.route(kind);
+    }
+
+    /// Whether backend `id` is a worker of an app other than number `app`.
+    fn of_another_app(&self, id: &str, app: usize) -> bool {
+        self.apps.len() > 1
+            && self
+                .apps
+                .iter()
+                .enumerate()
+                .any(|(j, t)| j != app && t.load().by_id(id).is_some())
     }
 
     /// The per-address limiter of new sessions (for the sweeper).
@@ -207,14 +218,14 @@ impl Balancer {
         ))
     }
 
-    fn cookie_key(&self, session: &Session) -> Option<String> {
+    fn cookie_key(&self, session: &Session, cookie: &str) -> Option<String> {
         session
             .req_header()
             .headers
             .get_all("cookie")
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .find_map(|v| affinity::find_cookie(v, &self.config.cookie))
+            .find_map(|v| affinity::find_cookie(v, cookie))
             .and_then(|t| self.signer.verify(t))
     }
 }
@@ -305,6 +316,7 @@ impl ProxyHttp for Balancer {
             registered: false,
             frames: None,
             route: None,
+            rule: None,
         }
     }
 
@@ -334,9 +346,22 @@ impl ProxyHttp for Balancer {
                 return Ok(true);
             }
         }
-        let path = session.req_header().uri.path();
-        ctx.engineio = path.starts_with(&self.config.engineio_path)
-            || path == self.config.engineio_path.trim_end_matches('/');
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.host());
+        let path = req.uri.path();
+        let Some((rule, route)) = self.config.router.pick(host, path) else {
+            self.route(ctx, RouteLabel::no_route);
+            respond_json(session, 404, NO_ROUTE_BODY).await?;
+            return Ok(true);
+        };
+        ctx.rule = Some(rule);
+        let sticky = &route.sticky;
+        ctx.engineio = path.starts_with(&sticky.engineio_path)
+            || path == sticky.engineio_path.trim_end_matches('/');
         if ctx.engineio {
             match engineio::parse_query(session.req_header().uri.query().unwrap_or("")) {
                 Ok(q) => ctx.sid = q.sid,
@@ -359,7 +384,10 @@ impl ProxyHttp for Balancer {
                 }
             }
         }
-        let snap = self.routes.load();
+        let Some(table) = self.apps.get(route.app) else {
+            return Err(Error::explain(ErrorType::InternalError, "route to no app"));
+        };
+        let snap = table.load();
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         let decision = if self.config.unsticky {
             match snap.ready.len() {
@@ -370,12 +398,17 @@ impl ProxyHttp for Balancer {
                 },
             }
         } else {
-            let owner = ctx.sid.as_deref().and_then(|s| self.sids.lookup(s));
+            // A sid of another app's worker is unknown here (and not this app's to forget).
+            let owner = ctx
+                .sid
+                .as_deref()
+                .and_then(|s| self.sids.lookup(s))
+                .filter(|id| !self.of_another_app(id, route.app));
             // Only what the decision reads: a request of a known session needs no cookie
             // (HMAC), and only a handshake has a client address (read for ip-hash placement).
             let cookie = match (ctx.engineio, &owner) {
                 (true, Some(_)) => None,
-                _ => self.cookie_key(session),
+                _ => self.cookie_key(session, &sticky.cookie),
             };
             let facts = RequestFacts {
                 engineio: ctx.engineio,
@@ -387,7 +420,7 @@ impl ProxyHttp for Balancer {
             policy::route(
                 &snap,
                 &facts,
-                self.config.new_sessions,
+                sticky.new_sessions,
                 |i| self.loads.get(&snap.backends[i].id),
                 turn,
             )
@@ -589,11 +622,12 @@ impl ProxyHttp for Balancer {
         if handshake
             && (status == 200 || status == 101)
             && let (Some(snap), Some(i)) = (&ctx.snap, ctx.backend)
+            && let Some(route) = ctx.rule.and_then(|r| self.config.router.routes().get(r))
         {
             let token = self.signer.sign(&snap.backends[i].key);
             resp.append_header(
                 "set-cookie",
-                affinity::set_cookie_value(&self.config.cookie, &token),
+                affinity::set_cookie_value(&route.sticky.cookie, &token),
             )?;
         }
         Ok(())

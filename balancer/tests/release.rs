@@ -5,10 +5,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use balancer::router::Router;
 use balancer::server::ClientLimits;
 use balancer::service::{ClientTimeouts, RoutingConfig};
 use balancer::websocket::GOING_AWAY_CLOSE;
-use balancer::{Backend, BackendSet, BackendState, BalancerSettings, NewSessions};
+use balancer::{Backend, BackendSet, BackendState, BalancerSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -114,9 +115,7 @@ async fn release_closes_websockets_gracefully_and_spread() {
             access_log: None,
             threads: 1,
             routing: RoutingConfig {
-                engineio_path: "/socket.io/".into(),
-                new_sessions: NewSessions::LeastConn,
-                cookie: "rtsup".into(),
+                router: Router::single("a"),
                 trusted_proxies: Vec::new(),
                 unsticky: false,
                 session_rate: 0,
@@ -127,7 +126,7 @@ async fn release_closes_websockets_gracefully_and_spread() {
             max_sessions: 1000,
             limits: ClientLimits::default(),
         },
-        set_rx,
+        vec![set_rx],
     )
     .expect("proxy");
     // pingora binds on its own thread.

@@ -24,7 +24,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use balancer::NewSessions;
 use ipnet::IpNet;
 use supervisor::{AppSpec, LogSpec};
 
@@ -59,14 +58,9 @@ pub struct SupervisorConfig {
 pub struct BalancerConfig {
     /// Where clients connect.
     pub listen: SocketAddr,
-    /// The app whose workers serve the traffic.
-    pub app: String,
-    /// Path prefix of engine.io traffic, with leading and trailing `/`.
-    pub engineio_path: String,
-    /// Placement of new sessions.
-    pub new_sessions: NewSessions,
-    /// Name of the affinity cookie.
-    pub cookie: String,
+    /// Which app serves which host and path, each with its sticky settings; one route to
+    /// the only app (or `[balancer] app`) when the file gives none.
+    pub routes: Vec<RouteConfig>,
     /// Peers whose `X-Forwarded-For` / `CF-Connecting-IP` are believed.
     pub trusted_proxies: Vec<IpNet>,
     /// Proxy worker threads.
@@ -83,6 +77,49 @@ pub struct BalancerConfig {
     pub tls: Option<TlsConfig>,
     /// The access log, unless `access_log = "off"`.
     pub access_log: Option<AccessLogConfig>,
+}
+
+/// One `[[balancer.route]]`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// Host name, `*.example.com` for its subdomains, empty for any host.
+    pub host: String,
+    /// Path prefix (`/` for every path).
+    pub path: String,
+    /// The app that serves it.
+    pub app: String,
+    /// How its engine.io sessions stay on their worker.
+    pub sticky: balancer::router::Sticky,
+}
+
+impl BalancerConfig {
+    /// The apps the routes name, each once, in order (the balancer follows their workers).
+    pub fn apps(&self) -> Vec<String> {
+        let mut apps: Vec<String> = Vec::new();
+        for r in &self.routes {
+            if !apps.contains(&r.app) {
+                apps.push(r.app.clone());
+            }
+        }
+        apps
+    }
+
+    /// The routes as the balancer matches them, each pointing into [`BalancerConfig::apps`].
+    pub fn router(&self) -> balancer::router::Router {
+        let apps = self.apps();
+        balancer::router::Router::new(
+            self.routes
+                .iter()
+                .map(|r| balancer::router::Route {
+                    host: balancer::router::HostMatch::parse(&r.host),
+                    path: r.path.clone(),
+                    app: apps.iter().position(|a| *a == r.app).unwrap_or(0),
+                    app_name: r.app.clone(),
+                    sticky: r.sticky.clone(),
+                })
+                .collect(),
+        )
+    }
 }
 
 /// `[balancer] access_log` and `access_log_format`.
@@ -415,9 +452,11 @@ mod tests {
         ))
         .expect("valid");
         let b = c.balancer.expect("balancer");
-        assert_eq!(b.app, "chat");
-        assert_eq!(b.new_sessions, NewSessions::LeastConn);
-        assert_eq!(b.engineio_path, "/socket.io/");
+        assert_eq!(b.apps(), ["chat"]);
+        let r = &b.routes[0];
+        assert_eq!((r.host.as_str(), r.path.as_str()), ("", "/"));
+        assert_eq!(r.sticky.new_sessions, balancer::NewSessions::LeastConn);
+        assert_eq!(r.sticky.engineio_path, "/socket.io/");
     }
 
     #[test]

@@ -258,6 +258,9 @@ pub struct RawBalancer {
     pub max_connections_per_address: Option<Spanned<i64>>,
     pub tls_cert: Option<Spanned<String>>,
     pub tls_key: Option<Spanned<String>>,
+    /// Several apps behind the listener (`[[balancer.route]]`).
+    #[serde(default)]
+    pub route: Vec<Spanned<RawRoute>>,
     /// More certificates, chosen by SNI (`[[balancer.certificate]]`).
     #[serde(default)]
     pub certificate: Vec<Spanned<RawCertificate>>,
@@ -268,6 +271,18 @@ pub struct RawBalancer {
     pub access_log_format: Option<Spanned<String>>,
     /// Test-only: disable session pinning (plain round-robin) to show what it prevents.
     pub test_unsticky: Option<bool>,
+}
+
+/// One `[[balancer.route]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub host: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub app: Spanned<String>,
+    pub engineio_path: Option<Spanned<String>>,
+    pub new_sessions: Option<Spanned<String>>,
+    pub cookie: Option<Spanned<String>>,
 }
 
 /// One `[[balancer.certificate]]`.

@@ -17,13 +17,14 @@ use toml::Spanned;
 
 use super::defaults::*;
 use super::error::Reporter;
-use super::raw::{RawAdmin, RawApp, RawBalancer, RawConfig, RawInstances, Section};
+use super::raw::{RawAdmin, RawApp, RawBalancer, RawConfig, RawInstances, RawRoute, Section};
 use super::{
     AccessLogConfig, AdminConfig, BalancerConfig, ClientBounds, Config, RedirectConfig,
-    SupervisorConfig, TlsConfig,
+    RouteConfig, SupervisorConfig, TlsConfig,
 };
 use balancer::NewSessions;
 use balancer::access_log::Format;
+use balancer::router::{HostMatch, Sticky};
 
 /// Longest path a Unix socket address holds (`sun_path` is 108 bytes with its final NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -576,71 +577,53 @@ fn balancer_section(
         "balancer.listen",
         rep,
     );
-    let app = match &b.app {
-        Some(a) => {
-            if !apps.contains(&a.get_ref().as_str()) {
+    // [balancer]'s own sticky settings: those of a single app, the defaults of each route.
+    let defaults = sticky(
+        b.engineio_path.as_ref(),
+        b.new_sessions.as_ref(),
+        b.cookie.as_ref(),
+        None,
+        "balancer",
+        rep,
+    );
+    let routes = if b.route.is_empty() {
+        let app = match &b.app {
+            Some(a) => {
+                if !apps.contains(&a.get_ref().as_str()) {
+                    rep.at(
+                        Some(a.span()),
+                        "balancer.app",
+                        format!("no [[app]] is named {:?}", a.get_ref()),
+                    );
+                }
+                a.get_ref().clone()
+            }
+            None if apps.len() == 1 => apps[0].to_string(),
+            None => {
                 rep.at(
-                    Some(a.span()),
+                    Some(span.clone()),
                     "balancer.app",
-                    format!("no [[app]] is named {:?}", a.get_ref()),
+                    "required when there is more than one [[app]] (or give [[balancer.route]]s)",
                 );
+                String::new()
             }
-            a.get_ref().clone()
-        }
-        None if apps.len() == 1 => apps[0].to_string(),
-        None => {
+        };
+        vec![RouteConfig {
+            host: String::new(),
+            path: "/".into(),
+            app,
+            sticky: defaults.clone(),
+        }]
+    } else {
+        if let Some(a) = &b.app {
             rep.at(
-                Some(span.clone()),
+                Some(a.span()),
                 "balancer.app",
-                "required when there is more than one [[app]]",
+                "not with [[balancer.route]]: each route names its app",
             );
-            String::new()
         }
+        routes(&b.route, apps, &defaults, rep)
     };
-    let engineio_path = b
-        .engineio_path
-        .as_ref()
-        .map_or(DEFAULT_ENGINEIO_PATH.to_string(), |p| p.get_ref().clone());
-    if !engineio_path.starts_with('/') || !engineio_path.ends_with('/') {
-        let s = b.engineio_path.as_ref().map(Spanned::span);
-        rep.at(
-            s,
-            "balancer.engineio_path",
-            "must start and end with '/' (e.g. \"/socket.io/\")",
-        );
-    }
-    let new_sessions = match b.new_sessions.as_ref() {
-        None => NewSessions::LeastConn,
-        Some(v) => match v.get_ref().as_str() {
-            "least-conn" => NewSessions::LeastConn,
-            "ip-hash" => NewSessions::IpHash,
-            "round-robin" => NewSessions::RoundRobin,
-            other => {
-                rep.at(
-                    Some(v.span()),
-                    "balancer.new_sessions",
-                    format!(r#"must be "least-conn", "ip-hash" or "round-robin", not {other:?}"#),
-                );
-                NewSessions::LeastConn
-            }
-        },
-    };
-    let cookie = b
-        .cookie
-        .as_ref()
-        .map_or(DEFAULT_COOKIE.to_string(), |c| c.get_ref().clone());
-    if cookie.is_empty()
-        || !cookie
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        let s = b.cookie.as_ref().map(Spanned::span);
-        rep.at(
-            s,
-            "balancer.cookie",
-            "must be a non-empty cookie name (letters, digits, '-', '_', '.')",
-        );
-    }
     let mut trusted_proxies = Vec::new();
     for (i, p) in b.trusted_proxies.iter().enumerate() {
         let text = p.get_ref();
@@ -673,10 +656,7 @@ fn balancer_section(
     }
     Some(BalancerConfig {
         listen: listen?,
-        app,
-        engineio_path,
-        new_sessions,
-        cookie,
+        routes,
         trusted_proxies,
         threads,
         session_rate: b.session_rate.unwrap_or(DEFAULT_SESSION_RATE),
@@ -723,6 +703,146 @@ fn access_log(
         None => log_dir?.join("access.log"),
     };
     Some(Some(AccessLogConfig { path, format }))
+}
+
+/// The sticky settings at `prefix` (`balancer` or `balancer.route[i]`), each key defaulting
+/// to `inherit`'s (or the documented default at the top level).
+fn sticky(
+    path_written: Option<&Spanned<String>>,
+    new_sessions: Option<&Spanned<String>>,
+    cookie: Option<&Spanned<String>>,
+    inherit: Option<&Sticky>,
+    prefix: &str,
+    rep: &mut Reporter<'_>,
+) -> Sticky {
+    let engineio_path = path_written.map_or_else(
+        || {
+            inherit.map_or(DEFAULT_ENGINEIO_PATH.to_string(), |i| {
+                i.engineio_path.clone()
+            })
+        },
+        |p| p.get_ref().clone(),
+    );
+    if !engineio_path.starts_with('/') || !engineio_path.ends_with('/') {
+        rep.at(
+            path_written.map(Spanned::span),
+            format!("{prefix}.engineio_path"),
+            "must start and end with '/' (e.g. \"/socket.io/\")",
+        );
+    }
+    let new_sessions = match new_sessions {
+        None => inherit.map_or(NewSessions::LeastConn, |i| i.new_sessions),
+        Some(v) => match v.get_ref().as_str() {
+            "least-conn" => NewSessions::LeastConn,
+            "ip-hash" => NewSessions::IpHash,
+            "round-robin" => NewSessions::RoundRobin,
+            other => {
+                rep.at(
+                    Some(v.span()),
+                    format!("{prefix}.new_sessions"),
+                    format!(r#"must be "least-conn", "ip-hash" or "round-robin", not {other:?}"#),
+                );
+                NewSessions::LeastConn
+            }
+        },
+    };
+    let name = cookie.map_or_else(
+        || inherit.map_or(DEFAULT_COOKIE.to_string(), |i| i.cookie.clone()),
+        |c| c.get_ref().clone(),
+    );
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        rep.at(
+            cookie.map(Spanned::span),
+            format!("{prefix}.cookie"),
+            "must be a non-empty cookie name (letters, digits, '-', '_', '.')",
+        );
+    }
+    Sticky {
+        engineio_path,
+        new_sessions,
+        cookie: name,
+    }
+}
+
+/// Each `[[balancer.route]]`: an app that exists, a host name (`*.` for subdomains) or none,
+/// a path prefix starting with `/`, its sticky settings; two routes taking the same host and
+/// path are an error (the second could never be reached).
+fn routes(
+    raw: &[Spanned<RawRoute>],
+    apps: &[&str],
+    defaults: &Sticky,
+    rep: &mut Reporter<'_>,
+) -> Vec<RouteConfig> {
+    let mut out: Vec<RouteConfig> = Vec::new();
+    let mut seen: Vec<(HostMatch, String, usize)> = Vec::new();
+    for (i, r) in raw.iter().enumerate() {
+        let prefix = format!("balancer.route[{i}]");
+        let span = r.span();
+        let r = r.get_ref();
+        if !apps.contains(&r.app.get_ref().as_str()) {
+            rep.at(
+                Some(r.app.span()),
+                format!("{prefix}.app"),
+                format!("no [[app]] is named {:?}", r.app.get_ref()),
+            );
+        }
+        let host = r.host.as_ref().map_or("", |h| h.get_ref().as_str());
+        let name = host.strip_prefix("*.").unwrap_or(host);
+        let valid_host = host.is_empty()
+            || (!name.is_empty()
+                && name.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                }));
+        if !valid_host {
+            rep.at(
+                r.host.as_ref().map(Spanned::span),
+                format!("{prefix}.host"),
+                format!(
+                    "{host:?} is not a host name (\"chat.example.com\", or \"*.example.com\" for its subdomains)"
+                ),
+            );
+        }
+        let path = r.path.as_ref().map_or("/", |p| p.get_ref().as_str());
+        if !path.starts_with('/') {
+            rep.at(
+                r.path.as_ref().map(Spanned::span),
+                format!("{prefix}.path"),
+                "must start with '/' (a path prefix, e.g. \"/api/\")",
+            );
+        }
+        let matcher = HostMatch::parse(host);
+        if let Some((_, _, first)) = seen.iter().find(|(h, p, _)| *h == matcher && p == path) {
+            rep.at(
+                Some(span.clone()),
+                prefix.clone(),
+                format!(
+                    "unreachable: balancer.route[{first}] takes the same host and path ({}{path})",
+                    if host.is_empty() { "any host" } else { host }
+                ),
+            );
+        }
+        seen.push((matcher, path.to_string(), i));
+        let sticky = sticky(
+            r.engineio_path.as_ref(),
+            r.new_sessions.as_ref(),
+            r.cookie.as_ref(),
+            Some(defaults),
+            &prefix,
+            rep,
+        );
+        out.push(RouteConfig {
+            host: host.to_ascii_lowercase(),
+            path: path.to_string(),
+            app: r.app.get_ref().clone(),
+            sticky,
+        });
+    }
+    out
 }
 
 /// `[balancer]` TLS: `tls_cert` and `tls_key` together, each `[[balancer.certificate]]`,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Rtsup, fixture, ports, rtsup_bin};
+use crate::harness::{Rtsup, fixture, ports, rtsup_bin, wait_until};
 
 /// One request (`Connection: close`) with this `Host`; the whole answer.
 fn get(port: u16, host: &str, target: &str) -> String {
@@ -58,6 +58,21 @@ fn hosts_and_paths_pick_the_app_and_each_route_keeps_its_sticky_settings() {
         fixture_app("web", base + 8),
     ));
     r.wait_all_ready();
+    // The balancer follows each app's workers on its own: wait until every app is routed.
+    for (host, target) in [
+        ("other.test", "/"),
+        ("other.test", "/api/"),
+        ("chat.test", "/health"),
+    ] {
+        wait_until(&format!("{host}{target} served"), || {
+            let answer = get(lb, host, target);
+            if answer.starts_with("HTTP/1.1 200") {
+                Ok(())
+            } else {
+                Err(answer)
+            }
+        });
+    }
     for (host, target, want) in [
         ("other.test", "/", Some("web")),
         ("other.test", "/api/users?x=1", Some("api")),
@@ -117,6 +132,9 @@ fn without_a_catch_all_other_hosts_get_404_and_the_proxy_serves_on() {
         fixture_app("web", base),
     ));
     r.wait_all_ready();
+    wait_until("the web app routed", || {
+        tag(&get(lb, "a.example.test", "/")).ok_or("not yet".to_string())
+    });
     let answer = get(lb, "nobody.test", "/");
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
     assert_eq!(tag(&get(lb, "a.example.test", "/")).as_deref(), Some("web"));

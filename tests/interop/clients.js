@@ -58,7 +58,7 @@ async function main() {
   if (transports === "polling") ioOpts.transports = ["polling"];
   for (let i = 0; i < N; i++) {
     const s = io(url, ioOpts);
-    const st = { instance: null, pid: null, connects: 0, disconnectedAt: null, reconnectedAt: null };
+    const st = { instance: null, pid: null, connects: 0, joined: false, disconnectedAt: null, reconnectedAt: null };
     state.push(st);
     sockets.push(s);
     s.on("hello", ({ instance, slot, pid }) => {
@@ -66,7 +66,8 @@ async function main() {
       if (st.disconnectedAt && !st.reconnectedAt) st.reconnectedAt = Date.now();
       st.instance = instance; st.pid = pid;
     });
-    s.on("connect", () => { st.connects++; s.emit("join", room); });
+    // Joined once the worker acknowledges (both test servers ack `join`); every (re)connect joins again.
+    s.on("connect", () => { st.connects++; st.joined = false; s.emit("join", room, () => { if (s.connected) st.joined = true; }); });
     s.on("connect_error", () => stats.connectErrors++);
     s.on("disconnect", () => { stats.disconnects++; st.disconnectedAt = st.disconnectedAt || Date.now(); });
     s.io.on("open", () => {
@@ -129,8 +130,12 @@ async function main() {
     stats.errors.push("not every client reconnected");
   }
   stats.connectedAtEnd = sockets.filter((s) => s.connected).length;
-  // Joins are re-sent on every connect; let the last ones land before broadcasting.
-  await new Promise((r) => setTimeout(r, 300));
+  // Joins are re-sent on every connect: broadcast once every client's worker acknowledged its join.
+  try {
+    await waitFor(() => sockets.every((s, i) => s.connected && state[i].joined), 15000);
+  } catch (e) {
+    stats.errors.push("not every client re-joined its room");
+  }
 
   // One client broadcasts to the room; every client (on every worker) must receive it.
   for (let k = 0; k < broadcasts; k++) {

@@ -72,11 +72,15 @@ pub enum Command {
         #[arg(value_name = "N")]
         instances: u16,
     },
-    /// Rolling zero-downtime reload: re-read the configuration, replace every worker (same as
-    /// SIGHUP to the daemon, or `systemctl reload rtsup`).
+    /// Rolling zero-downtime reload: re-read the configuration and the certificates, replace
+    /// every worker (same as SIGHUP to the daemon, or `systemctl reload rtsup`).
     Reload {
         #[command(flatten)]
         target: Target,
+        /// Only read the certificate files again (a renewal): no worker is replaced, no
+        /// connection is touched.
+        #[arg(long)]
+        certs: bool,
     },
     /// Print a systemd unit for this configuration (like `pm2 startup`).
     Systemd {

@@ -141,8 +141,16 @@ fn open_access_log(
     }
     let mut file = supervisor::RotatingFile::open(a.path.clone(), logs)
         .with_context(|| format!("opening the access log {}", a.path.display()))?;
-    balancer::access_log::AccessLog::spawn(a.format, move |line| file.write_raw(line))
-        .context("starting the access log writer")
+    // Moved away (logrotate) or deleted: written again at its path within a second.
+    let mut checked = std::time::Instant::now();
+    balancer::access_log::AccessLog::spawn(a.format, move |line| {
+        if checked.elapsed() >= Duration::from_secs(1) {
+            checked = std::time::Instant::now();
+            file.reopen_if_moved()?;
+        }
+        file.write_raw(line)
+    })
+    .context("starting the access log writer")
 }
 
 /// Log what certificates the balancer serves (`what`: serving, reloaded).
@@ -254,9 +262,16 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
                 .collect();
             let tls = match &b.tls {
                 None => None,
-                Some(t) => match balancer::tls::Certificates::load(&t.certs, SystemTime::now()) {
+                // Not refused when out of date: the site (and its ACME renewal through the
+                // redirect listener) keeps working, with a warning; a reload refuses one.
+                Some(t) => match balancer::tls::Certificates::load(&t.certs, None) {
                     Ok(certs) => {
                         log_certificates("serving", &certs);
+                        for c in &certs.summaries {
+                            if let Err(e) = c.valid_at(SystemTime::now()) {
+                                warn!(error = %e, "serving a certificate outside its validity period: renew it, then `rtsup reload --certs`");
+                            }
+                        }
                         Some(balancer::server::TlsListen {
                             certs: Arc::new(balancer::tls::CertResolver::new(certs)),
                             http2: t.http2,
@@ -303,6 +318,7 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
                         send: b.limits.send_timeout,
                     },
                     redirect,
+                    tls: b.tls.is_some(),
                 },
                 max_sessions: balancer::sid_table::DEFAULT_MAX_SESSIONS,
                 limits: client_limits(b),
@@ -365,6 +381,14 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
         hub: hub_path.clone(),
         proxy: proxy.clone(),
         certificates,
+        cert_files: std::sync::Mutex::new(
+            config
+                .balancer
+                .as_ref()
+                .and_then(|b| b.tls.as_ref())
+                .map(|t| t.certs.clone())
+                .unwrap_or_default(),
+        ),
     });
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let control = tokio::spawn(server::serve(

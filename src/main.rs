@@ -169,7 +169,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             app,
             instances,
         } => ask(&target, "scale", Request::Scale { app, instances }),
-        Command::Reload { target } => ask(&target, "reload", Request::Reload),
+        Command::Reload {
+            target,
+            certs: true,
+        } => {
+            let socket = socket(&target)?;
+            match runtime()?.block_on(control_client::call(&socket, Request::ReloadCertificates))? {
+                Response::Certificates { served } => {
+                    out(&served.iter().map(|l| format!("{l}\n")).collect::<String>())?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                Response::Error { message } => {
+                    eprintln!("rtsup: {message}");
+                    Ok(ExitCode::FAILURE)
+                }
+                _ => bail!("unexpected answer to reload --certs"),
+            }
+        }
+        Command::Reload { target, .. } => ask(&target, "reload", Request::Reload),
         Command::Systemd { config } => {
             let file = config_file(config.as_deref())?;
             load(Some(&file))?;
@@ -196,7 +213,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             if access {
                 let (dir, from) = log_dir(&target)?;
-                let file = dir.join("access.log");
+                // A file of its own when the configuration names one.
+                let file = client_settings(target.config.as_deref())?
+                    .access_log
+                    .unwrap_or_else(|| dir.join("access.log"));
                 if !file.exists() {
                     bail!(
                         "no access log at {} ({from}; a balancer with access_log = \"off\" or another path writes none there)",

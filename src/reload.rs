@@ -36,6 +36,8 @@ pub struct DaemonReloader {
     /// The certificates the balancer serves, when it terminates TLS: a reload reads their
     /// files again (a renewed certificate keeps its path).
     pub certificates: Option<Arc<balancer::tls::CertResolver>>,
+    /// The certificate files in force (the last reload's list), for `reload --certs`.
+    pub cert_files: std::sync::Mutex<Vec<balancer::tls::CertFiles>>,
 }
 
 impl DaemonReloader {
@@ -109,20 +111,68 @@ impl DaemonReloader {
         ) else {
             return Ok(());
         };
-        let certs = balancer::tls::Certificates::load(&tls.certs, std::time::SystemTime::now())
+        self.swap_certificates(resolver, &tls.certs)?;
+        Ok(())
+    }
+
+    /// Load `files` (refusing any not valid today) and serve them; the lines say what is
+    /// served. On error nothing changes.
+    fn swap_certificates(
+        &self,
+        resolver: &balancer::tls::CertResolver,
+        files: &[balancer::tls::CertFiles],
+    ) -> Result<Vec<String>, String> {
+        let certs = balancer::tls::Certificates::load(files, Some(std::time::SystemTime::now()))
             .map_err(|e| {
                 warn!(error = %e, "reload: certificate refused; still serving the previous ones");
                 format!("certificate refused, nothing changed: {e}")
             })?;
         crate::daemon::log_certificates("reloaded", &certs);
+        let served = certs
+            .summaries
+            .iter()
+            .map(|c| {
+                let until = std::time::UNIX_EPOCH
+                    + std::time::Duration::from_secs(u64::try_from(c.not_after).unwrap_or(0));
+                format!(
+                    "{}  {}  serial {}  valid until {}",
+                    c.file.display(),
+                    c.names.join(","),
+                    c.serial,
+                    humantime::format_rfc3339_seconds(until)
+                )
+            })
+            .collect();
         resolver.replace(certs);
-        Ok(())
+        if let Ok(mut f) = self.cert_files.lock() {
+            *f = files.to_vec();
+        }
+        Ok(served)
+    }
+
+    /// `rtsup reload --certs`: the files in force read again, nothing else touched.
+    async fn certificates_only(&self) -> Result<Vec<String>, String> {
+        let Some(resolver) = &self.certificates else {
+            return Err("this daemon serves no certificates (no tls_cert)".into());
+        };
+        let files = self
+            .cert_files
+            .lock()
+            .map(|f| f.clone())
+            .unwrap_or_default();
+        self.swap_certificates(resolver, &files)
     }
 }
 
 impl ControlHooks for DaemonReloader {
     fn reload(&self) -> Pin<Box<dyn Future<Output = Result<Report, String>> + Send + '_>> {
         Box::pin(self.run())
+    }
+
+    fn reload_certificates(
+        &self,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<String>, String>> + Send + '_>> {
+        Box::pin(self.certificates_only())
     }
 
     fn annotate(&self, report: &mut StatusReport) {

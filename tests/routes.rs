@@ -114,13 +114,24 @@ fn hosts_and_paths_pick_the_app_and_each_route_keeps_its_sticky_settings() {
         );
         assert!(post.starts_with("HTTP/1.1 200"), "{post}");
     }
-    // The chat session's sid means nothing on another app's route.
+    // The chat session's sid means nothing on another app's route (engine.io there lives
+    // under the route's prefix, /api/socket.io/): unknown, and the chat session lives on.
     let elsewhere = get(
         lb,
         "other.test",
         &format!("/api/socket.io/?EIO=4&transport=polling&sid={sid}"),
     );
-    assert_eq!(tag(&elsewhere).as_deref(), Some("api"), "{elsewhere}");
+    assert!(
+        elsewhere.starts_with("HTTP/1.1 400") && elsewhere.contains("Session ID unknown"),
+        "{elsewhere}"
+    );
+    let post = request(
+        lb,
+        &format!(
+            "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: chat.test\r\nContent-Length: 10\r\nConnection: close\r\n\r\n42[\"noop\"]"
+        ),
+    );
+    assert!(post.starts_with("HTTP/1.1 200"), "{post}");
 }
 
 #[test]
@@ -152,7 +163,8 @@ fn check_reports_unreachable_and_bad_routes_with_their_keys() {
          [balancer]\nlisten = \"127.0.0.1:5200\"\napp = \"a\"\n\
          [[balancer.route]]\nhost = \"Chat.Example.com\"\npath = \"/\"\napp = \"a\"\n\
          [[balancer.route]]\nhost = \"chat.example.com\"\napp = \"b\"\n\
-         [[balancer.route]]\nhost = \"bad host\"\npath = \"api\"\napp = \"nope\"\nnew_sessions = \"sticky\"\n",
+         [[balancer.route]]\nhost = \"bad host\"\npath = \"api\"\napp = \"nope\"\nnew_sessions = \"sticky\"\n\
+         [[balancer.route]]\npath = \"/chat/\"\napp = \"a\"\nengineio_path = \"/socket.io/\"\n",
     )
     .expect("config");
     let out = Command::new(rtsup_bin())
@@ -173,6 +185,9 @@ fn check_reports_unreachable_and_bad_routes_with_their_keys() {
         format!("{f}:21:8: balancer.route[2].path: must start with '/'"),
         format!("{f}:22:7: balancer.route[2].app: no [[app]] is named \"nope\""),
         format!("{f}:23:16: balancer.route[2].new_sessions: must be"),
+        format!(
+            "{f}:27:17: balancer.route[3].engineio_path: \"/socket.io/\" is outside the route's path \"/chat/\""
+        ),
     ] {
         assert!(text.contains(&want), "missing {want:?} in:\n{text}");
     }

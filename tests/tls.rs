@@ -4,6 +4,7 @@
 //! exception.
 
 use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -159,41 +160,61 @@ fn a_renewed_certificate_reaches_new_handshakes_and_drops_nobody() {
     assert_eq!(first["roundTrip"], true, "{first}");
     assert_eq!(first["serial"], node_serial(0x1001), "{first}");
 
-    // Renewed: same paths, new contents; `rtsup reload` serves it.
+    let pids = |r: &Rtsup| -> Vec<Value> { r.workers().iter().map(|w| w["pid"].clone()).collect() };
+    let before = pids(&r);
+    let mut check = |serial: u64, what: &str| {
+        writeln!(stdin, "check").expect("check");
+        let now = next();
+        assert_eq!(now["serial"], node_serial(serial), "{what}: {now}");
+        assert_eq!(now["roundTrip"], true, "{what}: {now}");
+        for t in ["websocket", "polling"] {
+            assert_eq!(now["state"][t]["disconnects"], 0, "{what}: {now}");
+            assert_eq!(
+                now["state"][t]["id"], first["state"][t]["id"],
+                "{what}: {now}"
+            );
+            assert_eq!(now["transports"][t], t, "{what}: {now}");
+        }
+    };
+
+    // Renewed (same paths, new contents, as certbot does): `rtsup reload --certs` serves it
+    // to new handshakes and touches nothing else: same workers, same sessions.
     ca.issue(0x2002, (2020, 2090));
+    let out = r.cli(&["reload", "--certs"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("cert.pem  localhost  serial 20:02  valid until 2090-01-01"),
+        "{out:?}"
+    );
+    check(0x2002, "after reload --certs");
+    assert_eq!(pids(&r), before, "reload --certs replaced workers");
+
+    // A full `rtsup reload` reads them too (and rolls the workers, whose sessions stay up
+    // through the proxy while they drain).
+    ca.issue(0x3003, (2020, 2090));
     let out = r.cli(&["reload"]);
     assert!(out.status.success(), "{out:?}");
-    writeln!(stdin, "check").expect("check");
-    let after = next();
-    assert_eq!(after["serial"], node_serial(0x2002), "{after}");
-    assert_eq!(after["roundTrip"], true, "{after}");
-    for t in ["websocket", "polling"] {
-        assert_eq!(after["state"][t]["disconnects"], 0, "{after}");
-        assert_eq!(after["state"][t]["id"], first["state"][t]["id"], "{after}");
-        assert_eq!(after["transports"][t], t, "{after}");
-    }
+    check(0x3003, "after reload");
 
-    // Expired: refused, the renewed one stays.
-    ca.issue(0x3003, (2000, 2001));
-    let out = r.cli(&["reload"]);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!out.status.success(), "{text}");
-    assert!(
-        text.contains("balancer.tls_cert") && text.contains("cert.pem: the certificate expired"),
-        "{text}"
-    );
-    // Not a certificate at all: refused too.
+    // Expired, or not a certificate at all: refused by both, the one in force stays.
+    let refused = |args: &[&str], want: &str| {
+        let out = r.cli(args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{args:?}: {text}");
+        assert!(text.contains(want), "{args:?}: {text}");
+    };
+    ca.issue(0x4004, (2000, 2001));
+    refused(&["reload", "--certs"], "cert.pem: the certificate expired");
+    refused(&["reload"], "cert.pem: the certificate expired");
     std::fs::write(ca.dir.join("cert.pem"), "garbage").expect("garbage");
-    let out = r.cli(&["reload"]);
-    assert!(!out.status.success());
-    writeln!(stdin, "check").expect("check");
-    let kept = next();
-    assert_eq!(kept["serial"], node_serial(0x2002), "{kept}");
-    assert_eq!(kept["roundTrip"], true, "{kept}");
+    refused(&["reload", "--certs"], "no PEM certificate");
+    refused(&["reload"], "balancer.tls_cert");
+    check(0x3003, "after the refusals");
     drop(stdin);
     let _ = clients.wait();
 }
@@ -367,4 +388,66 @@ fn sni_picks_the_certificate_h2_is_offered_and_garbage_is_not_logged() {
         .map(str::to_string)
         .collect();
     assert!(noisy.is_empty(), "failed handshakes logged: {noisy:#?}");
+}
+
+#[test]
+fn silent_tls_clients_hold_places_under_the_caps_and_time_out() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new(tmp.path());
+    ca.issue(0x1001, (2020, 2090));
+    let base = ports::block(4).base;
+    let lb = base + 3;
+    let r = Rtsup::start(&format!(
+        "{}\n[balancer]\nlisten = \"127.0.0.1:{lb}\"\nthreads = 1\n{}\
+         max_connections_per_address = 20\nheader_timeout = \"1s\"\n",
+        crate::harness::fixture_app("a", 1, base, ""),
+        ca.balancer_keys(),
+    ));
+    r.wait_all_ready();
+    // 30 connections that never start their TLS handshake: 20 are held (their places taken),
+    // the rest closed at once; none outlives the 1 s handshake bound.
+    let held: Vec<TcpStream> = (0..30)
+        .map(|_| TcpStream::connect(("127.0.0.1", lb)).expect("connect"))
+        .collect();
+    wait_until("10 refused at once", || {
+        let n = crate::harness::metric(
+            &r,
+            "rtsup_balancer_connections_refused_total{cap=\"per_address\"}",
+        )?;
+        if n >= 10 {
+            Ok(())
+        } else {
+            Err(format!("{n} refused"))
+        }
+    });
+    let t0 = std::time::Instant::now();
+    for mut c in held {
+        c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .expect("timeout");
+        let mut buf = [0u8; 16];
+        // Closed by the proxy: end of stream (or a reset), never a timeout.
+        match std::io::Read::read(&mut c, &mut buf) {
+            Ok(0) => {}
+            Err(e)
+                if e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::TimedOut => {}
+            other => panic!("a silent TLS client was kept: {other:?}"),
+        }
+    }
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(8),
+        "{:?}",
+        t0.elapsed()
+    );
+    // Places are given back: a real client gets through, and its worker learns the scheme.
+    let out = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(ca.ca_file())
+        .args(["-H", "X-Forwarded-Proto: http"])
+        .arg(format!("https://localhost:{lb}/headers"))
+        .output()
+        .expect("curl");
+    let headers: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert_eq!(headers["x-forwarded-proto"], "https", "{headers}");
 }

@@ -57,6 +57,7 @@ async fn main() -> Result<(), String> {
             session_burst: 0,
             timeouts: ClientTimeouts::default(),
             redirect: None,
+            tls: false,
         },
         max_sessions: 1_000_000,
         limits: ClientLimits::default(),

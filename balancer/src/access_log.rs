@@ -57,6 +57,8 @@ pub struct Entry<'a> {
     pub referer: Option<&'a str>,
     /// `User-Agent` header.
     pub user_agent: Option<&'a str>,
+    /// `Host` header (or the HTTP/2 authority).
+    pub host: Option<&'a str>,
 }
 
 /// The sending side of the access log (cheap to clone, one per proxy thread).
@@ -148,15 +150,21 @@ pub fn redact_sid(target: &str) -> std::borrow::Cow<'_, str> {
     out.into()
 }
 
-/// `"` and `\` and control bytes escaped as nginx does (`\xHH`).
+/// `"`, `\`, control and non-ASCII bytes escaped as nginx does (`\xHH`).
 fn escaped(out: &mut String, s: &str) {
     for c in s.chars() {
         match c {
             '"' | '\\' => {
                 let _ = write!(out, "\\x{:02X}", c as u32);
             }
-            c if c.is_control() => {
-                let _ = write!(out, "\\x{:02X}", c as u32 & 0xff);
+            c if c.is_ascii_control() => {
+                let _ = write!(out, "\\x{:02X}", c as u32);
+            }
+            c if !c.is_ascii() => {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    let _ = write!(out, "\\x{b:02X}");
+                }
             }
             c => out.push(c),
         }
@@ -183,10 +191,14 @@ fn combined(e: &Entry<'_>) -> String {
     escaped(&mut out, e.user_agent.unwrap_or("-"));
     let _ = write!(
         out,
-        "\" rt={:.3} worker={} route={}",
+        "\" rt={:.3} worker={} route={} host=",
         e.duration.as_secs_f64(),
         e.worker.unwrap_or("-"),
         e.route
+    );
+    escaped(
+        &mut out,
+        e.host.unwrap_or("-").split(' ').next().unwrap_or("-"),
     );
     if e.websocket {
         out.push_str(" ws=1");
@@ -210,6 +222,7 @@ fn json(e: &Entry<'_>) -> String {
         "websocket": e.websocket,
         "referer": e.referer,
         "user_agent": e.user_agent,
+        "host": e.host,
     });
     let mut line = value.to_string();
     line.push('\n');
@@ -281,7 +294,8 @@ mod tests {
             route: "sid",
             websocket: false,
             referer: None,
-            user_agent: Some("curl/8 \"quoted\""),
+            user_agent: Some("curl/8 \"quoted\" café"),
+            host: Some("chat.example.com"),
         }
     }
 
@@ -315,7 +329,7 @@ mod tests {
         assert_eq!(
             line,
             "10.0.0.7 - - [01/Dec/2025:17:50:00 +0000] \"GET /a?b=1 HTTP/1.1\" 200 42 \"-\" \
-             \"curl/8 \\x22quoted\\x22\" rt=0.002 worker=chat:1#3 route=sid\n"
+             \"curl/8 \\x22quoted\\x22 caf\\xC3\\xA9\" rt=0.002 worker=chat:1#3 route=sid host=chat.example.com\n"
         );
         let ws = Entry {
             websocket: true,
@@ -326,7 +340,7 @@ mod tests {
         assert!(
             combined(&ws).starts_with("- - - [")
                 && combined(&ws).contains("\"GET /x\\x0D\\x0A HTTP/1.1\"")
-                && combined(&ws).ends_with("worker=- route=sid ws=1\n"),
+                && combined(&ws).ends_with("worker=- route=sid host=chat.example.com ws=1\n"),
             "{}",
             combined(&ws)
         );
@@ -340,7 +354,8 @@ mod tests {
         assert_eq!(v["status"], 200);
         assert_eq!(v["worker"], "chat:1#3");
         assert_eq!(v["duration_ms"], 1.5);
-        assert_eq!(v["user_agent"], "curl/8 \"quoted\"");
+        assert_eq!(v["user_agent"], "curl/8 \"quoted\" café");
+        assert_eq!(v["host"], "chat.example.com");
     }
 
     #[test]

@@ -13,8 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use pingora::apps::{HandshakeToken, ServerApp};
+use pingora::protocols::ALPN;
 use pingora::protocols::Stream;
+use pingora::protocols::l4::socket::SocketAddr;
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncWriteExt;
 use tracing::warn;
@@ -24,6 +26,14 @@ use crate::metrics::BalancerMetrics;
 
 /// Least time between two warnings about refused connections.
 pub const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Requests an HTTP/2 connection may have in flight at once (each has an upstream
+/// connection of its own while it runs).
+pub const H2_STREAMS: u32 = 8;
+
+/// Places under the connection caps an HTTP/2 connection holds: its descriptor and one per
+/// stream, at the three descriptors a place stands for (see [`crate::connections::budget`]).
+const H2_PLACES: usize = (1 + H2_STREAMS as usize).div_ceil(3);
 
 /// Time a refused client gets to take its answer.
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
@@ -37,6 +47,7 @@ pub struct Admission<A> {
     connections: Arc<Connections>,
     metrics: BalancerMetrics,
     warned: Arc<WarnThrottle>,
+    handshake_timeout: Duration,
 }
 
 impl<A> Admission<A> {
@@ -53,56 +64,110 @@ impl<A> Admission<A> {
             connections,
             metrics,
             warned,
+            handshake_timeout: Duration::from_secs(60),
         }
     }
+
+    /// Give a TLS handshake at most `timeout` (the header timeout: nginx bounds the handshake
+    /// with `client_header_timeout` too).
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Count a refusal and warn about it at most once per period.
+    fn refused(&self, refusal: Refusal) {
+        self.metrics.refused(refusal);
+        if let Some(since) = self.warned.due(Instant::now()) {
+            let caps = self.connections.caps();
+            warn!(
+                refused = since,
+                total_cap = caps.total,
+                per_address_cap = caps.per_address,
+                last = ?refusal,
+                "balancer: refusing client connections over the caps \
+                 ([balancer] max_connections, max_connections_per_address)"
+            );
+        }
+    }
+}
+
+/// The client address of a socket, when it has one.
+fn peer_ip(addr: Option<&SocketAddr>) -> Option<IpAddr> {
+    addr.and_then(|a| a.as_inet()).map(|a| a.ip())
 }
 
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for Admission<A> {
     async fn process_new(
         self: &Arc<Self>,
-        mut stream: Stream,
+        stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let peer: Option<IpAddr> = stream
+        let peer = stream
             .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-        match self.connections.admit(peer) {
-            Ok(_ticket) => {
-                // The ticket lives as long as pingora serves the connection: every keep-alive
-                // request and an upgraded WebSocket run inside this call.
-                let _open = OpenGauge::new(&self.metrics);
-                self.inner.process_new(stream, shutdown).await
-            }
-            Err(refusal) => {
-                self.metrics.refused(refusal);
-                if let Some(since) = self.warned.due(Instant::now()) {
-                    let caps = self.connections.caps();
-                    warn!(
-                        refused = since,
-                        total_cap = caps.total,
-                        per_address_cap = caps.per_address,
-                        last = ?refusal,
-                        "balancer: refusing client connections over the caps \
-                         ([balancer] max_connections, max_connections_per_address)"
-                    );
+            .and_then(|d| peer_ip(d.peer_addr()));
+        // An HTTP/2 connection proxies up to H2_STREAMS requests at once, each on its own
+        // upstream connection: it holds as many places under the caps as its descriptors need.
+        let places = if stream.selected_alpn_proto() == Some(ALPN::H2) {
+            H2_PLACES
+        } else {
+            1
+        };
+        let mut tickets = Vec::with_capacity(places);
+        for _ in 0..places {
+            match self.connections.admit(peer) {
+                Ok(t) => tickets.push(t),
+                Err(refusal) if !tickets.is_empty() => {
+                    // Past the handshake of an h2 connection: no HTTP/1 answer can reach it.
+                    self.refused(refusal);
+                    return None;
                 }
-                let answer = match refusal {
-                    Refusal::Total => FULL,
-                    Refusal::PerAddress => TOO_MANY,
-                };
-                let _ = tokio::time::timeout(REFUSAL_WRITE, async {
-                    stream.write_all(answer).await?;
-                    stream.shutdown().await
-                })
-                .await;
+                Err(refusal) => return self.refuse(stream, refusal).await,
+            }
+        }
+        // The tickets live as long as pingora serves the connection: every keep-alive request
+        // and an upgraded WebSocket run inside this call.
+        let _open = OpenGauge::new(&self.metrics);
+        self.inner.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await;
+    }
+
+    /// A connection still in its TLS handshake holds a place under the caps like any other
+    /// (refused ones are closed at once: no answer can reach them before TLS).
+    fn admit_handshake(&self, peer: Option<&SocketAddr>) -> Option<HandshakeToken> {
+        match self.connections.admit(peer_ip(peer)) {
+            Ok(ticket) => Some(HandshakeToken(Some(Box::new(ticket)))),
+            Err(refusal) => {
+                self.refused(refusal);
                 None
             }
         }
     }
 
-    async fn cleanup(&self) {
-        self.inner.cleanup().await;
+    fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
+    }
+}
+
+impl<A> Admission<A> {
+    /// Answer a refused connection (503 when the proxy is full, 429 when its address holds
+    /// its share) and close it.
+    async fn refuse(&self, mut stream: Stream, refusal: Refusal) -> Option<Stream> {
+        self.refused(refusal);
+        let answer = match refusal {
+            Refusal::Total => FULL,
+            Refusal::PerAddress => TOO_MANY,
+        };
+        let _ = tokio::time::timeout(REFUSAL_WRITE, async {
+            stream.write_all(answer).await?;
+            stream.shutdown().await
+        })
+        .await;
+        None
     }
 }
 

@@ -79,9 +79,10 @@ pub fn find_cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-/// The `Set-Cookie` value for `token`.
-pub fn set_cookie_value(name: &str, token: &str) -> String {
-    format!("{name}={token}; Path=/; HttpOnly; SameSite=Lax")
+/// The `Set-Cookie` value for `token` (`Secure` when the client came over HTTPS).
+pub fn set_cookie_value(name: &str, token: &str, secure: bool) -> String {
+    let secure = if secure { "; Secure" } else { "" };
+    format!("{name}={token}; Path=/; HttpOnly; SameSite=Lax{secure}")
 }
 
 #[cfg(test)]
@@ -126,8 +127,12 @@ mod tests {
         assert_eq!(find_cookie("rtsupx=1", "rtsup"), None);
         assert_eq!(find_cookie("garbage", "rtsup"), None);
         assert_eq!(
-            set_cookie_value("rtsup", "t"),
+            set_cookie_value("rtsup", "t", false),
             "rtsup=t; Path=/; HttpOnly; SameSite=Lax"
+        );
+        assert_eq!(
+            set_cookie_value("rtsup", "t", true),
+            "rtsup=t; Path=/; HttpOnly; SameSite=Lax; Secure"
         );
     }
 }

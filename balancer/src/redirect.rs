@@ -16,7 +16,16 @@ pub struct Redirect {
 impl Redirect {
     /// Whether a request for `path` that arrived on local port `port` is redirected.
     pub fn applies(&self, port: Option<u16>, path: &str) -> bool {
-        port == Some(self.plain_port) && (self.except.is_empty() || !path.starts_with(&self.except))
+        port == Some(self.plain_port) && !self.exempt(path)
+    }
+
+    /// Under the exception, and not stepping out of it (`..` or an encoded dot): such a path
+    /// is redirected like any other, never served over plain HTTP.
+    fn exempt(&self, path: &str) -> bool {
+        !self.except.is_empty()
+            && path.starts_with(&self.except)
+            && !path.split('/').any(|seg| seg == "..")
+            && !path.to_ascii_lowercase().contains("%2e")
     }
 
     /// The `Location` for a request with this `Host` header and path-and-query; `None` when
@@ -24,15 +33,37 @@ impl Redirect {
     /// optional port), which gets a 400 rather than a redirect somewhere odd.
     pub fn location(&self, host: Option<&str>, path_and_query: &str) -> Option<String> {
         let host = host?.trim();
-        let name = match host.strip_prefix('[') {
-            Some(v6) => &host[..v6.find(']')? + 2],
-            None => host.split(':').next()?,
+        let (name, port) = match host.strip_prefix('[') {
+            Some(v6) => {
+                let end = v6.find(']')?;
+                let addr = &v6[..end];
+                if addr.is_empty()
+                    || !addr
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() || b":.".contains(&b))
+                {
+                    return None;
+                }
+                (&host[..end + 2], &v6[end + 1..])
+            }
+            None => {
+                let name = &host[..host.find(':').unwrap_or(host.len())];
+                let valid = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b));
+                if !valid {
+                    return None;
+                }
+                (name, &host[name.len()..])
+            }
         };
-        let valid = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b));
-        if !valid {
+        // Whatever follows the name is a port, or the host is not one.
+        let port_ok = port.is_empty()
+            || port
+                .strip_prefix(':')
+                .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        if !port_ok {
             return None;
         }
         let path = if path_and_query.starts_with('/') {
@@ -87,6 +118,12 @@ mod tests {
             (443, Some("evil.com/@x"), "/", None),
             (443, Some("a b"), "/", None),
             (443, Some("[::1"), "/", None),
+            (443, Some("]"), "/", None),
+            (443, Some("[]"), "/", None),
+            (443, Some("exa[mple]"), "/", None),
+            (443, Some("[::1]x"), "/", None),
+            (443, Some("example.com:"), "/", None),
+            (443, Some("example.com:8x"), "/", None),
         ] {
             assert_eq!(r(port).location(host, pq).as_deref(), want, "{host:?} {pq}");
         }
@@ -98,6 +135,8 @@ mod tests {
         assert!(r.applies(Some(80), "/chat"));
         assert!(!r.applies(Some(80), "/.well-known/acme-challenge/token"));
         assert!(r.applies(Some(80), "/.well-known/other"));
+        assert!(r.applies(Some(80), "/.well-known/acme-challenge/../../index.html"));
+        assert!(r.applies(Some(80), "/.well-known/acme-challenge/%2E%2e/index.html"));
         assert!(!r.applies(Some(443), "/chat"));
         assert!(!r.applies(None, "/chat"));
         let all = Redirect {

@@ -237,10 +237,19 @@ pub fn spawn(
     for (i, app) in apps.into_iter().enumerate() {
         let mut proxy = HttpProxy::new(app, server.configuration.clone());
         proxy.server_options = Some(options.clone());
+        // HTTP/2 (when offered over TLS): the header bound of HTTP/1, and few enough streams
+        // at once that an h2 connection's upstream descriptors fit the places it holds.
+        let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+        h2.max_concurrent_streams(crate::admission::H2_STREAMS);
+        h2.max_header_list_size(
+            u32::try_from(settings.limits.request.max_header).unwrap_or(u32::MAX),
+        );
+        proxy.h2_options = Some(h2);
         proxy.handle_init_modules();
         let mut svc = Service::new(
             format!("rtsup balancer {i}"),
-            Admission::new(proxy, connections.clone(), metrics.clone(), warned.clone()),
+            Admission::new(proxy, connections.clone(), metrics.clone(), warned.clone())
+                .with_handshake_timeout(settings.limits.request.header_timeout),
         );
         // No read buffer in front of the client socket: pingora's default is 64 KiB per
         // connection (resident once touched), which an idle or half-sent connection would

@@ -65,6 +65,9 @@ pub struct RoutingConfig {
     pub timeouts: ClientTimeouts,
     /// Plain HTTP redirected to HTTPS, when the balancer terminates TLS.
     pub redirect: Option<Redirect>,
+    /// The balancer terminates TLS: workers are told each request's scheme
+    /// (`X-Forwarded-Proto`) and the affinity cookie is `Secure` over HTTPS.
+    pub tls: bool,
 }
 
 /// Timeouts of a request towards its client once its header is in (nginx
@@ -132,6 +135,8 @@ pub struct RequestCtx {
     route: Option<RouteLabel>,
     /// Index of its route in the router (none matched: answered 404).
     rule: Option<usize>,
+    /// It came over TLS.
+    https: bool,
 }
 
 impl Balancer {
@@ -234,7 +239,12 @@ impl Balancer {
     /// One access log line for the request (or WebSocket) that just ended.
     fn access_log(&self, log: &AccessLog, session: &Session, ctx: &RequestCtx) {
         let req = session.req_header();
-        let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+        // Any bytes a client sent (the log escapes what is not printable ASCII).
+        let header = |name: &str| {
+            req.headers
+                .get(name)
+                .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+        };
         let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
         let version = match req.version {
             pingora::http::Version::HTTP_10 => "HTTP/1.0",
@@ -255,6 +265,7 @@ impl Balancer {
             websocket: ctx.websocket,
             referer: header("referer"),
             user_agent: header("user-agent"),
+            host: header("host").or_else(|| req.uri.host()),
         });
     }
 }
@@ -317,6 +328,7 @@ impl ProxyHttp for Balancer {
             frames: None,
             route: None,
             rule: None,
+            https: false,
         }
     }
 
@@ -329,6 +341,7 @@ impl ProxyHttp for Balancer {
         session.set_write_timeout(Some(self.config.timeouts.send));
         // The client address of a handshake (new sessions are limited and may be placed by it).
         let mut handshake_ip = None;
+        ctx.https = self.config.tls && session.digest().is_some_and(|d| d.ssl_digest.is_some());
         if let Some(r) = &self.config.redirect {
             let port = session
                 .server_addr()
@@ -564,6 +577,13 @@ impl ProxyHttp for Balancer {
             // Node gzips bodies over 1 KB; the open packet must stay readable.
             upstream.remove_header("accept-encoding");
         }
+        if self.config.tls {
+            // What the client used, whatever it claimed (nginx: `X-Forwarded-Proto $scheme`).
+            upstream.insert_header(
+                "x-forwarded-proto",
+                if ctx.https { "https" } else { "http" },
+            )?;
+        }
         if let Some(peer) = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -627,7 +647,7 @@ impl ProxyHttp for Balancer {
             let token = self.signer.sign(&snap.backends[i].key);
             resp.append_header(
                 "set-cookie",
-                affinity::set_cookie_value(&route.sticky.cookie, &token),
+                affinity::set_cookie_value(&route.sticky.cookie, &token, ctx.https),
             )?;
         }
         Ok(())

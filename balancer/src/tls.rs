@@ -59,7 +59,10 @@ pub enum CertError {
         reason: String,
     },
     /// The private key is not the certificate's.
-    #[error("{key} is not the private key of {cert}")]
+    #[error(
+        "{key} is not the private key of the first certificate in {cert} (the server's \
+         certificate must come first, then its intermediates)"
+    )]
     KeyMismatch {
         /// The chain file.
         cert: PathBuf,
@@ -89,8 +92,33 @@ pub struct CertSummary {
     pub names: Vec<String>,
     /// Its serial number, hex.
     pub serial: String,
+    /// Start of validity, seconds since the epoch.
+    pub not_before: i64,
     /// End of validity, seconds since the epoch.
     pub not_after: i64,
+    validity_text: (String, String),
+}
+
+impl CertSummary {
+    /// An error when the certificate is not valid at `now`.
+    pub fn valid_at(&self, now: SystemTime) -> Result<(), CertError> {
+        let now = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        if (self.not_before..=self.not_after).contains(&now) {
+            return Ok(());
+        }
+        Err(CertError::Validity {
+            path: self.file.clone(),
+            what: if now > self.not_after {
+                "expired"
+            } else {
+                "is not valid yet"
+            },
+            not_before: self.validity_text.0.clone(),
+            not_after: self.validity_text.1.clone(),
+        })
+    }
 }
 
 /// A complete set of certificates: the first is the default, for clients that send no SNI
@@ -106,8 +134,11 @@ pub struct Certificates {
 
 impl Certificates {
     /// Load and check every pair (the first is the default); the first problem refuses the
-    /// whole set, so a reload never serves half of a new configuration.
-    pub fn load(files: &[CertFiles], now: SystemTime) -> Result<Self, CertError> {
+    /// whole set, so a reload never serves half of a new configuration. With `now`, a
+    /// certificate outside its validity period is refused too (a reload); without, it is
+    /// loaded and [`CertSummary::valid_at`] tells (a start serves it with a warning, so the
+    /// site and its ACME renewal keep working).
+    pub fn load(files: &[CertFiles], now: Option<SystemTime>) -> Result<Self, CertError> {
         let provider = provider();
         let mut loaded = Vec::with_capacity(files.len());
         for f in files {
@@ -204,7 +235,7 @@ fn read(path: &Path) -> Result<Vec<u8>, CertError> {
 fn load_one(
     f: &CertFiles,
     provider: &CryptoProvider,
-    now: SystemTime,
+    now: Option<SystemTime>,
 ) -> Result<(CertifiedKey, CertSummary), CertError> {
     let chain_pem = read(&f.cert)?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&chain_pem)
@@ -216,8 +247,19 @@ fn load_one(
     let Some(leaf) = chain.first() else {
         return Err(CertError::NoCertificate(f.cert.clone()));
     };
-    let summary = inspect(&f.cert, leaf, now)?;
+    let summary = inspect(&f.cert, leaf)?;
+    if let Some(now) = now {
+        summary.valid_at(now)?;
+    }
     let key_pem = read(&f.key)?;
+    if String::from_utf8_lossy(&key_pem).contains("ENCRYPTED") {
+        return Err(CertError::BadKey {
+            path: f.key.clone(),
+            reason: "the private key is encrypted; give rtsup a decrypted one \
+                     (openssl pkey -in KEY -out KEY.plain)"
+                .into(),
+        });
+    }
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| CertError::BadKey {
         path: f.key.clone(),
         reason: format!("no usable PEM private key ({e})"),
@@ -239,36 +281,13 @@ fn load_one(
     Ok((certified, summary))
 }
 
-/// Names, serial and validity of `leaf`; an error when it is not valid at `now`.
-fn inspect(
-    path: &Path,
-    leaf: &CertificateDer<'_>,
-    now: SystemTime,
-) -> Result<CertSummary, CertError> {
+/// Names, serial and validity of `leaf`.
+fn inspect(path: &Path, leaf: &CertificateDer<'_>) -> Result<CertSummary, CertError> {
     let (_, cert) = X509Certificate::from_der(leaf.as_ref()).map_err(|e| CertError::Parse {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
     let validity = cert.validity();
-    let now = now
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    let (from, to) = (
-        validity.not_before.timestamp(),
-        validity.not_after.timestamp(),
-    );
-    if now < from || now > to {
-        return Err(CertError::Validity {
-            path: path.to_path_buf(),
-            what: if now > to {
-                "expired"
-            } else {
-                "is not valid yet"
-            },
-            not_before: validity.not_before.to_string(),
-            not_after: validity.not_after.to_string(),
-        });
-    }
     let mut names: Vec<String> = cert
         .subject_alternative_name()
         .ok()
@@ -296,7 +315,12 @@ fn inspect(
         file: path.to_path_buf(),
         names,
         serial: cert.raw_serial_as_string(),
-        not_after: to,
+        not_before: validity.not_before.timestamp(),
+        not_after: validity.not_after.timestamp(),
+        validity_text: (
+            validity.not_before.to_string(),
+            validity.not_after.to_string(),
+        ),
     })
 }
 
@@ -338,7 +362,7 @@ mod tests {
         let d = tmp("sni");
         let a = cert(&d, "a", &["example.com"], (2020, 2090));
         let b = cert(&d, "b", &["*.example.com", "chat.other.org"], (2020, 2090));
-        let certs = Certificates::load(&[a, b], now()).expect("load");
+        let certs = Certificates::load(&[a, b], Some(now())).expect("load");
         let serial = |k: &Arc<CertifiedKey>| k.cert[0].clone();
         let a_cert = serial(&certs.default);
         let b_cert = certs.exact["chat.other.org"].cert[0].clone();
@@ -386,7 +410,7 @@ mod tests {
             key: good.key.clone(),
         };
         let check = |files: &CertFiles, want: &str| {
-            let e = Certificates::load(&[good.clone(), files.clone()], now())
+            let e = Certificates::load(&[good.clone(), files.clone()], Some(now()))
                 .expect_err("must be refused")
                 .to_string();
             assert!(e.contains(want), "{e:?} should say {want:?}");
@@ -394,10 +418,13 @@ mod tests {
         check(&expired, "old.pem: the certificate expired");
         check(&future, "future.pem: the certificate is not valid yet");
         check(&mismatch, "other.key is not the private key of");
+        // Loaded without a date: an expired certificate is served (a start), and says so.
+        let old = Certificates::load(std::slice::from_ref(&expired), None).expect("undated");
+        assert!(old.summaries[0].valid_at(now()).is_err());
         check(&no_pem, "garbage.pem: no PEM certificate");
         check(&no_key, "garbage.pem: no usable PEM private key");
         check(&missing, "missing.pem: No such file");
-        Certificates::load(&[good], now()).expect("the good one alone loads");
+        Certificates::load(&[good], Some(now())).expect("the good one alone loads");
     }
 
     #[test]
@@ -405,9 +432,9 @@ mod tests {
         let d = tmp("swap");
         let one = cert(&d, "one", &["example.com"], (2020, 2090));
         let two = cert(&d, "two", &["example.com"], (2020, 2090));
-        let r = CertResolver::new(Certificates::load(&[one], now()).expect("one"));
+        let r = CertResolver::new(Certificates::load(&[one], Some(now())).expect("one"));
         let before = r.summaries()[0].serial.clone();
-        r.replace(Certificates::load(&[two], now()).expect("two"));
+        r.replace(Certificates::load(&[two], Some(now())).expect("two"));
         assert_ne!(r.summaries()[0].serial, before);
     }
 }

@@ -122,6 +122,7 @@ async fn release_closes_websockets_gracefully_and_spread() {
                 session_burst: 0,
                 timeouts: ClientTimeouts::default(),
                 redirect: None,
+                tls: false,
             },
             max_sessions: 1000,
             limits: ClientLimits::default(),

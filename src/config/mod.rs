@@ -315,6 +315,8 @@ pub struct ClientSettings {
     pub control_socket: Option<PathBuf>,
     /// `log_dir`, resolved the same way, when it could be read.
     pub log_dir: Option<PathBuf>,
+    /// `[balancer] access_log`, resolved the same way, when it names a file.
+    pub access_log: Option<PathBuf>,
     /// One line per problem met on the way (for stderr), e.g. that the file is not TOML.
     pub warnings: Vec<String>,
 }
@@ -338,15 +340,23 @@ impl ClientSettings {
                 e.message().trim().replace('\n', " ")
             ));
         }
-        let supervisor = root
-            .get_ref()
-            .iter()
-            .find(|(k, _)| k.get_ref() == "supervisor")
-            .map(|(_, v)| v.get_ref());
-        let Some(DeValue::Table(supervisor)) = supervisor else {
+        let base = base_dir(file);
+        let section = |name: &str| {
+            root.get_ref()
+                .iter()
+                .find(|(k, _)| k.get_ref() == name)
+                .map(|(_, v)| v.get_ref())
+        };
+        if let Some(DeValue::Table(b)) = section("balancer")
+            && let Some((_, v)) = b.iter().find(|(k, _)| k.get_ref() == "access_log")
+            && let DeValue::String(p) = v.get_ref()
+            && p.as_ref() != "off"
+        {
+            out.access_log = Some(base.join(p.as_ref()));
+        }
+        let Some(DeValue::Table(supervisor)) = section("supervisor") else {
             return out;
         };
-        let base = base_dir(file);
         let mut path = |key: &str| -> Option<PathBuf> {
             let (_, v) = supervisor.iter().find(|(k, _)| k.get_ref() == key)?;
             match v.get_ref() {
@@ -528,17 +538,19 @@ mod tests {
     }
 
     #[test]
-    fn client_settings_read_only_the_supervisor_section() {
+    fn client_settings_read_only_the_supervisor_section_and_the_access_log() {
         let file = Path::new("/srv/a/rtsup.toml");
         let s = ClientSettings::parse(
             file,
-            "[supervisor]\ncontrol_socket = \"run/s.sock\"\nlog_dir = \"/var/l\"\nbogus = 1\n[[app]]\nport = \"x\"\n",
+            "[supervisor]\ncontrol_socket = \"run/s.sock\"\nlog_dir = \"/var/l\"\nbogus = 1\n[[app]]\nport = \"x\"\n\
+             [balancer]\naccess_log = \"logs/a.log\"\n",
         );
         assert_eq!(
             s,
             ClientSettings {
                 control_socket: Some(PathBuf::from("/srv/a/run/s.sock")),
                 log_dir: Some(PathBuf::from("/var/l")),
+                access_log: Some(PathBuf::from("/srv/a/logs/a.log")),
                 warnings: vec![],
             }
         );

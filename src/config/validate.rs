@@ -827,14 +827,33 @@ fn routes(
             );
         }
         seen.push((matcher, path.to_string(), i));
+        // Under a path prefix, engine.io is mounted under it too (`/chat/` →
+        // `/chat/socket.io/`) unless the route says otherwise.
+        let inherited = Sticky {
+            engineio_path: match path.trim_end_matches('/') {
+                "" => defaults.engineio_path.clone(),
+                prefix => format!("{prefix}{}", defaults.engineio_path),
+            },
+            ..defaults.clone()
+        };
         let sticky = sticky(
             r.engineio_path.as_ref(),
             r.new_sessions.as_ref(),
             r.cookie.as_ref(),
-            Some(defaults),
+            Some(&inherited),
             &prefix,
             rep,
         );
+        if path.starts_with('/') && !sticky.engineio_path.starts_with(path) {
+            rep.at(
+                r.engineio_path.as_ref().map(Spanned::span).or(Some(span.clone())),
+                format!("{prefix}.engineio_path"),
+                format!(
+                    "{:?} is outside the route's path {path:?}: its engine.io requests would never reach it",
+                    sticky.engineio_path
+                ),
+            );
+        }
         out.push(RouteConfig {
             host: host.to_ascii_lowercase(),
             path: path.to_string(),
@@ -843,6 +862,28 @@ fn routes(
         });
     }
     out
+}
+
+/// `tls_cert`/`tls_key` then each `[[balancer.certificate]]`'s `cert`/`key`, as written.
+fn cert_pairs(b: &RawBalancer) -> impl Iterator<Item = (&Spanned<String>, &Spanned<String>)> {
+    b.tls_cert
+        .as_ref()
+        .zip(b.tls_key.as_ref())
+        .into_iter()
+        .chain(
+            b.certificate
+                .iter()
+                .map(|c| (&c.get_ref().cert, &c.get_ref().key)),
+        )
+}
+
+/// The key naming pair `i`'s `which` file (`cert` or `key`): `balancer.tls_cert` for the
+/// first, `balancer.certificate[i-1].cert` for the others.
+fn cert_key_name(i: usize, which: &str) -> String {
+    match i {
+        0 => format!("balancer.tls_{which}"),
+        _ => format!("balancer.certificate[{}].{which}", i - 1),
+    }
 }
 
 /// `[balancer]` TLS: `tls_cert` and `tls_key` together, each `[[balancer.certificate]]`,
@@ -867,7 +908,7 @@ fn tls_section(
             return None;
         }
     };
-    let Some((cert, key)) = pair else {
+    if pair.is_none() {
         if !b.certificate.is_empty() || b.redirect_listen.is_some() || b.http2.is_some() {
             let span = b
                 .redirect_listen
@@ -882,25 +923,28 @@ fn tls_section(
             );
         }
         return None;
-    };
+    }
     let errors_before = rep.errors.len();
     let mut certs = Vec::new();
-    let first = [(cert, key, "balancer.tls_cert".to_string())];
-    let more = b.certificate.iter().enumerate().map(|(i, c)| {
-        let c = c.get_ref();
-        (&c.cert, &c.key, format!("balancer.certificate[{i}].cert"))
-    });
-    for (cert, key, name) in first.into_iter().chain(more) {
+    for (i, (cert, key)) in cert_pairs(b).enumerate() {
         let files = balancer::tls::CertFiles {
             cert: base.join(cert.get_ref()),
             key: base.join(key.get_ref()),
         };
-        match balancer::tls::Certificates::load(
-            std::slice::from_ref(&files),
-            std::time::SystemTime::now(),
-        ) {
+        // Validity is not checked here: a start serves an expired certificate with a warning
+        // (so the site and its ACME renewal keep working), `rtsup check` warns, and a reload
+        // refuses one (see `environment` and the daemon).
+        match balancer::tls::Certificates::load(std::slice::from_ref(&files), None) {
             Ok(_) => certs.push(files),
-            Err(e) => rep.at(Some(cert.span()), name, e.to_string()),
+            Err(e) => {
+                let (span, key_name) = match e {
+                    balancer::tls::CertError::BadKey { .. } => {
+                        (key.span(), cert_key_name(i, "key"))
+                    }
+                    _ => (cert.span(), cert_key_name(i, "cert")),
+                };
+                rep.at(Some(span), key_name, e.to_string());
+            }
         }
     }
     let redirect = b.redirect_listen.as_ref().and_then(|l| {
@@ -1170,6 +1214,23 @@ pub fn environment(raw: &RawConfig, v: &Validated, rep: &mut Reporter<'_>) {
             && let Some(busy) = busy(l.addr)
         {
             rep.warn(l.span.clone(), l.key, busy);
+        }
+    }
+    // Certificates outside their validity period (a start serves them, a reload refuses them).
+    if let Some(b) = raw.balancer.as_ref().map(|b| &b.value) {
+        for (i, (cert, key)) in cert_pairs(b).enumerate() {
+            let files = balancer::tls::CertFiles {
+                cert: v.base.join(cert.get_ref()),
+                key: v.base.join(key.get_ref()),
+            };
+            let Ok(loaded) = balancer::tls::Certificates::load(&[files], None) else {
+                continue;
+            };
+            for s in &loaded.summaries {
+                if let Err(e) = s.valid_at(std::time::SystemTime::now()) {
+                    rep.warn(Some(cert.span()), cert_key_name(i, "cert"), e.to_string());
+                }
+            }
         }
     }
 }

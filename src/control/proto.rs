@@ -48,6 +48,9 @@ pub enum Request {
     /// Rolling reload: re-read the configuration, replace every worker without downtime;
     /// answered when done.
     Reload,
+    /// Read the balancer's certificate files again and serve them to new TLS handshakes;
+    /// nothing else changes (no worker is replaced).
+    ReloadCertificates,
     /// Start one app (stopped or errored) while the daemon runs.
     StartApp {
         /// App name.
@@ -91,6 +94,11 @@ pub enum Response {
     Report(Report),
     /// Answer to [`Request::Stop`], sent once every worker has exited.
     Stopped,
+    /// Answer to [`Request::ReloadCertificates`]: one line per certificate now served.
+    Certificates {
+        /// File, names, serial, end of validity.
+        served: Vec<String>,
+    },
     /// Answer to [`Request::LogDir`]: the daemon's `log_dir`, absolute.
     LogDir {
         /// The directory.

@@ -63,6 +63,13 @@ pub trait ControlHooks: Send + Sync + 'static {
     /// Reload; the error is the text to show the operator.
     fn reload(&self) -> Pin<Box<dyn Future<Output = Result<Report, String>> + Send + '_>>;
 
+    /// Read the certificate files again; the lines say what is served now.
+    fn reload_certificates(
+        &self,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<String>, String>> + Send + '_>> {
+        Box::pin(async { Err("this daemon serves no certificates (no tls_cert)".to_string()) })
+    }
+
     /// Add daemon-level facts to a status report.
     fn annotate(&self, _report: &mut StatusReport) {}
 
@@ -175,6 +182,10 @@ async fn dispatch(
         Request::Scale { app, instances } => answer(handle.scale(&app, instances).await),
         Request::Reload => match reloader.reload().await {
             Ok(r) => Response::Report(r),
+            Err(message) => Response::Error { message },
+        },
+        Request::ReloadCertificates => match reloader.reload_certificates().await {
+            Ok(served) => Response::Certificates { served },
             Err(message) => Response::Error { message },
         },
         Request::Stop => {

@@ -129,6 +129,24 @@ impl RotatingFile {
         Ok(())
     }
 
+    /// Open the file at the path again when it is no longer the one written to (moved away
+    /// by logrotate, deleted), so writing resumes at the path.
+    pub fn reopen_if_moved(&mut self) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let same = match (fs::metadata(&self.path), self.file.metadata()) {
+            (Ok(at_path), Ok(open)) => at_path.ino() == open.ino() && at_path.dev() == open.dev(),
+            _ => false,
+        };
+        if !same {
+            self.file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
+            self.size = self.file.metadata()?.len();
+        }
+        Ok(())
+    }
+
     fn rotate(&mut self) -> io::Result<()> {
         let numbered = |n: u32| PathBuf::from(format!("{}.{n}", self.path.display()));
         if self.keep == 0 {
@@ -328,6 +346,32 @@ mod tests {
             max_size,
             keep,
         }
+    }
+
+    #[test]
+    fn a_moved_or_deleted_file_is_opened_again_at_its_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("access.log");
+        let spec = LogSpec {
+            dir: dir.path().to_path_buf(),
+            max_size: 1 << 20,
+            keep: 2,
+        };
+        let mut f = RotatingFile::open(path.clone(), &spec).expect("open");
+        f.write_raw(b"one\n").expect("write");
+        fs::rename(&path, dir.path().join("access.log.old")).expect("mv");
+        f.reopen_if_moved().expect("reopen");
+        f.write_raw(b"two\n").expect("write");
+        fs::remove_file(&path).expect("rm");
+        f.reopen_if_moved().expect("reopen");
+        f.write_raw(b"three\n").expect("write");
+        f.reopen_if_moved().expect("unchanged");
+        f.write_raw(b"four\n").expect("write");
+        assert_eq!(fs::read_to_string(&path).expect("read"), "three\nfour\n");
+        assert_eq!(
+            fs::read_to_string(dir.path().join("access.log.old")).expect("read"),
+            "one\n"
+        );
     }
 
     #[test]

@@ -57,7 +57,28 @@ pub trait ServerApp {
 
     /// This callback will be called once after the service stops listening to its endpoints.
     async fn cleanup(&self) {}
+
+    /// rtsup: called for every accepted connection that has a TLS handshake ahead of it,
+    /// before the handshake, so connections still handshaking count against the
+    /// application's limits. `None` refuses the connection (it is closed at once); the token
+    /// is held until the handshake ends. The default admits every connection.
+    fn admit_handshake(
+        &self,
+        _peer: Option<&crate::protocols::l4::socket::SocketAddr>,
+    ) -> Option<HandshakeToken> {
+        Some(HandshakeToken::default())
+    }
+
+    /// rtsup: how long a TLS handshake may take (pingora's fixed 60 s before).
+    fn handshake_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(60)
+    }
 }
+
+/// rtsup: what [`ServerApp::admit_handshake`] holds for a connection while its TLS handshake
+/// runs (dropped when it ends).
+#[derive(Default)]
+pub struct HandshakeToken(pub Option<Box<dyn std::any::Any + Send + Sync>>);
 #[non_exhaustive]
 #[derive(Clone, Debug, Default)]
 /// HTTP Server options that control how the server handles some transport types.

@@ -313,6 +313,11 @@ pub(crate) struct UninitializedStream {
 }
 
 impl UninitializedStream {
+    /// rtsup: whether a TLS handshake is ahead of this connection.
+    pub fn has_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     pub async fn handshake(mut self) -> Result<Stream> {
         self.l4.set_buffer(self.l4_buffer);
         if let Some(tls) = self.tls {

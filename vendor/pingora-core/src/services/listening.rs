@@ -38,7 +38,6 @@ use pingora_runtime::current_handle;
 use pingora_timeout::timeout;
 use std::fs::Permissions;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Override the runtime options used to run a listening service.
 pub type RuntimeOptsOverride = Arc<dyn Fn(&RuntimeOpts) -> Option<RuntimeOpts> + Send + Sync>;
@@ -227,11 +226,27 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
             };
             match new_io {
                 Ok(io) => {
+                    // rtsup: a connection with a TLS handshake ahead counts against the app's
+                    // limits from now on (else a flood of silent TLS clients would hold
+                    // descriptors uncounted for the whole handshake timeout).
+                    let token = if io.has_tls() {
+                        match app_logic.admit_handshake(io.peer_addr().as_ref()) {
+                            Some(token) => Some(token),
+                            None => continue,
+                        }
+                    } else {
+                        None
+                    };
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
+                    let handshake_timeout = app.handshake_timeout();
                     current_handle().spawn(async move {
                         let peer_addr = io.peer_addr();
-                        match timeout(Duration::from_secs(60), io.handshake()).await {
+                        // rtsup: boxed, so a connection's task does not carry the TLS
+                        // handshake's state inline for its whole life (about 8 KB).
+                        let handshake = timeout(handshake_timeout, Box::pin(io.handshake())).await;
+                        drop(token);
+                        match handshake {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,

@@ -451,3 +451,52 @@ fn silent_tls_clients_hold_places_under_the_caps_and_time_out() {
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
     assert_eq!(headers["x-forwarded-proto"], "https", "{headers}");
 }
+
+#[test]
+fn an_http2_connection_holds_places_for_its_streams() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new(tmp.path());
+    ca.issue(0x1001, (2020, 2090));
+    let base = ports::block(4).base;
+    let lb = base + 3;
+    let r = Rtsup::start(&format!(
+        "{}\n[balancer]\nlisten = \"127.0.0.1:{lb}\"\nthreads = 1\n{}max_connections_per_address = 6\n",
+        crate::harness::fixture_app("a", 1, base, ""),
+        ca.balancer_keys(),
+    ));
+    r.wait_all_ready();
+    // Three h2 connections held open at once, one request each: 3 places each, so the third
+    // does not fit under a cap of 6 (an HTTP/1.1 client would get 3 connections in 3 places).
+    let script = format!(
+        "const http2 = require('http2'); const results = []; const sessions = [];
+         const one = (i) => new Promise((resolve) => {{
+           const s = http2.connect('https://localhost:{lb}'); sessions.push(s);
+           s.on('error', (e) => resolve('error ' + e.code));
+           const req = s.request({{ ':path': '/' }});
+           req.on('response', (h) => {{ req.resume(); req.on('end', () => resolve(h[':status'])); }});
+           req.on('error', (e) => resolve('error ' + e.code));
+           req.end();
+         }});
+         (async () => {{ for (let i = 0; i < 3; i++) results.push(await one(i));
+           console.log(JSON.stringify(results)); sessions.forEach((s) => s.destroy()); }})();"
+    );
+    let out = Command::new("node")
+        .args(["-e", &script])
+        .env("NODE_EXTRA_CA_CERTS", ca.ca_file())
+        .output()
+        .expect("node");
+    let results: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert_eq!(results[0], 200, "{results}");
+    assert_eq!(results[1], 200, "{results}");
+    assert!(
+        results[2].as_str().is_some_and(|e| e.starts_with("error")),
+        "the third h2 connection was let in: {results}"
+    );
+    let refused = crate::harness::metric(
+        &r,
+        "rtsup_balancer_connections_refused_total{cap=\"per_address\"}",
+    )
+    .expect("metric");
+    assert!(refused >= 1, "{refused}");
+}

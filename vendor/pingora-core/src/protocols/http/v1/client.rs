@@ -305,7 +305,10 @@ impl HttpSession {
                             return self.fail_response_header_read(e);
                         }
 
-                        let buf = std::mem::take(&mut self.response_header_read_buf).freeze();
+                        // rtsup: kept for the connection's life after a 101: an exact-size
+                        // copy rather than the whole read buffer (see `shrink_to_fit`).
+                        let read = std::mem::take(&mut self.response_header_read_buf);
+                        let buf = super::server::shrink_to_fit(read);
 
                         for header in header_refs {
                             let header_name = header.get_name_bytes(&buf);

@@ -514,7 +514,10 @@ impl HttpSession {
                             }
                             rest
                         };
-                        let buf = buf.freeze();
+                        // rtsup: the header values below point into this buffer, which the
+                        // session keeps until its next request (for a WebSocket, its whole
+                        // life): keep an exact-size copy, not the read buffer it was read into.
+                        let buf = shrink_to_fit(buf);
 
                         for header in header_refs {
                             let header_name = header.get_name_bytes(&buf);
@@ -2041,6 +2044,17 @@ fn http_resp_header_to_buf(
 
     buf.put_slice(CRLF);
     Ok(())
+}
+
+/// rtsup: `buf` frozen into an allocation of its own size when its capacity is more than
+/// twice its length (a 4 KiB read buffer holding a 400-byte header), so what outlives the
+/// parse (header values, kept for the session's life) does not pin the whole read buffer.
+pub(crate) fn shrink_to_fit(buf: BytesMut) -> Bytes {
+    if buf.capacity() > 2 * buf.len() {
+        Bytes::copy_from_slice(&buf)
+    } else {
+        buf.freeze()
+    }
 }
 
 #[cfg(test)]

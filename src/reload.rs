@@ -67,7 +67,9 @@ impl DaemonReloader {
                     ),
                     (
                         "[balancer]",
-                        format!("{:?}", fresh.balancer) == format!("{:?}", self.running.balancer),
+                        // The certificates are read again by every reload.
+                        format!("{:?}", without_tls(&fresh))
+                            == format!("{:?}", without_tls(&self.running)),
                     ),
                     (
                         "[admin]",
@@ -77,7 +79,7 @@ impl DaemonReloader {
                     if !same {
                         warn!(
                             section,
-                            "reload applies [[app]] changes only; restart rtsup for this section"
+                            "reload applies [[app]] changes and certificates only; restart rtsup for the rest of this section"
                         );
                     }
                 }
@@ -98,6 +100,16 @@ impl DaemonReloader {
         }
         Ok(report)
     }
+}
+
+/// `[balancer]` without its certificate list (for telling what a reload cannot apply).
+fn without_tls(config: &Config) -> Option<crate::config::BalancerConfig> {
+    config.balancer.clone().map(|mut b| {
+        if let Some(t) = b.tls.as_mut() {
+            t.certs.clear();
+        }
+        b
+    })
 }
 
 impl DaemonReloader {

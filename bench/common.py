@@ -69,3 +69,27 @@ port = {base}
 ready = "http:/health"
 env = {{ RTSUP_RATE_LIMIT = "1000000" }}
 """
+
+
+def nginx_backend(work, port):
+    """An nginx `return 200 "ok"` server on `port` (1 worker, no log): its config file and the
+    `[[app]]` that has rtsup supervise it as its only worker."""
+    conf = os.path.join(work, "backend.conf")
+    with open(conf, "w") as f:
+        f.write(f"""worker_processes 1;
+pid {work}/backend.pid;
+error_log {work}/backend-error.log crit;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  server {{ listen 127.0.0.1:{port}; keepalive_requests 1000000; location / {{ return 200 "ok"; }} }}
+}}
+""")
+    return f"""[[app]]
+name = "backend"
+command = "nginx"
+args = ["-p", "{work}", "-c", "{conf}", "-g", "daemon off;"]
+instances = 1
+port = {port}
+ready = "tcp"
+"""

@@ -13,7 +13,7 @@ nginx's worker_processes. Raw numbers: target/bench/proxy_speed.json.
 """
 import json, os, random, re, shutil, signal, statistics, subprocess, sys, tempfile, time
 
-from common import BIN, ROOT, children, cpu_ticks, start_rtsup, to_ms, wait_port
+from common import BIN, ROOT, children, cpu_ticks, nginx_backend, start_rtsup, to_ms, wait_port
 MINIMAL = os.path.join(ROOT, "target/release/examples/minimal_proxy")
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 THREADS = int(os.environ.get("THREADS", "2"))
@@ -42,25 +42,7 @@ def main():
     work = tempfile.mkdtemp(prefix="rtsup-speed-")
     base = random.randint(20000, 31000)
     backend, lb, minimal, ngx = base, base + 10, base + 11, base + 12
-    backend_conf = os.path.join(work, "backend.conf")
-    with open(backend_conf, "w") as f:
-        f.write(f"""worker_processes 1;
-pid {work}/backend.pid;
-error_log {work}/backend-error.log crit;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  server {{ listen 127.0.0.1:{backend}; keepalive_requests 1000000; location / {{ return 200 "ok"; }} }}
-}}
-""")
-    rtsup = start_rtsup(work, f"""[[app]]
-name = "backend"
-command = "nginx"
-args = ["-p", "{work}", "-c", "{backend_conf}", "-g", "daemon off;"]
-instances = 1
-port = {backend}
-ready = "tcp"
-[balancer]
+    rtsup = start_rtsup(work, nginx_backend(work, backend) + f"""[balancer]
 listen = "127.0.0.1:{lb}"
 # nginx here logs no requests either.
 access_log = "off"

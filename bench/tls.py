@@ -13,7 +13,7 @@ Raw numbers: target/bench/tls.json.
 """
 import json, os, random, re, shutil, signal, statistics, subprocess, sys, tempfile, time
 
-from common import BIN, ROOT, children, cpu_ticks, start_rtsup, to_ms, wait_port
+from common import BIN, ROOT, children, cpu_ticks, nginx_backend, start_rtsup, to_ms, wait_port
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 THREADS = int(os.environ.get("THREADS", "1"))
 DURATION = os.environ.get("DURATION", "5s")
@@ -48,25 +48,7 @@ def main():
                     "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
     base = random.randint(20000, 31000)
     backend, lb, ngx = base, base + 10, base + 12
-    backend_conf = os.path.join(work, "backend.conf")
-    with open(backend_conf, "w") as f:
-        f.write(f"""worker_processes 1;
-pid {work}/backend.pid;
-error_log {work}/backend-error.log crit;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  server {{ listen 127.0.0.1:{backend}; keepalive_requests 1000000; location / {{ return 200 "ok"; }} }}
-}}
-""")
-    rtsup = start_rtsup(work, f"""[[app]]
-name = "backend"
-command = "nginx"
-args = ["-p", "{work}", "-c", "{backend_conf}", "-g", "daemon off;"]
-instances = 1
-port = {backend}
-ready = "tcp"
-[balancer]
+    rtsup = start_rtsup(work, nginx_backend(work, backend) + f"""[balancer]
 listen = "127.0.0.1:{lb}"
 # nginx here logs no requests either.
 access_log = "off"

@@ -8,18 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Rtsup, ports, reference_app, wait_until};
-
-/// Send one request (`Connection: close`) and return the whole answer.
-fn roundtrip(port: u16, request: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    s.write_all(request.as_bytes()).expect("write");
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
-}
+use crate::harness::{Rtsup, ports, reference_app, roundtrip, wait_until};
 
 /// A handshake, a POST of the session, a WebSocket-first session opened and closed, a plain
 /// GET and a request with an unknown sid; returns the sid.

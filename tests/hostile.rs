@@ -421,12 +421,7 @@ fn clients_that_give_up_mid_header_are_counted_not_logged() {
             Err(format!("closed {n}"))
         }
     });
-    let noisy: Vec<String> = r
-        .daemon_log()
-        .lines()
-        .filter(|l| l.contains("\"level\":\"ERROR\"") || l.contains("\"level\":\"WARN\""))
-        .map(str::to_string)
-        .collect();
+    let noisy = crate::harness::loud_lines(&r);
     assert!(noisy.is_empty(), "{noisy:#?}");
     back_to_normal(&r);
 }

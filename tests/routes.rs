@@ -1,31 +1,16 @@
 //! Several apps behind one listener: routes by host and path prefix, each with its own sticky
 //! settings; `rtsup check` refuses a route no request could reach.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::process::Command;
-use std::time::Duration;
-
 use serde_json::Value;
 
-use crate::harness::{Rtsup, fixture, ports, rtsup_bin, wait_until};
+use crate::harness::{Rtsup, fixture, ports, roundtrip, rtsup_bin, wait_until};
 
 /// One request (`Connection: close`) with this `Host`; the whole answer.
 fn get(port: u16, host: &str, target: &str) -> String {
-    request(
+    roundtrip(
         port,
         &format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
     )
-}
-
-fn request(port: u16, raw: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    s.write_all(raw.as_bytes()).expect("write");
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The `tag` a fixture worker answered with, `None` for any other answer.
@@ -105,7 +90,7 @@ fn hosts_and_paths_pick_the_app_and_each_route_keeps_its_sticky_settings() {
     for i in 0..20 {
         // The socket.io CONNECT first, then events the worker ignores.
         let body = if i == 0 { "40" } else { "42[\"noop\"]" };
-        let post = request(
+        let post = roundtrip(
             lb,
             &format!(
                 "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: chat.test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -125,7 +110,7 @@ fn hosts_and_paths_pick_the_app_and_each_route_keeps_its_sticky_settings() {
         elsewhere.starts_with("HTTP/1.1 400") && elsewhere.contains("Session ID unknown"),
         "{elsewhere}"
     );
-    let post = request(
+    let post = roundtrip(
         lb,
         &format!(
             "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: chat.test\r\nContent-Length: 10\r\nConnection: close\r\n\r\n42[\"noop\"]"
@@ -167,14 +152,8 @@ fn check_reports_unreachable_and_bad_routes_with_their_keys() {
          [[balancer.route]]\npath = \"/chat/\"\napp = \"a\"\nengineio_path = \"/socket.io/\"\n",
     )
     .expect("config");
-    let out = Command::new(rtsup_bin())
-        .args(["check", "-c"])
-        .arg(&conf)
-        .output()
-        .expect("check");
-    let text =
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "{text}");
+    let (ok, text) = crate::harness::check_config(&conf);
+    assert!(!ok, "{text}");
     let f = conf.display();
     for want in [
         format!("{f}:11:7: balancer.app: not with [[balancer.route]]"),

@@ -115,6 +115,23 @@ fn https_cluster(extra: &str) -> (Rtsup, TestCa, u16, tempfile::TempDir) {
     (r, ca, lb, tmp)
 }
 
+/// One fixture worker behind an HTTPS balancer (1 proxy thread) with `extra` `[balancer]`
+/// lines; returns the daemon, the CA and the balancer's port.
+fn https_fixture(extra: &str) -> (Rtsup, TestCa, u16, tempfile::TempDir) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new(tmp.path());
+    ca.issue(0x1001, (2020, 2090));
+    let base = ports::block(4).base;
+    let lb = base + 3;
+    let r = Rtsup::start(&format!(
+        "{}\n[balancer]\nlisten = \"127.0.0.1:{lb}\"\nthreads = 1\n{}{extra}",
+        crate::harness::fixture_app("a", 1, base, ""),
+        ca.balancer_keys(),
+    ));
+    r.wait_all_ready();
+    (r, ca, lb, tmp)
+}
+
 fn assert_clean(s: &Value, clients: u64) {
     assert_eq!(s["connected"], clients, "{s}");
     assert_eq!(s["connectErrors"], 0, "{s}");
@@ -275,14 +292,8 @@ fn bad_tls_settings_are_refused_at_start_with_file_line_and_key() {
         ),
     )
     .expect("config");
-    let out = Command::new(crate::harness::rtsup_bin())
-        .args(["check", "-c"])
-        .arg(&conf)
-        .output()
-        .expect("rtsup check");
-    let text =
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "{text}");
+    let (ok, text) = crate::harness::check_config(&conf);
+    assert!(!ok, "{text}");
     let f = conf.display();
     assert!(
         text.contains(&format!("{f}:7:12: balancer.tls_cert: "))
@@ -381,29 +392,14 @@ fn sni_picks_the_certificate_h2_is_offered_and_garbage_is_not_logged() {
         served_serial(&ca_file, lb, Some("localhost")),
         node_serial(0x1001)
     );
-    let noisy: Vec<String> = r
-        .daemon_log()
-        .lines()
-        .filter(|l| l.contains("\"level\":\"ERROR\"") || l.contains("\"level\":\"WARN\""))
-        .map(str::to_string)
-        .collect();
+    let noisy = crate::harness::loud_lines(&r);
     assert!(noisy.is_empty(), "failed handshakes logged: {noisy:#?}");
 }
 
 #[test]
 fn silent_tls_clients_hold_places_under_the_caps_and_time_out() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let ca = TestCa::new(tmp.path());
-    ca.issue(0x1001, (2020, 2090));
-    let base = ports::block(4).base;
-    let lb = base + 3;
-    let r = Rtsup::start(&format!(
-        "{}\n[balancer]\nlisten = \"127.0.0.1:{lb}\"\nthreads = 1\n{}\
-         max_connections_per_address = 20\nheader_timeout = \"1s\"\n",
-        crate::harness::fixture_app("a", 1, base, ""),
-        ca.balancer_keys(),
-    ));
-    r.wait_all_ready();
+    let (r, ca, lb, _tmp) =
+        https_fixture("max_connections_per_address = 20\nheader_timeout = \"1s\"\n");
     // 30 connections that never start their TLS handshake: 20 are held (their places taken),
     // the rest closed at once; none outlives the 1 s handshake bound.
     let held: Vec<TcpStream> = (0..30)
@@ -454,17 +450,7 @@ fn silent_tls_clients_hold_places_under_the_caps_and_time_out() {
 
 #[test]
 fn an_http2_connection_holds_places_for_its_streams() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let ca = TestCa::new(tmp.path());
-    ca.issue(0x1001, (2020, 2090));
-    let base = ports::block(4).base;
-    let lb = base + 3;
-    let r = Rtsup::start(&format!(
-        "{}\n[balancer]\nlisten = \"127.0.0.1:{lb}\"\nthreads = 1\n{}max_connections_per_address = 6\n",
-        crate::harness::fixture_app("a", 1, base, ""),
-        ca.balancer_keys(),
-    ));
-    r.wait_all_ready();
+    let (r, ca, lb, _tmp) = https_fixture("max_connections_per_address = 6\n");
     // Three h2 connections held open at once, one request each: 3 places each, so the third
     // does not fit under a cap of 6 (an HTTP/1.1 client would get 3 connections in 3 places).
     let script = format!(

@@ -399,6 +399,40 @@ pub fn status_of(resp: &[u8]) -> u16 {
         .unwrap_or(0)
 }
 
+/// Send one raw request (it should say `Connection: close`) to 127.0.0.1:`port`; the whole
+/// answer as text.
+pub fn roundtrip(port: u16, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(request.as_bytes()).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The daemon's log lines at WARN or ERROR (clients must not be able to produce any).
+pub fn loud_lines(r: &Rtsup) -> Vec<String> {
+    r.daemon_log()
+        .lines()
+        .filter(|l| l.contains("\"level\":\"ERROR\"") || l.contains("\"level\":\"WARN\""))
+        .map(str::to_string)
+        .collect()
+}
+
+/// `rtsup check -c FILE`: whether it passed, and everything it printed.
+pub fn check_config(file: &Path) -> (bool, String) {
+    let out = Command::new(rtsup_bin())
+        .args(["check", "-c"])
+        .arg(file)
+        .output()
+        .expect("rtsup check");
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    (out.status.success(), text)
+}
+
 /// Send raw `bytes` to 127.0.0.1:`port` and read the answer until the server closes; its
 /// status code, 0 when it closed without a word.
 pub fn exchange(port: u16, bytes: &[u8]) -> u16 {

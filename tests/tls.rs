@@ -449,8 +449,9 @@ fn silent_tls_clients_hold_places_under_the_caps_and_time_out() {
 }
 
 #[test]
-fn an_http2_connection_holds_places_for_its_streams() {
-    let (r, ca, lb, _tmp) = https_fixture("max_connections_per_address = 6\n");
+fn an_http2_connection_holds_places_for_its_streams_and_closes_when_idle() {
+    let (r, ca, lb, _tmp) =
+        https_fixture("max_connections_per_address = 6\nkeepalive_timeout = \"1s\"\n");
     // Three h2 connections held open at once, one request each: 3 places each, so the third
     // does not fit under a cap of 6 (an HTTP/1.1 client would get 3 connections in 3 places).
     let script = format!(
@@ -485,4 +486,33 @@ fn an_http2_connection_holds_places_for_its_streams() {
     )
     .expect("metric");
     assert!(refused >= 1, "{refused}");
+
+    // An idle h2 connection is closed after keepalive_timeout (1 s here), as HTTP/1.1 is.
+    let script = format!(
+        "const http2 = require('http2'); const t0 = Date.now();
+         const s = http2.connect('https://localhost:{lb}');
+         const req = s.request({{ ':path': '/' }});
+         req.on('response', () => {{ req.resume(); }});
+         req.end();
+         s.on('close', () => {{ console.log(JSON.stringify({{ closedAfterMs: Date.now() - t0 }})); process.exit(0); }});
+         s.on('error', () => {{}});
+         setTimeout(() => {{ console.log(JSON.stringify({{ closedAfterMs: null }})); process.exit(0); }}, 10000);"
+    );
+    let out = Command::new("node")
+        .args(["-e", &script])
+        .env("NODE_EXTRA_CA_CERTS", ca.ca_file())
+        .output()
+        .expect("node");
+    let closed: Value = serde_json::from_str(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    let ms = closed["closedAfterMs"].as_u64();
+    assert!(
+        ms.is_some_and(|ms| ms < 5000),
+        "idle h2 connection kept: {closed}"
+    );
 }

@@ -231,6 +231,8 @@ pub fn spawn(
     let connections = Connections::new(settings.limits.caps.clone());
     let mut options = HttpServerOptions::default();
     options.h1_request_limits = Some(settings.limits.request);
+    // An idle HTTP/2 connection (no stream in flight) closes like an idle HTTP/1.1 one.
+    options.h2_idle_timeout = Some(settings.limits.request.keepalive_timeout);
     let warned = Arc::new(WarnThrottle::new(WARN_EVERY));
     let mut apps: Vec<Balancer> = (1..threads).map(|i| app.for_another_thread(i)).collect();
     apps.push(app);

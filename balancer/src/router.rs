@@ -77,13 +77,16 @@ pub struct Route {
 #[derive(Debug, Clone, Default)]
 pub struct Router {
     routes: Vec<Route>,
+    /// Some route names a host (else the `Host` header is never read).
+    by_host: bool,
 }
 
 impl Router {
     /// Order `routes` by specificity (the configuration's order breaks ties).
     pub fn new(mut routes: Vec<Route>) -> Self {
         routes.sort_by_key(|r| (r.host.rank(), usize::MAX - r.path.len()));
-        Self { routes }
+        let by_host = routes.iter().any(|r| r.host != HostMatch::Any);
+        Self { routes, by_host }
     }
 
     /// Every request to app 0, `app_name`, with the default sticky settings (`/socket.io/`,
@@ -102,10 +105,18 @@ impl Router {
         }])
     }
 
-    /// The route of a request with this `Host` header (port and case ignored) and path, with
-    /// its index in [`Router::routes`].
-    pub fn pick(&self, host: Option<&str>, path: &str) -> Option<(usize, &Route)> {
-        let host = host.map(host_name).unwrap_or_default();
+    /// The route of a request with this `Host` header (port and case ignored; asked for only
+    /// when some route names a host) and path, with its index in [`Router::routes`].
+    pub fn pick<'a>(
+        &self,
+        host: impl FnOnce() -> Option<&'a str>,
+        path: &str,
+    ) -> Option<(usize, &Route)> {
+        let host = if self.by_host {
+            host().map(host_name).unwrap_or_default()
+        } else {
+            String::new()
+        };
         self.routes
             .iter()
             .enumerate()
@@ -173,13 +184,16 @@ mod tests {
             (Some("[::1]:8080"), "/api/", Some("api")),
         ] {
             assert_eq!(
-                r.pick(host, path).map(|(_, r)| r.app_name.as_str()),
+                r.pick(|| host, path).map(|(_, r)| r.app_name.as_str()),
                 want,
                 "{host:?} {path}"
             );
         }
         let no_catch_all = Router::new(vec![route("chat.example.com", "/", "chat")]);
-        assert!(no_catch_all.pick(Some("other.org"), "/").is_none());
+        assert!(no_catch_all.pick(|| Some("other.org"), "/").is_none());
+        // Without host routes the Host header is never read.
+        let any = Router::single("web");
+        assert!(any.pick(|| panic!("Host read"), "/x").is_some());
     }
 
     #[test]

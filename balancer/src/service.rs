@@ -360,11 +360,12 @@ impl ProxyHttp for Balancer {
             }
         }
         let req = session.req_header();
-        let host = req
-            .headers
-            .get("host")
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri.host());
+        let host = || {
+            req.headers
+                .get("host")
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri.host())
+        };
         let path = req.uri.path();
         let Some((rule, route)) = self.config.router.pick(host, path) else {
             self.route(ctx, RouteLabel::no_route);

@@ -728,3 +728,37 @@ fn logs_read_on_into_rotated_files() {
         "contiguous, in order"
     );
 }
+
+#[test]
+fn kill_signal_is_the_signal_that_stops_a_worker() {
+    let base = ports::block(3).base;
+    let r = Rtsup::start(&fixture_app("web", 1, base, "kill_signal = \"SIGINT\""));
+    r.wait_all_ready();
+    let out = r.cli(&["restart", "web", "--force"]);
+    assert!(out.status.success(), "{out:?}");
+    let log = wait_until("the old worker told to stop", || {
+        let t = fs::read_to_string(r.log_dir.join("web-0.out.log")).unwrap_or_default();
+        if t.contains("got ") { Ok(t) } else { Err(t) }
+    });
+    assert!(
+        log.contains("got SIGINT") && !log.contains("got SIGTERM"),
+        "{log}"
+    );
+    // A signal a worker cannot handle is refused, with its place.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("rtsup.toml");
+    fs::write(
+        &conf,
+        "[[app]]\nname = \"a\"\ncommand = \"node\"\nport = 5001\nkill_signal = \"KILL\"\n",
+    )
+    .expect("config");
+    let (ok, text) = crate::harness::check_config(&conf);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(&format!(
+            "{}:5:15: app[0].kill_signal: SIGKILL cannot be handled by a worker",
+            conf.display()
+        )),
+        "{text}"
+    );
+}

@@ -196,6 +196,7 @@ pub struct RawApp {
     pub max_restarts: Option<u32>,
     pub min_uptime: Option<Spanned<String>>,
     pub kill_timeout: Option<Spanned<String>>,
+    pub kill_signal: Option<Spanned<String>>,
     pub drain_timeout: Option<Spanned<String>>,
     pub close_window: Option<Spanned<String>>,
     pub health_interval: Option<Spanned<String>>,

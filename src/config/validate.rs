@@ -382,6 +382,7 @@ fn app_section(
         &key("kill_timeout"),
         rep,
     );
+    let kill_signal = kill_signal(app.kill_signal.as_ref(), &key("kill_signal"), rep);
     let drain_timeout = duration(
         app.drain_timeout.as_ref(),
         DEFAULT_DRAIN_TIMEOUT,
@@ -470,6 +471,7 @@ fn app_section(
             min_uptime: min_uptime?,
             max_restarts: app.max_restarts.unwrap_or(DEFAULT_MAX_RESTARTS),
         },
+        kill_signal: kill_signal?,
         kill_timeout: kill_timeout?,
         drain_timeout: drain_timeout?,
         close_window: close_window?,
@@ -1156,6 +1158,47 @@ fn size(
                 span_of(v),
                 key,
                 format!("{text:?} is not a size like \"500MB\" or \"1GiB\""),
+            );
+            None
+        }
+    }
+}
+
+/// `kill_signal`: a signal name with or without `SIG` (`"SIGINT"`, `"INT"`), default
+/// SIGTERM; never one a process cannot handle (SIGKILL, SIGSTOP).
+fn kill_signal(
+    v: Option<&Spanned<String>>,
+    key: &str,
+    rep: &mut Reporter<'_>,
+) -> Option<nix::sys::signal::Signal> {
+    use nix::sys::signal::Signal;
+    let Some(v) = v else {
+        return Some(Signal::SIGTERM);
+    };
+    let text = v.get_ref().trim().to_ascii_uppercase();
+    let name = if text.starts_with("SIG") {
+        text.clone()
+    } else {
+        format!("SIG{text}")
+    };
+    match Signal::from_str(&name) {
+        Ok(Signal::SIGKILL | Signal::SIGSTOP) => {
+            rep.at(
+                Some(v.span()),
+                key,
+                format!("{name} cannot be handled by a worker; use SIGTERM or SIGINT (SIGKILL follows kill_timeout anyway)"),
+            );
+            None
+        }
+        Ok(s) => Some(s),
+        Err(_) => {
+            rep.at(
+                Some(v.span()),
+                key,
+                format!(
+                    "{:?} is not a signal name like \"SIGINT\" or \"SIGTERM\"",
+                    v.get_ref()
+                ),
             );
             None
         }

@@ -363,13 +363,20 @@ impl<E: Effects> Actor<E> {
         let index = self.apps[a].slots[s].index;
         for effect in effects {
             match effect {
-                Effect::Terminate { pid } => self.effects.signal(pid, Signal::SIGTERM),
+                Effect::Terminate { pid } => {
+                    // The signal of the spec the worker runs (a reload may have changed it).
+                    let signal = self.apps[a].slots[s]
+                        .workers()
+                        .find(|w| w.pid == pid)
+                        .map_or(Signal::SIGTERM, |w| w.spec.kill_signal);
+                    self.effects.signal(pid, signal)
+                }
                 Effect::Kill { pid } => {
                     warn!(app = %name, slot = index, pid, "kill_timeout passed; sending SIGKILL");
                     self.effects.event(
                         &name,
                         &format!(
-                            "slot {index}: pid {pid} ignored SIGTERM for kill_timeout; SIGKILL"
+                            "slot {index}: pid {pid} ignored its kill signal for kill_timeout; SIGKILL"
                         ),
                     );
                     self.effects.signal(pid, Signal::SIGKILL);

@@ -51,7 +51,9 @@ pub struct AppSpec {
     pub memory_ceiling: Option<u64>,
     /// Crash restart policy (delay, growth, `min_uptime`, `max_restarts`).
     pub restart: RestartPolicy,
-    /// Grace between SIGTERM and SIGKILL when stopping a worker.
+    /// The signal that asks a worker to stop (SIGTERM; PM2 sends SIGINT).
+    pub kill_signal: nix::sys::signal::Signal,
+    /// Grace between the kill signal and SIGKILL when stopping a worker.
     pub kill_timeout: Duration,
     /// How long a draining worker may keep its sessions (used by reloads).
     pub drain_timeout: Duration,

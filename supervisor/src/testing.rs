@@ -26,6 +26,7 @@ pub(crate) fn spec(name: &str, instances: u16, port: u16) -> AppSpec {
             min_uptime: Duration::from_secs(1),
             max_restarts: 3,
         },
+        kill_signal: nix::sys::signal::Signal::SIGTERM,
         kill_timeout: Duration::from_secs(1),
         drain_timeout: Duration::from_secs(2),
         close_window: Duration::from_secs(1),

@@ -762,3 +762,62 @@ fn kill_signal_is_the_signal_that_stops_a_worker() {
         "{text}"
     );
 }
+
+#[test]
+fn env_file_and_increment_var_set_each_workers_environment() {
+    let base = ports::block(5).base;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env_file = dir.path().join("app.env");
+    fs::write(
+        &env_file,
+        "# PM2-style dotenv\nFOO=from-file\nBAR=file\nCOUNTER=10\nQUOTED=\"a b\"\n",
+    )
+    .expect("env file");
+    let r = Rtsup::start(&fixture_app(
+        "web",
+        2,
+        base,
+        &format!(
+            "env_file = {:?}\nincrement_var = \"COUNTER\"\nenv = {{ BAR = \"from-env\" }}",
+            env_file.display().to_string()
+        ),
+    ));
+    let ws = r.wait_all_ready();
+    for w in &ws {
+        let slot = w["slot"].as_u64().expect("slot");
+        let port = w["port"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .expect("port");
+        let env: Value =
+            serde_json::from_str(&http_get(port, "/env").expect("GET /env")).expect("json");
+        assert_eq!(env["FOO"], "from-file", "{env}");
+        assert_eq!(env["BAR"], "from-env", "env wins over env_file: {env}");
+        assert_eq!(env["QUOTED"], "a b", "{env}");
+        assert_eq!(
+            env["COUNTER"],
+            (10 + slot).to_string(),
+            "slot {slot}: {env}"
+        );
+    }
+    // A missing file, and PORT as increment_var: refused with their places.
+    let conf = dir.path().join("rtsup.toml");
+    fs::write(
+        &conf,
+        "[[app]]\nname = \"a\"\ncommand = \"node\"\nport = 5001\nenv_file = \"missing.env\"\n\
+         [[app]]\nname = \"b\"\ncommand = \"node\"\nport = 5101\nincrement_var = \"PORT\"\n",
+    )
+    .expect("config");
+    let (ok, text) = crate::harness::check_config(&conf);
+    assert!(!ok, "{text}");
+    let f = conf.display();
+    for want in [
+        format!(
+            "{f}:5:12: app[0].env_file: {}",
+            dir.path().join("missing.env").display()
+        ),
+        format!("{f}:10:17: app[1].increment_var: rtsup sets PORT itself"),
+    ] {
+        assert!(text.contains(&want), "missing {want:?} in {text}");
+    }
+}

@@ -186,6 +186,8 @@ pub struct RawApp {
     pub cwd: Option<Spanned<String>>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    pub env_file: Option<Spanned<String>>,
+    pub increment_var: Option<Spanned<String>>,
     pub instances: Option<Spanned<RawInstances>>,
     pub port: Option<Spanned<i64>>,
     pub ready: Option<Spanned<String>>,

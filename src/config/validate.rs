@@ -383,6 +383,14 @@ fn app_section(
         rep,
     );
     let kill_signal = kill_signal(app.kill_signal.as_ref(), &key("kill_signal"), rep);
+    let env = app_env(app, base, &key("env_file"), rep);
+    let increment_var = increment_var(
+        app.increment_var.as_ref(),
+        env.as_ref(),
+        &key("increment_var"),
+        rep,
+    );
+    let env = env?;
     let drain_timeout = duration(
         app.drain_timeout.as_ref(),
         DEFAULT_DRAIN_TIMEOUT,
@@ -459,7 +467,8 @@ fn app_section(
         command: app.command.as_ref()?.get_ref().clone(),
         args: app.args.clone(),
         cwd,
-        env: app.env.clone(),
+        env,
+        increment_var,
         instances,
         port,
         ready,
@@ -1158,6 +1167,62 @@ fn size(
                 span_of(v),
                 key,
                 format!("{text:?} is not a size like \"500MB\" or \"1GiB\""),
+            );
+            None
+        }
+    }
+}
+
+/// The app's environment: `env_file` (dotenv syntax, relative to the configuration file)
+/// under `env`, whose keys win. `None` when the file cannot be read or parsed (reported).
+fn app_env(
+    app: &RawApp,
+    base: &Path,
+    key: &str,
+    rep: &mut Reporter<'_>,
+) -> Option<BTreeMap<String, String>> {
+    let mut env = BTreeMap::new();
+    if let Some(f) = &app.env_file {
+        let path = base.join(f.get_ref());
+        let read = dotenvy::from_path_iter(&path).and_then(|it| it.collect::<Result<Vec<_>, _>>());
+        match read {
+            Ok(pairs) => env.extend(pairs),
+            Err(e) => {
+                rep.at(Some(f.span()), key, format!("{}: {e}", path.display()));
+                return None;
+            }
+        }
+    }
+    env.extend(app.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    Some(env)
+}
+
+/// `increment_var`: a variable of the app's environment holding a whole number (slot `i`
+/// gets it plus `i`); not `PORT`, which rtsup sets itself (`port` plus the slot).
+fn increment_var(
+    v: Option<&Spanned<String>>,
+    env: Option<&BTreeMap<String, String>>,
+    key: &str,
+    rep: &mut Reporter<'_>,
+) -> Option<String> {
+    let v = v?;
+    let name = v.get_ref();
+    if name == "PORT" {
+        rep.at(
+            Some(v.span()),
+            key,
+            "rtsup sets PORT itself (port + slot); name another variable",
+        );
+        return None;
+    }
+    let env = env?;
+    match env.get(name).map(|x| x.trim().parse::<i64>()) {
+        Some(Ok(_)) => Some(name.clone()),
+        _ => {
+            rep.at(
+                Some(v.span()),
+                key,
+                format!("{name} must be set to a whole number in env or env_file"),
             );
             None
         }

@@ -35,6 +35,11 @@ pub fn spawn(app: &AppSpec, slot: u16, port: u16) -> io::Result<Child> {
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(false);
+    if let Some(var) = &app.increment_var
+        && let Some(base) = app.env.get(var).and_then(|v| v.trim().parse::<i64>().ok())
+    {
+        cmd.env(var, (base + i64::from(slot)).to_string());
+    }
     if let Some(cwd) = &app.cwd {
         cmd.current_dir(cwd);
     }

@@ -36,6 +36,9 @@ pub struct AppSpec {
     pub cwd: Option<PathBuf>,
     /// Extra environment for the workers, on top of the supervisor's own.
     pub env: BTreeMap<String, String>,
+    /// A variable of `env` holding a number that slot `i` gets plus `i` (PM2's
+    /// `increment_var`).
+    pub increment_var: Option<String>,
     /// Number of slots.
     pub instances: u16,
     /// Slot `i` listens on `port + i` (`PORT` is set for it).

@@ -27,6 +27,7 @@ pub(crate) fn spec(name: &str, instances: u16, port: u16) -> AppSpec {
             max_restarts: 3,
         },
         kill_signal: nix::sys::signal::Signal::SIGTERM,
+        increment_var: None,
         kill_timeout: Duration::from_secs(1),
         drain_timeout: Duration::from_secs(2),
         close_window: Duration::from_secs(1),

@@ -43,6 +43,10 @@ pub enum Command {
         /// An app of the running daemon to start (stopped or errored).
         #[arg(value_name = "APP")]
         app: Option<String>,
+        /// Environment profile: each app's `[app.env_NAME]` on top of its `env` (PM2's
+        /// `--env production`); reloads keep it.
+        #[arg(long = "env", value_name = "NAME", conflicts_with = "app")]
+        env: Option<String>,
     },
     /// Show every worker: pid, port, state, uptime, restarts, cpu, memory.
     Status {
@@ -127,6 +131,9 @@ pub enum Command {
         /// Configuration file (default: ./rtsup.toml).
         #[arg(short = 'c', long = "config", value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Check it with this environment profile (as `rtsup start --env NAME`).
+        #[arg(long = "env", value_name = "NAME")]
+        env: Option<String>,
     },
 }
 

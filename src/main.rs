@@ -79,9 +79,9 @@ fn out(text: &str) -> std::io::Result<()> {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Check { config } => {
+        Command::Check { config, env } => {
             let file = config_file(config.as_deref())?;
-            let report = Config::check(&file);
+            let report = Config::check(&file, env.as_deref());
             if !report.errors.0.is_empty() {
                 eprintln!("{}", report.errors);
             }
@@ -105,6 +105,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
             socket: explicit,
             app: Some(app),
+            ..
         } => {
             let target = Target {
                 config,
@@ -112,13 +113,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             ask(&target, "start", Request::StartApp { app })
         }
-        Command::Start { config, .. } => {
+        Command::Start { config, env, .. } => {
             init_tracing();
             // Absolute, so the daemon's messages (e.g. a refused reload, shown by a client in
             // another directory) name the file unambiguously.
             let file = find_config(config.as_deref()).map(|f| std::path::absolute(&f).unwrap_or(f));
             let config = match &file {
-                Some(file) => load(Some(file))?,
+                Some(file) => Config::load_profile(file, env.as_deref())
+                    .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?,
                 None => {
                     let demo = demo::config()?;
                     if let Some(b) = &demo.balancer {

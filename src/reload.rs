@@ -55,7 +55,7 @@ impl DaemonReloader {
         let specs = match &self.file {
             None => crate::daemon::worker_specs(&self.running, &self.hub),
             Some(file) => {
-                let fresh = Config::load(file).map_err(|e| {
+                let fresh = Config::load_profile(file, self.running.profile.as_deref()).map_err(|e| {
                     warn!(errors = %e, "reload: invalid configuration; still running the previous one");
                     format!("invalid configuration, nothing changed:\n{e}")
                 })?;

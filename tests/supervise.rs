@@ -821,3 +821,50 @@ fn env_file_and_increment_var_set_each_workers_environment() {
         assert!(text.contains(&want), "missing {want:?} in {text}");
     }
 }
+
+#[test]
+fn an_environment_profile_is_chosen_at_start_and_kept_by_reloads() {
+    let base = ports::block(3).base;
+    let body = fixture_app(
+        "web",
+        1,
+        base,
+        "env = { NODE_ENV = \"development\", KEEP = \"1\" }\n\
+         [app.env_production]\nNODE_ENV = \"production\"\nDB = \"prod-db\"",
+    );
+    let r = Rtsup::start_args(&body, &["--env", "production"]);
+    // The worker's environment, and its pid.
+    let env_of = |r: &Rtsup| -> (Value, Value) {
+        let ws = r.wait_all_ready();
+        let port = ws[0]["port"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .expect("port");
+        let env = serde_json::from_str(&http_get(port, "/env").expect("GET /env")).expect("json");
+        (env, ws[0]["pid"].clone())
+    };
+    let (env, pid) = env_of(&r);
+    assert_eq!(env["NODE_ENV"], "production", "{env}");
+    assert_eq!(env["DB"], "prod-db", "{env}");
+    assert_eq!(env["KEEP"], "1", "{env}");
+    let out = r.cli(&["reload"]);
+    assert!(out.status.success(), "{out:?}");
+    let (env, new_pid) = env_of(&r);
+    assert_ne!(new_pid, pid, "the reload replaced the worker");
+    assert_eq!(env["NODE_ENV"], "production", "after a reload: {env}");
+    // A profile no app has is a typo: refused.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("rtsup.toml");
+    fs::write(&conf, &body).expect("config");
+    let out = std::process::Command::new(harness::rtsup_bin())
+        .args(["check", "--env", "prodution", "-c"])
+        .arg(&conf)
+        .output()
+        .expect("check");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("--env prodution: no [[app]] has an env_prodution table"),
+        "{text}"
+    );
+}

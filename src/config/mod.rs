@@ -42,6 +42,9 @@ pub struct Config {
     pub balancer: Option<BalancerConfig>,
     /// `[admin]`.
     pub admin: AdminConfig,
+    /// The environment profile it was read with (`rtsup start --env NAME`): each app's
+    /// `[app.env_NAME]` on top of its `env`. A reload reads the file with the same one.
+    pub profile: Option<String>,
 }
 
 /// `[supervisor]`, checked.
@@ -200,15 +203,31 @@ pub struct CheckReport {
 impl Config {
     /// Read and check `file`. Errors name the file, line and key.
     pub fn load(file: &Path) -> Result<Self, ConfigErrors> {
+        Self::load_profile(file, None)
+    }
+
+    /// [`Config::load`] with the environment profile `profile` (`[app.env_NAME]`).
+    pub fn load_profile(file: &Path, profile: Option<&str>) -> Result<Self, ConfigErrors> {
         let src = read_source(file).map_err(|e| unreadable(file, &e))?;
-        Self::parse(file, &src)
+        Self::parse_profile(file, &src, profile)
     }
 
     /// Check `src` as if read from `file`.
     pub fn parse(file: &Path, src: &str) -> Result<Self, ConfigErrors> {
+        Self::parse_profile(file, src, None)
+    }
+
+    /// [`Config::parse`] with the environment profile `profile`.
+    pub fn parse_profile(
+        file: &Path,
+        src: &str,
+        profile: Option<&str>,
+    ) -> Result<Self, ConfigErrors> {
         let mut rep = error::Reporter::new(file, src);
-        let config = raw::read(src, &mut rep)
-            .and_then(|raw| validate::validate(&raw, file, &mut rep).config);
+        let config = raw::read(src, &mut rep).and_then(|mut raw| {
+            raw.profile = profile.map(str::to_string);
+            validate::validate(&raw, file, &mut rep).config
+        });
         match config {
             Some(cfg) if rep.errors.is_empty() => Ok(cfg),
             _ => Err(ConfigErrors::sorted(rep.errors)),
@@ -218,7 +237,7 @@ impl Config {
     /// `rtsup check`: every problem of `file` ([`Config::parse`]), plus what this machine
     /// says about it: a `command` that cannot be run is an error, a port something listens on
     /// right now a warning.
-    pub fn check(file: &Path) -> CheckReport {
+    pub fn check(file: &Path, profile: Option<&str>) -> CheckReport {
         let src = match read_source(file) {
             Ok(src) => src,
             Err(e) => {
@@ -231,7 +250,8 @@ impl Config {
         };
         let mut rep = error::Reporter::new(file, &src);
         let mut config = None;
-        if let Some(raw) = raw::read(&src, &mut rep) {
+        if let Some(mut raw) = raw::read(&src, &mut rep) {
+            raw.profile = profile.map(str::to_string);
             let validated = validate::validate(&raw, file, &mut rep);
             validate::environment(&raw, &validated, &mut rep);
             config = validated.config;

@@ -31,6 +31,8 @@ pub struct RawConfig {
     pub balancer: Option<Section<RawBalancer>>,
     /// `[admin]`.
     pub admin: Option<Section<RawAdmin>>,
+    /// The environment profile asked for (`rtsup start --env NAME`), if any.
+    pub profile: Option<String>,
 }
 
 /// One section as read, with its place and the keys left out because their values were
@@ -78,8 +80,12 @@ pub fn read(src: &str, rep: &mut Reporter<'_>) -> Option<RawConfig> {
                 match value.into_inner() {
                     DeValue::Array(items) => {
                         for (i, item) in items.iter().enumerate() {
-                            raw.app
-                                .push(section(item.clone(), &format!("app[{i}]"), rep));
+                            let (item, profiles) = env_profiles(item.clone(), i, rep);
+                            let mut app = section::<RawApp>(item, &format!("app[{i}]"), rep);
+                            if let Some(a) = app.as_mut() {
+                                a.value.env_profiles = profiles;
+                            }
+                            raw.app.push(app);
                         }
                     }
                     DeValue::Table(_) => {
@@ -119,6 +125,47 @@ pub fn read(src: &str, rep: &mut Reporter<'_>) -> Option<RawConfig> {
 
 /// Read one table as `T`. A key whose value cannot be read is reported and left out, and the
 /// rest is read again, until it reads or an error points at no key (then `None`).
+/// Take the `env_<profile>` tables out of an `[[app]]` (their names are the user's, so
+/// the app's own keys cannot list them); each must map names to strings.
+fn env_profiles<'a>(
+    item: Spanned<DeValue<'a>>,
+    i: usize,
+    rep: &mut Reporter<'_>,
+) -> (
+    Spanned<DeValue<'a>>,
+    BTreeMap<String, BTreeMap<String, String>>,
+) {
+    let span = item.span();
+    let mut table = match item.into_inner() {
+        DeValue::Table(t) => t,
+        // Not a table: reported when the app is read.
+        other => return (Spanned::new(span, other), BTreeMap::new()),
+    };
+    let mut profiles = BTreeMap::new();
+    let names: Vec<_> = table
+        .keys()
+        .filter(|k| k.get_ref().starts_with("env_") && k.get_ref().as_ref() != "env_file")
+        .cloned()
+        .collect();
+    for key in names {
+        let Some(value) = table.remove(&key) else {
+            continue;
+        };
+        let name = key.get_ref().trim_start_matches("env_").to_string();
+        match BTreeMap::<String, String>::deserialize(ValueDeserializer::from(value)) {
+            Ok(vars) => {
+                profiles.insert(name, vars);
+            }
+            Err(e) => rep.at(
+                Some(key.span()),
+                format!("app[{i}].{}", key.get_ref()),
+                format!("must be a table of strings ({})", e.message().trim()),
+            ),
+        }
+    }
+    (Spanned::new(span, DeValue::Table(table)), profiles)
+}
+
 fn section<T: DeserializeOwned>(
     value: Spanned<DeValue<'_>>,
     name: &str,
@@ -187,6 +234,9 @@ pub struct RawApp {
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     pub env_file: Option<Spanned<String>>,
+    /// `[app.env_<profile>]` tables (PM2's `env_production`), read apart from the rest.
+    #[serde(skip)]
+    pub env_profiles: BTreeMap<String, BTreeMap<String, String>>,
     pub increment_var: Option<Spanned<String>>,
     pub instances: Option<Spanned<RawInstances>>,
     pub port: Option<Spanned<i64>>,

@@ -74,6 +74,19 @@ pub fn validate(raw: &RawConfig, file: &Path, rep: &mut Reporter<'_>) -> Validat
     if raw.app.is_empty() && !raw.app_unreadable {
         rep.at(None, "app", "at least one [[app]] is required");
     }
+    if let Some(p) = &raw.profile
+        && !raw
+            .app
+            .iter()
+            .flatten()
+            .any(|a| a.value.env_profiles.contains_key(p))
+    {
+        rep.at(
+            None,
+            format!("env_{p}"),
+            format!("--env {p}: no [[app]] has an env_{p} table ([app.env_{p}])"),
+        );
+    }
     let mut names = HashSet::new();
     let mut apps = Vec::new();
     for (i, app) in raw.app.iter().enumerate() {
@@ -87,7 +100,7 @@ pub fn validate(raw: &RawConfig, file: &Path, rep: &mut Reporter<'_>) -> Validat
                 format!("duplicate app name {:?}", name.get_ref()),
             );
         }
-        if let Some(spec) = app_section(i, app, &base, rep) {
+        if let Some(spec) = app_section(i, app, &base, raw.profile.as_deref(), rep) {
             apps.push((i, spec));
         }
     }
@@ -126,6 +139,7 @@ pub fn validate(raw: &RawConfig, file: &Path, rep: &mut Reporter<'_>) -> Validat
             apps: apps.iter().map(|(_, a)| a.clone()).collect(),
             balancer,
             admin,
+            profile: raw.profile.clone(),
         }),
         _ => None,
     };
@@ -263,6 +277,7 @@ fn app_section(
     i: usize,
     sec: &Section<RawApp>,
     base: &Path,
+    profile: Option<&str>,
     rep: &mut Reporter<'_>,
 ) -> Option<AppSpec> {
     let app = &sec.value;
@@ -383,7 +398,13 @@ fn app_section(
         rep,
     );
     let kill_signal = kill_signal(app.kill_signal.as_ref(), &key("kill_signal"), rep);
-    let env = app_env(app, base, &key("env_file"), rep);
+    let env = app_env(app, base, &key("env_file"), rep).map(|mut env| {
+        // The profile's variables win over `env` (PM2: `env_production` over `env`).
+        if let Some(vars) = profile.and_then(|p| app.env_profiles.get(p)) {
+            env.extend(vars.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        env
+    });
     let increment_var = increment_var(
         app.increment_var.as_ref(),
         env.as_ref(),

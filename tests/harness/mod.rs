@@ -69,8 +69,17 @@ impl Rtsup {
         Self::start_full(body, env, None)
     }
 
+    /// [`Rtsup::start`] with more arguments for `rtsup start` (e.g. `--env production`).
+    pub fn start_args(body: &str, args: &[&str]) -> Self {
+        Self::start_inner(body, &[], None, args)
+    }
+
     /// [`Rtsup::start_with`] under `ulimit ARGS` when given (e.g. `-n 96`, `-Sn 256`).
     pub fn start_full(body: &str, env: &[(&str, &str)], ulimit: Option<&str>) -> Self {
+        Self::start_inner(body, env, ulimit, &[])
+    }
+
+    fn start_inner(body: &str, env: &[(&str, &str)], ulimit: Option<&str>, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("rtsup.sock");
         let log_dir = dir.path().join("logs");
@@ -90,7 +99,7 @@ impl Rtsup {
         let mut cmd = match ulimit {
             None => {
                 let mut c = Command::new(rtsup_bin());
-                c.args(["start", "-c"]).arg(&config);
+                c.args(["start", "-c"]).arg(&config).args(args);
                 c
             }
             Some(args) => {

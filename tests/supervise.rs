@@ -868,3 +868,47 @@ fn an_environment_profile_is_chosen_at_start_and_kept_by_reloads() {
         "{text}"
     );
 }
+
+#[test]
+fn wait_ready_waits_for_the_workers_ready_message() {
+    let base = ports::block(6).base;
+    let r = Rtsup::start(&format!(
+        "{}{}",
+        fixture_app("sends", 1, base, "wait_ready = true"),
+        fixture_app(
+            "silent",
+            1,
+            base + 3,
+            "wait_ready = true\nlisten_timeout = \"1s\"\nenv = { FIXTURE_SEND_READY = \"0\" }"
+        ),
+    ));
+    // The worker that calls process.send('ready') is ready (and serves); the one that
+    // listens but never says so is not, and the supervisor says why.
+    // Slot 0 of the app named `app`, from the status report.
+    let worker = |app: &str| -> Value {
+        let status = r.try_status().expect("status");
+        status["apps"]
+            .as_array()
+            .and_then(|apps| apps.iter().find(|a| a["name"] == app))
+            .map(|a| a["workers"][0].clone())
+            .unwrap_or_default()
+    };
+    wait_until("sends:0 ready", || {
+        let w = worker("sends");
+        if w["state"] == "ready" {
+            Ok(())
+        } else {
+            Err(w.to_string())
+        }
+    });
+    assert!(http_get(base, "/health").is_ok());
+    let why = wait_until("silent:0 refused as not ready", || {
+        let status = r.try_status()?.to_string();
+        if status.contains("process.send('ready')") {
+            Ok(status)
+        } else {
+            Err(status)
+        }
+    });
+    assert_ne!(worker("silent")["state"], "ready", "{why}");
+}

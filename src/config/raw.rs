@@ -241,6 +241,7 @@ pub struct RawApp {
     pub instances: Option<Spanned<RawInstances>>,
     pub port: Option<Spanned<i64>>,
     pub ready: Option<Spanned<String>>,
+    pub wait_ready: Option<Spanned<bool>>,
     pub listen_timeout: Option<Spanned<String>>,
     pub max_memory: Option<Spanned<String>>,
     pub memory_ceiling: Option<Spanned<String>>,

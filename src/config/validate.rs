@@ -373,6 +373,19 @@ fn app_section(
             }
         },
     };
+    // PM2's wait_ready: the worker says when it is ready (process.send('ready')).
+    let ready = match (&app.wait_ready, &app.ready) {
+        (Some(w), Some(_)) if *w.get_ref() => {
+            rep.at(
+                Some(w.span()),
+                key("wait_ready"),
+                "not with `ready`: a wait_ready worker is ready once it sends 'ready' and its port accepts",
+            );
+            ready
+        }
+        (Some(w), None) if *w.get_ref() => ReadyCheck::Message,
+        _ => ready,
+    };
     let listen_timeout = duration(
         app.listen_timeout.as_ref(),
         DEFAULT_LISTEN_TIMEOUT,

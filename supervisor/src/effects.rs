@@ -155,8 +155,16 @@ impl Effects for Processes {
     fn spawn(&mut self, order: &Order<'_>, reporter: &Reporter) -> Result<u32, String> {
         let (out, err) = self.files(order.app, order.slot)?;
         let spec = order.spec;
-        let mut child = process::spawn(spec, order.slot, order.port)
+        let (mut child, ipc) = process::spawn(spec, order.slot, order.port)
             .map_err(|e| format!("spawn {}: {e}", spec.command))?;
+        let ipc = match ipc {
+            Some(end) => end
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::UnixStream::from_std(end))
+                .map(|s| Some(tokio::io::BufReader::new(s)))
+                .map_err(|e| format!("IPC channel of {}: {e}", spec.command))?,
+            None => None,
+        };
         let pid = child
             .id()
             .ok_or_else(|| "exited before it could be tracked".to_string())?;
@@ -189,19 +197,38 @@ impl Effects for Processes {
         let probe_spec = spec.clone();
         let (app, port, probes) = (order.app.clone(), order.port, reporter.clone());
         let probe = tokio::spawn(async move {
-            let event =
-                match readiness::wait_ready(&probe_spec.ready, port, probe_spec.listen_timeout)
-                    .await
-                {
-                    // The probe may have reached a stranger who took the port first: ready
-                    // only when the listening socket belongs to the worker's process group.
-                    Ok(()) => match sockets::held_by_group(port, pid) {
-                        Some(Err(stranger)) => WorkerEvent::NotReady(stranger),
-                        Some(Ok(())) | None => WorkerEvent::Ready,
-                    },
-                    Err(reason) => WorkerEvent::NotReady(reason),
-                };
+            let mut ipc = ipc;
+            let ready = match ipc.as_mut() {
+                Some(channel) => {
+                    readiness::wait_message(channel, port, probe_spec.listen_timeout).await
+                }
+                None => {
+                    readiness::wait_ready(&probe_spec.ready, port, probe_spec.listen_timeout).await
+                }
+            };
+            let event = match ready {
+                // The probe may have reached a stranger who took the port first: ready
+                // only when the listening socket belongs to the worker's process group.
+                Ok(()) => match sockets::held_by_group(port, pid) {
+                    Some(Err(stranger)) => WorkerEvent::NotReady(stranger),
+                    Some(Ok(())) | None => WorkerEvent::Ready,
+                },
+                Err(reason) => WorkerEvent::NotReady(reason),
+            };
             probes.report(app, slot, generation, event).await;
+            // The IPC channel stays open for the worker's life (a Node worker may send more;
+            // closing it would fail its `process.send`): drained until the worker closes it, or
+            // this task is aborted when the worker is forgotten.
+            if let Some(mut channel) = ipc {
+                let mut sink = String::new();
+                loop {
+                    sink.clear();
+                    match tokio::io::AsyncBufReadExt::read_line(&mut channel, &mut sink).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+            }
         });
         self.tasks
             .entry((order.app.clone(), slot, generation))

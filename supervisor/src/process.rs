@@ -12,13 +12,29 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
-use crate::spec::AppSpec;
+use std::os::fd::AsRawFd;
+
+use crate::spec::{AppSpec, ReadyCheck};
+
+/// The descriptor a worker's Node IPC channel gets (`NODE_CHANNEL_FD`).
+const IPC_FD: i32 = 3;
 
 /// Spawn slot `slot` of `app`, listening on `port`, with piped stdout/stderr.
 ///
 /// The child gets `PORT`, `RTSUP_INSTANCE` and `NODE_APP_INSTANCE` (PM2 compatibility) on top of
-/// the app's `env` and the supervisor's own environment.
-pub fn spawn(app: &AppSpec, slot: u16, port: u16) -> io::Result<Child> {
+/// the app's `env` and the supervisor's own environment. With `ready = Message` it also gets a
+/// Node IPC channel (`NODE_CHANNEL_FD`, JSON lines, as PM2 opens one), whose other end is
+/// returned.
+pub fn spawn(
+    app: &AppSpec,
+    slot: u16,
+    port: u16,
+) -> io::Result<(Child, Option<std::os::unix::net::UnixStream>)> {
+    let ipc = match app.ready {
+        ReadyCheck::Message => Some(std::os::unix::net::UnixStream::pair()?),
+        _ => None,
+    };
+    let child_ipc = ipc.as_ref().map(|(_, child)| child.as_raw_fd());
     let mut cmd = Command::new(&app.command);
     cmd.args(&app.args)
         .envs(&app.env)
@@ -43,10 +59,14 @@ pub fn spawn(app: &AppSpec, slot: u16, port: u16) -> io::Result<Child> {
     if let Some(cwd) = &app.cwd {
         cmd.current_dir(cwd);
     }
+    if child_ipc.is_some() {
+        cmd.env("NODE_CHANNEL_FD", IPC_FD.to_string())
+            .env("NODE_CHANNEL_SERIALIZATION_MODE", "json");
+    }
     let parent = nix::unistd::getpid();
     // SAFETY: the closure runs in the child between fork and exec. It only makes the
-    // async-signal-safe system calls prctl(2) and getppid(2) and allocates nothing (the error
-    // is a raw OS error code).
+    // async-signal-safe system calls prctl(2), getppid(2), dup2(2) and fcntl(2) and allocates
+    // nothing (the error is a raw OS error code).
     #[allow(unsafe_code)]
     unsafe {
         cmd.pre_exec(move || {
@@ -56,10 +76,24 @@ pub fn spawn(app: &AppSpec, slot: u16, port: u16) -> io::Result<Child> {
             if nix::unistd::getppid() != parent {
                 return Err(io::Error::from_raw_os_error(nix::libc::ESRCH));
             }
+            // The IPC channel at IPC_FD, kept across exec (dup2 leaves close-on-exec off; a
+            // descriptor already there keeps its flag, so clear it).
+            if let Some(fd) = child_ipc {
+                let r = if fd == IPC_FD {
+                    nix::libc::fcntl(fd, nix::libc::F_SETFD, 0)
+                } else {
+                    nix::libc::dup2(fd, IPC_FD)
+                };
+                if r < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }
-    cmd.spawn()
+    let child = cmd.spawn()?;
+    // The child's end lives on in the child only.
+    Ok((child, ipc.map(|(parent_end, _)| parent_end)))
 }
 
 /// Send `signal` to the process group led by `pgid`. Returns false when no process of the group

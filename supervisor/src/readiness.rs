@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep, timeout};
 
@@ -33,6 +33,39 @@ pub async fn wait_ready(check: &ReadyCheck, port: u16, within: Duration) -> Resu
     }
 }
 
+/// PM2's `wait_ready`: the worker's `ready` message on its Node IPC channel (JSON lines:
+/// `process.send('ready')` writes `"ready"`) within `within`, then its port accepting in what
+/// is left of it. Other messages are skipped.
+pub async fn wait_message<R: AsyncBufRead + Unpin>(
+    channel: &mut R,
+    port: u16,
+    within: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match tokio::time::timeout_at(deadline, channel.read_line(&mut line)).await {
+            Err(_) => {
+                return Err(format!(
+                    "no 'ready' message within {} (wait_ready: the worker must call process.send('ready'))",
+                    humantime::format_duration(within)
+                ));
+            }
+            Ok(Ok(0)) => {
+                return Err("closed its IPC channel without sending 'ready' (wait_ready)".into());
+            }
+            Ok(Err(e)) => return Err(format!("reading its IPC channel: {e}")),
+            Ok(Ok(_)) if line.trim() == "\"ready\"" => break,
+            Ok(Ok(_)) => {}
+        }
+    }
+    let rest = deadline
+        .saturating_duration_since(Instant::now())
+        .max(PROBE_INTERVAL * 4);
+    wait_ready(&ReadyCheck::Tcp, port, rest).await
+}
+
 /// One liveness check of a ready worker within `within`: the readiness probe for
 /// `ready = "http:/…"`; for `ready = "tcp"` an HTTP request that must get any answer at all
 /// (the kernel accepts connections for a hung process, so a bare connect proves nothing).
@@ -40,7 +73,8 @@ pub async fn alive(check: &ReadyCheck, port: u16, within: Duration) -> Result<()
     let probe = async {
         match check {
             ReadyCheck::Http { .. } => attempt(check, port).await,
-            ReadyCheck::Tcp => {
+            // After its `ready`, a wait_ready worker is checked like a `tcp` one.
+            ReadyCheck::Tcp | ReadyCheck::Message => {
                 let mut stream = TcpStream::connect(("127.0.0.1", port))
                     .await
                     .map_err(|e| format!("port {port}: {e}"))?;

@@ -113,6 +113,9 @@ pub enum ReadyCheck {
         /// Request path, starting with `/`.
         path: String,
     },
+    /// PM2's `wait_ready`: ready once the worker sends `ready` over the Node IPC channel
+    /// rtsup opens for it (`process.send('ready')`, `NODE_CHANNEL_FD`), and its port accepts.
+    Message,
 }
 
 /// Where worker stdout/stderr go and how they are rotated.

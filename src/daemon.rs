@@ -236,6 +236,16 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
     let (handle, supervisor) = Supervisor::spawn(spec, gate.clone());
     let notifier = Notifier::from_env(handle.subscribe());
     let recorder = tokio::spawn(leftovers::record(handle.subscribe(), groups_file.clone()));
+    // cron_restart schedules (read at start), each a rolling restart at its times.
+    for (app, pattern) in &config.cron_restarts {
+        match crate::cron::parse(pattern) {
+            Ok(cron) => {
+                info!(app, pattern, "cron_restart scheduled");
+                tokio::spawn(crate::cron::run(handle.clone(), app.clone(), cron));
+            }
+            Err(e) => warn!(app, error = %e, "cron_restart not scheduled"),
+        }
+    }
     let obs = Arc::new(Observability {
         supervisor: handle.clone(),
         balancer: OnceLock::new(),

@@ -8,6 +8,7 @@ mod cli;
 mod config;
 mod control;
 mod control_client;
+mod cron;
 mod daemon;
 mod demo;
 mod leftovers;

@@ -912,3 +912,49 @@ fn wait_ready_waits_for_the_workers_ready_message() {
     });
     assert_ne!(worker("silent")["state"], "ready", "{why}");
 }
+
+#[test]
+fn cron_restart_rolls_the_app_at_its_times() {
+    let base = ports::block(3).base;
+    // Every 2 seconds (6 fields: seconds first).
+    let r = Rtsup::start(&fixture_app(
+        "web",
+        1,
+        base,
+        "cron_restart = \"*/2 * * * * *\"",
+    ));
+    r.wait_all_ready();
+    let replaced = wait_until("a cron restart", || {
+        let ws = r.workers();
+        match ws.first() {
+            Some(w) if w["generation"].as_u64() >= Some(2) && w["state"] == "ready" => {
+                Ok(w.clone())
+            }
+            other => Err(format!("{other:?}")),
+        }
+    });
+    // Replaced the rolling way (a new worker ready, the old one drained), not crashed.
+    assert!(
+        replaced["last_exit"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("replaced")),
+        "{replaced}"
+    );
+    // A pattern that is not cron: refused with its place.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("rtsup.toml");
+    fs::write(
+        &conf,
+        "[[app]]\nname = \"a\"\ncommand = \"node\"\nport = 5001\ncron_restart = \"every day\"\n",
+    )
+    .expect("config");
+    let (ok, text) = crate::harness::check_config(&conf);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(&format!(
+            "{}:5:16: app[0].cron_restart: \"every day\" is not a cron pattern",
+            conf.display()
+        )),
+        "{text}"
+    );
+}

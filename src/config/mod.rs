@@ -42,6 +42,8 @@ pub struct Config {
     pub balancer: Option<BalancerConfig>,
     /// `[admin]`.
     pub admin: AdminConfig,
+    /// `cron_restart` of each app that has one: (app, pattern), checked.
+    pub cron_restarts: Vec<(String, String)>,
     /// The environment profile it was read with (`rtsup start --env NAME`): each app's
     /// `[app.env_NAME]` on top of its `env`. A reload reads the file with the same one.
     pub profile: Option<String>,

@@ -250,6 +250,7 @@ pub struct RawApp {
     pub min_uptime: Option<Spanned<String>>,
     pub kill_timeout: Option<Spanned<String>>,
     pub kill_signal: Option<Spanned<String>>,
+    pub cron_restart: Option<Spanned<String>>,
     pub drain_timeout: Option<Spanned<String>>,
     pub close_window: Option<Spanned<String>>,
     pub health_interval: Option<Spanned<String>>,

@@ -140,6 +140,7 @@ pub fn validate(raw: &RawConfig, file: &Path, rep: &mut Reporter<'_>) -> Validat
             balancer,
             admin,
             profile: raw.profile.clone(),
+            cron_restarts: cron_restarts(raw, rep),
         }),
         _ => None,
     };
@@ -1261,6 +1262,24 @@ fn increment_var(
             None
         }
     }
+}
+
+/// Each app's `cron_restart`, checked as a cron pattern (5 fields, or 6 with seconds).
+fn cron_restarts(raw: &RawConfig, rep: &mut Reporter<'_>) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (i, app) in raw.app.iter().enumerate() {
+        let Some(app) = app.as_ref().map(|a| &a.value) else {
+            continue;
+        };
+        let (Some(name), Some(pattern)) = (&app.name, &app.cron_restart) else {
+            continue;
+        };
+        match crate::cron::parse(pattern.get_ref()) {
+            Ok(_) => out.push((name.get_ref().clone(), pattern.get_ref().clone())),
+            Err(e) => rep.at(Some(pattern.span()), format!("app[{i}].cron_restart"), e),
+        }
+    }
+    out
 }
 
 /// `kill_signal`: a signal name with or without `SIG` (`"SIGINT"`, `"INT"`), default

@@ -220,14 +220,7 @@ impl Effects for Processes {
             // closing it would fail its `process.send`): drained until the worker closes it, or
             // this task is aborted when the worker is forgotten.
             if let Some(mut channel) = ipc {
-                let mut sink = String::new();
-                loop {
-                    sink.clear();
-                    match tokio::io::AsyncBufReadExt::read_line(&mut channel, &mut sink).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {}
-                    }
-                }
+                let _ = tokio::io::copy(&mut channel, &mut tokio::io::sink()).await;
             }
         });
         self.tasks

@@ -9,6 +9,9 @@ use tokio::time::{Instant, sleep, timeout};
 
 use crate::spec::ReadyCheck;
 
+/// Bytes of an IPC message line looked at (the rest of a long line is skipped).
+const MESSAGE_PREFIX: usize = 64;
+
 /// Pause between two probe attempts.
 const PROBE_INTERVAL: Duration = Duration::from_millis(50);
 /// Longest a single attempt may take.
@@ -42,22 +45,35 @@ pub async fn wait_message<R: AsyncBufRead + Unpin>(
     within: Duration,
 ) -> Result<(), String> {
     let deadline = Instant::now() + within;
-    let mut line = String::new();
+    // Only the start of each line is kept: `"ready"` is short, and a worker's other messages
+    // (of any size) must not grow the supervisor's memory.
+    let mut line = Vec::with_capacity(MESSAGE_PREFIX);
     loop {
-        line.clear();
-        match tokio::time::timeout_at(deadline, channel.read_line(&mut line)).await {
+        let chunk = match tokio::time::timeout_at(deadline, channel.fill_buf()).await {
             Err(_) => {
                 return Err(format!(
                     "no 'ready' message within {} (wait_ready: the worker must call process.send('ready'))",
                     humantime::format_duration(within)
                 ));
             }
-            Ok(Ok(0)) => {
+            Ok(Err(e)) => return Err(format!("reading its IPC channel: {e}")),
+            Ok(Ok([])) => {
                 return Err("closed its IPC channel without sending 'ready' (wait_ready)".into());
             }
-            Ok(Err(e)) => return Err(format!("reading its IPC channel: {e}")),
-            Ok(Ok(_)) if line.trim() == "\"ready\"" => break,
-            Ok(Ok(_)) => {}
+            Ok(Ok(chunk)) => chunk,
+        };
+        let (taken, end) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        let room = MESSAGE_PREFIX.saturating_sub(line.len());
+        line.extend_from_slice(&chunk[..taken.min(room)]);
+        channel.consume(taken);
+        if end {
+            if line.trim_ascii() == b"\"ready\"" {
+                break;
+            }
+            line.clear();
         }
     }
     let rest = deadline
@@ -177,5 +193,26 @@ mod tests {
             .await
             .expect_err("503 is not ready");
         assert!(err.contains("answered 503"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn wait_ready_skips_other_messages_of_any_length_and_needs_the_port() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let mut input = b"{\"cmd\":\"hello\"}\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 1 << 20));
+        input.extend_from_slice(b"\n\"ready\"\n");
+        let mut channel = tokio::io::BufReader::new(&input[..]);
+        wait_message(&mut channel, port, Duration::from_secs(5))
+            .await
+            .expect("ready after a 1 MiB line");
+        let mut closed = tokio::io::BufReader::new(&b"\"not ready\"\n"[..]);
+        let e = wait_message(&mut closed, port, Duration::from_secs(5))
+            .await
+            .expect_err("closed without ready");
+        assert!(e.contains("without sending 'ready'"), "{e}");
+        drop(listener);
     }
 }

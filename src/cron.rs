@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::Local;
 use croner::Cron;
-use supervisor::SupervisorHandle;
+use supervisor::{SupervisorHandle, WorkerState};
 use tracing::{info, warn};
 
 /// Parse a pattern (seconds optional): the error says what is wrong with it.
@@ -30,6 +30,34 @@ pub async fn run(handle: SupervisorHandle, app: String, cron: Cron) {
         };
         let wait = (next - now).to_std().unwrap_or(Duration::ZERO);
         tokio::time::sleep(wait).await;
+        // Not an app the operator stopped (it stays stopped), nor one whose previous
+        // replacement is still under way (workers draining or stopping): that time is skipped.
+        let fleet = handle.fleet();
+        let Some(states) = fleet
+            .apps
+            .iter()
+            .find(|a| a.name == app)
+            .map(|a| a.workers.iter().map(|w| w.state).collect::<Vec<_>>())
+        else {
+            continue;
+        };
+        if !states
+            .iter()
+            .any(|s| matches!(s, WorkerState::Ready | WorkerState::Starting))
+        {
+            info!(app, "cron_restart: the app is not running; skipped");
+            continue;
+        }
+        if states
+            .iter()
+            .any(|s| matches!(s, WorkerState::Draining | WorkerState::Stopping))
+        {
+            info!(
+                app,
+                "cron_restart: the previous replacement is still under way; skipped"
+            );
+            continue;
+        }
         info!(app, "cron_restart: rolling restart");
         match handle.restart(&app, None, false).await {
             Ok(report) if report.ok() => info!(app, "cron_restart: done"),

@@ -805,7 +805,8 @@ fn env_file_and_increment_var_set_each_workers_environment() {
     fs::write(
         &conf,
         "[[app]]\nname = \"a\"\ncommand = \"node\"\nport = 5001\nenv_file = \"missing.env\"\n\
-         [[app]]\nname = \"b\"\ncommand = \"node\"\nport = 5101\nincrement_var = \"PORT\"\n",
+         [[app]]\nname = \"b\"\ncommand = \"node\"\nport = 5101\nincrement_var = \"PORT\"\n\
+         [[app]]\nname = \"c\"\ncommand = \"node\"\nport = 5201\nincrement_var = \"N\"\nenv = { N = \"9223372036854775807\" }\n",
     )
     .expect("config");
     let (ok, text) = crate::harness::check_config(&conf);
@@ -817,6 +818,7 @@ fn env_file_and_increment_var_set_each_workers_environment() {
             dir.path().join("missing.env").display()
         ),
         format!("{f}:10:17: app[1].increment_var: rtsup sets PORT itself"),
+        format!("{f}:15:17: app[2].increment_var: N must be set to a whole number"),
     ] {
         assert!(text.contains(&want), "missing {want:?} in {text}");
     }
@@ -940,6 +942,20 @@ fn cron_restart_rolls_the_app_at_its_times() {
             .is_some_and(|e| e.starts_with("replaced")),
         "{replaced}"
     );
+    // An app the operator stops stays stopped: later cron times skip it (watched over three
+    // of them, every 2 s).
+    let out = r.cli(&["stop", "web"]);
+    assert!(out.status.success(), "{out:?}");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(6);
+    while std::time::Instant::now() < until {
+        let ws = r.workers();
+        assert!(
+            ws.iter()
+                .all(|w| w["state"] == "stopped" || w["state"] == "stopping"),
+            "a cron restart started a stopped app: {ws:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     // A pattern that is not cron: refused with its place.
     let dir = tempfile::tempdir().expect("tempdir");
     let conf = dir.path().join("rtsup.toml");

@@ -1252,12 +1252,16 @@ fn increment_var(
     }
     let env = env?;
     match env.get(name).map(|x| x.trim().parse::<i64>()) {
-        Some(Ok(_)) => Some(name.clone()),
+        // Room for every slot's increment.
+        Some(Ok(n)) if n.checked_add(i64::from(u16::MAX)).is_some() => Some(name.clone()),
         _ => {
             rep.at(
                 Some(v.span()),
                 key,
-                format!("{name} must be set to a whole number in env or env_file"),
+                format!(
+                    "{name} must be set to a whole number in env or env_file (below {})",
+                    i64::MAX - i64::from(u16::MAX)
+                ),
             );
             None
         }

@@ -52,9 +52,13 @@ pub fn spawn(
         .process_group(0)
         .kill_on_drop(false);
     if let Some(var) = &app.increment_var
-        && let Some(base) = app.env.get(var).and_then(|v| v.trim().parse::<i64>().ok())
+        && let Some(value) = app
+            .env
+            .get(var)
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .and_then(|base| base.checked_add(i64::from(slot)))
     {
-        cmd.env(var, (base + i64::from(slot)).to_string());
+        cmd.env(var, value.to_string());
     }
     if let Some(cwd) = &app.cwd {
         cmd.current_dir(cwd);

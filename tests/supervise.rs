@@ -745,14 +745,9 @@ fn kill_signal_is_the_signal_that_stops_a_worker() {
         "{log}"
     );
     // A signal a worker cannot handle is refused, with its place.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let conf = dir.path().join("rtsup.toml");
-    fs::write(
-        &conf,
+    let (ok, text, conf) = crate::harness::check_body(
         "[[app]]\nname = \"a\"\ncommand = \"node\"\nport = 5001\nkill_signal = \"KILL\"\n",
-    )
-    .expect("config");
-    let (ok, text) = crate::harness::check_config(&conf);
+    );
     assert!(!ok, "{text}");
     assert!(
         text.contains(&format!(
@@ -957,14 +952,9 @@ fn cron_restart_rolls_the_app_at_its_times() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     // A pattern that is not cron: refused with its place.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let conf = dir.path().join("rtsup.toml");
-    fs::write(
-        &conf,
+    let (ok, text, conf) = crate::harness::check_body(
         "[[app]]\nname = \"a\"\ncommand = \"node\"\nport = 5001\ncron_restart = \"every day\"\n",
-    )
-    .expect("config");
-    let (ok, text) = crate::harness::check_config(&conf);
+    );
     assert!(!ok, "{text}");
     assert!(
         text.contains(&format!(

@@ -430,6 +430,16 @@ pub fn loud_lines(r: &Rtsup) -> Vec<String> {
         .collect()
 }
 
+/// `rtsup check` on `body` written to a temp `rtsup.toml`: whether it passed, everything it
+/// printed, and the file's path (for expected `file:line:col` messages).
+pub fn check_body(body: &str) -> (bool, String, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("rtsup.toml");
+    fs::write(&conf, body).expect("config");
+    let (ok, text) = check_config(&conf);
+    (ok, text, conf)
+}
+
 /// `rtsup check -c FILE`: whether it passed, and everything it printed.
 pub fn check_config(file: &Path) -> (bool, String) {
     let out = Command::new(rtsup_bin())

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 /// Lines waiting for the writer at most.
 const QUEUE: usize = 16_384;
@@ -209,7 +209,7 @@ fn combined(e: &Entry<'_>) -> String {
 
 fn json(e: &Entry<'_>) -> String {
     let value = serde_json::json!({
-        "time": humantime_rfc3339(e.at),
+        "time": rfc3339_millis(e.at),
         "client": e.client.map(|ip| ip.to_string()),
         "method": e.method,
         "target": redact_sid(e.target),
@@ -229,56 +229,22 @@ fn json(e: &Entry<'_>) -> String {
     line
 }
 
-/// Days since the epoch → (year, month, day), proleptic Gregorian (Howard Hinnant's
-/// `civil_from_days`).
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-fn split(at: SystemTime) -> (i64, u32, u32, u64, u32) {
-    let d = at.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (y, m, day) = civil((secs / 86_400) as i64);
-    (y, m, day, secs % 86_400, d.subsec_millis())
-}
-
 /// `01/Dec/2026:17:50:00 +0000` (the log is in UTC).
 fn clf_time(at: SystemTime) -> String {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let (y, m, d, s, _) = split(at);
-    format!(
-        "{d:02}/{}/{y}:{:02}:{:02}:{:02} +0000",
-        MONTHS[(m - 1) as usize],
-        s / 3600,
-        s / 60 % 60,
-        s % 60
-    )
+    chrono::DateTime::<chrono::Utc>::from(at)
+        .format("%d/%b/%Y:%H:%M:%S +0000")
+        .to_string()
 }
 
 /// `2026-12-01T17:50:00.123Z`.
-fn humantime_rfc3339(at: SystemTime) -> String {
-    let (y, m, d, s, ms) = split(at);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        s / 3600,
-        s / 60 % 60,
-        s % 60
-    )
+fn rfc3339_millis(at: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(at).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     fn entry<'a>(target: &'a str) -> Entry<'a> {
         Entry {
@@ -359,11 +325,20 @@ mod tests {
     }
 
     #[test]
-    fn civil_dates() {
-        assert_eq!(civil(0), (1970, 1, 1));
-        assert_eq!(civil(11_016), (2000, 2, 29));
-        assert_eq!(civil(20_423), (2025, 12, 1));
-        assert_eq!(civil(-1), (1969, 12, 31));
+    fn dates_across_leap_days_and_the_epoch() {
+        let day = |n: i64| {
+            let secs = Duration::from_secs(n.unsigned_abs() * 86_400);
+            if n >= 0 {
+                UNIX_EPOCH + secs
+            } else {
+                UNIX_EPOCH - secs
+            }
+        };
+        assert_eq!(clf_time(day(0)), "01/Jan/1970:00:00:00 +0000");
+        assert_eq!(clf_time(day(11_016)), "29/Feb/2000:00:00:00 +0000");
+        assert_eq!(clf_time(day(20_423)), "01/Dec/2025:00:00:00 +0000");
+        assert_eq!(clf_time(day(-1)), "31/Dec/1969:00:00:00 +0000");
+        assert_eq!(rfc3339_millis(day(11_016)), "2000-02-29T00:00:00.000Z");
     }
 
     #[test]

@@ -93,3 +93,31 @@ instances = 1
 port = {port}
 ready = "tcp"
 """
+
+
+def nginx_front(work, port, backend, workers, tls=None):
+    """nginx in front of `backend` (upstream keep-alive, no log) on `port`, with `workers`
+    worker processes; over TLS with `tls = (cert, key)`. Returns its config file."""
+    conf = os.path.join(work, "nginx.conf")
+    ssl = ""
+    if tls:
+        ssl = f"""ssl_certificate {tls[0]};
+    ssl_certificate_key {tls[1]};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    keepalive_requests 1000000;
+    """
+    with open(conf, "w") as f:
+        f.write(f"""worker_processes {workers};
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log crit;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  upstream backend {{ server 127.0.0.1:{backend}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port}{" ssl" if tls else ""} reuseport;
+    {ssl}location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
+}}
+""")
+    return conf

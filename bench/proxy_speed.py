@@ -13,7 +13,7 @@ nginx's worker_processes. Raw numbers: target/bench/proxy_speed.json.
 """
 import json, os, random, re, shutil, signal, statistics, subprocess, sys, tempfile, time
 
-from common import BIN, ROOT, children, cpu_ticks, nginx_backend, start_rtsup, to_ms, wait_port
+from common import BIN, ROOT, children, cpu_ticks, nginx_backend, nginx_front, start_rtsup, to_ms, wait_port
 MINIMAL = os.path.join(ROOT, "target/release/examples/minimal_proxy")
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 THREADS = int(os.environ.get("THREADS", "2"))
@@ -53,21 +53,7 @@ threads = {THREADS}
     mini = subprocess.Popen([MINIMAL, f"127.0.0.1:{minimal}", str(THREADS), f"127.0.0.1:{backend}"],
                             stderr=subprocess.DEVNULL)
     wait_port(minimal)
-    ngx_conf = os.path.join(work, "nginx.conf")
-    with open(ngx_conf, "w") as f:
-        f.write(f"""worker_processes {THREADS};
-pid {work}/nginx.pid;
-error_log {work}/nginx-error.log crit;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  upstream backend {{ server 127.0.0.1:{backend}; keepalive 64; }}
-  server {{
-    listen 127.0.0.1:{ngx} reuseport;
-    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }}
-  }}
-}}
-""")
+    ngx_conf = nginx_front(work, ngx, backend, THREADS)
     nginx = subprocess.Popen(["nginx", "-p", work, "-c", ngx_conf, "-g", "daemon off;"])
     wait_port(ngx)
     time.sleep(1)

@@ -13,7 +13,7 @@ Raw numbers: target/bench/tls.json.
 """
 import json, os, random, re, shutil, signal, statistics, subprocess, sys, tempfile, time
 
-from common import BIN, ROOT, children, cpu_ticks, nginx_backend, start_rtsup, to_ms, wait_port
+from common import BIN, ROOT, children, cpu_ticks, nginx_backend, nginx_front, start_rtsup, to_ms, wait_port
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 THREADS = int(os.environ.get("THREADS", "1"))
 DURATION = os.environ.get("DURATION", "5s")
@@ -58,25 +58,7 @@ tls_key = "{key}"
 """)
     wait_port(backend)
     wait_port(lb)
-    ngx_conf = os.path.join(work, "nginx.conf")
-    with open(ngx_conf, "w") as f:
-        f.write(f"""worker_processes {THREADS};
-pid {work}/nginx.pid;
-error_log {work}/nginx-error.log crit;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  upstream backend {{ server 127.0.0.1:{backend}; keepalive 64; }}
-  server {{
-    listen 127.0.0.1:{ngx} ssl reuseport;
-    ssl_certificate {cert};
-    ssl_certificate_key {key};
-    ssl_protocols TLSv1.2 TLSv1.3;
-    keepalive_requests 1000000;
-    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }}
-  }}
-}}
-""")
+    ngx_conf = nginx_front(work, ngx, backend, THREADS, tls=(cert, key))
     nginx = subprocess.Popen(["nginx", "-p", work, "-c", ngx_conf, "-g", "daemon off;"])
     wait_port(ngx)
     time.sleep(1)

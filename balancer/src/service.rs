@@ -233,9 +233,7 @@ impl Balancer {
             .find_map(|v| affinity::find_cookie(v, cookie))
             .and_then(|t| self.signer.verify(t))
     }
-}
 
-impl Balancer {
     /// One access log line for the request (or WebSocket) that just ended.
     fn access_log(&self, log: &AccessLog, session: &Session, ctx: &RequestCtx) {
         let req = session.req_header();

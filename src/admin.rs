@@ -80,7 +80,7 @@ pub async fn serve(listener: TcpListener, obs: Arc<Observability>, token: Option
                 async move {
                     Ok::<_, Infallible>(match refuse(&req, local, token.as_deref()) {
                         Some(refusal) => refusal,
-                        None => route(&obs, &req),
+                        None => route(&obs, &req).await,
                     })
                 }
             });
@@ -170,7 +170,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn route(obs: &Observability, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(obs: &Observability, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET {
         return respond(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -190,7 +190,7 @@ fn route(obs: &Observability, req: &Request<Incoming>) -> Response<Full<Bytes>> 
         "/metrics" => respond(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            obs.metrics(),
+            obs.metrics_with_workers().await,
         ),
         "/" => respond(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD.into()),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),

@@ -31,8 +31,10 @@ pub struct Target {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the supervisor (and balancer) in the foreground; SIGTERM/SIGINT stop it gracefully.
-    /// With APP: start that app in the running daemon.
+    /// Run the supervisor (and balancer) in the foreground (SIGTERM/SIGINT stop it
+    /// gracefully), or with -d in the background. With APP: start that app in the running
+    /// daemon. With SCRIPT (a file, or -i / --name given): run it as a one-off app, written to
+    /// ./rtsup.toml (`rtsup start app.js -i 4 --name api`, as with PM2).
     Start {
         /// Configuration file (default: ./rtsup.toml).
         #[arg(short = 'c', long = "config", value_name = "FILE")]
@@ -40,13 +42,46 @@ pub enum Command {
         /// Control socket of the daemon (with APP).
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
-        /// An app of the running daemon to start (stopped or errored).
-        #[arg(value_name = "APP")]
+        /// An app of the running daemon to start (stopped or errored), or a script to run.
+        #[arg(value_name = "APP|SCRIPT")]
         app: Option<String>,
         /// Environment profile: each app's `[app.env_NAME]` on top of its `env` (PM2's
         /// `--env production`); reloads keep it.
-        #[arg(long = "env", value_name = "NAME", conflicts_with = "app")]
+        #[arg(long = "env", value_name = "NAME")]
         env: Option<String>,
+        /// Run the daemon in the background; return once every worker has settled, with the
+        /// status table (its log goes to log_dir/rtsup.log).
+        #[arg(short = 'd', long)]
+        detach: bool,
+        /// With -d: how long to wait for the workers to settle.
+        #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
+        /// SCRIPT: number of workers (a number, "max", or -N for every CPU but N).
+        #[arg(
+            short = 'i',
+            long = "instances",
+            value_name = "N",
+            allow_hyphen_values = true
+        )]
+        instances: Option<String>,
+        /// SCRIPT: the app's name (default: the script's file name).
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// SCRIPT: the first worker's port (worker i gets port + i in $PORT).
+        #[arg(long, value_name = "PORT", default_value_t = 3000)]
+        port: u16,
+        /// SCRIPT: where the balancer listens.
+        #[arg(long, value_name = "ADDR", default_value = crate::import::BALANCER_LISTEN)]
+        listen: String,
+        /// SCRIPT: arguments for the script (after --).
+        #[arg(last = true, value_name = "ARGS")]
+        script_args: Vec<String>,
+    },
+    /// A live terminal view of every worker (state, CPU, memory, restarts, sessions,
+    /// requests/s) with the selected worker's log tail, like `pm2 monit`; ↑/↓ select, q quits.
+    Monit {
+        #[command(flatten)]
+        target: Target,
     },
     /// Show every worker: pid, port, state, uptime, restarts, cpu, memory.
     Status {
@@ -92,6 +127,27 @@ pub enum Command {
         #[arg(short = 'c', long = "config", value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Install and enable the systemd unit for this configuration (what `pm2 startup` and
+    /// `pm2 save` do): checks the file, creates the system user `rtsup` when missing, writes
+    /// /etc/systemd/system/rtsup.service, runs `systemctl daemon-reload` and
+    /// `systemctl enable --now rtsup`, printing every step.
+    Startup {
+        /// Configuration file (default: ./rtsup.toml).
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The user the service runs as (the system user `rtsup` is created when missing).
+        #[arg(long, value_name = "NAME", default_value = "rtsup")]
+        user: String,
+        /// Where the unit file goes.
+        #[arg(long, value_name = "DIR", default_value = "/etc/systemd/system")]
+        unit_dir: PathBuf,
+        /// Enable it at boot only; do not start it now.
+        #[arg(long)]
+        no_start: bool,
+        /// Print what would be done and do nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Replace the workers of APP one at a time without downtime, or one slot with APP:SLOT;
     /// `--force` replaces them all at once.
     Restart {
@@ -125,6 +181,19 @@ pub enum Command {
     /// Run the reference Socket.IO worker (configured by its environment: PORT, REDIS_URL or
     /// RTSUP_HUB, …); this is what the embedded demo supervises.
     Worker,
+    /// Translate a PM2 ecosystem file (.js, .json, .yaml) into an rtsup.toml: the TOML on
+    /// stdout (or -o FILE), every key that could not be carried over on stderr with the reason.
+    Import {
+        /// The ecosystem file (evaluated with node when it is JavaScript, as PM2 does).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Write the TOML here instead of stdout (an existing file is kept unless --force).
+        #[arg(short = 'o', long = "output", value_name = "PATH")]
+        output: Option<PathBuf>,
+        /// Overwrite the -o file if it exists.
+        #[arg(long, requires = "output")]
+        force: bool,
+    },
     /// Check a configuration file: every error at once, each with file, line, column and key;
     /// also commands not found on PATH (errors) and ports in use right now (warnings).
     Check {

@@ -246,9 +246,20 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
             Err(e) => warn!(app, error = %e, "cron_restart not scheduled"),
         }
     }
+    // watch (read at start): a rolling restart after files settle.
+    let log_dir = std::path::absolute(&config.supervisor.logs.dir)
+        .unwrap_or_else(|_| config.supervisor.logs.dir.clone());
+    for w in &config.watches {
+        tokio::spawn(crate::watch::run(
+            handle.clone(),
+            w.clone(),
+            log_dir.clone(),
+        ));
+    }
     let obs = Arc::new(Observability {
         supervisor: handle.clone(),
         balancer: OnceLock::new(),
+        worker_metrics: std::sync::RwLock::new(config.worker_metrics.clone()),
     });
     info!(
         config = %config.file.display(),

@@ -100,6 +100,59 @@ pub fn run(
     let stdout = io::stdout();
     let mut out = stdout.lock();
     let prefix = files.len() > 1;
+    let (merged, mut followed) = merged_tail(files, slot, lines)?;
+    for (line, i) in &merged {
+        let label = prefix.then_some(followed[*i].label.as_str());
+        emit(&mut out, label, line)?;
+    }
+    out.flush()?;
+    if !follow {
+        return Ok(());
+    }
+    loop {
+        std::thread::sleep(FOLLOW_POLL);
+        for f in &mut followed {
+            let Ok(meta) = fs::metadata(&f.path) else {
+                continue;
+            };
+            if meta.ino() != f.inode || meta.len() < f.offset {
+                f.inode = meta.ino();
+                f.offset = 0;
+            }
+            if meta.len() == f.offset {
+                continue;
+            }
+            let mut file = File::open(&f.path)?;
+            file.seek(SeekFrom::Start(f.offset))?;
+            let mut buf = Vec::new();
+            file.take(meta.len() - f.offset).read_to_end(&mut buf)?;
+            // Print whole lines only; the rest waits for its newline.
+            let Some(end) = buf.iter().rposition(|&b| b == b'\n') else {
+                continue;
+            };
+            f.offset += end as u64 + 1;
+            let events = f.label.ends_with(" rtsup");
+            for line in buf[..=end].split_inclusive(|&b| b == b'\n') {
+                if !events || about_slot(line, slot) {
+                    emit(&mut out, prefix.then_some(f.label.as_str()), line)?;
+                }
+            }
+        }
+        out.flush()?;
+    }
+}
+
+/// A line and the index of the file it comes from.
+type MergedLine = (Vec<u8>, usize);
+
+/// The last `lines` lines of `files` merged by time, each with the index of its file, and
+/// where each file ends now (to follow it).
+fn merged_tail(
+    files: Vec<(PathBuf, String)>,
+    slot: Option<u16>,
+    lines: usize,
+) -> anyhow::Result<(Vec<MergedLine>, Vec<Followed>)> {
+    let prefix = files.len() > 1;
     let mut followed = Vec::new();
     let mut merged: Vec<(Vec<u8>, usize)> = Vec::new();
     for (i, (path, label)) in files.into_iter().enumerate() {
@@ -140,45 +193,29 @@ pub fn run(
         merged.sort_by(|a, b| stamp(&a.0).cmp(stamp(&b.0)));
     }
     let skip = merged.len().saturating_sub(lines);
-    for (line, i) in &merged[skip..] {
-        let label = prefix.then_some(followed[*i].label.as_str());
-        emit(&mut out, label, line)?;
-    }
-    out.flush()?;
-    if !follow {
-        return Ok(());
-    }
-    loop {
-        std::thread::sleep(FOLLOW_POLL);
-        for f in &mut followed {
-            let Ok(meta) = fs::metadata(&f.path) else {
-                continue;
-            };
-            if meta.ino() != f.inode || meta.len() < f.offset {
-                f.inode = meta.ino();
-                f.offset = 0;
+    merged.drain(..skip);
+    Ok((merged, followed))
+}
+
+/// The last `lines` lines of `files` merged by time, as text, each labelled with its worker
+/// and stream when there are several files (for `rtsup monit`).
+pub fn recent(
+    files: Vec<(PathBuf, String)>,
+    slot: Option<u16>,
+    lines: usize,
+) -> anyhow::Result<Vec<String>> {
+    let prefix = files.len() > 1;
+    let (merged, followed) = merged_tail(files, slot, lines)?;
+    Ok(merged
+        .iter()
+        .map(|(line, i)| {
+            let text = String::from_utf8_lossy(line);
+            match prefix {
+                true => format!("{} | {text}", followed[*i].label),
+                false => text.into_owned(),
             }
-            if meta.len() == f.offset {
-                continue;
-            }
-            let mut file = File::open(&f.path)?;
-            file.seek(SeekFrom::Start(f.offset))?;
-            let mut buf = Vec::new();
-            file.take(meta.len() - f.offset).read_to_end(&mut buf)?;
-            // Print whole lines only; the rest waits for its newline.
-            let Some(end) = buf.iter().rposition(|&b| b == b'\n') else {
-                continue;
-            };
-            f.offset += end as u64 + 1;
-            let events = f.label.ends_with(" rtsup");
-            for line in buf[..=end].split_inclusive(|&b| b == b'\n') {
-                if !events || about_slot(line, slot) {
-                    emit(&mut out, prefix.then_some(f.label.as_str()), line)?;
-                }
-            }
-        }
-        out.flush()?;
-    }
+        })
+        .collect())
 }
 
 /// Whether an event line (`<stamp> slot 3: …` or `<stamp> reload: …`) concerns `slot`: app-wide

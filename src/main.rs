@@ -11,16 +11,23 @@ mod control_client;
 mod cron;
 mod daemon;
 mod demo;
+mod detach;
+mod import;
 mod leftovers;
 mod logs_cmd;
+mod monit;
 mod notify;
 mod observe;
+mod oneoff;
 mod reload;
 mod report_text;
 mod signals;
+mod startup;
 mod status_table;
 mod systemd;
+mod watch;
 mod wiring;
+mod worker_metrics;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -58,6 +65,78 @@ fn main() -> ExitCode {
             eprintln!("rtsup: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `rtsup start` of the configuration `explicit` (else ./rtsup.toml, else the embedded demo):
+/// in the foreground, or with `detach` (how long to wait for it) in the background.
+fn start_daemon(
+    explicit: Option<&Path>,
+    profile: Option<&str>,
+    detach: Option<std::time::Duration>,
+) -> anyhow::Result<ExitCode> {
+    // Absolute, so the daemon's messages (e.g. a refused reload, shown by a client in
+    // another directory) name the file unambiguously.
+    let file = find_config(explicit).map(|f| std::path::absolute(&f).unwrap_or(f));
+    let config = match &file {
+        Some(file) => Config::load_profile(file, profile)
+            .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?,
+        None => {
+            let demo = demo::config()?;
+            if let Some(b) = &demo.balancer {
+                eprintln!(
+                    "rtsup: no -c FILE and no ./{DEFAULT_CONFIG}: starting the embedded demo"
+                );
+                eprintln!(
+                    "rtsup: open http://{}/ (workers: rtsup status; logs: rtsup logs -f)",
+                    b.listen
+                );
+            }
+            demo
+        }
+    };
+    if let Some(wait) = detach {
+        return detach::run(&config, file.as_deref(), profile, wait);
+    }
+    init_tracing();
+    control::server::advertise_log_dir(
+        std::path::absolute(&config.supervisor.logs.dir)
+            .unwrap_or_else(|_| config.supervisor.logs.dir.clone()),
+    );
+    runtime()?.block_on(daemon::run(config, file))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rtsup import`: the TOML to stdout or `-o`, what was left out to stderr; fails when rtsup
+/// would not accept the result as it is (the TOML is still written, to be edited).
+fn import_cmd(file: &Path, output: Option<&Path>, force: bool) -> anyhow::Result<ExitCode> {
+    if let Some(o) = output
+        && o.exists()
+        && !force
+    {
+        bail!("{} exists; pass --force to overwrite it", o.display());
+    }
+    let imported = import::import(file, output)?;
+    match output {
+        Some(o) => {
+            std::fs::write(o, &imported.toml)
+                .with_context(|| format!("cannot write {}", o.display()))?;
+            eprintln!("rtsup: wrote {}", o.display());
+        }
+        None => out(&imported.toml)?,
+    }
+    if !imported.left_out.is_empty() {
+        eprintln!("not carried over ({}):", imported.left_out.len());
+        for l in &imported.left_out {
+            eprintln!("  {}: {}", l.key, l.reason);
+        }
+    }
+    match imported.check_errors {
+        Some(errors) => {
+            eprintln!("rtsup would not accept the imported file as it is; edit it:\n{errors}");
+            Ok(ExitCode::FAILURE)
+        }
+        None => Ok(ExitCode::SUCCESS),
     }
 }
 
@@ -102,45 +181,52 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Worker => Ok(rtsup_worker::server::main_from_env()),
+        Command::Import {
+            file,
+            output,
+            force,
+        } => import_cmd(&file, output.as_deref(), force),
         Command::Start {
             config,
-            socket: explicit,
-            app: Some(app),
-            ..
+            socket,
+            app,
+            env,
+            detach,
+            wait,
+            instances,
+            name,
+            port,
+            listen,
+            script_args,
         } => {
-            let target = Target {
-                config,
-                socket: explicit,
-            };
-            ask(&target, "start", Request::StartApp { app })
-        }
-        Command::Start { config, env, .. } => {
-            init_tracing();
-            // Absolute, so the daemon's messages (e.g. a refused reload, shown by a client in
-            // another directory) name the file unambiguously.
-            let file = find_config(config.as_deref()).map(|f| std::path::absolute(&f).unwrap_or(f));
-            let config = match &file {
-                Some(file) => Config::load_profile(file, env.as_deref())
-                    .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?,
-                None => {
-                    let demo = demo::config()?;
-                    if let Some(b) = &demo.balancer {
-                        eprintln!(
-                            "rtsup: no -c FILE and no ./{DEFAULT_CONFIG}: starting the embedded demo"
-                        );
-                        eprintln!(
-                            "rtsup: open http://{}/ (workers: rtsup status; logs: rtsup logs -f)",
-                            b.listen
-                        );
-                    }
-                    demo
+            let config = match app {
+                Some(script) if oneoff::wanted(&script, instances.is_some(), name.is_some()) => {
+                    let dest = PathBuf::from(DEFAULT_CONFIG);
+                    oneoff::write(
+                        &oneoff::OneOff {
+                            script,
+                            instances,
+                            name,
+                            port,
+                            listen,
+                            args: script_args,
+                        },
+                        &dest,
+                    )?;
+                    Some(dest)
                 }
+                Some(app) => {
+                    let target = Target { config, socket };
+                    return ask(&target, "start", Request::StartApp { app });
+                }
+                None => config,
             };
-            control::server::advertise_log_dir(
-                std::path::absolute(&config.supervisor.logs.dir)
-                    .unwrap_or_else(|_| config.supervisor.logs.dir.clone()),
-            );
-            runtime()?.block_on(daemon::run(config, file))?;
+            start_daemon(config.as_deref(), env.as_deref(), detach.then_some(wait))
+        }
+        Command::Monit { target } => {
+            let socket = socket(&target)?;
+            let (dir, _) = log_dir(&target)?;
+            monit::run(&socket, dir)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { target, json } => {
@@ -198,6 +284,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("resolving {}", file.display()))?;
             out(&systemd::unit(&exe, &file))?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Startup {
+            config,
+            user,
+            unit_dir,
+            no_start,
+            dry_run,
+        } => {
+            let file = config_file(config.as_deref())?;
+            let config = std::fs::canonicalize(&file)
+                .with_context(|| format!("resolving {}", file.display()))?;
+            startup::run(&startup::Startup {
+                config,
+                user,
+                unit_dir,
+                no_start,
+                dry_run,
+            })
         }
         Command::Restart {
             target,
@@ -393,8 +497,10 @@ fn init_tracing() {
         Ok("text") => false,
         _ => !std::io::stderr().is_terminal(),
     };
+    // Colours only for a terminal (`start -d` writes text to a file).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();

@@ -36,6 +36,8 @@ pub struct Observability {
     pub supervisor: SupervisorHandle,
     /// Set once the balancer runs (none without `[balancer]`).
     pub balancer: std::sync::OnceLock<BalancerView>,
+    /// `metrics_path` per app (app → path); a reload sets it again.
+    pub worker_metrics: std::sync::RwLock<std::collections::BTreeMap<String, String>>,
 }
 
 type Labels = Vec<(String, String)>;
@@ -58,6 +60,7 @@ impl Observability {
                 let ws = b.metrics.websockets.get(&id).max(0) as u64;
                 w.sessions = Some(b.sessions.get(&id).max(0) as u64);
                 w.websockets = Some(ws);
+                w.requests = Some(b.metrics.worker_requests.get(&id).max(0) as u64);
                 websockets += ws;
             }
         }
@@ -66,6 +69,50 @@ impl Observability {
             websockets,
             sid_unknown: b.metrics.sid_unknown_total.load(Ordering::Relaxed),
         });
+    }
+
+    /// Every metric: rtsup's own, then the workers' own (apps with `metrics_path`, each
+    /// ready worker scraped now), in one OpenMetrics exposition.
+    pub async fn metrics_with_workers(&self) -> String {
+        let targets = self.worker_metrics_targets();
+        let own = self.metrics();
+        if targets.is_empty() {
+            return own;
+        }
+        let (workers, failed) = crate::worker_metrics::scrape(targets).await;
+        let body = own.strip_suffix("# EOF\n").unwrap_or(&own);
+        format!(
+            "{body}# HELP rtsup_worker_metrics_failed Workers whose metrics_path did not answer this scrape.\n\
+             # TYPE rtsup_worker_metrics_failed gauge\nrtsup_worker_metrics_failed {failed}\n{workers}# EOF\n"
+        )
+    }
+
+    /// Ready workers of apps with a `metrics_path`.
+    fn worker_metrics_targets(&self) -> Vec<crate::worker_metrics::Target> {
+        let paths = match self.worker_metrics.read() {
+            Ok(p) => p.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        if paths.is_empty() {
+            return Vec::new();
+        }
+        let fleet = self.supervisor.fleet();
+        fleet
+            .apps
+            .iter()
+            .filter_map(|a| paths.get(&a.name).map(|p| (a, p)))
+            .flat_map(|(a, path)| {
+                a.workers
+                    .iter()
+                    .filter(|w| w.state == supervisor::WorkerState::Ready)
+                    .map(|w| crate::worker_metrics::Target {
+                        app: a.name.clone(),
+                        slot: w.slot,
+                        port: w.port,
+                        path: path.clone(),
+                    })
+            })
+            .collect()
     }
 
     /// Prometheus text exposition of every metric.
@@ -79,6 +126,7 @@ impl Observability {
         let cpu = Family::<Labels, Gauge<f64, AtomicU64>>::default();
         let sessions = Family::<Labels, Gauge>::default();
         let websockets = Family::<Labels, Gauge>::default();
+        let requests = Family::<Labels, Counter>::default();
         for app in &report.apps {
             for w in &app.workers {
                 let labels = vec![
@@ -102,6 +150,9 @@ impl Observability {
                 }
                 if let Some(n) = w.websockets {
                     websockets.get_or_create(&labels).set(n as i64);
+                }
+                if let Some(n) = w.requests {
+                    requests.get_or_create(&labels).inc_by(n);
                 }
             }
         }
@@ -127,6 +178,11 @@ impl Observability {
             "worker_websockets",
             "Open WebSockets to the worker",
             websockets,
+        );
+        registry.register(
+            "worker_requests",
+            "Requests the balancer proxied to the worker",
+            requests,
         );
         let reloading = Gauge::<i64>::default();
         reloading.set(i64::from(report.reloading));

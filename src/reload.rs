@@ -84,6 +84,9 @@ impl DaemonReloader {
                     }
                 }
                 self.reload_certificates(&fresh)?;
+                if let Ok(mut paths) = self.obs.worker_metrics.write() {
+                    paths.clone_from(&fresh.worker_metrics);
+                }
                 crate::daemon::worker_specs(&fresh, &self.hub)
             }
         };

@@ -137,6 +137,7 @@ mod tests {
             last_exit: None,
             sessions: Some(3),
             websockets: None,
+            requests: None,
         };
         let table = render(&StatusReport {
             apps: vec![AppStatus {

@@ -136,6 +136,8 @@ pub struct BalancerMetrics {
     pub latency: Histogram,
     /// Open WebSocket connections per backend id.
     pub websockets: Arc<Loads>,
+    /// Requests proxied per backend id, since it started (`rtsup status`, `rtsup monit`).
+    pub worker_requests: Arc<Loads>,
     /// Balancer-answered "Session ID unknown" (both kinds), for `rtsup status`.
     pub sid_unknown_total: Arc<AtomicU64>,
     /// Connections refused by a cap.
@@ -176,6 +178,7 @@ impl Default for BalancerMetrics {
             // 0.5 ms … ~16 s.
             latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             websockets: Arc::new(Loads::default()),
+            worker_requests: Arc::new(Loads::default()),
             sid_unknown_total: Arc::new(AtomicU64::new(0)),
             refused: Family::default(),
             connections: Gauge::default(),

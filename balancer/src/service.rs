@@ -796,6 +796,9 @@ impl ProxyHttp for Balancer {
                 self.metrics.unanswered.inc();
             }
         }
+        if let Some(id) = &ctx.backend_id {
+            self.metrics.worker_requests.add(id, 1);
+        }
         if ctx.websocket {
             if let Some(id) = &ctx.backend_id {
                 self.metrics.websockets.add(id, -1);

@@ -18,7 +18,9 @@ pub mod defaults;
 pub mod error;
 pub mod raw;
 pub mod validate;
+pub mod watch;
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -44,6 +46,11 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `cron_restart` of each app that has one: (app, pattern), checked.
     pub cron_restarts: Vec<(String, String)>,
+    /// `metrics_path` of each app that has one: app → path (the workers' own metrics,
+    /// served with rtsup's).
+    pub worker_metrics: BTreeMap<String, String>,
+    /// `watch` of each app that has one, checked.
+    pub watches: Vec<watch::WatchConfig>,
     /// The environment profile it was read with (`rtsup start --env NAME`): each app's
     /// `[app.env_NAME]` on top of its `env`. A reload reads the file with the same one.
     pub profile: Option<String>,

@@ -123,8 +123,6 @@ pub fn read(src: &str, rep: &mut Reporter<'_>) -> Option<RawConfig> {
     Some(raw)
 }
 
-/// Read one table as `T`. A key whose value cannot be read is reported and left out, and the
-/// rest is read again, until it reads or an error points at no key (then `None`).
 /// Take the `env_<profile>` tables out of an `[[app]]` (their names are the user's, so
 /// the app's own keys cannot list them); each must map names to strings.
 fn env_profiles<'a>(
@@ -166,6 +164,8 @@ fn env_profiles<'a>(
     (Spanned::new(span, DeValue::Table(table)), profiles)
 }
 
+/// Read one table as `T`. A key whose value cannot be read is reported and left out, and the
+/// rest is read again, until it reads or an error points at no key (then `None`).
 fn section<T: DeserializeOwned>(
     value: Spanned<DeValue<'_>>,
     name: &str,
@@ -251,6 +251,10 @@ pub struct RawApp {
     pub kill_timeout: Option<Spanned<String>>,
     pub kill_signal: Option<Spanned<String>>,
     pub cron_restart: Option<Spanned<String>>,
+    pub watch: Option<Spanned<RawWatch>>,
+    pub metrics_path: Option<Spanned<String>>,
+    pub ignore_watch: Option<Spanned<Vec<String>>>,
+    pub watch_delay: Option<Spanned<String>>,
     pub drain_timeout: Option<Spanned<String>>,
     pub close_window: Option<Spanned<String>>,
     pub health_interval: Option<Spanned<String>>,
@@ -283,6 +287,38 @@ impl<'de> Deserialize<'de> for RawInstances {
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<RawInstances, E> {
                 Ok(RawInstances::Word(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `watch = true` (the app's `cwd`) or `watch = ["src", "config"]`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawWatch {
+    /// `true` / `false`.
+    On(bool),
+    /// Paths, relative to the app's `cwd`.
+    Paths(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for RawWatch {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawWatch;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false or a list of paths")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawWatch, E> {
+                Ok(RawWatch::On(v))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<RawWatch, A::Error> {
+                let mut paths = Vec::new();
+                while let Some(p) = seq.next_element::<String>()? {
+                    paths.push(p);
+                }
+                Ok(RawWatch::Paths(paths))
             }
         }
         d.deserialize_any(V)

@@ -132,6 +132,9 @@ pub fn validate(raw: &RawConfig, file: &Path, rep: &mut Reporter<'_>) -> Validat
         }
     }
     check_listeners_outside_apps(&listeners, &apps, rep);
+    let cron_restarts = cron_restarts(raw, rep);
+    let watches = super::watch::watches(raw, &base, rep);
+    let worker_metrics = worker_metrics(raw, rep);
     let config = match (supervisor, admin) {
         (Some(supervisor), Some(admin)) if rep.errors.is_empty() => Some(Config {
             file: file.to_path_buf(),
@@ -140,7 +143,9 @@ pub fn validate(raw: &RawConfig, file: &Path, rep: &mut Reporter<'_>) -> Validat
             balancer,
             admin,
             profile: raw.profile.clone(),
-            cron_restarts: cron_restarts(raw, rep),
+            cron_restarts,
+            watches,
+            worker_metrics,
         }),
         _ => None,
     };
@@ -313,23 +318,22 @@ fn app_section(
     }
     let instances = match app.instances.as_ref().map(|s| (s.get_ref(), s.span())) {
         None => 1,
+        // PM2's -1: every CPU but one (at least one worker).
+        Some((RawInstances::Count(n), _)) if *n < 0 && *n >= -i64::from(MAX_INSTANCES) => cpus()
+            .saturating_sub(u16::try_from(-*n).unwrap_or(0))
+            .max(1),
         Some((RawInstances::Count(n), span)) => match u16::try_from(*n) {
             Ok(n) if (1..=MAX_INSTANCES).contains(&n) => n,
             _ => {
                 rep.at(
                     Some(span),
                     key("instances"),
-                    format!(r#"must be 1 to {MAX_INSTANCES} or "max""#),
+                    format!(r#"must be 1 to {MAX_INSTANCES}, "max", or -N for every CPU but N"#),
                 );
                 1
             }
         },
-        Some((RawInstances::Word(w), _)) if w == "max" => std::thread::available_parallelism()
-            .map_or(1, |n| {
-                u16::try_from(n.get())
-                    .unwrap_or(MAX_INSTANCES)
-                    .min(MAX_INSTANCES)
-            }),
+        Some((RawInstances::Word(w), _)) if w == "max" => cpus(),
         Some((RawInstances::Word(w), span)) => {
             rep.at(
                 Some(span),
@@ -1163,11 +1167,20 @@ fn port_span(raw: &RawConfig, i: usize) -> Option<Range<usize>> {
         .map(Spanned::span)
 }
 
+/// The machine's CPUs, as a worker count.
+fn cpus() -> u16 {
+    std::thread::available_parallelism().map_or(1, |n| {
+        u16::try_from(n.get())
+            .unwrap_or(MAX_INSTANCES)
+            .min(MAX_INSTANCES)
+    })
+}
+
 fn span_of<T>(v: Option<&Spanned<T>>) -> Option<Range<usize>> {
     v.map(Spanned::span)
 }
 
-fn duration(
+pub(super) fn duration(
     v: Option<&Spanned<String>>,
     default: &str,
     key: &str,
@@ -1266,6 +1279,30 @@ fn increment_var(
             None
         }
     }
+}
+
+/// Each app's `metrics_path`: a path on the worker's port, starting with `/`.
+fn worker_metrics(raw: &RawConfig, rep: &mut Reporter<'_>) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (i, app) in raw.app.iter().enumerate() {
+        let Some(app) = app.as_ref().map(|a| &a.value) else {
+            continue;
+        };
+        let (Some(name), Some(path)) = (&app.name, &app.metrics_path) else {
+            continue;
+        };
+        let p = path.get_ref();
+        if !p.starts_with('/') || p.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            rep.at(
+                Some(path.span()),
+                format!("app[{i}].metrics_path"),
+                format!("{p:?} must be a path like \"/metrics\""),
+            );
+            continue;
+        }
+        out.insert(name.get_ref().clone(), p.clone());
+    }
+    out
 }
 
 /// Each app's `cron_restart`, checked as a cron pattern (5 fields, or 6 with seconds).

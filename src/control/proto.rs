@@ -173,6 +173,10 @@ pub struct WorkerStatus {
     /// Open WebSocket connections to this worker through the balancer.
     #[serde(default)]
     pub websockets: Option<u64>,
+    /// Requests the balancer has proxied to this worker (WebSockets count once, when they
+    /// close).
+    #[serde(default)]
+    pub requests: Option<u64>,
 }
 
 impl StatusReport {
@@ -203,6 +207,7 @@ impl StatusReport {
                             last_exit: w.last_exit.clone(),
                             sessions: None,
                             websockets: None,
+                            requests: None,
                         })
                         .collect(),
                 })

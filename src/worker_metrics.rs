@@ -1,0 +1,392 @@
+//! Workers' own Prometheus metrics (apps with `metrics_path`), scraped when `/metrics` is
+//! and served with rtsup's, each sample labelled `app` and `instance` (the slot), so one
+//! scrape covers the cluster (what PM2 users install pm2 modules for).
+//!
+//! Workers speak the Prometheus text format (prom-client's default) or OpenMetrics; the
+//! families of every worker are merged (one `# HELP` / `# TYPE` each, as a valid exposition
+//! needs) and written as OpenMetrics, the format of rtsup's own `/metrics`. A worker that does
+//! not answer within [`SCRAPE_TIMEOUT`] is left out of that scrape and counted in
+//! `rtsup_worker_metrics_failed`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use tokio::task::JoinSet;
+
+/// How long one worker may take to answer.
+pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The most a worker's exposition may weigh.
+const MAX_BODY: usize = 8 << 20;
+
+/// One worker to scrape.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Its app.
+    pub app: String,
+    /// Its slot (the `instance` label).
+    pub slot: u16,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// `metrics_path`.
+    pub path: String,
+}
+
+/// Scrape every target at once; the merged families, and how many workers failed.
+pub async fn scrape(targets: Vec<Target>) -> (String, usize) {
+    let mut set = JoinSet::new();
+    for (i, t) in targets.iter().cloned().enumerate() {
+        set.spawn(async move {
+            let got = tokio::time::timeout(SCRAPE_TIMEOUT, fetch(t.port, &t.path)).await;
+            (i, got.ok().and_then(Result::ok))
+        });
+    }
+    let mut bodies: Vec<Option<String>> = vec![None; targets.len()];
+    while let Some(joined) = set.join_next().await {
+        if let Ok((i, body)) = joined {
+            bodies[i] = body;
+        }
+    }
+    let failed = bodies.iter().filter(|b| b.is_none()).count();
+    let sources: Vec<(Vec<(String, String)>, String)> = targets
+        .iter()
+        .zip(bodies)
+        .filter_map(|(t, b)| {
+            let labels = vec![
+                ("app".to_string(), t.app.clone()),
+                ("instance".to_string(), t.slot.to_string()),
+            ];
+            b.map(|b| (labels, b))
+        })
+        .collect();
+    (merge(&sources), failed)
+}
+
+/// `GET path` from `127.0.0.1:port`: the body of a 2xx answer.
+async fn fetch(port: u16, path: &str) -> anyhow::Result<String> {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let driver = tokio::spawn(conn);
+    let req = Request::get(path)
+        .header(hyper::header::HOST, format!("127.0.0.1:{port}"))
+        .header(hyper::header::ACCEPT, "text/plain;version=0.0.4")
+        .body(Empty::<Bytes>::new())?;
+    let res = sender.send_request(req).await?;
+    let status = res.status();
+    let body = Limited::new(res.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the metrics: {e}"))?
+        .to_bytes();
+    driver.abort();
+    if !status.is_success() {
+        anyhow::bail!("{path} answered {status}");
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// One metric family across workers.
+#[derive(Debug, Default)]
+struct Family {
+    name: String,
+    kind: String,
+    help: Option<String>,
+    samples: Vec<String>,
+}
+
+/// Suffixes a sample of a family may add to its name.
+const SUFFIXES: &[&str] = &[
+    "_total", "_bucket", "_sum", "_count", "_created", "_info", "_gsum", "_gcount",
+];
+
+/// Merge expositions, each with the labels to add to its samples, into OpenMetrics text
+/// (without `# EOF`: it goes before rtsup's own).
+pub fn merge(sources: &[(Vec<(String, String)>, String)]) -> String {
+    let mut families: Vec<Family> = Vec::new();
+    for (labels, text) in sources {
+        let mut current: Option<(String, String)> = None;
+        // HELP lines waiting for their family's TYPE line (or first sample).
+        let mut helps: HashMap<&str, &str> = HashMap::new();
+        for line in text.lines() {
+            let line = line.trim_end();
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                if let Some((name, help)) = rest.split_once(' ') {
+                    match &current {
+                        Some((n, k)) if n == name => {
+                            let f = family(&mut families, &om_name(n, k));
+                            f.help.get_or_insert_with(|| help.to_string());
+                        }
+                        _ => {
+                            helps.insert(name, help);
+                        }
+                    }
+                }
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                if let Some((name, kind)) = rest.split_once(' ') {
+                    let kind = match kind.trim() {
+                        "untyped" => "unknown",
+                        k => k,
+                    };
+                    current = Some((name.to_string(), kind.to_string()));
+                    let fname = om_name(name, kind);
+                    let f = family(&mut families, &fname);
+                    if f.kind.is_empty() {
+                        f.kind = kind.to_string();
+                    }
+                    if let Some(h) = helps.remove(name) {
+                        f.help.get_or_insert_with(|| h.to_string());
+                    }
+                }
+                continue;
+            }
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some(sample) = Sample::parse(line) else {
+                continue;
+            };
+            // The family of the last TYPE line, when the sample belongs to it.
+            let (fname, kind) = match &current {
+                Some((n, k))
+                    if sample.name == n
+                        || SUFFIXES
+                            .iter()
+                            .any(|s| sample.name.strip_suffix(s) == Some(n)) =>
+                {
+                    (om_name(n, k), k.clone())
+                }
+                _ => (sample.name.to_string(), "unknown".to_string()),
+            };
+            let f = family(&mut families, &fname);
+            if f.kind.is_empty() {
+                f.kind = kind.clone();
+            }
+            if let Some(h) = helps.remove(fname.as_str()) {
+                f.help.get_or_insert_with(|| h.to_string());
+            }
+            // An OpenMetrics counter's sample is NAME_total.
+            let name = if kind == "counter" && sample.name == fname {
+                format!("{}_total", sample.name)
+            } else {
+                sample.name.to_string()
+            };
+            f.samples.push(sample.render(&name, labels));
+        }
+    }
+    let mut out = String::new();
+    for f in families.iter().filter(|f| !f.samples.is_empty()) {
+        if let Some(h) = &f.help {
+            out.push_str(&format!("# HELP {} {h}\n", f.name));
+        }
+        out.push_str(&format!("# TYPE {} {}\n", f.name, f.kind));
+        for s in &f.samples {
+            out.push_str(s);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The OpenMetrics family name: a counter's without `_total`.
+fn om_name(name: &str, kind: &str) -> String {
+    match (kind, name.strip_suffix("_total")) {
+        ("counter", Some(base)) => base.to_string(),
+        _ => name.to_string(),
+    }
+}
+
+fn family<'a>(families: &'a mut Vec<Family>, name: &str) -> &'a mut Family {
+    let i = match families.iter().position(|f| f.name == name) {
+        Some(i) => i,
+        None => {
+            families.push(Family {
+                name: name.to_string(),
+                ..Family::default()
+            });
+            families.len() - 1
+        }
+    };
+    &mut families[i]
+}
+
+/// One sample line: `name{labels} value [timestamp]`.
+#[derive(Debug, PartialEq)]
+struct Sample<'a> {
+    name: &'a str,
+    /// The label pairs as written, without braces (may be empty).
+    labels: &'a str,
+    value: &'a str,
+}
+
+impl<'a> Sample<'a> {
+    fn parse(line: &'a str) -> Option<Self> {
+        let name_end = line.find(|c: char| c == '{' || c.is_whitespace())?;
+        let name = &line[..name_end];
+        if name.is_empty() {
+            return None;
+        }
+        let (labels, rest) = if line[name_end..].starts_with('{') {
+            let close = closing_brace(&line[name_end..])?;
+            (
+                &line[name_end + 1..name_end + close],
+                &line[name_end + close + 1..],
+            )
+        } else {
+            ("", &line[name_end..])
+        };
+        // The value; a timestamp or exemplar after it is dropped.
+        let value = rest.split_whitespace().next()?;
+        Some(Self {
+            name,
+            labels,
+            value,
+        })
+    }
+
+    /// With `name`, the worker's labels first; a label of its own that collides is kept as
+    /// `exported_<name>` (Prometheus's convention).
+    fn render(&self, name: &str, add: &[(String, String)]) -> String {
+        let mut parts: Vec<String> = add.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        if !self.labels.trim().is_empty() {
+            let own = self.labels.trim().trim_end_matches(',');
+            let renamed = add
+                .iter()
+                .fold(own.to_string(), |acc, (k, _)| rename_label(&acc, k));
+            parts.push(renamed);
+        }
+        format!("{name}{{{}}} {}", parts.join(","), self.value)
+    }
+}
+
+/// Byte offset of the `}` that closes the `{` at the start of `s` (quotes and escapes
+/// respected).
+fn closing_brace(s: &str) -> Option<usize> {
+    let mut in_quotes = false;
+    let mut escaped = false;
+    for (i, c) in s.char_indices().skip(1) {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_quotes => escaped = true,
+            '"' => in_quotes = !in_quotes,
+            '}' if !in_quotes => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// `labels` with the label `key` (outside quotes) renamed `exported_key`.
+fn rename_label(labels: &str, key: &str) -> String {
+    let mut out = String::with_capacity(labels.len() + 9);
+    let mut in_quotes = false;
+    let mut escaped = false;
+    let mut at_name = true;
+    let mut i = 0;
+    let bytes = labels.as_bytes();
+    while i < bytes.len() {
+        let c = bytes[i];
+        if !in_quotes && at_name {
+            let rest = &labels[i..];
+            let trimmed = rest.trim_start();
+            let skip = rest.len() - trimmed.len();
+            if trimmed.starts_with(key) && trimmed[key.len()..].trim_start().starts_with('=') {
+                out.push_str(&rest[..skip]);
+                out.push_str("exported_");
+                out.push_str(key);
+                i += skip + key.len();
+                at_name = false;
+                continue;
+            }
+            at_name = false;
+        }
+        match c {
+            _ if escaped => escaped = false,
+            b'\\' if in_quotes => escaped = true,
+            b'"' => in_quotes = !in_quotes,
+            b',' if !in_quotes => at_name = true,
+            _ => {}
+        }
+        out.push(char::from(c));
+        i += 1;
+    }
+    // Only ASCII was pushed byte by byte above; fall back to the original for anything else.
+    if labels.is_ascii() {
+        out
+    } else {
+        labels.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src(app: &str, slot: u16, text: &str) -> (Vec<(String, String)>, String) {
+        (
+            vec![
+                ("app".into(), app.into()),
+                ("instance".into(), slot.to_string()),
+            ],
+            text.to_string(),
+        )
+    }
+
+    #[test]
+    fn families_of_every_worker_are_merged_and_labelled() {
+        let prom = "# HELP http_requests_total Requests.\n# TYPE http_requests_total counter\n\
+                    http_requests_total{route=\"/a\"} 3\nhttp_requests_total{route=\"/b\"} 1\n\
+                    # HELP heap Heap.\n# TYPE heap gauge\nheap 123 1700000000000\n";
+        let text = merge(&[src("api", 0, prom), src("api", 1, prom)]);
+        let want = "# HELP http_requests Requests.\n# TYPE http_requests counter\n\
+                    http_requests_total{app=\"api\",instance=\"0\",route=\"/a\"} 3\n\
+                    http_requests_total{app=\"api\",instance=\"0\",route=\"/b\"} 1\n\
+                    http_requests_total{app=\"api\",instance=\"1\",route=\"/a\"} 3\n\
+                    http_requests_total{app=\"api\",instance=\"1\",route=\"/b\"} 1\n\
+                    # HELP heap Heap.\n# TYPE heap gauge\n\
+                    heap{app=\"api\",instance=\"0\"} 123\nheap{app=\"api\",instance=\"1\"} 123\n";
+        assert_eq!(text, want);
+    }
+
+    #[test]
+    fn odd_expositions_stay_valid() {
+        let cases = [
+            // A counter without _total gets the suffix OpenMetrics requires.
+            (
+                "# TYPE hits counter\nhits 2\n",
+                "# TYPE hits counter\nhits_total{app=\"a\",instance=\"0\"} 2\n",
+            ),
+            // Untyped samples become `unknown` families.
+            (
+                "loose 1\n",
+                "# TYPE loose unknown\nloose{app=\"a\",instance=\"0\"} 1\n",
+            ),
+            // A histogram keeps its suffixed samples in one family.
+            (
+                "# TYPE lat histogram\nlat_bucket{le=\"+Inf\"} 1\nlat_sum 0.5\nlat_count 1\n",
+                "# TYPE lat histogram\nlat_bucket{app=\"a\",instance=\"0\",le=\"+Inf\"} 1\n\
+                 lat_sum{app=\"a\",instance=\"0\"} 0.5\nlat_count{app=\"a\",instance=\"0\"} 1\n",
+            ),
+            // The worker's own `app` label is kept as exported_app; braces in values are fine.
+            (
+                "# TYPE g gauge\ng{app=\"x}\",k=\"v\"} 1\n",
+                "# TYPE g gauge\ng{app=\"a\",instance=\"0\",exported_app=\"x}\",k=\"v\"} 1\n",
+            ),
+            // OpenMetrics input: EOF and exemplars dropped.
+            (
+                "# TYPE c counter\nc_total 1 # {trace=\"t\"} 1\n# EOF\n",
+                "# TYPE c counter\nc_total{app=\"a\",instance=\"0\"} 1\n",
+            ),
+            // Garbage lines are skipped.
+            ("{broken\n\n", ""),
+        ];
+        for (input, want) in cases {
+            assert_eq!(merge(&[src("a", 0, input)]), want, "{input}");
+        }
+    }
+}

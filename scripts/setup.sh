@@ -2,7 +2,7 @@
 # Install what a fresh Debian machine lacks for building and testing rtsup:
 # cmake (pingora's zlib-ng build), a C toolchain, Node.js (fixture and interop workers),
 # redis-server (adapter tests), Chromium (demo page test), systemd (`systemd-analyze verify`
-# of the unit) and the npm packages of the interop tests (official socket.io server and
+# of the unit), tmux (`rtsup monit` test), dpkg-dev (the .deb test) and the npm packages of the interop tests (official socket.io server and
 # client, playwright-core to drive Chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,10 @@ command -v redis-server >/dev/null || need+=(redis-server)
 [[ -x /usr/bin/chromium ]] || need+=(chromium)
 # tests/systemd.rs checks the unit with `systemd-analyze verify`.
 command -v systemd-analyze >/dev/null || need+=(systemd)
+# tests/pm2.rs drives `rtsup monit` in tmux.
+command -v tmux >/dev/null || need+=(tmux)
+# scripts/deb-test.sh: cargo-deb fills Depends with dpkg-shlibdeps and strips with binutils.
+command -v dpkg-shlibdeps >/dev/null || need+=(dpkg-dev)
 if ((${#need[@]})); then
   echo "setup: installing ${need[*]}"
   SUDO=""

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: install what is missing, then every unit and
-# integration test of the workspace (the integration tests run the real rtsup binary).
+# integration test of the workspace (the integration tests run the real rtsup binary), then
+# the Debian package built from that binary (contents; installed and purged when root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo test --workspace --all-targets --locked
+scripts/deb-test.sh

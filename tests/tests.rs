@@ -10,6 +10,7 @@ mod config_check;
 mod hostile;
 mod limits;
 mod observe;
+mod pm2;
 mod reload;
 mod rollout;
 mod routes;

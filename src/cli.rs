@@ -90,6 +90,9 @@ pub enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Every host of the cluster and its workers (as this host sees them).
+        #[arg(long)]
+        cluster: bool,
     },
     /// Stop every worker and the daemon; with APP, only that app's workers.
     Stop {

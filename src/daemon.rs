@@ -260,6 +260,7 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
         supervisor: handle.clone(),
         balancer: OnceLock::new(),
         worker_metrics: std::sync::RwLock::new(config.worker_metrics.clone()),
+        cluster: OnceLock::new(),
     });
     info!(
         config = %config.file.display(),
@@ -269,6 +270,19 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
     );
     // The certificates in force, swapped by a reload.
     let mut certificates = None;
+    // Other rtsup hosts sharing sessions through Redis.
+    let cluster = match &config.cluster {
+        Some(c) => {
+            let (cluster, view) = crate::cluster::Cluster::new(c).context("joining the cluster")?;
+            info!(
+                name = c.name,
+                advertise = %c.advertise,
+                "cluster: sharing sessions with the other hosts through Redis"
+            );
+            Some((cluster, view))
+        }
+        None => None,
+    };
     let proxy = match &config.balancer {
         Some(b) => {
             // One backend set per app the routes name, in the order of `b.apps()`.
@@ -277,7 +291,8 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
                 .into_iter()
                 .map(|app| {
                     let (tx, rx) = tokio::sync::watch::channel(balancer::BackendSet::default());
-                    tokio::spawn(wiring::follow(handle.subscribe(), app, tx));
+                    let remote = cluster.as_ref().map(|(_, view)| view.clone());
+                    tokio::spawn(wiring::follow(handle.subscribe(), remote, app, tx));
                     rx
                 })
                 .collect();
@@ -340,6 +355,13 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
                     },
                     redirect,
                     tls: b.tls.is_some(),
+                    cookie_secret: b.cookie_secret.map(|s| s.0),
+                    cluster: cluster
+                        .as_ref()
+                        .map(|(c, _)| balancer::cluster::ClusterLink {
+                            me: Arc::from(c.me().to_string()),
+                            directory: c.directory(),
+                        }),
                 },
                 max_sessions: balancer::sid_table::DEFAULT_MAX_SESSIONS,
                 limits: client_limits(b),
@@ -355,6 +377,11 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
                         sids: p.sids.clone(),
                         metrics: p.metrics.clone(),
                     });
+                    if let Some((c, _)) = &cluster {
+                        c.attach_sids(p.sids.clone());
+                        tokio::spawn(c.clone().run(handle.subscribe(), b.apps()));
+                        let _ = obs.cluster.set((c.clone(), b.apps()));
+                    }
                     Some(p)
                 }
                 Err(e) => {

@@ -193,6 +193,7 @@ mod tests {
             }],
             reloading: false,
             balancer: None,
+            cluster: None,
         }
     }
 
@@ -213,6 +214,7 @@ mod tests {
             apps: vec![],
             reloading: false,
             balancer: None,
+            cluster: None,
         }));
     }
 }

@@ -5,6 +5,7 @@
 
 mod admin;
 mod cli;
+mod cluster;
 mod config;
 mod control;
 mod control_client;
@@ -229,7 +230,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             monit::run(&socket, dir)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { target, json } => {
+        Command::Status {
+            target,
+            json,
+            cluster: true,
+        } => {
+            let socket = socket(&target)?;
+            let Response::Status(report) =
+                runtime()?.block_on(control_client::call(&socket, Request::Status))?
+            else {
+                bail!("unexpected answer to status");
+            };
+            let Some(cluster) = report.cluster else {
+                bail!("this rtsup is not in a cluster (no [cluster] section)");
+            };
+            if json {
+                out(&format!("{}\n", serde_json::to_string(&cluster)?))?;
+            } else {
+                out(&status_table::render_cluster(&cluster))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { target, json, .. } => {
             let socket = socket(&target)?;
             let Response::Status(report) =
                 runtime()?.block_on(control_client::call(&socket, Request::Status))?

@@ -36,6 +36,8 @@ pub struct Observability {
     pub supervisor: SupervisorHandle,
     /// Set once the balancer runs (none without `[balancer]`).
     pub balancer: std::sync::OnceLock<BalancerView>,
+    /// This host's cluster (with the apps it publishes), when it is in one.
+    pub cluster: std::sync::OnceLock<(Arc<crate::cluster::Cluster>, Vec<String>)>,
     /// `metrics_path` per app (app → path); a reload sets it again.
     pub worker_metrics: std::sync::RwLock<std::collections::BTreeMap<String, String>>,
 }
@@ -63,6 +65,9 @@ impl Observability {
                 w.requests = Some(b.metrics.worker_requests.get(&id).max(0) as u64);
                 websockets += ws;
             }
+        }
+        if let Some((cluster, apps)) = self.cluster.get() {
+            report.cluster = Some(cluster.summary(&self.supervisor.fleet(), apps));
         }
         report.balancer = Some(BalancerSummary {
             sessions: b.sids.len() as u64,
@@ -203,6 +208,46 @@ impl Observability {
                 refused,
             );
             b.metrics.register(&mut registry);
+        }
+        if let Some((cluster, _)) = self.cluster.get() {
+            let up = Gauge::<i64>::default();
+            up.set(i64::from(cluster.redis_up()));
+            registry.register(
+                "cluster_redis_up",
+                "1 while the cluster's Redis answers (0: this host routes its own sessions only)",
+                up,
+            );
+            let hosts = Gauge::<i64>::default();
+            hosts.set(report.cluster.as_ref().map_or(0, |c| c.hosts.len() as i64));
+            registry.register(
+                "cluster_hosts",
+                "Hosts of the cluster, this one included",
+                hosts,
+            );
+            let lookups = Family::<Labels, Counter>::default();
+            let l = &cluster.lookups;
+            for (result, n) in [
+                ("hit", &l.hit),
+                ("miss", &l.miss),
+                ("error", &l.error),
+                ("skipped", &l.skipped),
+            ] {
+                lookups
+                    .get_or_create(&vec![("result".to_string(), result.to_string())])
+                    .inc_by(n.load(Ordering::Relaxed));
+            }
+            registry.register(
+                "cluster_sid_lookups",
+                "Sids this host had not seen, asked of Redis, by result",
+                lookups,
+            );
+            let dropped = Counter::<u64>::default();
+            dropped.inc_by(l.dropped.load(Ordering::Relaxed));
+            registry.register(
+                "cluster_sessions_unpublished",
+                "Sessions learned here that could not be queued for Redis (queue full)",
+                dropped,
+            );
         }
         let mut text = String::new();
         // Writing to a String cannot fail.

@@ -196,8 +196,12 @@ impl ControlHooks for DaemonReloader {
 
     fn stop(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(async {
-            // The proxy first: it stops accepting and finishes what it accepted while the
-            // workers still serve; then the workers.
+            // The other hosts first (they answer this host's sessions "unknown" at once, so
+            // clients reconnect there); then the proxy: it stops accepting and finishes what it
+            // accepted while the workers still serve; then the workers.
+            if let Some((cluster, _)) = self.obs.cluster.get() {
+                cluster.leave().await;
+            }
             crate::daemon::stop_proxy(&self.proxy).await;
             self.supervisor.stop().await;
         })

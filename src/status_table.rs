@@ -4,6 +4,82 @@ use std::fmt::Write;
 
 use crate::control::proto::StatusReport;
 
+/// `rows` (the first is the header) in aligned columns.
+fn aligned(rows: &[Vec<String>]) -> String {
+    let columns = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            let _ = write!(
+                line,
+                "{cell:<w$}  ",
+                w = widths.get(c).copied().unwrap_or(0)
+            );
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `rtsup status --cluster`: every host of the cluster and its workers.
+pub fn render_cluster(c: &crate::cluster::ClusterSummary) -> String {
+    let mut out = format!(
+        "cluster {}: {} host(s); Redis {}\n",
+        c.name,
+        c.hosts.len(),
+        match (&c.redis_up, &c.redis_down_since) {
+            (true, _) => "answers".to_string(),
+            (false, Some(since)) => format!(
+                "DOWN since {since}: each host routes its own sessions, other hosts as last seen"
+            ),
+            (false, None) => "DOWN".to_string(),
+        }
+    );
+    let mut rows = vec![
+        ["host", "app", "slot", "gen", "state"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
+    ];
+    for h in &c.hosts {
+        let host = if h.host.to_string() == c.me {
+            format!("{} (this host)", h.host)
+        } else {
+            h.host.to_string()
+        };
+        if h.workers.is_empty() {
+            rows.push(vec![
+                host.clone(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ]);
+        }
+        for w in &h.workers {
+            rows.push(vec![
+                host.clone(),
+                w.app.clone(),
+                w.slot.to_string(),
+                w.generation.to_string(),
+                w.state.clone(),
+            ]);
+        }
+    }
+    out.push_str(&aligned(&rows));
+    out
+}
+
 /// Render `report` as an aligned text table.
 pub fn render(report: &StatusReport) -> String {
     let header = [
@@ -45,21 +121,11 @@ pub fn render(report: &StatusReport) -> String {
             ]);
         }
     }
-    let widths: Vec<usize> = (0..header.len())
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
     let mut out = String::new();
     if report.reloading {
         out.push_str("rolling reload in progress\n");
     }
-    for row in rows {
-        let mut line = String::new();
-        for (c, cell) in row.iter().enumerate() {
-            let _ = write!(line, "{cell:<w$}  ", w = widths[c]);
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
+    out.push_str(&aligned(&rows));
     // An errored slot says why and how to bring it back.
     for app in &report.apps {
         for w in app.workers.iter().filter(|w| w.state.as_str() == "errored") {
@@ -146,6 +212,7 @@ mod tests {
             }],
             reloading: false,
             balancer: None,
+            cluster: None,
         });
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 5, "{table}");

@@ -35,27 +35,43 @@ pub fn backend_set(fleet: &Fleet, app: &str) -> BackendSet {
                         BackendState::Gone
                     }
                 },
+                remote: false,
             })
             .collect(),
     }
 }
 
 /// Publish `app`'s backend set on every fleet change (only when it actually changed: memory
-/// samples alone do not rebuild the balancer's routes). Ends when the fleet sender is gone.
+/// samples alone do not rebuild the balancer's routes), with the other hosts' workers of
+/// `app` when this host is in a cluster (`remote`). Ends when the fleet sender is gone.
 pub async fn follow(
     mut fleet: watch::Receiver<Fleet>,
+    mut remote: Option<watch::Receiver<crate::cluster::View>>,
     app: String,
     out: watch::Sender<BackendSet>,
 ) {
     loop {
-        let set = backend_set(&fleet.borrow_and_update(), &app);
+        let mut set = backend_set(&fleet.borrow_and_update(), &app);
+        if let Some(view) = remote.as_mut() {
+            set.backends.extend(crate::cluster::view::remote_backends(
+                &view.borrow_and_update(),
+                &app,
+            ));
+        }
         out.send_if_modified(|old| {
             let changed = *old != set;
             *old = set;
             changed
         });
-        if fleet.changed().await.is_err() {
-            return;
+        let view_changed = async {
+            match remote.as_mut() {
+                Some(v) => v.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            f = fleet.changed() => if f.is_err() { return },
+            alive = view_changed => if !alive { remote = None },
         }
     }
 }

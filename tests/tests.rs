@@ -6,6 +6,7 @@ mod harness;
 mod access_log;
 mod bad_input;
 mod cli;
+mod cluster;
 mod config_check;
 mod hostile;
 mod limits;

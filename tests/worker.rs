@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Rtsup, ports, reference_app, require_local_redis, run_node};
+use crate::harness::{PrivateRedis, Rtsup, ports, reference_app, require_local_redis, run_node};
 
 fn cluster(env: &str) -> (Rtsup, u16) {
     let base = ports::block(5).base;
@@ -83,43 +83,6 @@ fn the_webhook_rejects_bad_tokens_and_bad_bodies_with_clear_json() {
     assert_eq!(status, 202, "{resp}");
 }
 
-/// A private `redis-server` on `port` (no persistence), killed on drop.
-struct PrivateRedis {
-    child: std::process::Child,
-}
-
-impl PrivateRedis {
-    fn start(port: u16) -> Self {
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server (install it: scripts/setup.sh)");
-        crate::harness::wait_until("private redis up", || {
-            TcpStream::connect(("127.0.0.1", port))
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        });
-        Self { child }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn broadcasts_resume_within_5s_after_redis_restarts() {
     use std::io::BufRead;
@@ -161,8 +124,7 @@ fn broadcasts_resume_within_5s_after_redis_restarts() {
     };
     next_seq(&rx, Duration::from_secs(15)).expect("messages flow before the restart");
     // Kill Redis hard, keep it down a moment, bring it back empty on the same port.
-    let _ = redis.child.kill();
-    let _ = redis.child.wait();
+    redis.kill();
     std::thread::sleep(Duration::from_millis(500));
     while rx.try_recv().is_ok() {}
     redis = PrivateRedis::start(redis_port);

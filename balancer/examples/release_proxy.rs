@@ -28,6 +28,7 @@ fn set(a: SocketAddr, sa: BackendState, b: SocketAddr, sb: BackendState) -> Back
         key: Arc::from(key),
         addr,
         state,
+        remote: false,
     };
     BackendSet {
         backends: vec![backend("a#1", "a", a, sa), backend("b#1", "b", b, sb)],
@@ -58,6 +59,8 @@ async fn main() -> Result<(), String> {
             timeouts: ClientTimeouts::default(),
             redirect: None,
             tls: false,
+            cookie_secret: None,
+            cluster: None,
         },
         max_sessions: 1_000_000,
         limits: ClientLimits::default(),

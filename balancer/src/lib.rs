@@ -17,6 +17,7 @@ pub mod access_log;
 pub mod admission;
 pub mod affinity;
 pub mod client_ip;
+pub mod cluster;
 pub mod connections;
 pub mod engineio;
 pub mod loads;
@@ -62,6 +63,9 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// Whether it takes traffic.
     pub state: BackendState,
+    /// Another host's worker (its `addr` is that host's rtsup): reached for its own sessions
+    /// and cookies, never given new ones.
+    pub remote: bool,
 }
 
 /// A backend's state as far as routing is concerned.

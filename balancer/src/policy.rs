@@ -161,6 +161,7 @@ mod tests {
                     key: Arc::from(format!("k{i}")),
                     addr: SocketAddr::from(([127, 0, 0, 1], 5000 + i as u16)),
                     state: *s,
+                    remote: false,
                 })
                 .collect(),
         })

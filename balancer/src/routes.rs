@@ -15,9 +15,9 @@ use crate::{Backend, BackendSet, BackendState};
 pub struct Snapshot {
     /// Every backend, as published.
     pub backends: Vec<Backend>,
-    /// Indices of Ready backends.
+    /// Indices of this host's Ready backends (those new sessions may go to).
     pub ready: Vec<usize>,
-    /// Consistent-hash ring over the Ready backends.
+    /// Consistent-hash ring over the Ready backends of this host.
     pub ring: Option<Ring>,
     by_id: HashMap<Arc<str>, usize>,
     ready_by_key: HashMap<Arc<str>, usize>,
@@ -28,7 +28,7 @@ impl Snapshot {
     pub fn build(set: &BackendSet) -> Self {
         let backends = set.backends.clone();
         let ready: Vec<usize> = (0..backends.len())
-            .filter(|&i| backends[i].state == BackendState::Ready)
+            .filter(|&i| backends[i].state == BackendState::Ready && !backends[i].remote)
             .collect();
         let ring = Ring::new(ready.iter().map(|&i| (i, backends[i].addr)));
         let by_id = backends
@@ -36,9 +36,10 @@ impl Snapshot {
             .enumerate()
             .map(|(i, b)| (b.id.clone(), i))
             .collect();
-        let ready_by_key = ready
-            .iter()
-            .map(|&i| (backends[i].key.clone(), i))
+        // Cookies may name another host's worker too.
+        let ready_by_key = (0..backends.len())
+            .filter(|&i| backends[i].state == BackendState::Ready)
+            .map(|i| (backends[i].key.clone(), i))
             .collect();
         Self {
             backends,

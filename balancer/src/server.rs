@@ -193,7 +193,10 @@ pub fn spawn(
         sids.clone(),
         loads.clone(),
         upgrades.clone(),
-        CookieSigner::random(),
+        settings
+            .routing
+            .cookie_secret
+            .map_or_else(CookieSigner::random, CookieSigner::new),
         settings.routing.clone(),
         metrics.clone(),
     )

@@ -68,6 +68,11 @@ pub struct RoutingConfig {
     /// The balancer terminates TLS: workers are told each request's scheme
     /// (`X-Forwarded-Proto`) and the affinity cookie is `Secure` over HTTPS.
     pub tls: bool,
+    /// The affinity cookie's secret (shared by every host of a cluster, and kept across
+    /// restarts); random per process when absent.
+    pub cookie_secret: Option<[u8; 32]>,
+    /// This host's place in a cluster of rtsup hosts sharing sessions.
+    pub cluster: Option<crate::cluster::ClusterLink>,
 }
 
 /// Timeouts of a request towards its client once its header is in (nginx
@@ -232,6 +237,33 @@ impl Balancer {
             .filter_map(|v| v.to_str().ok())
             .find_map(|v| affinity::find_cookie(v, cookie))
             .and_then(|t| self.signer.verify(t))
+            // In a cluster, cookies name workers globally: this host's become local keys.
+            .map(|key| match &self.config.cluster {
+                Some(c) => c.local(&key).map_or(key.clone(), str::to_string),
+                None => key,
+            })
+    }
+
+    /// The owner of `sid` as another host published it (cached in the sid table), when this
+    /// host does not know the sid and the request did not come from a peer.
+    async fn remote_owner(&self, session: &Session, sid: &str) -> Option<Arc<str>> {
+        let cluster = self.config.cluster.as_ref()?;
+        if session
+            .req_header()
+            .headers
+            .contains_key(crate::cluster::PEER_HEADER)
+            || self.sids.lookup(sid).is_some()
+        {
+            return None;
+        }
+        let global = cluster.directory.lookup(sid).await?;
+        // One of ours that this host no longer has: the session is gone.
+        if cluster.local(&global).is_some() {
+            return None;
+        }
+        let owner: Arc<str> = Arc::from(global);
+        self.sids.insert(sid, owner.clone(), None);
+        Some(owner)
     }
 
     /// One access log line for the request (or WebSocket) that just ended.
@@ -395,6 +427,12 @@ impl ProxyHttp for Balancer {
                     return Ok(true);
                 }
             }
+        }
+        if ctx.engineio
+            && !self.config.unsticky
+            && let Some(sid) = ctx.sid.clone()
+        {
+            self.remote_owner(session, &sid).await;
         }
         let Some(table) = self.apps.get(route.app) else {
             return Err(Error::explain(ErrorType::InternalError, "route to no app"));
@@ -576,6 +614,12 @@ impl ProxyHttp for Balancer {
             // Node gzips bodies over 1 KB; the open packet must stay readable.
             upstream.remove_header("accept-encoding");
         }
+        if let (Some(c), Some(snap), Some(i)) = (&self.config.cluster, &ctx.snap, ctx.backend)
+            && snap.backends[i].remote
+        {
+            // The peer routes it to its own worker and asks nobody else.
+            upstream.insert_header(crate::cluster::PEER_HEADER, &*c.me)?;
+        }
         if self.config.tls {
             // What the client used, whatever it claimed (nginx: `X-Forwarded-Proto $scheme`).
             upstream.insert_header(
@@ -641,9 +685,15 @@ impl ProxyHttp for Balancer {
         if handshake
             && (status == 200 || status == 101)
             && let (Some(snap), Some(i)) = (&ctx.snap, ctx.backend)
+            // Another host's worker: its own rtsup sets the cookie.
+            && !snap.backends[i].remote
             && let Some(route) = ctx.rule.and_then(|r| self.config.router.routes().get(r))
         {
-            let token = self.signer.sign(&snap.backends[i].key);
+            let key = &snap.backends[i].key;
+            let token = match &self.config.cluster {
+                Some(c) => self.signer.sign(&c.global(key)),
+                None => self.signer.sign(key),
+            };
             resp.append_header(
                 "set-cookie",
                 affinity::set_cookie_value(&route.sticky.cookie, &token, ctx.https),
@@ -667,6 +717,11 @@ impl ProxyHttp for Balancer {
                 // carries the sid) always finds the entry.
                 if self.sids.insert(&open.sid, id.clone(), open.liveness) {
                     debug!(sid = %open.sid, backend = %id, "session learned");
+                    if let Some(c) = &self.config.cluster
+                        && !crate::cluster::is_remote(id)
+                    {
+                        c.directory.learned(&open.sid, &c.global(id));
+                    }
                 } else {
                     debug!(sid = %open.sid, "sid table full: the session relies on its cookie");
                 }

@@ -115,6 +115,14 @@ impl SidTable {
         self.sweep()
     }
 
+    /// Every session and its owner, copied (to write them to a shared directory again).
+    pub fn sessions(&self) -> Vec<(String, Arc<str>)> {
+        self.map
+            .iter()
+            .map(|e| (e.key().to_string(), e.value().backend.clone()))
+            .collect()
+    }
+
     /// The owner of `sid`, refreshing its last-seen time.
     pub fn lookup(&self, sid: &str) -> Option<Arc<str>> {
         let e = self.map.get(sid)?;

@@ -105,6 +105,7 @@ async fn release_closes_websockets_gracefully_and_spread() {
             key: Arc::from("w"),
             addr,
             state: BackendState::Ready,
+            remote: false,
         }],
     });
     let listen = free_port();
@@ -123,6 +124,8 @@ async fn release_closes_websockets_gracefully_and_spread() {
                 timeouts: ClientTimeouts::default(),
                 redirect: None,
                 tls: false,
+                cookie_secret: None,
+                cluster: None,
             },
             max_sessions: 1000,
             limits: ClientLimits::default(),

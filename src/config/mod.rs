@@ -14,6 +14,7 @@
 //! Client commands need only `[supervisor]`: [`ClientSettings`] reads it leniently, so a file
 //! with errors elsewhere never stops `rtsup status`, `stop`, `logs` or `reload`.
 
+pub mod cluster;
 pub mod defaults;
 pub mod error;
 pub mod raw;
@@ -49,6 +50,8 @@ pub struct Config {
     /// `metrics_path` of each app that has one: app → path (the workers' own metrics,
     /// served with rtsup's).
     pub worker_metrics: BTreeMap<String, String>,
+    /// `[cluster]`: hosts sharing sessions through Redis.
+    pub cluster: Option<cluster::ClusterConfig>,
     /// `watch` of each app that has one, checked.
     pub watches: Vec<watch::WatchConfig>,
     /// The environment profile it was read with (`rtsup start --env NAME`): each app's
@@ -89,6 +92,8 @@ pub struct BalancerConfig {
     pub tls: Option<TlsConfig>,
     /// The access log, unless `access_log = "off"`.
     pub access_log: Option<AccessLogConfig>,
+    /// The affinity cookie's secret, when configured (else random per start).
+    pub cookie_secret: Option<cluster::CookieSecret>,
 }
 
 /// One `[[balancer.route]]`, checked.

@@ -31,6 +31,8 @@ pub struct RawConfig {
     pub balancer: Option<Section<RawBalancer>>,
     /// `[admin]`.
     pub admin: Option<Section<RawAdmin>>,
+    /// `[cluster]`.
+    pub cluster: Option<Section<RawCluster>>,
     /// The environment profile asked for (`rtsup start --env NAME`), if any.
     pub profile: Option<String>,
 }
@@ -111,11 +113,12 @@ pub fn read(src: &str, rep: &mut Reporter<'_>) -> Option<RawConfig> {
             }
             "balancer" => raw.balancer = section(value, name, rep),
             "admin" => raw.admin = section(value, name, rep),
+            "cluster" => raw.cluster = section(value, name, rep),
             other => rep.at(
                 Some(key.span()),
                 other,
                 format!(
-                    "unknown field `{other}`, expected one of `supervisor`, `app`, `balancer`, `admin`"
+                    "unknown field `{other}`, expected one of `supervisor`, `app`, `balancer`, `admin`, `cluster`"
                 ),
             ),
         }
@@ -360,6 +363,8 @@ pub struct RawBalancer {
     pub redirect_except: Option<Spanned<String>>,
     pub access_log: Option<Spanned<String>>,
     pub access_log_format: Option<Spanned<String>>,
+    pub cookie_secret: Option<Spanned<String>>,
+    pub cookie_secret_file: Option<Spanned<String>>,
     /// Test-only: disable session pinning (plain round-robin) to show what it prevents.
     pub test_unsticky: Option<bool>,
 }
@@ -382,6 +387,16 @@ pub struct RawRoute {
 pub struct RawCertificate {
     pub cert: Spanned<String>,
     pub key: Spanned<String>,
+}
+
+/// `[cluster]`: rtsup hosts sharing sessions through Redis.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub name: Option<Spanned<String>>,
+    pub redis: Option<Spanned<String>>,
+    pub advertise: Option<Spanned<String>>,
+    pub session_ttl: Option<Spanned<String>>,
 }
 
 /// `[admin]`.

@@ -135,6 +135,13 @@ pub fn validate(raw: &RawConfig, file: &Path, rep: &mut Reporter<'_>) -> Validat
     let cron_restarts = cron_restarts(raw, rep);
     let watches = super::watch::watches(raw, &base, rep);
     let worker_metrics = worker_metrics(raw, rep);
+    let cluster = raw.cluster.as_ref().and_then(|c| {
+        let b = raw.balancer.as_ref().map(|b| {
+            let shared = b.value.cookie_secret.is_some() || b.value.cookie_secret_file.is_some();
+            (&b.value, shared)
+        });
+        super::cluster::cluster_section(c, b, rep)
+    });
     let config = match (supervisor, admin) {
         (Some(supervisor), Some(admin)) if rep.errors.is_empty() => Some(Config {
             file: file.to_path_buf(),
@@ -146,6 +153,7 @@ pub fn validate(raw: &RawConfig, file: &Path, rep: &mut Reporter<'_>) -> Validat
             cron_restarts,
             watches,
             worker_metrics,
+            cluster,
         }),
         _ => None,
     };
@@ -621,6 +629,7 @@ fn balancer_section(
     let span = b.span.clone();
     let b = &b.value;
     let errors_before = rep.errors.len();
+    let cookie_secret = super::cluster::cookie_secret(b, base, rep);
     let listen = addr(
         b.listen.as_ref(),
         DEFAULT_BALANCER_LISTEN,
@@ -715,6 +724,7 @@ fn balancer_section(
         unsticky: b.test_unsticky.unwrap_or(false),
         tls,
         access_log: access_log?,
+        cookie_secret: cookie_secret.ok()?,
     })
 }
 

@@ -122,6 +122,9 @@ pub struct StatusReport {
     /// Balancer totals, when a balancer runs.
     #[serde(default)]
     pub balancer: Option<BalancerSummary>,
+    /// The cluster of rtsup hosts this one belongs to, when it does.
+    #[serde(default)]
+    pub cluster: Option<crate::cluster::ClusterSummary>,
 }
 
 /// What the balancer adds to the status.
@@ -214,6 +217,7 @@ impl StatusReport {
                 .collect(),
             reloading: fleet.reloading,
             balancer: None,
+            cluster: None,
         }
     }
 }

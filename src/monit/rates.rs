@@ -75,6 +75,7 @@ mod tests {
             }],
             reloading: false,
             balancer: None,
+            cluster: None,
         }
     }
 

@@ -235,6 +235,7 @@ mod tests {
                     websockets: 6,
                     sid_unknown: 0,
                 }),
+                cluster: None,
             }),
             log: vec!["first line".into(), "listening on 3001".into()],
             ..Model::default()

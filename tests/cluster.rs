@@ -1,0 +1,257 @@
+//! Several hosts: three rtsup "hosts" on 127.0.0.2, 127.0.0.3 and 127.0.0.4 (all of 127/8
+//! is loopback on Linux), each with two reference workers, sharing sessions and rooms through
+//! one private Redis; clients send each request to a random host, as behind a load balancer
+//! that is not sticky.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::harness::{PrivateRedis, Rtsup, ports, run_node, wait_until};
+
+/// One host: its daemon and where its balancer listens.
+struct Host {
+    rtsup: Rtsup,
+    addr: SocketAddr,
+}
+
+/// Start host `n` (127.0.0.n) of cluster `name` on `redis_port`; its workers from `port`,
+/// its balancer on `lb`.
+fn host(n: u8, name: &str, redis_port: u16, port: u16, lb: u16) -> Host {
+    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)), lb);
+    let redis = format!("redis://127.0.0.1:{redis_port}");
+    let body = format!(
+        "[[app]]\nname = \"chat\"\ncommand = {:?}\nargs = [\"worker\"]\ninstances = 2\nport = {port}\n\
+         ready = \"http:/health\"\ndrain_timeout = \"1s\"\nclose_window = \"100ms\"\n\
+         env = {{ REDIS_URL = {redis:?}, RTSUP_ADAPTER_PREFIX = \"{name}\" }}\n\n\
+         [balancer]\nlisten = \"{addr}\"\nthreads = 2\ncookie_secret = \"a secret shared by every host\"\n\n\
+         [cluster]\nname = \"{name}\"\nredis = {redis:?}\nadvertise = \"{addr}\"\n",
+        crate::harness::rtsup_bin()
+    );
+    let rtsup = Rtsup::start(&body);
+    rtsup.wait_all_ready();
+    Host { rtsup, addr }
+}
+
+/// Three hosts sharing a private Redis; returns them once each sees the other two with every
+/// worker ready.
+fn three_hosts(redis_port: u16) -> Vec<Host> {
+    let name = format!("t{}-{redis_port}", std::process::id());
+    let block = ports::block(12);
+    let base = block.base;
+    let lb = ports::block(1).base;
+    drop(block);
+    let hosts: Vec<Host> = (0..3u8)
+        .map(|i| host(2 + i, &name, redis_port, base + u16::from(i) * 4, lb))
+        .collect();
+    for h in &hosts {
+        wait_until("every host sees 6 ready workers", || {
+            let out = h.rtsup.cli(&["status", "--cluster"]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if text.matches(" ready").count() == 6 && text.contains("3 host(s)") {
+                Ok(())
+            } else {
+                Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
+            }
+        });
+    }
+    hosts
+}
+
+/// One HTTP/1.1 request on a connection of its own; status and body.
+fn request(to: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect_timeout(&to, Duration::from_secs(5)) else {
+        return (0, "connect failed".into());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return (0, "write failed".into());
+    }
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    (status, body)
+}
+
+const EIO: &str = "/socket.io/?EIO=4&transport=polling";
+
+/// A polling handshake at `to`: the sid.
+fn handshake(to: SocketAddr) -> String {
+    let (status, body) = request(to, "GET", EIO, "");
+    assert_eq!(status, 200, "handshake at {to}: {body}");
+    body.split("\"sid\":\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or_else(|| panic!("no sid in {body}"))
+        .to_string()
+}
+
+/// A cheap random pick (no rand crate in the tests).
+fn pick(seed: &mut u64, n: usize) -> usize {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    (*seed % n as u64) as usize
+}
+
+#[test]
+fn a_thousand_sessions_spread_over_three_hosts_never_hear_session_id_unknown() {
+    let redis_port = ports::block(1).base;
+    let _redis = PrivateRedis::start(redis_port);
+    let hosts = three_hosts(redis_port);
+    let addrs: Vec<SocketAddr> = hosts.iter().map(|h| h.addr).collect();
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let addrs = addrs.clone();
+            std::thread::spawn(move || {
+                let mut seed = 0x9e37_79b9_7f4a_7c15 ^ (t + 1);
+                let mut failures = Vec::new();
+                for _ in 0..250 {
+                    let sid = handshake(addrs[pick(&mut seed, 3)]);
+                    let path = format!("{EIO}&sid={sid}");
+                    // Connect, read the connect answer, join a room: each at a random host.
+                    for (method, body) in
+                        [("POST", "40"), ("GET", ""), ("POST", r#"42["join","r"]"#)]
+                    {
+                        let (status, text) =
+                            request(addrs[pick(&mut seed, 3)], method, &path, body);
+                        if status != 200 {
+                            failures.push(format!("{method} {status} {text}"));
+                        }
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    let failures: Vec<String> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("client thread"))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of 3,000 requests failed, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    // A sid nobody issued is still answered "unknown" (by every host).
+    for a in &addrs {
+        let (status, body) = request(*a, "GET", &format!("{EIO}&sid=nobody-issued-this"), "");
+        assert_eq!(status, 400, "{body}");
+    }
+}
+
+#[test]
+fn a_room_broadcast_reaches_clients_on_every_host() {
+    let redis_port = ports::block(1).base;
+    let _redis = PrivateRedis::start(redis_port);
+    let hosts = three_hosts(redis_port);
+    let urls: Vec<String> = hosts.iter().map(|h| format!("http://{}", h.addr)).collect();
+    let args: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let result = run_node("cluster_room.js", &args);
+    assert_eq!(result["joined"], 3, "{result}");
+    assert_eq!(
+        result["received"].as_array().map(Vec::len),
+        Some(3),
+        "{result}"
+    );
+}
+
+#[test]
+fn stopping_a_host_moves_its_clients_elsewhere_within_5s() {
+    let redis_port = ports::block(1).base;
+    let _redis = PrivateRedis::start(redis_port);
+    let mut hosts = three_hosts(redis_port);
+    let (a, b) = (hosts[0].addr, hosts[1].addr);
+    // Sessions of host A, reached through host B.
+    let sids: Vec<String> = (0..10).map(|_| handshake(a)).collect();
+    for sid in &sids {
+        let (status, body) = request(b, "POST", &format!("{EIO}&sid={sid}"), "40");
+        assert_eq!(status, 200, "{body}");
+    }
+    let stopped = Instant::now();
+    let out = hosts[0].rtsup.cli(&["stop"]);
+    assert!(out.status.success());
+    hosts[0].rtsup.wait_exit();
+    // B answers them "unknown" (so the clients reconnect), and takes their new sessions.
+    for sid in &sids {
+        wait_until("B to answer A's session unknown", || {
+            match request(b, "POST", &format!("{EIO}&sid={sid}"), "40") {
+                (400, body) if body.contains("Session ID unknown") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        });
+    }
+    let reconnected = handshake(b);
+    let (status, body) = request(
+        hosts[2].addr,
+        "POST",
+        &format!("{EIO}&sid={reconnected}"),
+        "40",
+    );
+    assert_eq!(status, 200, "{body}");
+    let took = stopped.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "clients moved after {took:?}"
+    );
+    let cluster =
+        String::from_utf8_lossy(&hosts[1].rtsup.cli(&["status", "--cluster"]).stdout).into_owned();
+    assert!(
+        cluster.contains("2 host(s)") && !cluster.contains(&a.to_string()),
+        "{cluster}"
+    );
+}
+
+#[test]
+fn redis_restarted_nothing_crashes_and_routing_across_hosts_recovers_within_5s() {
+    let redis_port = ports::block(1).base;
+    let mut redis = PrivateRedis::start(redis_port);
+    let hosts = three_hosts(redis_port);
+    let (a, b) = (hosts[0].addr, hosts[1].addr);
+    redis.kill();
+    // Each host keeps routing its own sessions, and says Redis is down.
+    wait_until("host A to notice Redis is down", || {
+        let out = hosts[0].rtsup.cli(&["status", "--cluster"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("Redis DOWN") {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    });
+    let during = handshake(a);
+    let (status, body) = request(a, "POST", &format!("{EIO}&sid={during}"), "40");
+    assert_eq!(status, 200, "{body}");
+    let restarted = Instant::now();
+    let _redis = PrivateRedis::start(redis_port);
+    // A session of A (one from the outage included) is routed from B again.
+    wait_until("B to route A's sessions again", || {
+        let fresh = handshake(a);
+        let statuses: Vec<u16> = [&fresh, &during]
+            .iter()
+            .map(|sid| request(b, "POST", &format!("{EIO}&sid={sid}"), "40").0)
+            .collect();
+        if statuses == [200, 200] {
+            Ok(())
+        } else {
+            Err(format!("{statuses:?}"))
+        }
+    });
+    let took = restarted.elapsed();
+    assert!(took < Duration::from_secs(5), "recovered after {took:?}");
+    for h in &hosts {
+        assert!(h.rtsup.try_status().is_ok(), "{}", h.rtsup.daemon_log());
+    }
+}

@@ -255,3 +255,61 @@ fn redis_restarted_nothing_crashes_and_routing_across_hosts_recovers_within_5s()
         assert!(h.rtsup.try_status().is_ok(), "{}", h.rtsup.daemon_log());
     }
 }
+
+#[test]
+fn a_configured_cookie_secret_keeps_affinity_across_restarts() {
+    let block = ports::block(6);
+    let (base, lb) = (block.base, block.base + 5);
+    drop(block);
+    let body = format!(
+        "{}\n[balancer]\nlisten = \"127.0.0.1:{lb}\"\nnew_sessions = \"round-robin\"\ncookie_secret = \"kept across restarts, shared by hosts\"\n",
+        crate::harness::fixture_app("web", 2, base, "")
+    );
+    let mut r = Rtsup::start(&body);
+    r.wait_all_ready();
+    let to: SocketAddr = ([127, 0, 0, 1], lb).into();
+    // The cookie of a handshake, and the worker it named.
+    let raw = |cookie: Option<&str>| -> String {
+        let mut s = TcpStream::connect(to).expect("connect");
+        let cookie = cookie.map_or(String::new(), |c| format!("Cookie: {c}\r\n"));
+        write!(
+            s,
+            "GET {EIO} HTTP/1.1\r\nHost: x\r\n{cookie}Connection: close\r\n\r\n"
+        )
+        .expect("write");
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        resp
+    };
+    let first = wait_until("a handshake with a cookie", || {
+        let resp = raw(None);
+        resp.lines()
+            .find_map(|l| l.strip_prefix("set-cookie: "))
+            .and_then(|c| c.split(';').next())
+            .map(str::to_string)
+            .ok_or(resp)
+    });
+    let instance = |resp: &str| {
+        resp.split("\"instance\":\"")
+            .nth(1)
+            .map(|s| s[..1].to_string())
+    };
+    let pinned = instance(&raw(Some(&first)));
+    assert!(pinned.is_some());
+    r.signal(nix::sys::signal::Signal::SIGTERM);
+    r.wait_exit();
+    r.start_again();
+    r.wait_all_ready();
+    // Round-robin would alternate; the cookie signed before the restart still pins.
+    for _ in 0..6 {
+        let resp = wait_until("the balancer after the restart", || {
+            let resp = raw(Some(&first));
+            if resp.starts_with("HTTP/1.1 200") {
+                Ok(resp)
+            } else {
+                Err(resp)
+            }
+        });
+        assert_eq!(instance(&resp), pinned, "{resp}");
+    }
+}

@@ -362,3 +362,48 @@ fn check_refuses_what_is_not_a_small_regular_file_and_names_that_are_not_file_na
         )
     );
 }
+
+#[test]
+fn check_reports_cluster_and_cookie_secret_mistakes_with_their_lines() {
+    let (_dir, file, out) = check(
+        "[[app]]\nname = \"chat\"\ncommand = \"node\"\nport = 20001\n[balancer]\ncookie_secret = \"short\"\n\
+         [cluster]\nname = \"bad name\"\nredis = \"http://10.0.0.5\"\nadvertise = \"0.0.0.0:8080\"\nsession_ttl = \"soon\"\n",
+    );
+    assert_eq!(out.code, Some(1));
+    let f = file.display();
+    for needle in [
+        format!("{f}:6:17: balancer.cookie_secret: must be at least 16 characters"),
+        format!("{f}:8:8: cluster.name:"),
+        format!("{f}:9:9: cluster.redis: must start with redis://"),
+        format!("{f}:10:13: cluster.advertise: must be an address the other hosts can connect to"),
+        format!("{f}:11:15: cluster.session_ttl:"),
+    ] {
+        assert!(
+            out.stderr.iter().any(|l| l.starts_with(&needle)),
+            "missing {needle:?} in:\n{:#?}",
+            out.stderr
+        );
+    }
+    // A cluster without a shared secret, or without a balancer, is refused with the reason.
+    let (_dir, _file, out) = check(
+        "[[app]]\nname = \"chat\"\ncommand = \"node\"\nport = 20001\n[balancer]\n[cluster]\nredis = \"redis://127.0.0.1:6379\"\nadvertise = \"10.0.0.11:8080\"\n",
+    );
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr
+            .iter()
+            .any(|l| l.contains("cluster: needs [balancer] cookie_secret")),
+        "{:#?}",
+        out.stderr
+    );
+    let (_dir, _file, out) = check(
+        "[[app]]\nname = \"chat\"\ncommand = \"node\"\nport = 20001\n[cluster]\nredis = \"redis://127.0.0.1:6379\"\nadvertise = \"10.0.0.11:8080\"\n",
+    );
+    assert!(
+        out.stderr
+            .iter()
+            .any(|l| l.contains("cluster: needs a [balancer]")),
+        "{:#?}",
+        out.stderr
+    );
+}

@@ -71,7 +71,7 @@ pub enum Command {
         #[arg(long, value_name = "PORT", default_value_t = 3000)]
         port: u16,
         /// SCRIPT: where the balancer listens.
-        #[arg(long, value_name = "ADDR", default_value = crate::import::BALANCER_LISTEN)]
+        #[arg(long, value_name = "ADDR", default_value = crate::config::defaults::DEFAULT_BALANCER_LISTEN)]
         listen: String,
         /// SCRIPT: arguments for the script (after --).
         #[arg(last = true, value_name = "ARGS")]

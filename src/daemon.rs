@@ -246,15 +246,15 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
             Err(e) => warn!(app, error = %e, "cron_restart not scheduled"),
         }
     }
-    // watch (read at start): a rolling restart after files settle.
-    let log_dir = std::path::absolute(&config.supervisor.logs.dir)
-        .unwrap_or_else(|_| config.supervisor.logs.dir.clone());
+    // watch (read at start): a rolling restart after files settle; rtsup's own files never
+    // count.
+    let own = vec![
+        std::path::absolute(&config.supervisor.logs.dir)
+            .unwrap_or_else(|_| config.supervisor.logs.dir.clone()),
+        std::path::absolute(&socket).unwrap_or_else(|_| socket.clone()),
+    ];
     for w in &config.watches {
-        tokio::spawn(crate::watch::run(
-            handle.clone(),
-            w.clone(),
-            log_dir.clone(),
-        ));
+        tokio::spawn(crate::watch::run(handle.clone(), w.clone(), own.clone()));
     }
     let obs = Arc::new(Observability {
         supervisor: handle.clone(),

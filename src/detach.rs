@@ -143,9 +143,9 @@ fn still_settling(
         crate::out(&crate::status_table::render(&report))?;
     }
     eprintln!(
-        "rtsup: the daemon (pid {}) runs, but not every worker settled within {}s (--wait)",
+        "rtsup: the daemon (pid {}) runs, but not every worker settled within {} (--wait)",
         child.id(),
-        wait.as_secs()
+        humantime::format_duration(wait)
     );
     Ok(ExitCode::FAILURE)
 }

@@ -111,11 +111,17 @@ fn start_daemon(
 /// `rtsup import`: the TOML to stdout or `-o`, what was left out to stderr; fails when rtsup
 /// would not accept the result as it is (the TOML is still written, to be edited).
 fn import_cmd(file: &Path, output: Option<&Path>, force: bool) -> anyhow::Result<ExitCode> {
-    if let Some(o) = output
-        && o.exists()
-        && !force
-    {
-        bail!("{} exists; pass --force to overwrite it", o.display());
+    if let Some(o) = output {
+        if std::fs::canonicalize(o).is_ok_and(|o| std::fs::canonicalize(file).is_ok_and(|f| f == o))
+        {
+            bail!(
+                "{} is the file being imported; write the TOML elsewhere",
+                o.display()
+            );
+        }
+        if o.exists() && !force {
+            bail!("{} exists; pass --force to overwrite it", o.display());
+        }
     }
     let imported = import::import(file, output)?;
     match output {
@@ -202,6 +208,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let config = match app {
                 Some(script) if oneoff::wanted(&script, instances.is_some(), name.is_some()) => {
+                    // Before anything is written: a one-off runs a daemon of its own.
+                    let sock = config::validate::default_control_socket();
+                    if runtime()?
+                        .block_on(control_client::call(&sock, Request::Status))
+                        .is_ok()
+                    {
+                        bail!(
+                            "an rtsup daemon already runs on {}: add the app to its configuration and run `rtsup reload` (a one-off `rtsup start SCRIPT` starts a daemon of its own)",
+                            sock.display()
+                        );
+                    }
                     let dest = PathBuf::from(DEFAULT_CONFIG);
                     oneoff::write(
                         &oneoff::OneOff {
@@ -226,6 +243,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Monit { target } => {
             let socket = socket(&target)?;
+            runtime()?.block_on(control_client::call(&socket, Request::Status))?;
             let (dir, _) = log_dir(&target)?;
             monit::run(&socket, dir)?;
             Ok(ExitCode::SUCCESS)

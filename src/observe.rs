@@ -84,11 +84,13 @@ impl Observability {
         if targets.is_empty() {
             return own;
         }
-        let (workers, failed) = crate::worker_metrics::scrape(targets).await;
+        let (workers, failed, dropped) = crate::worker_metrics::scrape(targets).await;
         let body = own.strip_suffix("# EOF\n").unwrap_or(&own);
         format!(
-            "{body}# HELP rtsup_worker_metrics_failed Workers whose metrics_path did not answer this scrape.\n\
-             # TYPE rtsup_worker_metrics_failed gauge\nrtsup_worker_metrics_failed {failed}\n{workers}# EOF\n"
+            "{body}# HELP rtsup_worker_metrics_failed Workers whose metrics_path gave nothing usable this scrape (no answer in time, an error, or no valid sample).\n\
+             # TYPE rtsup_worker_metrics_failed gauge\nrtsup_worker_metrics_failed {failed}\n\
+             # HELP rtsup_worker_metrics_dropped Worker samples left out of this scrape (malformed, named rtsup_*, or clashing with another worker's type or names).\n\
+             # TYPE rtsup_worker_metrics_dropped gauge\nrtsup_worker_metrics_dropped {dropped}\n{workers}# EOF\n"
         )
     }
 

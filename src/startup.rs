@@ -33,7 +33,42 @@ const SYSTEM_USER: &str = "rtsup";
 
 /// Run it.
 pub fn run(s: &Startup) -> anyhow::Result<ExitCode> {
-    Config::load(&s.config).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    // As `rtsup check`: a command not on PATH would crash-loop at boot.
+    let report = Config::check(&s.config, None);
+    if !report.errors.0.is_empty() {
+        bail!(
+            "{} is not ready to run at boot:\n{}",
+            s.config.display(),
+            report.errors
+        );
+    }
+    // Directories the configuration names itself must stay writable (and visible) under the
+    // unit's sandbox.
+    let settings = crate::config::ClientSettings::read(&s.config)?;
+    let own_dirs: Vec<PathBuf> = [
+        settings
+            .control_socket
+            .as_ref()
+            .and_then(|p| p.parent().map(Path::to_path_buf)),
+        settings.log_dir.clone(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if in_private_tmp(&s.config) {
+        bail!(
+            "{} is under /tmp, which the unit makes private (PrivateTmp=true): the service could not read it; put it in /etc/rtsup",
+            s.config.display()
+        );
+    }
+    for d in &own_dirs {
+        if in_private_tmp(d) {
+            bail!(
+                "{} is under /tmp, which the unit makes private (PrivateTmp=true): `rtsup status` could never reach it; use /run/rtsup and /var/log/rtsup (leave control_socket and log_dir out)",
+                d.display()
+            );
+        }
+    }
     let exe = std::env::current_exe().context("finding the rtsup binary")?;
     let group = match nix::unistd::User::from_name(&s.user)? {
         Some(u) => {
@@ -62,7 +97,9 @@ pub fn run(s: &Startup) -> anyhow::Result<ExitCode> {
         )?;
     }
     let group = group.unwrap_or_else(|| SYSTEM_USER.to_string());
-    let unit = unit_for(&exe, &s.config, &s.user, &group);
+    // The PATH this command runs with (as `pm2 startup` does): an nvm-installed node is found.
+    let path = std::env::var("PATH").ok();
+    let unit = unit_for(&exe, &s.config, &s.user, &group, path.as_deref(), &own_dirs);
     let path = s.unit_dir.join(UNIT);
     if s.dry_run {
         say(format!("would write {}:\n{unit}", path.display()))?;
@@ -107,18 +144,38 @@ pub fn run(s: &Startup) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The unit for `exe` and `config`, run as `user`:`group`.
-fn unit_for(exe: &Path, config: &Path, user: &str, group: &str) -> String {
+/// The unit for `exe` and `config`, run as `user`:`group`, with `path` as its PATH (when
+/// given) and `writable` directories added to the ones the sandbox leaves writable.
+fn unit_for(
+    exe: &Path,
+    config: &Path,
+    user: &str,
+    group: &str,
+    path: Option<&str>,
+    writable: &[PathBuf],
+) -> String {
     crate::systemd::unit(exe, config)
         .lines()
         .map(|l| match l {
             "User=rtsup" => format!("User={user}"),
             "Group=rtsup" => format!("Group={group}"),
+            l if l.starts_with("Environment=PATH=") => match path {
+                Some(p) => format!("Environment=\"PATH={p}\""),
+                None => l.to_string(),
+            },
+            l if l.starts_with("ReadWritePaths=") && !writable.is_empty() => {
+                let extra: Vec<String> = writable.iter().map(|d| d.display().to_string()).collect();
+                format!("{l} {}", extra.join(" "))
+            }
             other => other.to_string(),
         })
         .collect::<Vec<_>>()
         .join("\n")
         + "\n"
+}
+
+fn in_private_tmp(p: &Path) -> bool {
+    p.starts_with("/tmp") || p.starts_with("/var/tmp")
 }
 
 fn under_home(p: &Path) -> bool {
@@ -169,8 +226,20 @@ mod tests {
             Path::new("/srv/app/rtsup.toml"),
             "deploy",
             "www",
+            Some("/home/deploy/.nvm/versions/node/v20/bin:/usr/bin"),
+            &[PathBuf::from("/srv/app/logs")],
         );
         assert!(unit.contains("\nUser=deploy\nGroup=www\n"), "{unit}");
+        assert!(
+            unit.contains(
+                "\nEnvironment=\"PATH=/home/deploy/.nvm/versions/node/v20/bin:/usr/bin\"\n"
+            ),
+            "{unit}"
+        );
+        assert!(
+            unit.contains("\nReadWritePaths=/run/rtsup /var/log/rtsup /srv/app/logs\n"),
+            "{unit}"
+        );
         assert!(unit.contains("ExecStart=/usr/bin/rtsup start -c /srv/app/rtsup.toml\n"));
         assert!(!unit.contains("User=rtsup"));
     }

@@ -36,8 +36,9 @@ pub struct Target {
     pub path: String,
 }
 
-/// Scrape every target at once; the merged families, and how many workers failed.
-pub async fn scrape(targets: Vec<Target>) -> (String, usize) {
+/// Scrape every target at once: the merged families, how many workers failed (no answer, or
+/// nothing usable), and how many samples were left out.
+pub async fn scrape(targets: Vec<Target>) -> (String, usize, usize) {
     let mut set = JoinSet::new();
     for (i, t) in targets.iter().cloned().enumerate() {
         set.spawn(async move {
@@ -63,7 +64,8 @@ pub async fn scrape(targets: Vec<Target>) -> (String, usize) {
             b.map(|b| (labels, b))
         })
         .collect();
-    (merge(&sources), failed)
+    let merged = merge(&sources);
+    (merged.text, failed + merged.unusable, merged.dropped)
 }
 
 /// `GET path` from `127.0.0.1:port`: the body of a 2xx answer.
@@ -103,20 +105,39 @@ const SUFFIXES: &[&str] = &[
     "_total", "_bucket", "_sum", "_count", "_created", "_info", "_gsum", "_gcount",
 ];
 
-/// Merge expositions, each with the labels to add to its samples, into OpenMetrics text
-/// (without `# EOF`: it goes before rtsup's own).
-pub fn merge(sources: &[(Vec<(String, String)>, String)]) -> String {
+/// What a merge produced.
+#[derive(Debug, Default, PartialEq)]
+pub struct Merged {
+    /// The families, as OpenMetrics text without `# EOF` (it goes before rtsup's own).
+    pub text: String,
+    /// Samples left out: malformed, named `rtsup_…`, of a type that disagrees with another
+    /// worker's, or clashing with another family's names.
+    pub dropped: usize,
+    /// Sources with a body but not one usable sample (an HTML page at `metrics_path`).
+    pub unusable: usize,
+}
+
+/// Metric types carried (OpenMetrics' `info`, `stateset` and the like are left out).
+const KINDS: &[&str] = &["counter", "gauge", "histogram", "summary", "unknown"];
+
+/// Merge expositions, each with the labels to add to its samples, into one valid OpenMetrics
+/// text: whatever would make it invalid is left out and counted.
+pub fn merge(sources: &[(Vec<(String, String)>, String)]) -> Merged {
     let mut families: Vec<Family> = Vec::new();
+    let mut merged = Merged::default();
     for (labels, text) in sources {
+        let mut kept = 0usize;
         let mut current: Option<(String, String)> = None;
         // HELP lines waiting for their family's TYPE line (or first sample).
         let mut helps: HashMap<&str, &str> = HashMap::new();
         for line in text.lines() {
             let line = line.trim_end();
             if let Some(rest) = line.strip_prefix("# HELP ") {
-                if let Some((name, help)) = rest.split_once(' ') {
+                if let Some((name, help)) = rest.split_once(' ')
+                    && valid_name(name)
+                {
                     match &current {
-                        Some((n, k)) if n == name => {
+                        Some((n, k)) if n == name && KINDS.contains(&k.as_str()) => {
                             let f = family(&mut families, &om_name(n, k));
                             f.help.get_or_insert_with(|| help.to_string());
                         }
@@ -128,14 +149,18 @@ pub fn merge(sources: &[(Vec<(String, String)>, String)]) -> String {
                 continue;
             }
             if let Some(rest) = line.strip_prefix("# TYPE ") {
-                if let Some((name, kind)) = rest.split_once(' ') {
-                    let kind = match kind.trim() {
-                        "untyped" => "unknown",
-                        k => k,
-                    };
-                    current = Some((name.to_string(), kind.to_string()));
-                    let fname = om_name(name, kind);
-                    let f = family(&mut families, &fname);
+                let Some((name, kind)) = rest.split_once(' ') else {
+                    current = None;
+                    continue;
+                };
+                let kind = match kind.trim() {
+                    "untyped" => "unknown",
+                    k => k,
+                };
+                // A type not carried still claims its samples (so they are dropped).
+                current = Some((name.to_string(), kind.to_string()));
+                if valid_name(name) && KINDS.contains(&kind) {
+                    let f = family(&mut families, &om_name(name, kind));
                     if f.kind.is_empty() {
                         f.kind = kind.to_string();
                     }
@@ -148,7 +173,8 @@ pub fn merge(sources: &[(Vec<(String, String)>, String)]) -> String {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let Some(sample) = Sample::parse(line) else {
+            let Some(sample) = Sample::parse(line).filter(Sample::valid) else {
+                merged.dropped += 1;
                 continue;
             };
             // The family of the last TYPE line, when the sample belongs to it.
@@ -163,9 +189,18 @@ pub fn merge(sources: &[(Vec<(String, String)>, String)]) -> String {
                 }
                 _ => (sample.name.to_string(), "unknown".to_string()),
             };
+            if !KINDS.contains(&kind.as_str()) || fname.starts_with("rtsup_") {
+                merged.dropped += 1;
+                continue;
+            }
             let f = family(&mut families, &fname);
             if f.kind.is_empty() {
                 f.kind = kind.clone();
+            }
+            // Another worker said this family is of another type.
+            if f.kind != kind {
+                merged.dropped += 1;
+                continue;
             }
             if let Some(h) = helps.remove(fname.as_str()) {
                 f.help.get_or_insert_with(|| h.to_string());
@@ -177,20 +212,85 @@ pub fn merge(sources: &[(Vec<(String, String)>, String)]) -> String {
                 sample.name.to_string()
             };
             f.samples.push(sample.render(&name, labels));
+            kept += 1;
+        }
+        if kept == 0 && !text.trim().is_empty() {
+            merged.unusable += 1;
         }
     }
-    let mut out = String::new();
+    // Every sample name belongs to one family only (a counter `x` owns `x_total`): a later
+    // family that would claim a taken name is left out.
+    let mut claimed: std::collections::HashSet<String> = std::collections::HashSet::new();
     for f in families.iter().filter(|f| !f.samples.is_empty()) {
-        if let Some(h) = &f.help {
-            out.push_str(&format!("# HELP {} {h}\n", f.name));
+        let claims = claims(f);
+        if claims.iter().any(|c| claimed.contains(c)) {
+            merged.dropped += f.samples.len();
+            continue;
         }
-        out.push_str(&format!("# TYPE {} {}\n", f.name, f.kind));
+        claimed.extend(claims);
+        if let Some(h) = &f.help {
+            merged.text.push_str(&format!("# HELP {} {h}\n", f.name));
+        }
+        merged
+            .text
+            .push_str(&format!("# TYPE {} {}\n", f.name, f.kind));
         for s in &f.samples {
-            out.push_str(s);
-            out.push('\n');
+            merged.text.push_str(s);
+            merged.text.push('\n');
         }
     }
-    out
+    merged
+}
+
+/// The sample names a family owns.
+fn claims(f: &Family) -> Vec<String> {
+    let with = |suffixes: &[&str]| suffixes.iter().map(|s| format!("{}{s}", f.name)).collect();
+    match f.kind.as_str() {
+        "counter" => with(&["_total", "_created"]),
+        "histogram" => with(&["_bucket", "_sum", "_count", "_created"]),
+        "summary" => with(&["", "_sum", "_count", "_created"]),
+        _ => with(&[""]),
+    }
+}
+
+/// A metric or label name: `[a-zA-Z_:][a-zA-Z0-9_:]*`.
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+/// `name="value", …` with escapes inside the quotes (an empty set too).
+fn valid_labels(labels: &str) -> bool {
+    let mut rest = labels.trim();
+    while !rest.is_empty() {
+        let Some((name, after)) = rest.split_once('=') else {
+            return false;
+        };
+        if !valid_name(name.trim()) {
+            return false;
+        }
+        let Some(after) = after.trim_start().strip_prefix('"') else {
+            return false;
+        };
+        let mut escaped = false;
+        let Some(end) = after.char_indices().find_map(|(i, c)| {
+            let closes = c == '"' && !escaped;
+            escaped = c == '\\' && !escaped;
+            closes.then_some(i)
+        }) else {
+            return false;
+        };
+        rest = after[end + 1..].trim_start();
+        rest = match rest.strip_prefix(',') {
+            Some(r) => r.trim_start(),
+            None if rest.is_empty() => rest,
+            None => return false,
+        };
+    }
+    true
 }
 
 /// The OpenMetrics family name: a counter's without `_total`.
@@ -247,6 +347,13 @@ impl<'a> Sample<'a> {
             labels,
             value,
         })
+    }
+
+    /// A valid name, label set and value (a number, `+Inf`, `-Inf` or `NaN`).
+    fn valid(&self) -> bool {
+        valid_name(self.name)
+            && valid_labels(self.labels)
+            && (self.value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&self.value))
     }
 
     /// With `name`, the worker's labels first; a label of its own that collides is kept as
@@ -342,7 +449,7 @@ mod tests {
         let prom = "# HELP http_requests_total Requests.\n# TYPE http_requests_total counter\n\
                     http_requests_total{route=\"/a\"} 3\nhttp_requests_total{route=\"/b\"} 1\n\
                     # HELP heap Heap.\n# TYPE heap gauge\nheap 123 1700000000000\n";
-        let text = merge(&[src("api", 0, prom), src("api", 1, prom)]);
+        let text = merge(&[src("api", 0, prom), src("api", 1, prom)]).text;
         let want = "# HELP http_requests Requests.\n# TYPE http_requests counter\n\
                     http_requests_total{app=\"api\",instance=\"0\",route=\"/a\"} 3\n\
                     http_requests_total{app=\"api\",instance=\"0\",route=\"/b\"} 1\n\
@@ -386,7 +493,41 @@ mod tests {
             ("{broken\n\n", ""),
         ];
         for (input, want) in cases {
-            assert_eq!(merge(&[src("a", 0, input)]), want, "{input}");
+            assert_eq!(merge(&[src("a", 0, input)]).text, want, "{input}");
         }
+    }
+
+    #[test]
+    fn what_would_break_the_exposition_is_left_out_and_counted() {
+        // An HTML page at metrics_path: nothing usable.
+        let html = merge(&[src(
+            "a",
+            0,
+            "<!doctype html>\n<html><body>app</body></html>\n",
+        )]);
+        assert_eq!((html.text.as_str(), html.unusable), ("", 1));
+        // Bad names, values and labels; rtsup's own names.
+        let bad = merge(&[src(
+            "a",
+            0,
+            "9bad 1\nok 1\nv{l=\"x\"} notanumber\nl{=\"x\"} 1\nrtsup_worker_up 1\ninf +Inf\n",
+        )]);
+        assert_eq!(
+            bad.text,
+            "# TYPE ok unknown\nok{app=\"a\",instance=\"0\"} 1\n# TYPE inf unknown\ninf{app=\"a\",instance=\"0\"} +Inf\n"
+        );
+        assert_eq!(bad.dropped, 4);
+        // Two workers that disagree on a type; a counter and an untyped NAME_total.
+        let a = "# TYPE x gauge\nx 1\n# TYPE foo_total counter\nfoo_total 2\n";
+        let b = "# TYPE x counter\nx_total 5\nfoo_total 3\n";
+        let m = merge(&[src("a", 0, a), src("b", 0, b)]);
+        assert_eq!(
+            m.text,
+            "# TYPE x gauge\nx{app=\"a\",instance=\"0\"} 1\n# TYPE foo counter\nfoo_total{app=\"a\",instance=\"0\"} 2\n"
+        );
+        assert_eq!(m.dropped, 2);
+        // Types rtsup does not carry.
+        let info = merge(&[src("a", 0, "# TYPE build info\nbuild_info{v=\"1\"} 1\n")]);
+        assert_eq!((info.text.as_str(), info.dropped), ("", 1));
     }
 }

@@ -28,8 +28,8 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// `rtsup import` of the fixture's ecosystem.config.js with workers from `port`, the
-/// balancer on `lb`: the TOML, and what went to stderr.
+/// `rtsup import` of the fixture's ecosystem.config.js with its PORT at `port` (workers from
+/// `port + 1`), the balancer moved to `lb`: the TOML, and what went to stderr.
 fn import(port: u16, lb: u16) -> (String, String) {
     let out = rtsup(
         &["import", "ecosystem.config.js"],
@@ -37,7 +37,8 @@ fn import(port: u16, lb: u16) -> (String, String) {
         &pm2app(),
     );
     assert!(out.status.success(), "import: {}", text(&out.stderr));
-    let toml = text(&out.stdout).replace("0.0.0.0:8080", &format!("127.0.0.1:{lb}"));
+    // The app's env.PORT (PM2's public port) became the balancer's; the test moves it.
+    let toml = text(&out.stdout).replace(&format!("0.0.0.0:{port}"), &format!("127.0.0.1:{lb}"));
     (toml, text(&out.stderr))
 }
 
@@ -163,7 +164,7 @@ fn a_worker_that_never_says_ready_is_not_ready_though_it_listens() {
     let workers = wait_until("slots 0-2 ready and slot 3 listening", || {
         let ws = r.workers();
         let ready = ws.iter().filter(|w| w["state"] == "ready").count();
-        let listens = http_get(base + 3, "/health").is_ok();
+        let listens = http_get(base + 4, "/health").is_ok();
         if ready == 3 && listens {
             Ok(ws)
         } else {
@@ -182,6 +183,30 @@ fn a_worker_that_never_says_ready_is_not_ready_though_it_listens() {
 #[test]
 fn import_reports_bad_files_and_keeps_an_existing_output() {
     let dir = tempfile::tempdir().expect("tempdir");
+    // A file that prints, holds a function and leaves a child holding its output open.
+    let noisy = dir.path().join("noisy.config.js");
+    fs::write(
+        &noisy,
+        "console.log('loading config…');\n\
+         require('child_process').spawn('sleep', ['30'], { stdio: 'inherit', detached: true }).unref();\n\
+         module.exports = { apps: [{ name: 'n', script: 'n.js', env: { TOKEN: () => 'x', A: 'b' } }] };\n",
+    )
+    .expect("write");
+    fs::write(dir.path().join("n.js"), "").expect("write");
+    let started = std::time::Instant::now();
+    let out = rtsup(&["import", "noisy.config.js"], &[], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert!(
+        text(&out.stdout).contains("A = \"b\""),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stderr).contains("apps[0].env.TOKEN: is a function"),
+        "{}",
+        text(&out.stderr)
+    );
     let broken = dir.path().join("ecosystem.config.js");
     fs::write(&broken, "module.exports = { apps: [ {name: 'a' ").expect("write");
     let out = rtsup(&["import", "ecosystem.config.js"], &[], dir.path());
@@ -357,7 +382,8 @@ fn start_d_fails_when_a_worker_cannot_start() {
 
 #[test]
 fn startup_installs_enables_and_starts_the_unit() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    // Not under /tmp, which the unit makes private (startup refuses a config there).
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
     // A systemctl that records what it is asked.
     let bin = dir.path().join("bin");
     fs::create_dir(&bin).expect("mkdir");
@@ -424,6 +450,19 @@ fn startup_installs_enables_and_starts_the_unit() {
         printed.contains("systemctl enable --now rtsup.service"),
         "{printed}"
     );
+
+    // A configuration under /tmp (private to the service) is refused, nothing written.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    fs::copy(&config, tmp.path().join("rtsup.toml")).expect("copy");
+    let _ = fs::remove_file(units.join("rtsup.service"));
+    let refused = rtsup(&args, &[("PATH", &path)], tmp.path());
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("PrivateTmp"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert!(!units.join("rtsup.service").exists());
 
     // A configuration rtsup refuses is never installed.
     fs::write(dir.path().join("rtsup.toml"), "[[app]]\nname = 1\n").expect("write");

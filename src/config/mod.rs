@@ -262,9 +262,15 @@ impl Config {
                 };
             }
         };
-        let mut rep = error::Reporter::new(file, &src);
+        Self::check_text(file, &src, profile)
+    }
+
+    /// [`Config::check`] of `src` as if read from `file` (what `rtsup import` is about to
+    /// write).
+    pub fn check_text(file: &Path, src: &str, profile: Option<&str>) -> CheckReport {
+        let mut rep = error::Reporter::new(file, src);
         let mut config = None;
-        if let Some(mut raw) = raw::read(&src, &mut rep) {
+        if let Some(mut raw) = raw::read(src, &mut rep) {
             raw.profile = profile.map(str::to_string);
             let validated = validate::validate(&raw, file, &mut rep);
             validate::environment(&raw, &validated, &mut rep);
@@ -279,14 +285,13 @@ impl Config {
     }
 }
 
-/// The text of `file`; a file that is not UTF-8 is read lossily (the TOML reader then says
-/// where it is not TOML).
 /// Largest configuration file read: a config is a few kilobytes; `-c /dev/zero` must not read
 /// for ever.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 /// The file's text: only a regular file (a FIFO would block, a device never end), at most
-/// [`MAX_CONFIG_BYTES`].
+/// [`MAX_CONFIG_BYTES`]; a file that is not UTF-8 is read lossily (the TOML reader then says
+/// where it is not TOML).
 fn read_source(file: &Path) -> io::Result<String> {
     use std::io::Read;
     let meta = std::fs::metadata(file)?;

@@ -431,6 +431,7 @@ fn app_section(
         }
         env
     });
+    let env = env.filter(|env| env_is_valid(env, &key("env"), rep));
     let increment_var = increment_var(
         app.increment_var.as_ref(),
         env.as_ref(),
@@ -1253,6 +1254,30 @@ fn app_env(
     }
     env.extend(app.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     Some(env)
+}
+
+/// Whether every variable can be passed to a process: a name that is not empty and has no
+/// `=` or NUL byte, a value without NUL bytes (each problem reported).
+fn env_is_valid(env: &BTreeMap<String, String>, key: &str, rep: &mut Reporter<'_>) -> bool {
+    let mut ok = true;
+    for (name, value) in env {
+        let problem = if name.is_empty() {
+            Some("a variable name is empty".to_string())
+        } else if name.contains('=') || name.contains('\0') {
+            Some(format!("variable name {name:?} has '=' or a NUL byte"))
+        } else if value.contains('\0') {
+            Some(format!(
+                "{name}'s value has a NUL byte (a process cannot receive it)"
+            ))
+        } else {
+            None
+        };
+        if let Some(p) = problem {
+            rep.at(None, key, p);
+            ok = false;
+        }
+    }
+    ok
 }
 
 /// `increment_var`: a variable of the app's environment holding a whole number (slot `i`

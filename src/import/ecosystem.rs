@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -12,15 +13,25 @@ use serde_json::Value;
 /// How long node may take to evaluate an ecosystem file (it runs the user's code).
 const EVAL_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Evaluates the module named by argv[1] and prints it as JSON; functions (PM2 allows a few,
-/// none rtsup could carry) become a marker string so the translator can name them.
+/// Evaluates the module named by argv[1] and prints it as JSON after [`MARKER`] (the file may
+/// print things of its own), then exits (the file may have started timers or servers);
+/// functions (PM2 allows a few, none rtsup could carry) become a marker string so the
+/// translator can name them.
 const EVAL_JS: &str = r#"
 const { pathToFileURL } = require('node:url');
 import(pathToFileURL(process.argv[1]).href).then((m) => {
   const c = m && m.default !== undefined ? m.default : m;
-  process.stdout.write(JSON.stringify(c, (k, v) => typeof v === 'function' ? '[function]' : v));
+  const json = JSON.stringify(c, (k, v) => typeof v === 'function' ? '[function]' : v);
+  process.stdout.write('\n' + process.argv[2] + json + '\n', () => process.exit(0));
 }, (e) => { console.error(e && e.stack || String(e)); process.exit(1); });
 "#;
+
+/// Starts the line of the evaluated configuration in node's output.
+const MARKER: &str = "\u{1e}rtsup-ecosystem-json:";
+
+/// How long output is still read once node has exited (a child it left behind may hold the
+/// pipe open forever).
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(300);
 
 /// The file's content as JSON.
 pub fn read(file: &Path) -> anyhow::Result<Value> {
@@ -32,7 +43,17 @@ pub fn read(file: &Path) -> anyhow::Result<Value> {
     } else if name.ends_with(".yaml") || name.ends_with(".yml") {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("cannot read {}", file.display()))?;
-        serde_yaml_ng::from_str(&text).with_context(|| format!("{} is not YAML", file.display()))
+        let mut yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text)
+            .with_context(|| format!("{} is not YAML", file.display()))?;
+        // `<<: *base` merge keys, as js-yaml (PM2's reader) applies them.
+        yaml.apply_merge().with_context(|| {
+            format!(
+                "{}: a merge key (<<) that cannot be applied",
+                file.display()
+            )
+        })?;
+        serde_json::to_value(yaml)
+            .with_context(|| format!("{}: YAML that has no JSON form", file.display()))
     } else if [".js", ".cjs", ".mjs"].iter().any(|e| name.ends_with(e)) {
         eval_js(file)
     } else {
@@ -54,24 +75,15 @@ fn eval_js(file: &Path) -> anyhow::Result<Value> {
         .arg("-e")
         .arg(EVAL_JS)
         .arg(&file)
+        .arg(MARKER)
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .context("cannot run node to evaluate the ecosystem file (is Node.js installed?)")?;
-    // Read both pipes on threads so a chatty file cannot block on a full pipe.
-    let mut stdout = child.stdout.take().context("node's stdout")?;
-    let mut stderr = child.stderr.take().context("node's stderr")?;
-    let out = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut stdout, &mut buf).map(|_| buf)
-    });
-    let err = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut stderr, &mut buf);
-        buf
-    });
+    let stdout = chunks(child.stdout.take().context("node's stdout")?);
+    let stderr = chunks(child.stderr.take().context("node's stderr")?);
     let deadline = std::time::Instant::now() + EVAL_TIMEOUT;
     let status = loop {
         if let Some(status) = child.try_wait()? {
@@ -81,17 +93,15 @@ fn eval_js(file: &Path) -> anyhow::Result<Value> {
             let _ = child.kill();
             let _ = child.wait();
             bail!(
-                "node did not finish evaluating {} within {}s (does it start a server?)",
+                "node did not finish evaluating {} within {}s (does it start a server before exporting?)",
                 file.display(),
                 EVAL_TIMEOUT.as_secs()
             );
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let stdout = out
-        .join()
-        .map_err(|_| anyhow::anyhow!("reading node's output"))??;
-    let stderr = err.join().unwrap_or_default();
+    let stdout = drain(&stdout);
+    let stderr = drain(&stderr);
     if !status.success() {
         bail!(
             "node could not evaluate {}:\n{}",
@@ -99,12 +109,41 @@ fn eval_js(file: &Path) -> anyhow::Result<Value> {
             String::from_utf8_lossy(&stderr).trim_end()
         );
     }
-    serde_json::from_slice(&stdout).with_context(|| {
+    let text = String::from_utf8_lossy(&stdout);
+    let json = text
+        .rsplit_once(MARKER)
+        .map(|(_, after)| after.lines().next().unwrap_or_default())
+        .with_context(|| format!("node printed no configuration for {}", file.display()))?;
+    serde_json::from_str(json).with_context(|| {
         format!(
             "{} does not export a configuration (module.exports = {{ apps: [...] }})",
             file.display()
         )
     })
+}
+
+/// Read `pipe` on a thread of its own, chunk by chunk.
+fn chunks(mut pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = vec![0; 64 * 1024];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// What `rx` has, and what comes within [`DRAIN_AFTER_EXIT`] (node has exited: whatever it
+/// wrote is in the pipe; a child it left may keep the pipe open without writing).
+fn drain(rx: &mpsc::Receiver<Vec<u8>>) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Ok(chunk) = rx.recv_timeout(DRAIN_AFTER_EXIT) {
+        out.extend_from_slice(&chunk);
+    }
+    out
 }
 
 /// The `apps` of an ecosystem (`{ apps: [...] }`, a bare array, or a single app object).

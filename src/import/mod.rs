@@ -28,9 +28,6 @@ pub struct Imported {
     pub check_errors: Option<String>,
 }
 
-/// The balancer port the imported file listens on (nginx's usual upstream port for apps).
-pub const BALANCER_LISTEN: &str = "0.0.0.0:8080";
-
 /// Import `file`; `output` is where the TOML will be written (its directory is the base of
 /// relative paths when it is checked), or `None` for stdout (checked as if in the current
 /// directory).
@@ -42,12 +39,18 @@ pub fn import(file: &Path, output: Option<&Path>) -> anyhow::Result<Imported> {
     }
     let absolute = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
     let base = absolute.parent().unwrap_or(Path::new("/"));
-    let (toml, left_out) = render(
+    let (toml, mut left_out) = render(
         &apps,
         base,
         &format!("imported from {} by `rtsup import`", absolute.display()),
-        BALANCER_LISTEN,
+        None,
     );
+    if value.get("deploy").is_some() {
+        left_out.push(LeftOut {
+            key: "deploy".into(),
+            reason: "rtsup does not deploy (pm2 deploy): ship the code with your own tooling, then `rtsup reload`".into(),
+        });
+    }
     let check_errors = check(&toml, &value, output);
     Ok(Imported {
         toml,
@@ -62,7 +65,7 @@ pub fn render(
     apps: &[&Map<String, Value>],
     base: &Path,
     origin: &str,
-    listen: &str,
+    listen: Option<&str>,
 ) -> (String, Vec<LeftOut>) {
     let translated: Vec<_> = apps
         .iter()
@@ -82,9 +85,21 @@ pub fn render(
         left_out.extend(app.left_out.iter().cloned());
     }
     if let Some(first) = translated.first() {
+        // Where clients reached the first app under PM2, when its env.PORT said.
+        let (listen, note) = match (listen, first.public_port) {
+            (Some(l), _) => (l.to_string(), "clients connect here"),
+            (None, Some(p)) => (
+                format!("0.0.0.0:{p}"),
+                "the app's env.PORT: clients (and nginx) keep connecting there",
+            ),
+            (None, None) => (
+                crate::config::defaults::DEFAULT_BALANCER_LISTEN.to_string(),
+                "clients (or nginx/your load balancer) connect here",
+            ),
+        };
         toml.push_str(&format!(
             "[balancer]\n\
-             listen = \"{listen}\"  # clients (or nginx/your load balancer) connect here\n\
+             listen = \"{listen}\"  # {note}\n\
              app = \"{}\"\n",
             first.name
         ));
@@ -117,8 +132,10 @@ fn check(toml: &str, value: &serde_json::Value, output: Option<&Path>) -> Option
     }
     let mut errors = Vec::new();
     for profile in &profiles {
-        if let Err(e) = Config::parse_profile(&at, toml, profile.as_deref()) {
-            let e = e.to_string();
+        // As `rtsup check` would: commands on PATH included.
+        let report = Config::check_text(&at, toml, profile.as_deref());
+        if !report.errors.0.is_empty() {
+            let e = report.errors.to_string();
             if !errors.contains(&e) {
                 errors.push(e);
             }

@@ -25,6 +25,8 @@ pub struct App {
     pub toml: String,
     /// What could not be carried over.
     pub left_out: Vec<LeftOut>,
+    /// The port clients reached the app on under PM2 (its `env.PORT`): the balancer's.
+    pub public_port: Option<u16>,
 }
 
 /// PM2 keys that have no rtsup counterpart, with the reason given to the user.
@@ -130,6 +132,22 @@ const NOT_CARRIED: &[(&str, &str)] = &[
     ),
 ];
 
+/// What the ecosystem evaluator writes in place of a function (JSON has none).
+pub const FUNCTION: &str = "[function]";
+
+/// `word` as a shell would need it (quoted when it has anything but safe characters).
+fn shell_word(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
 /// The interpreter PM2 picks for a script by its extension (`None`: run it directly).
 fn interpreter_for(script: &str) -> Option<&'static str> {
     let ext = Path::new(script).extension()?.to_str()?;
@@ -148,9 +166,23 @@ fn interpreter_for(script: &str) -> Option<&'static str> {
 
 /// Translate app `i` of an ecosystem file that lives in `base`.
 pub fn app(i: usize, pm2: &Map<String, Value>, base: &Path) -> App {
+    // A key whose whole value is a function is left out at once (its value is unknown).
+    let functions: Vec<LeftOut> = pm2
+        .iter()
+        .filter(|(_, v)| v.as_str() == Some(FUNCTION))
+        .map(|(k, _)| LeftOut {
+            key: format!("apps[{i}].{k}"),
+            reason: "is a function: rtsup needs the value itself; write it out".to_string(),
+        })
+        .collect();
+    let cleaned: Map<String, Value> = pm2
+        .iter()
+        .filter(|(_, v)| v.as_str() != Some(FUNCTION))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let mut t = Translator {
         i,
-        pm2,
+        pm2: &cleaned,
         out: String::new(),
         left_out: Vec::new(),
         used: Vec::new(),
@@ -160,16 +192,18 @@ pub fn app(i: usize, pm2: &Map<String, Value>, base: &Path) -> App {
     t.cwd(base);
     t.instances();
     let env = t.env_tables();
-    t.port(i, &env);
+    let public_port = t.port(i, &env);
     t.paths(base);
     t.supervision();
     t.watch();
     t.write_env(&env);
     t.unknown_keys();
+    t.left_out.extend(functions);
     App {
         name,
         toml: t.out,
         left_out: t.left_out,
+        public_port,
     }
 }
 
@@ -302,6 +336,13 @@ impl<'a> Translator<'a> {
     fn words(&mut self, key: &str) -> Vec<String> {
         match self.get(key) {
             None => Vec::new(),
+            Some(Value::String(s)) if s == FUNCTION => {
+                self.leave(
+                    key,
+                    "is a function: rtsup needs the value itself; write it out",
+                );
+                Vec::new()
+            }
             Some(Value::String(s)) => match shlex::split(s) {
                 Some(words) => words,
                 None => {
@@ -309,6 +350,13 @@ impl<'a> Translator<'a> {
                     Vec::new()
                 }
             },
+            Some(Value::Array(a)) if a.iter().any(|v| v.as_str() == Some(FUNCTION)) => {
+                self.leave(
+                    key,
+                    "holds a function: rtsup needs the values themselves; write them out",
+                );
+                Vec::new()
+            }
             Some(Value::Array(a)) => a.iter().map(scalar).collect(),
             Some(other) => {
                 self.leave(key, format!("must be a string or an array, not {other}"));
@@ -318,15 +366,14 @@ impl<'a> Translator<'a> {
     }
 
     fn cwd(&mut self, base: &Path) {
-        let dir = match self.get("cwd").and_then(Value::as_str) {
-            Some(c) => base.join(c),
-            None => base.to_path_buf(),
-        };
-        self.line(
-            "cwd",
-            dir.display().to_string(),
-            Some("the ecosystem file's directory, as under PM2"),
-        );
+        match self.get("cwd").and_then(Value::as_str) {
+            Some(c) => self.line("cwd", base.join(c).display().to_string(), None),
+            None => self.line(
+                "cwd",
+                base.display().to_string(),
+                Some("the ecosystem file's directory, as under PM2"),
+            ),
+        }
     }
 
     fn instances(&mut self) {
@@ -418,6 +465,10 @@ impl<'a> Translator<'a> {
         let mut vars = BTreeMap::new();
         for (name, value) in obj {
             match value {
+                Value::String(s) if s == FUNCTION => self.leave(
+                    &format!("{key}.{name}"),
+                    "is a function: rtsup needs the value itself; write it out",
+                ),
                 Value::String(_) | Value::Number(_) | Value::Bool(_) => {
                     vars.insert(name.clone(), scalar(value));
                 }
@@ -431,21 +482,61 @@ impl<'a> Translator<'a> {
         vars
     }
 
-    /// rtsup gives slot i `PORT = port + i`: the base is PM2's `env.PORT` when it has one.
-    fn port(&mut self, i: usize, env: &EnvTables) {
-        let from_env = env.base.get("PORT").and_then(|p| p.parse::<u16>().ok());
-        match from_env {
-            Some(p) => self.line(
+    /// rtsup gives slot i `PORT = port + i`. Under PM2 (cluster mode) every instance shared
+    /// `env.PORT`, the port clients reach: for the first app that port becomes the
+    /// balancer's and the workers take the ports after it. `port` (not a PM2 key; `rtsup start
+    /// SCRIPT` writes it) sets the workers' base as is. The public port, when there is one.
+    fn port(&mut self, i: usize, env: &EnvTables) -> Option<u16> {
+        if let Some(p) = self.get("port").and_then(Value::as_u64) {
+            self.line(
                 "port",
-                i64::from(p),
-                Some("from env.PORT: slot i listens on port + i ($PORT); the app must read $PORT"),
-            ),
-            None => self.line(
-                "port",
-                3000 + 100 * i64::try_from(i).unwrap_or(0),
-                Some("slot i listens on port + i ($PORT); the app must read $PORT"),
-            ),
+                i64::try_from(p).unwrap_or(0),
+                Some("slot i listens on port + i ($PORT)"),
+            );
+            return None;
         }
+        let from_env = env.base.get("PORT").map(|p| (p, p.parse::<u16>().ok()));
+        match from_env {
+            Some((_, Some(p))) if i == 0 => {
+                self.line(
+                    "port",
+                    i64::from(p) + 1,
+                    Some("env.PORT + 1: slot i listens on port + i ($PORT); clients keep env.PORT, now the balancer's"),
+                );
+                Some(p)
+            }
+            Some((_, Some(p))) => {
+                self.line(
+                    "port",
+                    i64::from(p),
+                    Some("from env.PORT: slot i listens on port + i ($PORT); route clients to it with [[balancer.route]]"),
+                );
+                None
+            }
+            Some((text, None)) => {
+                let text = text.clone();
+                self.leave(
+                    "env.PORT",
+                    format!(
+                        "{text:?} is not a port; rtsup gives each slot its own PORT from `port`"
+                    ),
+                );
+                self.default_port(i);
+                None
+            }
+            None => {
+                self.default_port(i);
+                None
+            }
+        }
+    }
+
+    fn default_port(&mut self, i: usize) {
+        self.line(
+            "port",
+            3000 + 100 * i64::try_from(i).unwrap_or(0),
+            Some("slot i listens on port + i ($PORT); the app must read $PORT"),
+        );
     }
 
     /// `env_file`, relative to the ecosystem file as under PM2.
@@ -615,7 +706,11 @@ impl<'a> Translator<'a> {
             .iter()
             .filter(|(k, _)| k.as_str() != "PORT")
             .collect();
-        if env.base.contains_key("PORT") {
+        if env
+            .base
+            .get("PORT")
+            .is_some_and(|p| p.parse::<u16>().is_ok())
+        {
             self.comment("env.PORT became `port` above: rtsup sets PORT for each slot");
         }
         if !base.is_empty() {
@@ -627,11 +722,16 @@ impl<'a> Translator<'a> {
         for (profile, vars) in &env.profiles {
             let _ = writeln!(
                 self.out,
-                "\n[app.env_{profile}]  # rtsup start --env {profile}"
+                "\n[app.{}]  # rtsup start --env {}",
+                key(&format!("env_{profile}")),
+                shell_word(profile)
             );
             for (k, v) in vars {
                 if k == "PORT" {
-                    self.comment("PORT is set by rtsup for each slot (port + slot)");
+                    self.leave(
+                        &format!("env_{profile}.PORT"),
+                        format!("rtsup sets PORT for each slot from `port`; a profile cannot move it ({v:?} dropped): change `port` (and the balancer's listen) instead"),
+                    );
                     continue;
                 }
                 self.line(&key(k), v.clone(), None);
@@ -804,7 +904,9 @@ mod tests {
         );
         assert_eq!(app["cwd"].as_str(), Some("/srv/app"));
         assert_eq!(app["instances"].as_integer(), Some(4));
-        assert_eq!(app["port"].as_integer(), Some(5001));
+        // env.PORT is the balancer's now; the workers take the ports after it.
+        assert_eq!(app["port"].as_integer(), Some(5002));
+        assert_eq!(a.public_port, Some(5001));
         assert_eq!(app["wait_ready"].as_bool(), Some(true));
         assert_eq!(app["kill_signal"].as_str(), Some("SIGINT"));
         assert_eq!(app["kill_timeout"].as_str(), Some("3000ms"));

@@ -7,7 +7,11 @@ mod rates;
 mod view;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use anyhow::Context;
 use ratatui::DefaultTerminal;
@@ -19,6 +23,9 @@ use view::Model;
 
 /// How often the status and the log are read again.
 const REFRESH: Duration = Duration::from_secs(1);
+
+/// Longest wait for a key before a signal to quit is looked at.
+const SIGNAL_CHECK: Duration = Duration::from_millis(200);
 
 /// Log lines kept for the pane (more than any terminal shows).
 const LOG_LINES: usize = 200;
@@ -35,8 +42,14 @@ pub fn run(socket: &Path, log_dir: PathBuf) -> anyhow::Result<()> {
     if let Some(e) = model.error.take() {
         anyhow::bail!("{e}");
     }
+    // SIGTERM, SIGHUP (the terminal closed) and SIGINT end the view like `q`, so the terminal
+    // is always given back in its normal state.
+    let quit = Arc::new(AtomicBool::new(false));
+    for sig in [SIGTERM, SIGHUP, SIGINT] {
+        signal_hook::flag::register(sig, quit.clone()).context("handling signals")?;
+    }
     let mut terminal = ratatui::try_init().context("opening the terminal")?;
-    let result = event_loop(&mut terminal, &rt, socket, &log_dir, &mut model);
+    let result = event_loop(&mut terminal, &rt, socket, &log_dir, &mut model, &quit);
     ratatui::restore();
     result
 }
@@ -47,11 +60,18 @@ fn event_loop(
     socket: &Path,
     log_dir: &Path,
     model: &mut Model,
+    quit: &AtomicBool,
 ) -> anyhow::Result<()> {
     let mut next = Instant::now() + REFRESH;
     loop {
+        if quit.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         terminal.draw(|f| view::draw(f, model))?;
-        let timeout = next.saturating_duration_since(Instant::now());
+        // Short enough to notice a signal soon.
+        let timeout = next
+            .saturating_duration_since(Instant::now())
+            .min(SIGNAL_CHECK);
         if event::poll(timeout)? {
             if let Event::Key(key) = event::read()?
                 && key.kind == KeyEventKind::Press
@@ -66,6 +86,9 @@ fn event_loop(
                     _ => {}
                 }
             }
+            continue;
+        }
+        if Instant::now() < next {
             continue;
         }
         refresh(rt, socket, log_dir, model);

@@ -75,6 +75,15 @@ pub fn draw(frame: &mut Frame, model: &Model) {
         Constraint::Length(1),
     ])
     .areas(frame.area());
+    // The daemon does not answer: the last status is shown dimmed, without live states.
+    let stale = model.error.is_some();
+    let names = model
+        .rows()
+        .iter()
+        .map(|(app, w)| app.chars().count() + 1 + w.slot.to_string().len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
     let rows: Vec<Row> = model
         .rows()
         .into_iter()
@@ -86,7 +95,11 @@ pub fn draw(frame: &mut Frame, model: &Model) {
             Row::new(vec![
                 Cell::from(format!("{app}:{}", w.slot)),
                 Cell::from(w.pid.map_or("-".into(), |p| p.to_string())),
-                Cell::from(w.state.as_str()).style(state_style(w.state)),
+                if stale {
+                    Cell::from("?")
+                } else {
+                    Cell::from(w.state.as_str()).style(state_style(w.state))
+                },
                 Cell::from(format!("{:.1}%", w.cpu_percent)),
                 Cell::from(
                     bytesize::ByteSize::b(w.memory_bytes)
@@ -100,17 +113,22 @@ pub fn draw(frame: &mut Frame, model: &Model) {
                 Cell::from(rate),
                 Cell::from(uptime(w.uptime_s)),
             ])
+            .style(if stale {
+                Style::new().add_modifier(Modifier::DIM)
+            } else {
+                Style::new()
+            })
         })
         .collect();
     let title = match (&model.error, &model.report) {
-        (Some(e), _) => format!(" rtsup monit — daemon not answering: {e} "),
+        (Some(e), _) => format!(" rtsup monit — DAEMON NOT ANSWERING (last status shown): {e} "),
         (None, Some(r)) if r.reloading => " rtsup monit — reloading ".to_string(),
         _ => " rtsup monit ".to_string(),
     };
     let table = Table::new(
         rows,
         [
-            Constraint::Min(12),
+            Constraint::Length(u16::try_from(names).unwrap_or(u16::MAX)),
             Constraint::Length(8),
             Constraint::Length(9),
             Constraint::Length(7),
@@ -263,6 +281,8 @@ mod tests {
             error: Some("connection refused".into()),
             ..Model::default()
         };
-        assert!(screen(&model).contains("daemon not answering: connection refused"));
+        assert!(
+            screen(&model).contains("DAEMON NOT ANSWERING (last status shown): connection refused")
+        );
     }
 }

@@ -9,6 +9,16 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{PrivateRedis, Rtsup, ports, run_node, wait_until};
 
+/// One three-host cluster at a time: each is nine processes and a Redis, and the rest of the
+/// suite runs beside them on two cores.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// One host: its daemon and where its balancer listens.
 struct Host {
     rtsup: Rtsup,
@@ -107,6 +117,7 @@ fn pick(seed: &mut u64, n: usize) -> usize {
 
 #[test]
 fn a_thousand_sessions_spread_over_three_hosts_never_hear_session_id_unknown() {
+    let _one = one_at_a_time();
     let redis_port = ports::block(1).base;
     let _redis = PrivateRedis::start(redis_port);
     let hosts = three_hosts(redis_port);
@@ -154,6 +165,7 @@ fn a_thousand_sessions_spread_over_three_hosts_never_hear_session_id_unknown() {
 
 #[test]
 fn a_room_broadcast_reaches_clients_on_every_host() {
+    let _one = one_at_a_time();
     let redis_port = ports::block(1).base;
     let _redis = PrivateRedis::start(redis_port);
     let hosts = three_hosts(redis_port);
@@ -170,6 +182,7 @@ fn a_room_broadcast_reaches_clients_on_every_host() {
 
 #[test]
 fn stopping_a_host_moves_its_clients_elsewhere_within_5s() {
+    let _one = one_at_a_time();
     let redis_port = ports::block(1).base;
     let _redis = PrivateRedis::start(redis_port);
     let mut hosts = three_hosts(redis_port);
@@ -216,6 +229,7 @@ fn stopping_a_host_moves_its_clients_elsewhere_within_5s() {
 
 #[test]
 fn redis_restarted_nothing_crashes_and_routing_across_hosts_recovers_within_5s() {
+    let _one = one_at_a_time();
     let redis_port = ports::block(1).base;
     let mut redis = PrivateRedis::start(redis_port);
     let hosts = three_hosts(redis_port);

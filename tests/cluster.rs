@@ -327,3 +327,44 @@ fn a_configured_cookie_secret_keeps_affinity_across_restarts() {
         assert_eq!(instance(&resp), pinned, "{resp}");
     }
 }
+
+#[test]
+fn a_host_cut_off_without_a_word_is_dropped_within_2s_and_taken_back() {
+    use nix::sys::signal::Signal;
+    let _one = one_at_a_time();
+    let redis_port = ports::block(1).base;
+    let _redis = PrivateRedis::start(redis_port);
+    let hosts = three_hosts(redis_port);
+    let (a, b) = (hosts[0].addr, hosts[1].addr);
+    let sid = handshake(a);
+    let path = format!("{EIO}&sid={sid}");
+    assert_eq!(request(b, "POST", &path, "40").0, 200);
+    // Frozen (as a host cut off from the network, or hung): it says nothing, its record
+    // expires.
+    hosts[0].rtsup.signal(Signal::SIGSTOP);
+    let cut = Instant::now();
+    wait_until("B to drop the silent host", || {
+        let out = hosts[1].rtsup.cli(&["status", "--cluster"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("2 host(s)") {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    });
+    let took = cut.elapsed();
+    // Its sessions are unknown at once (clients reconnect to the hosts that answer).
+    let (status, body) = request(b, "POST", &path, "40");
+    hosts[0].rtsup.signal(Signal::SIGCONT);
+    assert_eq!(status, 400, "{body}");
+    // 1.5 s record expiry + one 0.5 s read; the slack is for a loaded machine.
+    assert!(took < Duration::from_secs(4), "dropped after {took:?}");
+    // Back: it writes its record again and the others route to it again.
+    wait_until("B to see A again", || {
+        let fresh = handshake(a);
+        match request(b, "POST", &format!("{EIO}&sid={fresh}"), "40") {
+            (200, _) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+}

@@ -54,6 +54,8 @@ const MISS_RETRIES: [Duration; 3] = [
     Duration::from_millis(30),
     Duration::from_millis(100),
 ];
+/// Sid lookups in flight at once, at most.
+const MAX_LOOKUPS: usize = 128;
 /// Sessions learned and not yet written, at most (more are dropped and counted; the owner's
 /// host still routes them, and a recovery writes them all).
 const LEARNED_QUEUE: usize = 65_536;
@@ -74,6 +76,9 @@ pub struct Cluster {
     pub lookups: LookupCounters,
     /// Left the cluster (the daemon stops): nothing is written any more.
     left: AtomicBool,
+    /// Lookups in flight, bounded: a flood of made-up sids cannot turn into a flood of Redis
+    /// reads (past the bound a sid this host never saw is simply unknown).
+    lookup_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Sid lookups by outcome.
@@ -85,7 +90,7 @@ pub struct LookupCounters {
     pub miss: AtomicU64,
     /// Redis failed or was too slow.
     pub error: AtomicU64,
-    /// Not asked: Redis is down.
+    /// Not asked: Redis is down, or too many lookups are in flight.
     pub skipped: AtomicU64,
     /// Learned sessions dropped because the write queue was full.
     pub dropped: AtomicU64,
@@ -124,6 +129,7 @@ impl Cluster {
             sids: OnceLock::new(),
             lookups: LookupCounters::default(),
             left: AtomicBool::new(false),
+            lookup_slots: Arc::new(tokio::sync::Semaphore::new(MAX_LOOKUPS)),
         });
         tokio::spawn(write_sessions(cluster.clone(), learned_rx));
         Ok((cluster, view_rx))
@@ -469,10 +475,11 @@ impl SessionDirectory for Directory {
         let cluster = self.0.clone();
         let key = cluster.sid_key(sid);
         Box::pin(async move {
-            if !cluster.redis_up() {
+            let slot = cluster.lookup_slots.clone().try_acquire_owned();
+            let (true, Ok(_slot)) = (cluster.redis_up(), slot) else {
                 cluster.lookups.skipped.fetch_add(1, Ordering::Relaxed);
                 return None;
-            }
+            };
             // The owner writes a sid just after its handshake answer left: a client quick
             // enough to reach this host first is told again shortly, not "unknown".
             for wait in MISS_RETRIES {

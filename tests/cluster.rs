@@ -28,15 +28,23 @@ struct Host {
 /// Start host `n` (127.0.0.n) of cluster `name` on `redis_port`; its workers from `port`,
 /// its balancer on `lb`.
 fn host(n: u8, name: &str, redis_port: u16, port: u16, lb: u16) -> Host {
+    let redis = format!("redis://127.0.0.1:{redis_port}");
+    let app = format!(
+        "[[app]]\nname = \"chat\"\ncommand = {:?}\nargs = [\"worker\"]\ninstances = 2\nport = {port}\n\
+         ready = \"http:/health\"\ndrain_timeout = \"1s\"\nclose_window = \"100ms\"\n\
+         env = {{ REDIS_URL = {redis:?}, RTSUP_ADAPTER_PREFIX = \"{name}\" }}\n",
+        crate::harness::rtsup_bin()
+    );
+    host_with(n, name, redis_port, &app, lb)
+}
+
+/// Host `n` running `app` (an `[[app]]` named "chat").
+fn host_with(n: u8, name: &str, redis_port: u16, app: &str, lb: u16) -> Host {
     let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)), lb);
     let redis = format!("redis://127.0.0.1:{redis_port}");
     let body = format!(
-        "[[app]]\nname = \"chat\"\ncommand = {:?}\nargs = [\"worker\"]\ninstances = 2\nport = {port}\n\
-         ready = \"http:/health\"\ndrain_timeout = \"1s\"\nclose_window = \"100ms\"\n\
-         env = {{ REDIS_URL = {redis:?}, RTSUP_ADAPTER_PREFIX = \"{name}\" }}\n\n\
-         [balancer]\nlisten = \"{addr}\"\nthreads = 2\ncookie_secret = \"a secret shared by every host\"\n\n\
-         [cluster]\nname = \"{name}\"\nredis = {redis:?}\nadvertise = \"{addr}\"\n",
-        crate::harness::rtsup_bin()
+        "{app}\n[balancer]\nlisten = \"{addr}\"\nthreads = 2\ncookie_secret = \"a secret shared by every host\"\n\n\
+         [cluster]\nname = \"{name}\"\nredis = {redis:?}\nadvertise = \"{addr}\"\n"
     );
     let rtsup = Rtsup::start(&body);
     rtsup.wait_all_ready();
@@ -367,4 +375,58 @@ fn a_host_cut_off_without_a_word_is_dropped_within_2s_and_taken_back() {
             other => Err(format!("{other:?}")),
         }
     });
+}
+
+#[test]
+fn hosts_started_before_redis_join_and_an_emptied_redis_is_refilled() {
+    let _one = one_at_a_time();
+    let redis_port = ports::block(1).base;
+    let block = ports::block(8);
+    let (base, lb) = (block.base, ports::block(1).base);
+    drop(block);
+    let name = format!("early{}", std::process::id());
+    // Reference workers on rtsup's embedded hub: they need no Redis of their own.
+    let app = |port: u16| {
+        format!(
+            "[[app]]\nname = \"chat\"\ncommand = {:?}\nargs = [\"worker\"]\ninstances = 2\nport = {port}\nready = \"http:/health\"\n",
+            crate::harness::rtsup_bin()
+        )
+    };
+    let a = host_with(2, &name, redis_port, &app(base), lb);
+    let b = host_with(3, &name, redis_port, &app(base + 4), lb);
+    let mut redis = PrivateRedis::start(redis_port);
+    for h in [&a, &b] {
+        wait_until("the hosts to find each other once Redis is up", || {
+            let out = h.rtsup.cli(&["status", "--cluster"]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if text.contains("2 host(s); Redis answers") {
+                Ok(())
+            } else {
+                Err(text)
+            }
+        });
+    }
+    // A session of A that B never saw; then Redis comes back empty at once (no outage long
+    // enough to notice): A writes its sessions again.
+    let sid = handshake(a.addr);
+    redis.kill();
+    let _redis = PrivateRedis::start(redis_port);
+    wait_until("B to find A's session again", || {
+        match request(b.addr, "POST", &format!("{EIO}&sid={sid}"), "40") {
+            (200, _) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    // A request a peer proxied is never proxied again: B asked as a peer for a session it
+    // does not own answers "unknown" at once.
+    let mut s = TcpStream::connect(b.addr).expect("connect");
+    write!(
+        s,
+        "POST {EIO}&sid={sid} HTTP/1.1\r\nHost: x\r\nx-rtsup-peer: {}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n40",
+        a.addr
+    )
+    .expect("write");
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
 }

@@ -41,6 +41,8 @@ use crate::websocket::{FrameTracker, GOING_AWAY_CLOSE};
 
 /// engine.io's own answer for an unknown session, in Node's form (numeric code).
 pub const SESSION_UNKNOWN_BODY: &str = r#"{"code":1,"message":"Session ID unknown"}"#;
+/// Longest silence accepted from another host of the cluster.
+const PEER_SILENCE: Duration = Duration::from_secs(60);
 /// Body of the 429 sent to a client over its new-session rate.
 const RATE_LIMITED_BODY: &str = r#"{"code":5,"message":"Too many new sessions"}"#;
 const BAD_REQUEST_BODY: &str = r#"{"code":3,"message":"Bad request"}"#;
@@ -215,11 +217,23 @@ impl Balancer {
         self.session_rate.clone()
     }
 
-    fn client_ip(&self, session: &Session) -> Option<IpAddr> {
+    fn client_ip(&self, session: &Session, snap: &Snapshot) -> Option<IpAddr> {
         let peer = session.client_addr()?.as_inet()?.ip();
         let h = &session.req_header().headers;
         let cf = h.get("cf-connecting-ip").and_then(|v| v.to_str().ok());
         let xff = h.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+        // Another host of the cluster forwards its clients' requests: it is believed like a
+        // trusted proxy (its X-Forwarded-For names the client), so per-address limits see the
+        // client, not the host.
+        if snap
+            .backends
+            .iter()
+            .any(|b| b.remote && b.addr.ip().to_canonical() == peer.to_canonical())
+        {
+            let mut trusted = self.config.trusted_proxies.clone();
+            trusted.push(ipnet::IpNet::from(peer));
+            return Some(crate::client_ip::client_ip(peer, &trusted, cf, xff));
+        }
         Some(crate::client_ip::client_ip(
             peer,
             &self.config.trusted_proxies,
@@ -283,7 +297,10 @@ impl Balancer {
         };
         log.log(&Entry {
             at: std::time::SystemTime::now(),
-            client: self.client_ip(session),
+            client: match ctx.snap.as_deref() {
+                Some(snap) => self.client_ip(session, snap),
+                None => self.client_ip(session, &Snapshot::default()),
+            },
             method: req.method.as_str(),
             target,
             version,
@@ -406,6 +423,10 @@ impl ProxyHttp for Balancer {
         let sticky = &route.sticky;
         ctx.engineio = path.starts_with(&sticky.engineio_path)
             || path == sticky.engineio_path.trim_end_matches('/');
+        let Some(table) = self.apps.get(route.app) else {
+            return Err(Error::explain(ErrorType::InternalError, "route to no app"));
+        };
+        let snap = table.load();
         if ctx.engineio {
             match engineio::parse_query(session.req_header().uri.query().unwrap_or("")) {
                 Ok(q) => ctx.sid = q.sid,
@@ -418,7 +439,7 @@ impl ProxyHttp for Balancer {
             }
             // A handshake opens a session: limited per client address.
             if ctx.sid.is_none() {
-                handshake_ip = self.client_ip(session);
+                handshake_ip = self.client_ip(session, &snap);
                 if let Some(ip) = handshake_ip
                     && let Err(wait) = self.session_rate.take(ip, std::time::Instant::now())
                 {
@@ -434,10 +455,6 @@ impl ProxyHttp for Balancer {
         {
             self.remote_owner(session, &sid).await;
         }
-        let Some(table) = self.apps.get(route.app) else {
-            return Err(Error::explain(ErrorType::InternalError, "route to no app"));
-        };
-        let snap = table.load();
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         let decision = if self.config.unsticky {
             match snap.ready.len() {
@@ -474,6 +491,20 @@ impl ProxyHttp for Balancer {
                 |i| self.loads.get(&snap.backends[i].id),
                 turn,
             )
+        };
+        // A request another host proxied here is served by this host's workers or not at all:
+        // it never travels on (two hosts that disagree could otherwise bounce it for ever).
+        let decision = match decision {
+            Decision::Proxy { backend, .. }
+                if snap.backends[backend].remote
+                    && session
+                        .req_header()
+                        .headers
+                        .contains_key(crate::cluster::PEER_HEADER) =>
+            {
+                Decision::SessionUnknown { owner_gone: false }
+            }
+            other => other,
         };
         match decision {
             Decision::SessionUnknown { owner_gone } => {
@@ -548,6 +579,13 @@ impl ProxyHttp for Balancer {
         };
         let mut peer = HttpPeer::new(snap.backends[i].addr, false, String::new());
         peer.options.connection_timeout = Some(Duration::from_secs(2));
+        if snap.backends[i].remote {
+            // Another host may hang (frozen, cut off) without closing: engine.io sends
+            // something at least every pingInterval (25 s), so a minute of silence is a dead
+            // peer, never a slow poll.
+            peer.options.read_timeout = Some(PEER_SILENCE);
+            peer.options.write_timeout = Some(PEER_SILENCE);
+        }
         if let Some((id, upstream)) = &ctx.upstream {
             // A key of its own: a pooled connection would bypass the hook (and upgraded
             // connections never return to the pool, so nothing accumulates under it).

@@ -76,6 +76,14 @@ pub struct Cluster {
     pub lookups: LookupCounters,
     /// Left the cluster (the daemon stops): nothing is written any more.
     left: AtomicBool,
+    /// This process's id in its host record.
+    instance: String,
+    /// The Redis data set last seen (a random value this cluster keeps in Redis): when it
+    /// changes, Redis lost its data (restarted empty, flushed, failed over to a lagging
+    /// replica) and this host writes its record and sessions again.
+    epoch: Mutex<Option<String>>,
+    /// When another process was last warned about for advertising this host's address.
+    clash_warned: Mutex<Option<std::time::Instant>>,
     /// Lookups in flight, bounded: a flood of made-up sids cannot turn into a flood of Redis
     /// reads (past the bound a sid this host never saw is simply unknown).
     lookup_slots: Arc<tokio::sync::Semaphore>,
@@ -129,6 +137,9 @@ impl Cluster {
             sids: OnceLock::new(),
             lookups: LookupCounters::default(),
             left: AtomicBool::new(false),
+            instance: format!("{:016x}", rand_u64()),
+            epoch: Mutex::new(None),
+            clash_warned: Mutex::new(None),
             lookup_slots: Arc::new(tokio::sync::Semaphore::new(MAX_LOOKUPS)),
         });
         tokio::spawn(write_sessions(cluster.clone(), learned_rx));
@@ -173,7 +184,8 @@ impl Cluster {
 
     /// Note the outcome of a command: a change of Redis's state is logged once, and coming
     /// back writes every session this host owns again.
-    fn answered(self: &Arc<Self>, ok: bool) {
+    fn answered(self: &Arc<Self>, result: Result<(), &fred::error::Error>) {
+        let ok = result.is_ok();
         let was = self.up.swap(ok, Ordering::Relaxed);
         if was == ok {
             return;
@@ -188,8 +200,10 @@ impl Cluster {
             tokio::spawn(republish(self.clone()));
         } else {
             *since = Some(SystemTime::now());
+            let error = result.err().map(ToString::to_string).unwrap_or_default();
             warn!(
                 redis = %redact(&self.config.redis),
+                error,
                 "cluster: Redis does not answer; routing this host's sessions only until it does"
             );
         }
@@ -223,14 +237,15 @@ impl Cluster {
         }
         let mut tick = tokio::time::interval(HEARTBEAT);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut record = view::local_record(self.me(), &fleet.borrow_and_update(), &apps);
+        let mut record =
+            view::local_record(self.me(), &self.instance, &fleet.borrow_and_update(), &apps);
         loop {
             tokio::select! {
                 changed = fleet.changed() => {
                     if changed.is_err() {
                         break;
                     }
-                    let fresh = view::local_record(self.me(), &fleet.borrow_and_update(), &apps);
+                    let fresh = view::local_record(self.me(), &self.instance, &fleet.borrow_and_update(), &apps);
                     if fresh != record {
                         record = fresh;
                         self.publish(&record, true).await;
@@ -269,18 +284,22 @@ impl Cluster {
         };
         let me = self.me().to_string();
         let result: Result<(), fred::error::Error> = async {
-            self.client
-                .set::<(), _, _>(
+            // The previous value comes back: another process writing this address is seen.
+            let previous: Option<String> = self
+                .client
+                .set(
                     self.host_key(self.me()),
                     json,
                     Some(Expiration::PX(RECORD_TTL.as_millis() as i64)),
                     None,
-                    false,
+                    true,
                 )
                 .await?;
+            self.check_clash(previous.as_deref());
             self.client
                 .sadd::<(), _, _>(self.hosts_key(), me.clone())
                 .await?;
+            self.check_epoch().await?;
             if announce {
                 self.client
                     .publish::<(), _, _>(self.channel(), me.clone())
@@ -292,7 +311,64 @@ impl Cluster {
         if let Err(e) = &result {
             debug!(error = %e, "cluster: cannot write this host's record");
         }
-        self.answered(result.is_ok());
+        self.answered(result.as_ref().map(|_| ()));
+    }
+
+    /// Warn (once a minute) when the record this host just replaced was another process's:
+    /// two rtsup advertise the same address, and their sessions would be mixed up.
+    fn check_clash(&self, previous: Option<&str>) {
+        let Some(other) = previous
+            .and_then(|p| serde_json::from_str::<HostRecord>(p).ok())
+            .filter(|r| !r.instance.is_empty() && r.instance != self.instance)
+        else {
+            return;
+        };
+        let mut warned = match self.clash_warned.lock() {
+            Ok(w) => w,
+            Err(p) => p.into_inner(),
+        };
+        if warned.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+            return;
+        }
+        *warned = Some(std::time::Instant::now());
+        tracing::error!(
+            advertise = %self.me(),
+            other = other.instance,
+            "cluster: another rtsup advertises this host's address: give each host its own `advertise`"
+        );
+    }
+
+    /// Compare the data set's epoch with the one last seen (creating it when missing); a
+    /// different one means Redis lost its data: write this host's sessions again.
+    async fn check_epoch(self: &Arc<Self>) -> Result<(), fred::error::Error> {
+        let key = format!("{{rtsup:{}}}:epoch", self.config.name);
+        let _: Option<String> = self
+            .client
+            .set(
+                &key,
+                format!("{:016x}", rand_u64()),
+                None,
+                Some(fred::types::SetOptions::NX),
+                false,
+            )
+            .await?;
+        let now: Option<String> = self.client.get(&key).await?;
+        let changed = {
+            let mut epoch = match self.epoch.lock() {
+                Ok(e) => e,
+                Err(p) => p.into_inner(),
+            };
+            let changed = epoch.is_some() && *epoch != now;
+            *epoch = now;
+            changed
+        };
+        if changed {
+            warn!(
+                "cluster: Redis lost its data (restarted empty, flushed or failed over); writing this host's sessions again"
+            );
+            tokio::spawn(republish(self.clone()));
+        }
+        Ok(())
     }
 
     /// Read every other host's record into the view (kept as it was when Redis fails).
@@ -301,7 +377,7 @@ impl Cluster {
             Ok(m) => m,
             Err(e) => {
                 debug!(error = %e, "cluster: cannot list the hosts");
-                self.answered(false);
+                self.answered(Err(&e));
                 return;
             }
         };
@@ -318,7 +394,7 @@ impl Cluster {
                 Ok(r) => r,
                 Err(e) => {
                     debug!(error = %e, "cluster: cannot read the hosts");
-                    self.answered(false);
+                    self.answered(Err(&e));
                     return;
                 }
             };
@@ -337,7 +413,7 @@ impl Cluster {
                 }
             }
         }
-        self.answered(true);
+        self.answered(Ok(()));
         self.view.send_if_modified(|old| {
             let changed = *old != fresh;
             if changed {
@@ -357,6 +433,19 @@ impl Cluster {
         self.left.store(true, Ordering::Relaxed);
         let me = self.me().to_string();
         let _ = tokio::time::timeout(COMMAND_TIMEOUT, async {
+            // Only this process's record (another one may advertise the same address).
+            let current: Option<String> = self
+                .client
+                .get(self.host_key(self.me()))
+                .await
+                .ok()
+                .flatten();
+            let ours = current
+                .and_then(|c| serde_json::from_str::<HostRecord>(&c).ok())
+                .is_some_and(|r| r.instance == self.instance);
+            if !ours {
+                return;
+            }
             let _ = self.client.del::<(), _>(self.host_key(self.me())).await;
             let _ = self
                 .client
@@ -369,7 +458,7 @@ impl Cluster {
 
     /// The status: this host and the others as last seen.
     pub fn summary(&self, fleet: &Fleet, apps: &[String]) -> ClusterSummary {
-        let mut hosts = vec![view::local_record(self.me(), fleet, apps)];
+        let mut hosts = vec![view::local_record(self.me(), &self.instance, fleet, apps)];
         hosts.extend(self.view.borrow().values().cloned());
         let down_since = match self.down_since.lock() {
             Ok(s) => *s,
@@ -388,9 +477,24 @@ impl Cluster {
     }
 }
 
-/// A fred builder for `url` with a reconnect policy and bounded commands.
-fn builder(url: &str) -> anyhow::Result<Builder> {
-    let config = Config::from_url(url)?;
+/// A random number (a process id is not unique across hosts).
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS's randomness.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+/// A fred builder for `url` with a reconnect policy and bounded commands; a Redis that does
+/// not answer at start is retried like one that went away.
+pub fn builder(url: &str) -> anyhow::Result<Builder> {
+    let mut config = Config::from_url(url)?;
+    config.fail_fast = false;
     let mut b = Builder::from_config(config);
     b.with_performance_config(|p| p.default_command_timeout = COMMAND_TIMEOUT)
         .with_connection_config(|c| c.connection_timeout = COMMAND_TIMEOUT)
@@ -426,8 +530,8 @@ async fn write_sessions(cluster: Arc<Cluster>, mut rx: mpsc::Receiver<(String, S
             }
         });
         let results = futures::future::join_all(writes).await;
-        if results.iter().any(Result::is_err) {
-            cluster.answered(false);
+        if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+            cluster.answered(Err(e));
         }
     }
 }

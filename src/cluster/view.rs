@@ -16,6 +16,9 @@ use crate::wiring::backend_id;
 pub struct HostRecord {
     /// Its `advertise` address (its name in the cluster).
     pub host: SocketAddr,
+    /// Random per rtsup process: tells two processes that advertise the same address apart.
+    #[serde(default)]
+    pub instance: String,
     /// Its workers of the apps its balancer serves.
     pub workers: Vec<WorkerRecord>,
 }
@@ -37,9 +40,15 @@ pub struct WorkerRecord {
 pub type View = BTreeMap<SocketAddr, HostRecord>;
 
 /// This host's record: every worker of `apps` in `fleet`.
-pub fn local_record(host: SocketAddr, fleet: &Fleet, apps: &[String]) -> HostRecord {
+pub fn local_record(
+    host: SocketAddr,
+    instance: &str,
+    fleet: &Fleet,
+    apps: &[String],
+) -> HostRecord {
     HostRecord {
         host,
+        instance: instance.to_string(),
         workers: fleet
             .apps
             .iter()
@@ -134,7 +143,7 @@ mod tests {
     #[test]
     fn a_hosts_record_becomes_remote_backends_with_global_names() {
         let host: SocketAddr = "10.0.0.12:8080".parse().expect("addr");
-        let record = local_record(host, &fleet(), &["chat".to_string()]);
+        let record = local_record(host, "i1", &fleet(), &["chat".to_string()]);
         assert_eq!(record.workers.len(), 2, "{record:?}");
         // Through JSON, as it travels.
         let json = serde_json::to_string(&record).expect("json");

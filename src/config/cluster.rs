@@ -19,6 +19,42 @@ const DEFAULT_NAME: &str = "rtsup";
 /// Default lifetime of a published session in Redis.
 const DEFAULT_SESSION_TTL: &str = "1h";
 
+/// Bounds of `session_ttl`.
+const MIN_SESSION_TTL: Duration = Duration::from_secs(10);
+const MAX_SESSION_TTL: Duration = Duration::from_secs(30 * 86_400);
+
+/// Why `advertise` cannot be how the other hosts reach this balancer: another port, another
+/// address than a specific `listen`, or a TLS-only listener (peers speak plain HTTP).
+fn advertise_problem(advertise: SocketAddr, balancer: Option<&RawBalancer>) -> Option<String> {
+    let b = balancer?;
+    if b.tls_cert.is_some() {
+        return Some(
+            "the balancer terminates TLS on its only listener, and the other hosts speak plain HTTP to `advertise`: terminate TLS in front of the hosts (or run a cluster on a private plain-HTTP listener)".into(),
+        );
+    }
+    let listen: SocketAddr = b
+        .listen
+        .as_ref()
+        .map_or(super::defaults::DEFAULT_BALANCER_LISTEN, |l| {
+            l.get_ref().as_str()
+        })
+        .parse()
+        .ok()?;
+    if listen.port() != advertise.port() {
+        return Some(format!(
+            "port {} is not the balancer's ({listen}): the other hosts would not reach this rtsup",
+            advertise.port()
+        ));
+    }
+    if !listen.ip().is_unspecified() && listen.ip() != advertise.ip() {
+        return Some(format!(
+            "{} is not the address the balancer listens on ({listen})",
+            advertise.ip()
+        ));
+    }
+    None
+}
+
 /// The cookie secret as a key: SHA-256 of the text, so any length works the same.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct CookieSecret(pub [u8; 32]);
@@ -153,7 +189,17 @@ pub fn cluster_section(
             );
             None
         }
-        Some(r) => Some(r.get_ref().clone()),
+        Some(r) => match fred::prelude::Config::from_url(r.get_ref()) {
+            Ok(_) => Some(r.get_ref().clone()),
+            Err(e) => {
+                rep.at(
+                    Some(r.span()),
+                    "cluster.redis",
+                    format!("not a Redis URL: {e}"),
+                );
+                None
+            }
+        },
     };
     let advertise = match &c.advertise {
         None => {
@@ -173,7 +219,13 @@ pub fn cluster_section(
                 );
                 None
             }
-            Ok(addr) => Some(addr),
+            Ok(addr) => match advertise_problem(addr, balancer.map(|(b, _)| b)) {
+                Some(problem) => {
+                    rep.at(Some(a.span()), "cluster.advertise", problem);
+                    None
+                }
+                None => Some(addr),
+            },
             Err(_) => {
                 rep.at(
                     Some(a.span()),
@@ -192,7 +244,19 @@ pub fn cluster_section(
         DEFAULT_SESSION_TTL,
         "cluster.session_ttl",
         rep,
-    );
+    )
+    .and_then(|d| {
+        if (MIN_SESSION_TTL..=MAX_SESSION_TTL).contains(&d) {
+            Some(d)
+        } else {
+            rep.at(
+                c.session_ttl.as_ref().map(|s| s.span()),
+                "cluster.session_ttl",
+                "must be 10s to 30d (how long a session stays findable by hosts that never saw it)",
+            );
+            None
+        }
+    });
     if rep.errors.len() > errors_before {
         return None;
     }

@@ -382,8 +382,18 @@ fn start_d_fails_when_a_worker_cannot_start() {
 
 #[test]
 fn startup_installs_enables_and_starts_the_unit() {
-    // Not under /tmp, which the unit makes private (startup refuses a config there).
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    // Not under /tmp, which the unit makes private (startup refuses a config there): the
+    // build's own temp dir, or the home directory when the checkout itself is under /tmp.
+    let target_tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let base = if target_tmp.starts_with("/tmp") {
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .filter(|h| h.is_dir() && !h.starts_with("/tmp"))
+            .expect("a home directory outside /tmp")
+    } else {
+        target_tmp
+    };
+    let dir = tempfile::tempdir_in(base).expect("tempdir");
     // A systemctl that records what it is asked.
     let bin = dir.path().join("bin");
     fs::create_dir(&bin).expect("mkdir");

@@ -430,3 +430,161 @@ fn hosts_started_before_redis_join_and_an_emptied_redis_is_refilled() {
     let _ = s.read_to_string(&mut resp);
     assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
 }
+
+/// A network namespace joined to this one by a veth pair: `outside` is 10.201.X.1 here,
+/// `inside` 10.201.X.2 in the namespace; deleted on drop. `None` when this process may not
+/// make one (not root, or a sandbox without the capability).
+struct Netns {
+    name: String,
+    outer: String,
+    outside: Ipv4Addr,
+    inside: Ipv4Addr,
+}
+
+fn ip(args: &[&str]) -> bool {
+    std::process::Command::new("ip")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+impl Netns {
+    fn create() -> Option<Self> {
+        if !nix::unistd::Uid::effective().is_root() {
+            return None;
+        }
+        let id = std::process::id();
+        let x = u8::try_from(id % 200 + 20).ok()?;
+        let ns = Self {
+            name: format!("rtsup{id}"),
+            outer: format!("rt{id}o"),
+            outside: Ipv4Addr::new(10, 201, x, 1),
+            inside: Ipv4Addr::new(10, 201, x, 2),
+        };
+        let inner = format!("rt{id}i");
+        let ok = ip(&["netns", "add", &ns.name])
+            && ip(&[
+                "link", "add", &ns.outer, "type", "veth", "peer", "name", &inner,
+            ])
+            && ip(&["link", "set", &inner, "netns", &ns.name])
+            && ip(&[
+                "addr",
+                "add",
+                &format!("{}/24", ns.outside),
+                "dev",
+                &ns.outer,
+            ])
+            && ip(&["link", "set", &ns.outer, "up"])
+            && ip(&[
+                "netns",
+                "exec",
+                &ns.name,
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/24", ns.inside),
+                "dev",
+                &inner,
+            ])
+            && ip(&["netns", "exec", &ns.name, "ip", "link", "set", &inner, "up"])
+            && ip(&["netns", "exec", &ns.name, "ip", "link", "set", "lo", "up"]);
+        ok.then_some(ns)
+    }
+
+    /// Cut (`false`) or restore (`true`) the link.
+    fn link(&self, up: bool) {
+        assert!(ip(&[
+            "link",
+            "set",
+            &self.outer,
+            if up { "up" } else { "down" }
+        ]));
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", &self.outer]);
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+#[test]
+fn a_host_cut_off_by_the_network_is_dropped_and_rejoins() {
+    let _one = one_at_a_time();
+    let Some(ns) = Netns::create() else {
+        eprintln!("skipped: making a network namespace needs root (and the capability)");
+        return;
+    };
+    let redis_port = ports::block(1).base;
+    let _redis = PrivateRedis::start_on(redis_port, &format!("127.0.0.1 {}", ns.outside));
+    let block = ports::block(8);
+    let (base, lb) = (block.base, ports::block(1).base);
+    drop(block);
+    let name = format!("netns{}", std::process::id());
+    let redis = format!("redis://{}:{redis_port}", ns.outside);
+    let body = |at: Ipv4Addr, port: u16| {
+        let addr = SocketAddr::new(IpAddr::V4(at), lb);
+        format!(
+            "[[app]]\nname = \"chat\"\ncommand = {:?}\nargs = [\"worker\"]\ninstances = 2\nport = {port}\nready = \"http:/health\"\n\n\
+             [balancer]\nlisten = \"{addr}\"\ncookie_secret = \"a secret shared by every host\"\n\n\
+             [cluster]\nname = \"{name}\"\nredis = {redis:?}\nadvertise = \"{addr}\"\n",
+            crate::harness::rtsup_bin()
+        )
+    };
+    // A inside the namespace (reached only through the veth pair), B outside.
+    let a = Rtsup::start_wrapped(&body(ns.inside, base), &["ip", "netns", "exec", &ns.name]);
+    a.wait_all_ready();
+    let b = Rtsup::start(&body(ns.outside, base + 4));
+    b.wait_all_ready();
+    let (a_addr, b_addr) = (
+        SocketAddr::new(IpAddr::V4(ns.inside), lb),
+        SocketAddr::new(IpAddr::V4(ns.outside), lb),
+    );
+    let hosts =
+        |r: &Rtsup| String::from_utf8_lossy(&r.cli(&["status", "--cluster"]).stdout).into_owned();
+    wait_until("B to see A", || {
+        let t = hosts(&b);
+        if t.contains("2 host(s)") {
+            Ok(())
+        } else {
+            Err(t)
+        }
+    });
+    let sid = handshake(a_addr);
+    let path = format!("{EIO}&sid={sid}");
+    assert_eq!(request(b_addr, "POST", &path, "40").0, 200);
+    ns.link(false);
+    let cut = Instant::now();
+    wait_until("B to drop the cut-off host", || {
+        let t = hosts(&b);
+        if t.contains("1 host(s)") {
+            Ok(())
+        } else {
+            Err(t)
+        }
+    });
+    let took = cut.elapsed();
+    let (status, body) = request(b_addr, "POST", &path, "40");
+    assert_eq!(status, 400, "{body}");
+    assert!(took < Duration::from_secs(4), "dropped after {took:?}");
+    // A, alone, says Redis is down and keeps its own sessions.
+    wait_until("A to see Redis down", || {
+        let t = hosts(&a);
+        if t.contains("Redis DOWN") {
+            Ok(())
+        } else {
+            Err(t)
+        }
+    });
+    ns.link(true);
+    wait_until("A to rejoin and B to route to it again", || {
+        let fresh = handshake(a_addr);
+        match request(b_addr, "POST", &format!("{EIO}&sid={fresh}"), "40") {
+            (200, _) => Ok(()),
+            other => Err(format!("{other:?} {}", hosts(&b))),
+        }
+    });
+}

@@ -71,15 +71,27 @@ impl Rtsup {
 
     /// [`Rtsup::start`] with more arguments for `rtsup start` (e.g. `--env production`).
     pub fn start_args(body: &str, args: &[&str]) -> Self {
-        Self::start_inner(body, &[], None, args)
+        Self::start_inner(body, &[], None, args, &[])
+    }
+
+    /// [`Rtsup::start`] run through `wrapper` (e.g. `ip netns exec NAME`), which must exec
+    /// rtsup in its own process (signals reach the daemon).
+    pub fn start_wrapped(body: &str, wrapper: &[&str]) -> Self {
+        Self::start_inner(body, &[], None, &[], wrapper)
     }
 
     /// [`Rtsup::start_with`] under `ulimit ARGS` when given (e.g. `-n 96`, `-Sn 256`).
     pub fn start_full(body: &str, env: &[(&str, &str)], ulimit: Option<&str>) -> Self {
-        Self::start_inner(body, env, ulimit, &[])
+        Self::start_inner(body, env, ulimit, &[], &[])
     }
 
-    fn start_inner(body: &str, env: &[(&str, &str)], ulimit: Option<&str>, args: &[&str]) -> Self {
+    fn start_inner(
+        body: &str,
+        env: &[(&str, &str)],
+        ulimit: Option<&str>,
+        args: &[&str],
+        wrapper: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("rtsup.sock");
         let log_dir = dir.path().join("logs");
@@ -97,6 +109,15 @@ impl Rtsup {
         );
         fs::write(&config, text).expect("write config");
         let mut cmd = match ulimit {
+            None if !wrapper.is_empty() => {
+                let mut c = Command::new(wrapper[0]);
+                c.args(&wrapper[1..])
+                    .arg(rtsup_bin())
+                    .args(["start", "-c"])
+                    .arg(&config)
+                    .args(args);
+                c
+            }
             None => {
                 let mut c = Command::new(rtsup_bin());
                 c.args(["start", "-c"]).arg(&config).args(args);
@@ -588,12 +609,20 @@ pub struct PrivateRedis {
 
 impl PrivateRedis {
     pub fn start(port: u16) -> Self {
+        Self::start_on(port, "127.0.0.1")
+    }
+
+    /// [`PrivateRedis::start`] listening on `bind` (addresses separated by spaces).
+    pub fn start_on(port: u16, bind: &str) -> Self {
         let child = std::process::Command::new("redis-server")
             .args([
                 "--port",
                 &port.to_string(),
                 "--bind",
-                "127.0.0.1",
+                bind,
+                // Beyond loopback (a test network namespace), without a password.
+                "--protected-mode",
+                if bind == "127.0.0.1" { "yes" } else { "no" },
                 "--save",
                 "",
                 "--appendonly",

@@ -262,35 +262,35 @@ fn valid_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
 }
 
-/// `name="value", …` with escapes inside the quotes (an empty set too).
-fn valid_labels(labels: &str) -> bool {
+/// The `name="value"` pairs of a label set (each value with its quotes, escapes inside),
+/// `None` when it is malformed; an empty set has none.
+fn label_pairs(labels: &str) -> Option<Vec<(&str, &str)>> {
+    let mut pairs = Vec::new();
     let mut rest = labels.trim();
     while !rest.is_empty() {
-        let Some((name, after)) = rest.split_once('=') else {
-            return false;
-        };
-        if !valid_name(name.trim()) {
-            return false;
+        let (name, after) = rest.split_once('=')?;
+        let name = name.trim();
+        if !valid_name(name) {
+            return None;
         }
-        let Some(after) = after.trim_start().strip_prefix('"') else {
-            return false;
-        };
+        let after = after.trim_start();
+        let body = after.strip_prefix('"')?;
         let mut escaped = false;
-        let Some(end) = after.char_indices().find_map(|(i, c)| {
+        let end = body.char_indices().find_map(|(i, c)| {
             let closes = c == '"' && !escaped;
             escaped = c == '\\' && !escaped;
             closes.then_some(i)
-        }) else {
-            return false;
-        };
-        rest = after[end + 1..].trim_start();
+        })?;
+        // The value with both quotes: `after` starts with the opening one.
+        pairs.push((name, &after[..end + 2]));
+        rest = body[end + 1..].trim_start();
         rest = match rest.strip_prefix(',') {
             Some(r) => r.trim_start(),
             None if rest.is_empty() => rest,
-            None => return false,
+            None => return None,
         };
     }
-    true
+    Some(pairs)
 }
 
 /// The OpenMetrics family name: a counter's without `_total`.
@@ -352,20 +352,20 @@ impl<'a> Sample<'a> {
     /// A valid name, label set and value (a number, `+Inf`, `-Inf` or `NaN`).
     fn valid(&self) -> bool {
         valid_name(self.name)
-            && valid_labels(self.labels)
+            && label_pairs(self.labels).is_some()
             && (self.value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&self.value))
     }
 
-    /// With `name`, the worker's labels first; a label of its own that collides is kept as
+    /// With `name`, rtsup's labels first, then the worker's; one of its own that collides is kept as
     /// `exported_<name>` (Prometheus's convention).
     fn render(&self, name: &str, add: &[(String, String)]) -> String {
         let mut parts: Vec<String> = add.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-        if !self.labels.trim().is_empty() {
-            let own = self.labels.trim().trim_end_matches(',');
-            let renamed = add
-                .iter()
-                .fold(own.to_string(), |acc, (k, _)| rename_label(&acc, k));
-            parts.push(renamed);
+        for (label, value) in label_pairs(self.labels).unwrap_or_default() {
+            if add.iter().any(|(k, _)| k == label) {
+                parts.push(format!("exported_{label}={value}"));
+            } else {
+                parts.push(format!("{label}={value}"));
+            }
         }
         format!("{name}{{{}}} {}", parts.join(","), self.value)
     }
@@ -386,48 +386,6 @@ fn closing_brace(s: &str) -> Option<usize> {
         }
     }
     None
-}
-
-/// `labels` with the label `key` (outside quotes) renamed `exported_key`.
-fn rename_label(labels: &str, key: &str) -> String {
-    let mut out = String::with_capacity(labels.len() + 9);
-    let mut in_quotes = false;
-    let mut escaped = false;
-    let mut at_name = true;
-    let mut i = 0;
-    let bytes = labels.as_bytes();
-    while i < bytes.len() {
-        let c = bytes[i];
-        if !in_quotes && at_name {
-            let rest = &labels[i..];
-            let trimmed = rest.trim_start();
-            let skip = rest.len() - trimmed.len();
-            if trimmed.starts_with(key) && trimmed[key.len()..].trim_start().starts_with('=') {
-                out.push_str(&rest[..skip]);
-                out.push_str("exported_");
-                out.push_str(key);
-                i += skip + key.len();
-                at_name = false;
-                continue;
-            }
-            at_name = false;
-        }
-        match c {
-            _ if escaped => escaped = false,
-            b'\\' if in_quotes => escaped = true,
-            b'"' => in_quotes = !in_quotes,
-            b',' if !in_quotes => at_name = true,
-            _ => {}
-        }
-        out.push(char::from(c));
-        i += 1;
-    }
-    // Only ASCII was pushed byte by byte above; fall back to the original for anything else.
-    if labels.is_ascii() {
-        out
-    } else {
-        labels.to_string()
-    }
 }
 
 #[cfg(test)]
@@ -483,6 +441,11 @@ mod tests {
             (
                 "# TYPE g gauge\ng{app=\"x}\",k=\"v\"} 1\n",
                 "# TYPE g gauge\ng{app=\"a\",instance=\"0\",exported_app=\"x}\",k=\"v\"} 1\n",
+            ),
+            // Non-ASCII values are renamed the same.
+            (
+                "# TYPE g gauge\ng{app=\"café\"} 1\n",
+                "# TYPE g gauge\ng{app=\"a\",instance=\"0\",exported_app=\"café\"} 1\n",
             ),
             // OpenMetrics input: EOF and exemplars dropped.
             (

@@ -449,7 +449,9 @@ impl ProxyHttp for Balancer {
                 }
             }
         }
-        if ctx.engineio
+        // In a cluster only (no copy of the sid on the request path otherwise).
+        if self.config.cluster.is_some()
+            && ctx.engineio
             && !self.config.unsticky
             && let Some(sid) = ctx.sid.clone()
         {

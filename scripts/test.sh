@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: install what is missing, then every unit and
 # integration test of the workspace (the integration tests run the real rtsup binary), then
-# the Debian package built from that binary (contents; installed and purged when root).
+# `cargo install` from the repository, then the Debian package built from that binary
+# (contents; installed and purged when root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo test --workspace --all-targets --locked
+# `cargo install` from the repository works (reusing the build just made).
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+cargo install --path . --locked --debug --target-dir target --root "$root" --quiet
+"$root/bin/rtsup" --version
 scripts/deb-test.sh

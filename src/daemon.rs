@@ -361,6 +361,10 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
                         .map(|(c, _)| balancer::cluster::ClusterLink {
                             me: Arc::from(c.me().to_string()),
                             directory: c.directory(),
+                            // Only an address of this machine can be bound (not a NAT's).
+                            bind: std::net::UdpSocket::bind((c.me().ip(), 0))
+                                .is_ok()
+                                .then_some(c.me().ip()),
                         }),
                 },
                 max_sessions: balancer::sid_table::DEFAULT_MAX_SESSIONS,

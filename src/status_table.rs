@@ -40,7 +40,10 @@ pub fn render_cluster(c: &crate::cluster::ClusterSummary) -> String {
         match (&c.redis_up, &c.redis_down_since) {
             (true, _) => "answers".to_string(),
             (false, Some(since)) => format!(
-                "DOWN since {since}: each host routes its own sessions, other hosts as last seen"
+                "DOWN since {since}{}: each host routes its own sessions, other hosts as last seen",
+                c.redis_error
+                    .as_deref()
+                    .map_or(String::new(), |e| format!(" ({e})"))
             ),
             (false, None) => "DOWN".to_string(),
         }

@@ -164,6 +164,44 @@ fn a_thousand_sessions_spread_over_three_hosts_never_hear_session_id_unknown() {
         failures.len(),
         &failures[..failures.len().min(5)]
     );
+    // A reconnecting client that carries host A's cookie lands on B: B forwards its handshake
+    // to A from B's own address, and A sees the client, not B (a peer's X-Forwarded-For is
+    // believed), so per-client limits stay per client.
+    let mut s = TcpStream::connect(addrs[0]).expect("connect");
+    write!(
+        s,
+        "GET {EIO} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    let cookie = resp
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_else(|| panic!("no cookie in {resp}"))
+        .to_string();
+    let SocketAddr::V4(b) = addrs[1] else {
+        unreachable!("the hosts are IPv4")
+    };
+    let mut s = crate::harness::connect_between([127, 0, 0, 50], b).expect("connect from .50");
+    write!(
+        s,
+        "GET {EIO} HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let access = hosts[0].rtsup.log_dir.join("access.log");
+    wait_until("host A to log the client's own address", || {
+        let log = std::fs::read_to_string(&access).unwrap_or_default();
+        if log.lines().any(|l| l.starts_with("127.0.0.50 ")) {
+            Ok(())
+        } else {
+            Err(log.lines().rev().take(3).collect::<Vec<_>>().join("\n"))
+        }
+    });
     // A sid nobody issued is still answered "unknown" (by every host).
     for a in &addrs {
         let (status, body) = request(*a, "GET", &format!("{EIO}&sid=nobody-issued-this"), "");

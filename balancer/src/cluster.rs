@@ -33,6 +33,9 @@ pub struct ClusterLink {
     pub me: Arc<str>,
     /// The shared session directory.
     pub directory: Arc<dyn SessionDirectory>,
+    /// The local address peers are connected from (this host's advertised one, when it is an
+    /// address of this machine): a peer recognises it and believes its `X-Forwarded-For`.
+    pub bind: Option<std::net::IpAddr>,
 }
 
 impl std::fmt::Debug for ClusterLink {
@@ -75,6 +78,7 @@ mod tests {
         let c = ClusterLink {
             me: Arc::from("10.0.0.11:8080"),
             directory: Arc::new(Nothing),
+            bind: None,
         };
         assert_eq!(c.global("chat:0#3"), "10.0.0.11:8080/chat:0#3");
         assert_eq!(c.local("10.0.0.11:8080/chat:0"), Some("chat:0"));

@@ -587,6 +587,12 @@ impl ProxyHttp for Balancer {
             // peer, never a slow poll.
             peer.options.read_timeout = Some(PEER_SILENCE);
             peer.options.write_timeout = Some(PEER_SILENCE);
+            // From this host's advertised address, so the peer knows it is a peer.
+            if let Some(ip) = self.config.cluster.as_ref().and_then(|c| c.bind) {
+                let mut bind = pingora::connectors::l4::BindTo::default();
+                bind.addr = Some(std::net::SocketAddr::new(ip, 0));
+                peer.options.bind_to = Some(bind);
+            }
         }
         if let Some((id, upstream)) = &ctx.upstream {
             // A key of its own: a pooled connection would bypass the hook (and upgraded

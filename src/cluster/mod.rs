@@ -76,6 +76,8 @@ pub struct Cluster {
     pub lookups: LookupCounters,
     /// Left the cluster (the daemon stops): nothing is written any more.
     left: AtomicBool,
+    /// Why Redis did not answer, when it was asked (for the status).
+    last_error: Mutex<Option<String>>,
     /// This process's id in its host record.
     instance: String,
     /// The Redis data set last seen (a random value this cluster keeps in Redis): when it
@@ -115,6 +117,9 @@ pub struct ClusterSummary {
     pub redis_up: bool,
     /// Since when it does not (RFC 3339), when down.
     pub redis_down_since: Option<String>,
+    /// Why, when known (`WRONGPASS …`, a refused connection).
+    #[serde(default)]
+    pub redis_error: Option<String>,
     /// This host's record and the others', by address.
     pub hosts: Vec<HostRecord>,
 }
@@ -137,12 +142,14 @@ impl Cluster {
             sids: OnceLock::new(),
             lookups: LookupCounters::default(),
             left: AtomicBool::new(false),
+            last_error: Mutex::new(None),
             instance: format!("{:016x}", rand_u64()),
             epoch: Mutex::new(None),
             clash_warned: Mutex::new(None),
             lookup_slots: Arc::new(tokio::sync::Semaphore::new(MAX_LOOKUPS)),
         });
         tokio::spawn(write_sessions(cluster.clone(), learned_rx));
+        tokio::spawn(republish_on_reconnect(Arc::downgrade(&cluster)));
         Ok((cluster, view_rx))
     }
 
@@ -196,6 +203,9 @@ impl Cluster {
         };
         if ok {
             *since = None;
+            if let Ok(mut last) = self.last_error.lock() {
+                *last = None;
+            }
             info!("cluster: Redis answers again; writing this host's sessions again");
             tokio::spawn(republish(self.clone()));
         } else {
@@ -206,6 +216,16 @@ impl Cluster {
                 error,
                 "cluster: Redis does not answer; routing this host's sessions only until it does"
             );
+            // The shared client hides the first error behind its retries: ask once for it.
+            let cluster = self.clone();
+            tokio::spawn(async move {
+                if let Some(why) = diagnose(&cluster.config.redis).await {
+                    warn!(redis = %redact(&cluster.config.redis), error = why, "cluster: why Redis does not answer");
+                    if let Ok(mut last) = cluster.last_error.lock() {
+                        *last = Some(why);
+                    }
+                }
+            });
         }
     }
 
@@ -468,6 +488,7 @@ impl Cluster {
             name: self.config.name.clone(),
             me: self.me().to_string(),
             redis_up: self.redis_up(),
+            redis_error: self.last_error.lock().ok().and_then(|e| e.clone()),
             redis_down_since: down_since.map(|t| {
                 chrono::DateTime::<chrono::Utc>::from(t)
                     .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -533,6 +554,39 @@ async fn write_sessions(cluster: Arc<Cluster>, mut rx: mpsc::Receiver<(String, S
         if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
             cluster.answered(Err(e));
         }
+    }
+}
+
+/// After every reconnection, write this host's sessions again: a Redis that restarted from an
+/// older snapshot (or a replica that lagged) keeps the epoch but lost the newest sessions.
+async fn republish_on_reconnect(cluster: std::sync::Weak<Cluster>) {
+    let Some(mut reconnects) = cluster.upgrade().map(|c| c.client.reconnect_rx()) else {
+        return;
+    };
+    while reconnects.recv().await.is_ok() {
+        let Some(c) = cluster.upgrade() else { return };
+        if c.left.load(Ordering::Relaxed) {
+            return;
+        }
+        info!("cluster: reconnected to Redis; writing this host's sessions again");
+        tokio::spawn(republish(c));
+    }
+}
+
+/// Why Redis does not answer, asked on a connection of its own that reports its first error
+/// (the shared client retries quietly): a refused password, a refused connection, a timeout.
+async fn diagnose(url: &str) -> Option<String> {
+    let mut config = Config::from_url(url).ok()?;
+    config.fail_fast = true;
+    let mut b = Builder::from_config(config);
+    b.with_connection_config(|c| c.connection_timeout = Duration::from_secs(2));
+    let client = b.build().ok()?;
+    let result = tokio::time::timeout(Duration::from_secs(3), client.init()).await;
+    let _ = client.quit().await;
+    match result {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some("no answer within 3 s".into()),
     }
 }
 

@@ -384,6 +384,17 @@ pub fn cpu_share(pid: u32, window: Duration) -> f64 {
 /// A TCP connection to 127.0.0.1:`port` from local address `from` (any of 127/8, so a test
 /// can be several clients).
 pub fn connect_from(from: [u8; 4], port: u16) -> std::io::Result<std::net::TcpStream> {
+    connect_between(
+        from,
+        std::net::SocketAddrV4::new([127, 0, 0, 1].into(), port),
+    )
+}
+
+/// A TCP connection from local address `from` to `to`.
+pub fn connect_between(
+    from: [u8; 4],
+    to: std::net::SocketAddrV4,
+) -> std::io::Result<std::net::TcpStream> {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
     use std::os::fd::AsRawFd;
     let s = socket(
@@ -396,7 +407,7 @@ pub fn connect_from(from: [u8; 4], port: u16) -> std::io::Result<std::net::TcpSt
         s.as_raw_fd(),
         &SockaddrIn::new(from[0], from[1], from[2], from[3], 0),
     )?;
-    connect(s.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, port))?;
+    connect(s.as_raw_fd(), &SockaddrIn::from(to))?;
     Ok(std::net::TcpStream::from(s))
 }
 

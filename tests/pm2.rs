@@ -126,26 +126,42 @@ fn an_imported_ecosystem_runs_as_under_pm2() {
     });
 
     // A change under watch (not under ignore_watch) rolls every worker.
-    let gens = |r: &Rtsup| -> Vec<u64> {
-        r.workers()
-            .iter()
-            .map(|w| w["generation"].as_u64().unwrap_or(0))
-            .collect()
+    // The newest generation of each slot (a replaced worker is listed while it leaves).
+    let gens = |r: &Rtsup| -> std::collections::BTreeMap<u64, u64> {
+        let mut newest = std::collections::BTreeMap::new();
+        for w in r.workers() {
+            let slot = w["slot"].as_u64().unwrap_or(0);
+            let generation = w["generation"].as_u64().unwrap_or(0);
+            let e = newest.entry(slot).or_insert(0);
+            *e = generation.max(*e);
+        }
+        newest
     };
+    // After the restart of api:0 above has settled.
+    wait_until("api:0's replacement alone in its slot", || {
+        let ws = r.workers();
+        if ws.len() == 4 && ws.iter().all(|w| w["state"] == "ready") {
+            Ok(())
+        } else {
+            Err(format!("{ws:?}"))
+        }
+    });
     let before = gens(&r);
     let touched = pm2app().join(format!("watched/{}.touch", std::process::id()));
     fs::write(&touched, "changed").expect("write the watched file");
     let rolled = wait_until("every worker replaced after the change", || {
+        let ws = r.workers();
         let now = gens(&r);
-        let states: Vec<_> = r.workers().iter().map(|w| w["state"].clone()).collect();
-        // Only the four new workers (a replaced one is listed while it leaves).
-        if now.len() == before.len()
-            && now.iter().zip(&before).all(|(a, b)| a > b)
-            && states.iter().all(|s| s == "ready")
+        // Only the four new workers, each newer than its slot's before, all ready.
+        if ws.len() == 4
+            && ws.iter().all(|w| w["state"] == "ready")
+            && before
+                .iter()
+                .all(|(slot, g)| now.get(slot).is_some_and(|n| n > g))
         {
             Ok(now)
         } else {
-            Err(format!("{before:?} → {now:?} {states:?}"))
+            Err(format!("{before:?} → {now:?} {ws:?}"))
         }
     });
     let _ = fs::remove_file(&touched);

@@ -132,6 +132,10 @@ pub fn merge(sources: &[(Vec<(String, String)>, String)]) -> Merged {
         let mut helps: HashMap<&str, &str> = HashMap::new();
         for line in text.lines() {
             let line = line.trim_end();
+            // OpenMetrics ends there; anything after it is not part of the exposition.
+            if line == "# EOF" {
+                break;
+            }
             if let Some(rest) = line.strip_prefix("# HELP ") {
                 if let Some((name, help)) = rest.split_once(' ')
                     && valid_name(name)
@@ -449,7 +453,7 @@ mod tests {
             ),
             // OpenMetrics input: EOF and exemplars dropped.
             (
-                "# TYPE c counter\nc_total 1 # {trace=\"t\"} 1\n# EOF\n",
+                "# TYPE c counter\nc_total 1 # {trace=\"t\"} 1\n# EOF\nafter 1\n",
                 "# TYPE c counter\nc_total{app=\"a\",instance=\"0\"} 1\n",
             ),
             // Garbage lines are skipped.

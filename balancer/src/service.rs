@@ -258,15 +258,14 @@ impl Balancer {
             })
     }
 
-    /// The owner of `sid` as another host published it (cached in the sid table), when this
-    /// host does not know the sid and the request did not come from a peer.
+    /// The owner of `sid`, which this host does not know, as another host published it
+    /// (then cached in the sid table); never asked for a request that came from a peer.
     async fn remote_owner(&self, session: &Session, sid: &str) -> Option<Arc<str>> {
         let cluster = self.config.cluster.as_ref()?;
         if session
             .req_header()
             .headers
             .contains_key(crate::cluster::PEER_HEADER)
-            || self.sids.lookup(sid).is_some()
         {
             return None;
         }
@@ -449,14 +448,16 @@ impl ProxyHttp for Balancer {
                 }
             }
         }
-        // In a cluster only (no copy of the sid on the request path otherwise).
-        if self.config.cluster.is_some()
-            && ctx.engineio
-            && !self.config.unsticky
-            && let Some(sid) = ctx.sid.clone()
-        {
-            self.remote_owner(session, &sid).await;
+        // The sid's owner: this host's table, else (in a cluster) the directory, asked once. A
+        // sid of another app's worker is unknown here (and not this app's to forget).
+        let owner = match ctx.sid.as_deref() {
+            Some(sid) if !self.config.unsticky => match self.sids.lookup(sid) {
+                Some(owner) => Some(owner),
+                None => self.remote_owner(session, sid).await,
+            },
+            _ => None,
         }
+        .filter(|id| !self.of_another_app(id, route.app));
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         let decision = if self.config.unsticky {
             match snap.ready.len() {
@@ -467,12 +468,6 @@ impl ProxyHttp for Balancer {
                 },
             }
         } else {
-            // A sid of another app's worker is unknown here (and not this app's to forget).
-            let owner = ctx
-                .sid
-                .as_deref()
-                .and_then(|s| self.sids.lookup(s))
-                .filter(|id| !self.of_another_app(id, route.app));
             // Only what the decision reads: a request of a known session needs no cookie
             // (HMAC), and only a handshake has a client address (read for ip-hash placement).
             let cookie = match (ctx.engineio, &owner) {

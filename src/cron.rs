@@ -16,6 +16,24 @@ pub fn parse(pattern: &str) -> Result<Cron, String> {
         .map_err(|e| format!("{pattern:?} is not a cron pattern like \"0 3 * * *\": {e}"))
 }
 
+/// The states of `app`'s workers now (`None`: no such app any more).
+pub fn app_states(handle: &SupervisorHandle, app: &str) -> Option<Vec<WorkerState>> {
+    handle
+        .fleet()
+        .apps
+        .iter()
+        .find(|a| a.name == app)
+        .map(|a| a.workers.iter().map(|w| w.state).collect())
+}
+
+/// Whether an app with these worker states is running (not stopped by the operator, not
+/// errored): a scheduled or watched restart applies to it.
+pub fn running(states: &[WorkerState]) -> bool {
+    states
+        .iter()
+        .any(|s| matches!(s, WorkerState::Ready | WorkerState::Starting))
+}
+
 /// Restart `app` (rolling, each worker drained as by `rtsup restart APP`) at every time of
 /// `cron`, until the supervisor is gone.
 pub async fn run(handle: SupervisorHandle, app: String, cron: Cron) {
@@ -32,19 +50,10 @@ pub async fn run(handle: SupervisorHandle, app: String, cron: Cron) {
         tokio::time::sleep(wait).await;
         // Not an app the operator stopped (it stays stopped), nor one whose previous
         // replacement is still under way (workers draining or stopping): that time is skipped.
-        let fleet = handle.fleet();
-        let Some(states) = fleet
-            .apps
-            .iter()
-            .find(|a| a.name == app)
-            .map(|a| a.workers.iter().map(|w| w.state).collect::<Vec<_>>())
-        else {
+        let Some(states) = app_states(&handle, &app) else {
             continue;
         };
-        if !states
-            .iter()
-            .any(|s| matches!(s, WorkerState::Ready | WorkerState::Starting))
-        {
+        if !running(&states) {
             info!(app, "cron_restart: the app is not running; skipped");
             continue;
         }

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use notify::event::ModifyKind;
 use notify::{EventKind, RecursiveMode, Watcher};
-use supervisor::{SupervisorHandle, WorkerState};
+use supervisor::SupervisorHandle;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -70,17 +70,7 @@ pub async fn run(handle: SupervisorHandle, w: WatchConfig, own: Vec<PathBuf>) {
         };
         let Some(path) = path else { continue };
         let path = path.display().to_string();
-        let fleet = handle.fleet();
-        let running = fleet
-            .apps
-            .iter()
-            .find(|a| a.name == w.app)
-            .is_some_and(|a| {
-                a.workers
-                    .iter()
-                    .any(|w| matches!(w.state, WorkerState::Ready | WorkerState::Starting))
-            });
-        if !running {
+        if !crate::cron::app_states(&handle, &w.app).is_some_and(|s| crate::cron::running(&s)) {
             info!(
                 app = w.app,
                 path, "watch: change ignored, the app is not running"
@@ -112,15 +102,13 @@ fn changes_something(kind: &EventKind) -> bool {
     }
 }
 
-/// Whether `path` is one of rtsup's own: under one of `own`, or a file named after one
-/// (`rtsup.sock.pids` beside `rtsup.sock`).
+/// Whether `path` is one of rtsup's own: one of `own`, under one, or a file named after one
+/// (`rtsup.sock.pids` beside `rtsup.sock`): its text starts with one's.
 fn is_own(path: &Path, own: &[PathBuf]) -> bool {
     own.iter().any(|o| {
-        path.starts_with(o)
-            || path
-                .as_os_str()
-                .as_bytes()
-                .starts_with(o.as_os_str().as_bytes())
+        path.as_os_str()
+            .as_bytes()
+            .starts_with(o.as_os_str().as_bytes())
     })
 }
 

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, json};
 
 /// The first line of a file written here: only such a file is rewritten by the next one-off.
 const ORIGIN: &str = "written by `rtsup start SCRIPT` (rewritten by the next one; edit it and it is yours: rename it or run it with -c)";
@@ -79,30 +79,20 @@ pub fn write(o: &OneOff, dest: &Path) -> anyhow::Result<()> {
     if let Some(l) = left_out.first() {
         bail!("{}: {}", l.key.trim_start_matches("apps[0]."), l.reason);
     }
-    crate::config::Config::parse(dest, &toml)
+    let config = crate::config::Config::parse(dest, &toml)
         .map_err(|e| anyhow::anyhow!("the app as given is not valid:\n{e}"))?;
     std::fs::write(dest, &toml).with_context(|| format!("cannot write {}", dest.display()))?;
-    let value: Value = toml::from_str::<toml::Value>(&toml)
-        .ok()
-        .and_then(|t| serde_json::to_value(t).ok())
-        .unwrap_or_default();
-    let app = &value["app"][0];
-    eprintln!(
-        "rtsup: wrote {} — app {} ({} {}), workers from port {}, balancer on {}",
-        dest.display(),
-        app["name"].as_str().unwrap_or("?"),
-        app["command"].as_str().unwrap_or("?"),
-        app["args"]
-            .as_array()
-            .map(|a| a
-                .iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(" "))
-            .unwrap_or_default(),
-        o.port,
-        o.listen
-    );
+    if let Some(app) = config.apps.first() {
+        eprintln!(
+            "rtsup: wrote {} — app {} ({} {}), workers from port {}, balancer on {}",
+            dest.display(),
+            app.name,
+            app.command,
+            app.args.join(" "),
+            o.port,
+            o.listen
+        );
+    }
     Ok(())
 }
 

@@ -323,8 +323,8 @@ fn family<'a>(families: &'a mut Vec<Family>, name: &str) -> &'a mut Family {
 #[derive(Debug, PartialEq)]
 struct Sample<'a> {
     name: &'a str,
-    /// The label pairs as written, without braces (may be empty).
-    labels: &'a str,
+    /// The label pairs (values with their quotes), read once.
+    labels: Vec<(&'a str, &'a str)>,
     value: &'a str,
 }
 
@@ -348,15 +348,15 @@ impl<'a> Sample<'a> {
         let value = rest.split_whitespace().next()?;
         Some(Self {
             name,
-            labels,
+            labels: label_pairs(labels)?,
             value,
         })
     }
 
-    /// A valid name, label set and value (a number, `+Inf`, `-Inf` or `NaN`).
+    /// A valid name and value (a number, `+Inf`, `-Inf` or `NaN`); the labels were checked
+    /// when read.
     fn valid(&self) -> bool {
         valid_name(self.name)
-            && label_pairs(self.labels).is_some()
             && (self.value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&self.value))
     }
 
@@ -364,7 +364,7 @@ impl<'a> Sample<'a> {
     /// `exported_<name>` (Prometheus's convention).
     fn render(&self, name: &str, add: &[(String, String)]) -> String {
         let mut parts: Vec<String> = add.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-        for (label, value) in label_pairs(self.labels).unwrap_or_default() {
+        for &(label, value) in &self.labels {
             if add.iter().any(|(k, _)| k == label) {
                 parts.push(format!("exported_{label}={value}"));
             } else {

@@ -281,6 +281,26 @@ fn daemon_env(dir: &Path) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// `rtsup ARGS` in `dir`, for a daemon whose socket and logs are in `dir` ([`daemon_env`]).
+fn rtsup_in(dir: &Path, args: &[&str]) -> Output {
+    let env = daemon_env(dir);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    rtsup(args, &env, dir)
+}
+
+/// `rtsup stop` of the background daemon of `dir`, once `pid` is gone.
+fn stop_background(dir: &Path, pid: u32) -> Output {
+    let out = rtsup_in(dir, &["stop"]);
+    wait_until("the background daemon gone", || {
+        if harness::running(pid) {
+            Err(format!("pid {pid} still runs"))
+        } else {
+            Ok(())
+        }
+    });
+    out
+}
+
 fn pid_of(stdout: &str) -> u32 {
     stdout
         .split("(pid ")
@@ -296,18 +316,15 @@ fn a_one_off_script_runs_in_the_background_and_is_written_down() {
     let block = ports::block(6);
     let (base, lb) = (block.base, block.base + 5);
     drop(block);
-    let env = daemon_env(dir.path());
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let fixture = harness::fixture().display().to_string();
     let port = base.to_string();
     let listen = format!("127.0.0.1:{lb}");
-    let out = rtsup(
+    let out = rtsup_in(
+        dir.path(),
         &[
             "start", &fixture, "-i", "2", "--name", "api", "--port", &port, "--listen", &listen,
             "-d",
         ],
-        &env,
-        dir.path(),
     );
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
@@ -327,7 +344,7 @@ fn a_one_off_script_runs_in_the_background_and_is_written_down() {
     assert!(http_get(lb, "/").is_ok_and(|b| b.contains("\"pid\"")));
 
     // A second -d finds it running.
-    let again = rtsup(&["start", "-d"], &env, dir.path());
+    let again = rtsup_in(dir.path(), &["start", "-d"]);
     assert!(!again.status.success());
     assert!(
         text(&again.stderr).contains("already answers"),
@@ -337,7 +354,7 @@ fn a_one_off_script_runs_in_the_background_and_is_written_down() {
 
     // A file the user wrote is never replaced by a one-off.
     fs::write(dir.path().join("rtsup.toml"), format!("# mine\n{written}")).expect("write");
-    let refused = rtsup(&["start", &fixture, "--name", "other"], &env, dir.path());
+    let refused = rtsup_in(dir.path(), &["start", &fixture, "--name", "other"]);
     assert!(!refused.status.success());
     assert!(
         fs::read_to_string(dir.path().join("rtsup.toml"))
@@ -345,15 +362,8 @@ fn a_one_off_script_runs_in_the_background_and_is_written_down() {
             .starts_with("# mine")
     );
 
-    let stop = rtsup(&["stop"], &env, dir.path());
+    let stop = stop_background(dir.path(), pid);
     assert!(stop.status.success(), "{}", text(&stop.stderr));
-    wait_until("the background daemon gone", || {
-        if harness::running(pid) {
-            Err(format!("pid {pid} still runs"))
-        } else {
-            Ok(())
-        }
-    });
 }
 
 #[test]
@@ -374,9 +384,7 @@ fn start_d_fails_when_a_worker_cannot_start() {
         ),
     )
     .expect("write");
-    let env = daemon_env(dir.path());
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let out = rtsup(&["start", "-c", "crash.toml", "-d"], &env, dir.path());
+    let out = rtsup_in(dir.path(), &["start", "-c", "crash.toml", "-d"]);
     let stdout = text(&out.stdout);
     assert!(!out.status.success(), "{stdout}");
     assert!(stdout.contains("errored"), "{stdout}");
@@ -385,15 +393,7 @@ fn start_d_fails_when_a_worker_cannot_start() {
         "{}",
         text(&out.stderr)
     );
-    let pid = pid_of(&stdout);
-    let _ = rtsup(&["stop"], &env, dir.path());
-    wait_until("the background daemon gone", || {
-        if harness::running(pid) {
-            Err(format!("pid {pid} still runs"))
-        } else {
-            Ok(())
-        }
-    });
+    stop_background(dir.path(), pid_of(&stdout));
 }
 
 #[test]

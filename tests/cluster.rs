@@ -64,16 +64,32 @@ fn three_hosts(redis_port: u16) -> Vec<Host> {
         .collect();
     for h in &hosts {
         wait_until("every host sees 6 ready workers", || {
-            let out = h.rtsup.cli(&["status", "--cluster"]);
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let text = cluster_status(&h.rtsup);
             if text.matches(" ready").count() == 6 && text.contains("3 host(s)") {
                 Ok(())
             } else {
-                Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
+                Err(text)
             }
         });
     }
     hosts
+}
+
+/// `rtsup status --cluster` of `r`, as printed.
+fn cluster_status(r: &Rtsup) -> String {
+    String::from_utf8_lossy(&r.cli(&["status", "--cluster"]).stdout).into_owned()
+}
+
+/// Wait until `r`'s `status --cluster` says `needle`.
+fn wait_cluster(r: &Rtsup, what: &str, needle: &str) {
+    wait_until(what, || {
+        let text = cluster_status(r);
+        if text.contains(needle) {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    });
 }
 
 /// One HTTP/1.1 request on a connection of its own; status and body.
@@ -265,8 +281,7 @@ fn stopping_a_host_moves_its_clients_elsewhere_within_5s() {
         took < Duration::from_secs(5),
         "clients moved after {took:?}"
     );
-    let cluster =
-        String::from_utf8_lossy(&hosts[1].rtsup.cli(&["status", "--cluster"]).stdout).into_owned();
+    let cluster = cluster_status(&hosts[1].rtsup);
     assert!(
         cluster.contains("2 host(s)") && !cluster.contains(&a.to_string()),
         "{cluster}"
@@ -282,15 +297,11 @@ fn redis_restarted_nothing_crashes_and_routing_across_hosts_recovers_within_5s()
     let (a, b) = (hosts[0].addr, hosts[1].addr);
     redis.kill();
     // Each host keeps routing its own sessions, and says Redis is down.
-    wait_until("host A to notice Redis is down", || {
-        let out = hosts[0].rtsup.cli(&["status", "--cluster"]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if text.contains("Redis DOWN") {
-            Ok(())
-        } else {
-            Err(text)
-        }
-    });
+    wait_cluster(
+        &hosts[0].rtsup,
+        "host A to notice Redis is down",
+        "Redis DOWN",
+    );
     let during = handshake(a);
     let (status, body) = request(a, "POST", &format!("{EIO}&sid={during}"), "40");
     assert_eq!(status, 200, "{body}");
@@ -389,15 +400,7 @@ fn a_host_cut_off_without_a_word_is_dropped_within_2s_and_taken_back() {
     // expires.
     hosts[0].rtsup.signal(Signal::SIGSTOP);
     let cut = Instant::now();
-    wait_until("B to drop the silent host", || {
-        let out = hosts[1].rtsup.cli(&["status", "--cluster"]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if text.contains("2 host(s)") {
-            Ok(())
-        } else {
-            Err(text)
-        }
-    });
+    wait_cluster(&hosts[1].rtsup, "B to drop the silent host", "2 host(s)");
     let took = cut.elapsed();
     // Its sessions are unknown at once (clients reconnect to the hosts that answer).
     let (status, body) = request(b, "POST", &path, "40");
@@ -434,15 +437,11 @@ fn hosts_started_before_redis_join_and_an_emptied_redis_is_refilled() {
     let b = host_with(3, &name, redis_port, &app(base + 4), lb);
     let mut redis = PrivateRedis::start(redis_port);
     for h in [&a, &b] {
-        wait_until("the hosts to find each other once Redis is up", || {
-            let out = h.rtsup.cli(&["status", "--cluster"]);
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            if text.contains("2 host(s); Redis answers") {
-                Ok(())
-            } else {
-                Err(text)
-            }
-        });
+        wait_cluster(
+            &h.rtsup,
+            "the hosts to find each other once Redis is up",
+            "2 host(s); Redis answers",
+        );
     }
     // A session of A that B never saw; then Redis comes back empty at once (no outage long
     // enough to notice): A writes its sessions again.
@@ -581,48 +580,25 @@ fn a_host_cut_off_by_the_network_is_dropped_and_rejoins() {
         SocketAddr::new(IpAddr::V4(ns.inside), lb),
         SocketAddr::new(IpAddr::V4(ns.outside), lb),
     );
-    let hosts =
-        |r: &Rtsup| String::from_utf8_lossy(&r.cli(&["status", "--cluster"]).stdout).into_owned();
-    wait_until("B to see A", || {
-        let t = hosts(&b);
-        if t.contains("2 host(s)") {
-            Ok(())
-        } else {
-            Err(t)
-        }
-    });
+    wait_cluster(&b, "B to see A", "2 host(s)");
     let sid = handshake(a_addr);
     let path = format!("{EIO}&sid={sid}");
     assert_eq!(request(b_addr, "POST", &path, "40").0, 200);
     ns.link(false);
     let cut = Instant::now();
-    wait_until("B to drop the cut-off host", || {
-        let t = hosts(&b);
-        if t.contains("1 host(s)") {
-            Ok(())
-        } else {
-            Err(t)
-        }
-    });
+    wait_cluster(&b, "B to drop the cut-off host", "1 host(s)");
     let took = cut.elapsed();
     let (status, body) = request(b_addr, "POST", &path, "40");
     assert_eq!(status, 400, "{body}");
     assert!(took < Duration::from_secs(4), "dropped after {took:?}");
     // A, alone, says Redis is down and keeps its own sessions.
-    wait_until("A to see Redis down", || {
-        let t = hosts(&a);
-        if t.contains("Redis DOWN") {
-            Ok(())
-        } else {
-            Err(t)
-        }
-    });
+    wait_cluster(&a, "A to see Redis down", "Redis DOWN");
     ns.link(true);
     wait_until("A to rejoin and B to route to it again", || {
         let fresh = handshake(a_addr);
         match request(b_addr, "POST", &format!("{EIO}&sid={fresh}"), "40") {
             (200, _) => Ok(()),
-            other => Err(format!("{other:?} {}", hosts(&b))),
+            other => Err(format!("{other:?} {}", cluster_status(&b))),
         }
     });
 }

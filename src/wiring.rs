@@ -120,12 +120,13 @@ pub fn backend_id(app: &str, slot: u16, generation: u64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use supervisor::WorkerSnapshot;
     use supervisor::fleet::AppSnapshot;
 
-    fn worker(slot: u16, generation: u64, state: WorkerState) -> WorkerSnapshot {
+    /// A live worker of `slot` (the cluster's tests use it too).
+    pub(crate) fn worker(slot: u16, generation: u64, state: WorkerState) -> WorkerSnapshot {
         WorkerSnapshot {
             slot,
             generation,

@@ -104,23 +104,10 @@ pub fn remote_backends(view: &View, app: &str) -> Vec<Backend> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use supervisor::WorkerSnapshot;
+    use crate::wiring::tests::worker as w;
     use supervisor::fleet::AppSnapshot;
 
     fn fleet() -> Fleet {
-        let w = |slot, generation, state| WorkerSnapshot {
-            slot,
-            generation,
-            pid: Some(1),
-            port: 5000 + slot,
-            state,
-            restarts: 0,
-            started_at: None,
-            memory_bytes: 0,
-            cpu_percent: 0.0,
-            last_exit: None,
-            over_memory: false,
-        };
         Fleet {
             reloading: false,
             apps: vec![

@@ -12,6 +12,9 @@ from common import BIN, ROOT, children, reference_app, rss_kb, start_rtsup, to_m
 NODE_ENV = dict(os.environ, NODE_PATH=os.path.join(ROOT, "tests/interop/node_modules"))
 IDLE_SESSIONS = int(os.environ.get("IDLE_SESSIONS", "8000"))
 FANOUT_CLIENTS = int(os.environ.get("FANOUT_CLIENTS", "1000"))
+# WebSocket round trips: the target is measured with 1,000 clients.
+WS_CLIENTS = int(os.environ.get("WS_CLIENTS", "1000"))
+WS_ROUNDS = int(os.environ.get("WS_ROUNDS", "20"))
 
 
 def node(script, *args, timeout=600):
@@ -109,7 +112,7 @@ http {{
             print(f"# {name}: http", file=sys.stderr)
             r["http"] = wrk(port)
             print(f"# {name}: websocket round trips", file=sys.stderr)
-            r["ws_rtt"] = node("bench/ws_rtt.js", f"http://127.0.0.1:{port}", 100, 50)
+            r["ws_rtt"] = node("bench/ws_rtt.js", f"http://127.0.0.1:{port}", WS_CLIENTS, WS_ROUNDS)
             print(f"# {name}: polling sessions/s", file=sys.stderr)
             r["polling"] = node("bench/poll_rate.js", f"http://127.0.0.1:{port}", 32, 10000)
             if name != "direct":
@@ -138,8 +141,9 @@ http {{
         ("HTTP keep-alive GET /health, wrk -t2 -c64 10 s: req/s", ("http", "rps"), "{:.0f}"),
         ("  latency p50 (ms)", ("http", "p50_ms"), "{:.2f}"),
         ("  latency p99 (ms)", ("http", "p99_ms"), "{:.2f}"),
-        ("WebSocket round trip, 100 conns × 50 acks: p50 (ms)", ("ws_rtt", "p50"), "{:.2f}"),
+        (f"WebSocket round trip, {WS_CLIENTS} conns × {WS_ROUNDS} acks: p50 (ms)", ("ws_rtt", "p50"), "{:.2f}"),
         ("  p99 (ms)", ("ws_rtt", "p99"), "{:.2f}"),
+        ("  errors", ("ws_rtt", "errors"), "{}"),
         (f"{IDLE_SESSIONS} idle engine.io WebSockets: proxy RSS per session (bytes)", ("idle", "bytes_per_session"), "{}"),
         ("  sessions open / failed", ("idle", "open"), "{}"),
         (f"room fan-out, {FANOUT_CLIENTS} clients / 4 workers: p50 (ms)", ("fanout", "latencyMs", "p50"), "{}"),

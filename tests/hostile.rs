@@ -426,3 +426,104 @@ fn clients_that_give_up_mid_header_are_counted_not_logged() {
     assert!(noisy.is_empty(), "{noisy:#?}");
     back_to_normal(&r);
 }
+
+/// An upgraded connection to `target` (the fixture worker answers any upgrade with a raw 101
+/// and echoes); returns it with the bytes that came after the 101's header.
+fn upgrade(lb: u16, target: &str) -> (TcpStream, Vec<u8>) {
+    let mut c = TcpStream::connect(("127.0.0.1", lb)).expect("connect");
+    c.set_read_timeout(Some(crate::harness::patience()))
+        .expect("timeout");
+    write!(
+        c,
+        "GET {target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .expect("upgrade");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = c.read(&mut buf).expect("read the 101");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    };
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    (c, got[end..].to_vec())
+}
+
+/// Read from `c` until `have` holds `want` exactly.
+fn read_exactly(c: &mut TcpStream, mut have: Vec<u8>, want: &[u8]) {
+    let mut buf = [0u8; 1024];
+    while have.len() < want.len() {
+        let n = c.read(&mut buf).expect("read");
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&have));
+        have.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(have, want);
+}
+
+#[test]
+fn websockets_hold_their_places_under_the_caps_until_they_close_and_carry_bytes_both_ways() {
+    let (r, lb) = cluster("max_connections = 4\nmax_connections_per_address = 0\n");
+    let open = |n: u64| {
+        wait_until(&format!("{n} connections open"), || {
+            match metric(&r, "rtsup_balancer_connections")? {
+                m if m == n => Ok(()),
+                m => Err(format!("{m} open")),
+            }
+        })
+    };
+    let echo = |c: &mut TcpStream, what: &str| {
+        c.write_all(what.as_bytes()).expect("write");
+        read_exactly(c, Vec::new(), what.as_bytes());
+    };
+    let mut sockets: Vec<TcpStream> = (0..4)
+        .map(|i| {
+            // What the worker sends with its 101 reaches the client, then both ways flow.
+            let (mut c, early) = upgrade(lb, &format!("/tunnel?hello=hi{i}"));
+            read_exactly(&mut c, early, format!("hi{i}").as_bytes());
+            echo(&mut c, &format!("ping {i}"));
+            c
+        })
+        .collect();
+    open(4);
+    let mut fifth = TcpStream::connect(("127.0.0.1", lb)).expect("connect");
+    fifth
+        .set_read_timeout(Some(crate::harness::patience()))
+        .expect("timeout");
+    let mut resp = Vec::new();
+    let _ = fifth.read_to_end(&mut resp);
+    assert_eq!(status_of(&resp), 503, "four WebSockets fill the cap");
+    sockets.truncate(2);
+    open(2);
+    assert!(
+        http_get(lb, "/health").is_ok(),
+        "places freed by the closed ones"
+    );
+    for (i, c) in sockets.iter_mut().enumerate() {
+        echo(c, &format!("still there {i}"));
+    }
+    drop(sockets);
+    open(0);
+}
+
+#[test]
+fn a_websocket_client_that_stops_reading_is_dropped_after_the_send_timeout() {
+    let (r, lb) = cluster("send_timeout = \"1s\"\n");
+    // 64 MiB from the worker fill every socket buffer on the way; the client never reads.
+    let (c, _) = upgrade(lb, "/tunnel?flood_kb=65536");
+    wait_until("the stalled WebSocket is dropped", || {
+        match metric(&r, "rtsup_balancer_connections")? {
+            0 => Ok(()),
+            m => Err(format!("{m} open")),
+        }
+    });
+    drop(c);
+    back_to_normal(&r);
+}

@@ -7,6 +7,7 @@
 //! Refusals are counted in the metrics and warned about at most once per
 //! [`WARN_EVERY`], with how many there were since: a flood must not fill the log.
 
+use std::cell::RefCell;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,10 +19,11 @@ use pingora::protocols::ALPN;
 use pingora::protocols::Stream;
 use pingora::protocols::l4::socket::SocketAddr;
 use pingora::server::ShutdownWatch;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::AsyncWriteExt;
 use tracing::warn;
 
-use crate::connections::{Connections, Refusal};
+use crate::connections::{Connections, Refusal, Ticket};
 use crate::metrics::BalancerMetrics;
 
 /// Least time between two warnings about refused connections.
@@ -126,10 +128,18 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Admission<A> {
                 Err(refusal) => return self.refuse(stream, refusal).await,
             }
         }
-        // The tickets live as long as pingora serves the connection: every keep-alive request
-        // and an upgraded WebSocket run inside this call.
-        let _open = OpenGauge::new(&self.metrics);
-        self.inner.process_new(stream, shutdown).await
+        // The tickets live as long as pingora serves the connection (every keep-alive request
+        // runs inside this call) or, for a WebSocket, as long as its tunnel: the tunnel takes
+        // them with [`take_hold`].
+        let hold = Hold {
+            _tickets: tickets,
+            _open: OpenGauge::new(self.metrics.connections.clone()),
+        };
+        HOLD.scope(
+            RefCell::new(Some(hold)),
+            self.inner.process_new(stream, shutdown),
+        )
+        .await
     }
 
     async fn cleanup(&self) {
@@ -171,20 +181,38 @@ impl<A> Admission<A> {
     }
 }
 
+tokio::task_local! {
+    /// The connection being served on this task: what it holds until it closes.
+    static HOLD: RefCell<Option<Hold>>;
+}
+
+/// What an admitted connection holds while it is open: its places under the caps and its
+/// count in the open-connections gauge. Released when dropped.
+pub(crate) struct Hold {
+    _tickets: Vec<Ticket>,
+    _open: OpenGauge,
+}
+
+/// Take the current connection's [`Hold`] out of its task, for a WebSocket leaving pingora as
+/// a tunnel on a task of its own (`None` outside a connection admitted here).
+pub(crate) fn take_hold() -> Option<Hold> {
+    HOLD.try_with(|h| h.borrow_mut().take()).ok().flatten()
+}
+
 /// Counts one open connection in the metrics while it lives (also when the connection's task
 /// is dropped at shutdown).
-struct OpenGauge<'a>(&'a BalancerMetrics);
+struct OpenGauge(Gauge);
 
-impl<'a> OpenGauge<'a> {
-    fn new(metrics: &'a BalancerMetrics) -> Self {
-        metrics.connections.inc();
-        Self(metrics)
+impl OpenGauge {
+    fn new(gauge: Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
     }
 }
 
-impl Drop for OpenGauge<'_> {
+impl Drop for OpenGauge {
     fn drop(&mut self) {
-        self.0.connections.dec();
+        self.0.dec();
     }
 }
 

@@ -39,6 +39,8 @@ pub mod session_rate;
 pub mod sid_table;
 #[cfg(feature = "proxy")]
 pub mod tls;
+#[cfg(feature = "proxy")]
+mod tunnel;
 pub mod websocket;
 
 pub use policy::NewSessions;

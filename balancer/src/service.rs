@@ -4,8 +4,10 @@
 //! answers 400/503 itself; `upstream_peer` hands pingora the chosen address;
 //! `upstream_request_filter` strips `Accept-Encoding` from handshakes; `response_filter` sets
 //! the affinity cookie and registers upgraded connections for release; `response_body_filter`
-//! sniffs the open packet into the sid table and ends a released WebSocket with a close frame;
-//! `logging` settles session counts.
+//! sniffs the open packet into the sid table; `logging` settles session counts. A WebSocket
+//! leaves pingora once its 101 is through (`tunnel_upgraded`, `upgrade_taken`, `tunnel`): its
+//! two connections are copied by a [`crate::tunnel::Pump`] on a task of its own, which ends a
+//! released WebSocket with a close frame and settles its counts when it ends.
 //!
 //! Every WebSocket gets an upstream connection of its own (a unique pool `group_key`, never a
 //! pooled keep-alive one) whose socket is duplicated in `upstream_tcp_sock_tweak_hook`, so
@@ -17,11 +19,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use ipnet::IpNet;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session, Tunnel};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use tracing::debug;
 
@@ -37,7 +39,7 @@ use crate::router::Router;
 use crate::routes::{RouteTable, Snapshot};
 use crate::session_rate::SessionRate;
 use crate::sid_table::SidTable;
-use crate::websocket::{FrameTracker, GOING_AWAY_CLOSE};
+use crate::tunnel::Pump;
 
 /// engine.io's own answer for an unknown session, in Node's form (numeric code).
 pub const SESSION_UNKNOWN_BODY: &str = r#"{"code":1,"message":"Session ID unknown"}"#;
@@ -99,8 +101,18 @@ impl Default for ClientTimeouts {
     }
 }
 
-/// The proxy application.
+/// The proxy application (one per proxy thread).
 pub struct Balancer {
+    /// What every proxy thread and every WebSocket tunnel shares.
+    shared: Arc<Shared>,
+    /// This thread's round-robin turn.
+    turn: AtomicUsize,
+    access: Option<AccessLog>,
+}
+
+/// The balancer's tables, counters and settings, shared by its proxy threads and held by each
+/// WebSocket tunnel until it ends.
+pub struct Shared {
     /// The live backends of each app (indexed like [`Route::app`]).
     apps: Arc<[Arc<RouteTable>]>,
     sids: Arc<SidTable>,
@@ -109,9 +121,15 @@ pub struct Balancer {
     session_rate: Arc<SessionRate>,
     signer: CookieSigner,
     config: RoutingConfig,
-    turn: AtomicUsize,
     metrics: BalancerMetrics,
-    access: Option<AccessLog>,
+}
+
+impl std::ops::Deref for Balancer {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
 }
 
 /// Per-request state.
@@ -136,14 +154,62 @@ pub struct RequestCtx {
     upstream: Option<(u64, Arc<UpstreamSocket>)>,
     /// Registered in [`Upgrades`] (after the 101).
     registered: bool,
-    /// Frame boundaries of the worker → client WebSocket stream.
-    frames: Option<FrameTracker>,
     /// Why it went where it went (metrics and the access log).
     route: Option<RouteLabel>,
     /// Index of its route in the router (none matched: answered 404).
     rule: Option<usize>,
     /// It came over TLS.
     https: bool,
+    /// A WebSocket's access-log line, taken from its request when it left for a tunnel.
+    upgrade_line: Option<Box<OwnedLine>>,
+}
+
+/// The request's side of an access-log line.
+struct RequestLine<'a> {
+    client: Option<IpAddr>,
+    method: &'a str,
+    target: &'a str,
+    version: &'static str,
+    referer: Option<&'a str>,
+    user_agent: Option<&'a str>,
+    host: Option<&'a str>,
+}
+
+/// A [`RequestLine`] kept past its request, for a WebSocket logged when its tunnel ends.
+struct OwnedLine {
+    client: Option<IpAddr>,
+    method: Box<str>,
+    target: Box<str>,
+    version: &'static str,
+    referer: Option<Box<str>>,
+    user_agent: Option<Box<str>>,
+    host: Option<Box<str>>,
+}
+
+impl OwnedLine {
+    fn new(line: &RequestLine<'_>) -> Self {
+        Self {
+            client: line.client,
+            method: line.method.into(),
+            target: line.target.into(),
+            version: line.version,
+            referer: line.referer.map(Into::into),
+            user_agent: line.user_agent.map(Into::into),
+            host: line.host.map(Into::into),
+        }
+    }
+
+    fn line(&self) -> RequestLine<'_> {
+        RequestLine {
+            client: self.client,
+            method: &self.method,
+            target: &self.target,
+            version: self.version,
+            referer: self.referer.as_deref(),
+            user_agent: self.user_agent.as_deref(),
+            host: self.host.as_deref(),
+        }
+    }
 }
 
 impl Balancer {
@@ -159,15 +225,17 @@ impl Balancer {
         metrics: BalancerMetrics,
     ) -> Self {
         Self {
-            metrics,
+            shared: Arc::new(Shared {
+                metrics,
+                apps,
+                sids,
+                loads,
+                upgrades,
+                session_rate: Arc::new(SessionRate::new(config.session_rate, config.session_burst)),
+                signer,
+                config,
+            }),
             access: None,
-            apps,
-            sids,
-            loads,
-            upgrades,
-            session_rate: Arc::new(SessionRate::new(config.session_rate, config.session_burst)),
-            signer,
-            config,
             turn: AtomicUsize::new(0),
         }
     }
@@ -183,14 +251,7 @@ impl Balancer {
     /// `thread` so simultaneous first requests on every thread do not all pick backend 0.
     pub(crate) fn for_another_thread(&self, thread: usize) -> Self {
         Self {
-            metrics: self.metrics.clone(),
-            apps: self.apps.clone(),
-            sids: self.sids.clone(),
-            loads: self.loads.clone(),
-            upgrades: self.upgrades.clone(),
-            session_rate: self.session_rate.clone(),
-            signer: self.signer.clone(),
-            config: self.config.clone(),
+            shared: self.shared.clone(),
             turn: AtomicUsize::new(self.turn.load(Ordering::Relaxed).wrapping_add(thread)),
             access: self.access.clone(),
         }
@@ -279,8 +340,8 @@ impl Balancer {
         Some(owner)
     }
 
-    /// One access log line for the request (or WebSocket) that just ended.
-    fn access_log(&self, log: &AccessLog, session: &Session, ctx: &RequestCtx) {
+    /// The request's side of its access-log line.
+    fn request_line<'a>(&self, session: &'a Session, ctx: &RequestCtx) -> RequestLine<'a> {
         let req = session.req_header();
         // Any bytes a client sent (the log escapes what is not printable ASCII).
         let header = |name: &str| {
@@ -288,31 +349,100 @@ impl Balancer {
                 .get(name)
                 .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
         };
-        let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
-        let version = match req.version {
-            pingora::http::Version::HTTP_10 => "HTTP/1.0",
-            pingora::http::Version::HTTP_2 => "HTTP/2.0",
-            _ => "HTTP/1.1",
-        };
-        log.log(&Entry {
-            at: std::time::SystemTime::now(),
+        RequestLine {
             client: match ctx.snap.as_deref() {
                 Some(snap) => self.client_ip(session, snap),
                 None => self.client_ip(session, &Snapshot::default()),
             },
             method: req.method.as_str(),
-            target,
-            version,
-            status: session.response_written().map_or(0, |r| r.status.as_u16()),
-            bytes: session.body_bytes_sent(),
+            target: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+            version: match req.version {
+                pingora::http::Version::HTTP_10 => "HTTP/1.0",
+                pingora::http::Version::HTTP_2 => "HTTP/2.0",
+                _ => "HTTP/1.1",
+            },
+            referer: header("referer"),
+            user_agent: header("user-agent"),
+            host: header("host").or_else(|| req.uri.host()),
+        }
+    }
+}
+
+impl Shared {
+    /// One access log line for the request (or WebSocket) that just ended.
+    fn access_log(
+        &self,
+        log: &AccessLog,
+        line: &RequestLine<'_>,
+        status: u16,
+        bytes: usize,
+        ctx: &RequestCtx,
+    ) {
+        log.log(&Entry {
+            at: std::time::SystemTime::now(),
+            client: line.client,
+            method: line.method,
+            target: line.target,
+            version: line.version,
+            status,
+            bytes,
             duration: ctx.start.elapsed(),
             worker: ctx.backend_id.as_deref(),
             route: ctx.route.map_or("-", RouteLabel::as_str),
             websocket: ctx.websocket,
-            referer: header("referer"),
-            user_agent: header("user-agent"),
-            host: header("host").or_else(|| req.uri.host()),
+            referer: line.referer,
+            user_agent: line.user_agent,
+            host: line.host,
         });
+    }
+
+    /// Settle the counts of a request (or WebSocket) that just ended with `status` (none
+    /// written: `None`).
+    fn settle(&self, ctx: &mut RequestCtx, status: Option<u16>) {
+        match status {
+            Some(status) => {
+                self.metrics
+                    .requests
+                    .get_or_create(&StatusLabels { status })
+                    .inc();
+            }
+            None => {
+                self.metrics.unanswered.inc();
+            }
+        }
+        if let Some(id) = &ctx.backend_id {
+            self.metrics.worker_requests.add(id, 1);
+        }
+        if ctx.websocket {
+            if let Some(id) = &ctx.backend_id {
+                self.metrics.websockets.add(id, -1);
+                if std::mem::take(&mut ctx.registered)
+                    && let Some((conn, _)) = &ctx.upstream
+                {
+                    self.upgrades.closed(id, *conn);
+                }
+            }
+        } else {
+            self.metrics
+                .latency
+                .observe(ctx.start.elapsed().as_secs_f64());
+        }
+        if let Some(id) = &ctx.backend_id
+            && (std::mem::take(&mut ctx.provisional) || std::mem::take(&mut ctx.ws_first))
+        {
+            self.loads.add(id, -1);
+        }
+        if ctx.ws_of_sid
+            && let Some(sid) = &ctx.sid
+        {
+            if ctx.upstream.as_ref().is_some_and(|(_, u)| u.released()) {
+                // Released: the worker saw its transport end, so the session is over and no
+                // longer counts against the draining worker.
+                self.sids.remove(sid);
+            } else {
+                self.sids.websocket_closed(sid);
+            }
+        }
     }
 }
 
@@ -371,10 +501,10 @@ impl ProxyHttp for Balancer {
             tried: Vec::new(),
             upstream: None,
             registered: false,
-            frames: None,
             route: None,
             rule: None,
             https: false,
+            upgrade_line: None,
         }
     }
 
@@ -702,7 +832,6 @@ impl ProxyHttp for Balancer {
             session.set_read_timeout(None);
             ctx.websocket = true;
             self.metrics.websockets.add(id, 1);
-            ctx.frames = Some(FrameTracker::default());
             if let Some((conn, upstream)) = &ctx.upstream {
                 let weak = Arc::downgrade(upstream);
                 self.upgrades
@@ -747,7 +876,7 @@ impl ProxyHttp for Balancer {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        end: bool,
+        _end: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
         if let (Some(sniffer), Some(chunk)) = (ctx.sniffer.as_mut(), body.as_ref())
@@ -771,23 +900,6 @@ impl ProxyHttp for Balancer {
                 }
             }
             ctx.sniffer = None;
-        }
-        if let Some(frames) = ctx.frames.as_mut() {
-            if let Some(chunk) = body.as_ref() {
-                frames.feed(chunk);
-            }
-            let released = ctx.upstream.as_ref().is_some_and(|(_, u)| u.released());
-            if end && released && frames.at_boundary() && !frames.close_seen() {
-                // The worker's side ended because we released it: end the WebSocket with a
-                // proper close (1001) rather than a bare TCP close (1006, "abnormal closure"
-                // in browsers); either way socket.io-client reconnects.
-                let mut out = BytesMut::new();
-                if let Some(chunk) = body.take() {
-                    out.extend_from_slice(&chunk);
-                }
-                out.extend_from_slice(&GOING_AWAY_CLOSE);
-                *body = Some(out.freeze());
-            }
         }
         Ok(None)
     }
@@ -877,53 +989,65 @@ impl ProxyHttp for Balancer {
             error = ?e.map(|e| e.to_string()),
             "request done"
         );
+        let status = session.response_written().map(|r| r.status.as_u16());
         if let Some(log) = &self.access {
-            self.access_log(log, session, ctx);
+            let line = self.request_line(session, ctx);
+            self.access_log(
+                log,
+                &line,
+                status.unwrap_or(0),
+                session.body_bytes_sent(),
+                ctx,
+            );
         }
-        match session.response_written() {
-            Some(r) => {
-                let status = r.status.as_u16();
-                self.metrics
-                    .requests
-                    .get_or_create(&StatusLabels { status })
-                    .inc();
+        self.settle(ctx, status);
+    }
+
+    /// Every WebSocket to a worker leaves pingora once its 101 is through (see [`tunnel`]).
+    fn tunnel_upgraded(&self, _session: &Session, ctx: &RequestCtx) -> bool {
+        ctx.backend_id.is_some()
+    }
+
+    fn upgrade_taken(&self, session: &mut Session, ctx: &mut RequestCtx) {
+        if self.access.is_some() {
+            ctx.upgrade_line = Some(Box::new(OwnedLine::new(&self.request_line(session, ctx))));
+        }
+    }
+
+    /// The WebSocket's own task: the tunnel, then its log line and counts. It keeps the
+    /// connection's places under the caps, its context and the shared tables, nothing else.
+    fn tunnel(&self, tunnel: Tunnel, mut ctx: RequestCtx) {
+        let hold = crate::admission::take_hold();
+        let released: Box<dyn Fn() -> bool + Send + Sync> = match &ctx.upstream {
+            Some((_, upstream)) => {
+                let upstream = upstream.clone();
+                Box::new(move || upstream.released())
             }
-            None => {
-                self.metrics.unanswered.inc();
+            None => Box::new(|| false),
+        };
+        let pump = Pump::new(
+            tunnel.client,
+            tunnel.client_preread,
+            tunnel.upstream,
+            tunnel.upstream_preread,
+            released,
+            self.config.timeouts.send,
+        );
+        // What a WebSocket no longer needs.
+        ctx.snap = None;
+        ctx.tried = Vec::new();
+        ctx.sniffer = None;
+        let shared = self.shared.clone();
+        let access = self.access.clone().filter(|_| ctx.upgrade_line.is_some());
+        tokio::spawn(async move {
+            let outcome = pump.await;
+            debug!(end = ?outcome.end, backend = ?ctx.backend_id, "websocket ended");
+            if let (Some(log), Some(line)) = (&access, ctx.upgrade_line.take()) {
+                let bytes = usize::try_from(outcome.to_client).unwrap_or(usize::MAX);
+                shared.access_log(log, &line.line(), 101, bytes, &ctx);
             }
-        }
-        if let Some(id) = &ctx.backend_id {
-            self.metrics.worker_requests.add(id, 1);
-        }
-        if ctx.websocket {
-            if let Some(id) = &ctx.backend_id {
-                self.metrics.websockets.add(id, -1);
-                if std::mem::take(&mut ctx.registered)
-                    && let Some((conn, _)) = &ctx.upstream
-                {
-                    self.upgrades.closed(id, *conn);
-                }
-            }
-        } else {
-            self.metrics
-                .latency
-                .observe(ctx.start.elapsed().as_secs_f64());
-        }
-        if let Some(id) = &ctx.backend_id
-            && (std::mem::take(&mut ctx.provisional) || std::mem::take(&mut ctx.ws_first))
-        {
-            self.loads.add(id, -1);
-        }
-        if ctx.ws_of_sid
-            && let Some(sid) = &ctx.sid
-        {
-            if ctx.upstream.as_ref().is_some_and(|(_, u)| u.released()) {
-                // Released: the worker saw its transport end, so the session is over and no
-                // longer counts against the draining worker.
-                self.sids.remove(sid);
-            } else {
-                self.sids.websocket_closed(sid);
-            }
-        }
+            shared.settle(&mut ctx, Some(101));
+            drop(hold);
+        });
     }
 }

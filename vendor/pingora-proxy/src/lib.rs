@@ -423,7 +423,9 @@ where
                         let (server_reused, client_reuse, error) = self
                             .proxy_to_h1_upstream(session, &mut h1, client_reused, &peer, ctx)
                             .await;
-                        if client_reuse {
+                        if std::mem::take(&mut session.tunnel_taken) && error.is_none() {
+                            session.tunnel_upstream = Some(h1.into_upgraded());
+                        } else if client_reuse {
                             let session = ClientSession::H1(h1);
                             self.client_upstream
                                 .release_http_session(session, &*peer, peer.idle_timeout())
@@ -568,6 +570,21 @@ where
 use pingora_cache::HttpCache;
 use pingora_core::protocols::http::compression::ResponseCompressionCtx;
 
+/// An upgraded HTTP/1 request taken out of the proxy (see [`ProxyHttp::tunnel_upgraded`]): the
+/// client's and the upstream's connections, each with the bytes already read from it that were
+/// not forwarded yet. Either stream may still hold buffered writes (the 101 to the client, the
+/// request to the upstream): flush both before waiting on them.
+pub struct Tunnel {
+    /// The client's connection.
+    pub client: Stream,
+    /// What the client sent after its request header, already read.
+    pub client_preread: bytes::BytesMut,
+    /// The upstream connection.
+    pub upstream: Stream,
+    /// What the upstream sent after its 101, already read.
+    pub upstream_preread: bytes::BytesMut,
+}
+
 /// The established HTTP session
 ///
 /// This object is what users interact with in order to access the request itself or change the proxy
@@ -606,6 +623,10 @@ pub struct Session {
     upstream_body_bytes_sent: Option<usize>,
     /// Whether proxy task filtering has seen a downstream 101 upgrade header.
     downstream_task_seen_upgraded: bool,
+    // An upgrade went through and leaves the proxy as a `Tunnel` (set by `proxy_1to1`).
+    tunnel_taken: bool,
+    // The upstream side of that tunnel, taken out of its client session.
+    tunnel_upstream: Option<(Stream, bytes::BytesMut)>,
     /// Upstream write pending time. Set by proxy layer (HTTP/1.x only).
     upstream_write_pending_time: Duration,
     /// Flag that is set when the shutdown process has begun.
@@ -635,6 +656,8 @@ impl Session {
             upstream_body_bytes_received: 0,
             upstream_body_bytes_sent: None,
             downstream_task_seen_upgraded: false,
+            tunnel_taken: false,
+            tunnel_upstream: None,
             upstream_write_pending_time: Duration::ZERO,
             shutdown_flag,
         }
@@ -1316,6 +1339,29 @@ where
                     break;
                 }
             };
+        }
+
+        if let Some((upstream, upstream_preread)) = session.tunnel_upstream.take() {
+            // The upgrade leaves the proxy: the request's task ends here, its buffers with it.
+            self.inner.upgrade_taken(&mut session, &mut ctx);
+            self.cleanup_sub_req(&mut session);
+            let Session {
+                downstream_session, ..
+            } = session;
+            match downstream_session.into_upgraded() {
+                Some((client, client_preread)) => self.inner.tunnel(
+                    Tunnel {
+                        client,
+                        client_preread,
+                        upstream,
+                        upstream_preread,
+                    },
+                    ctx,
+                ),
+                // Not reached: only an HTTP/1 client session is ever tunneled.
+                None => error!("upgraded tunnel without an HTTP/1 client session"),
+            }
+            return None;
         }
 
         // serve stale if error

@@ -114,6 +114,10 @@ where
         }
 
         session.set_upstream_h1_upgrade_request_status(is_h1_upgrade_req(&req));
+        // An upgrade the app takes out of the proxy once it went through (see `Tunnel`).
+        let tunnel = is_h1_upgrade_req(&req)
+            && session.downstream_session.as_http1().is_some()
+            && self.inner.tunnel_upgraded(session, ctx);
 
         session.upstream_compression.request_filter(&req);
 
@@ -158,9 +162,21 @@ where
                 &mut downstream_custom_message_writer,
                 &mut downstream_custom_message_reader,
                 pipe_state.clone(),
+                tunnel,
             ),
-            self.proxy_handle_upstream(client_session, tx_upstream, rx_downstream, pipe_state),
+            self.proxy_handle_upstream(
+                client_session,
+                tx_upstream,
+                rx_downstream,
+                pipe_state,
+                tunnel
+            ),
         );
+        if tunnel && ret.is_ok() && session.was_upgraded() && client_session.was_upgraded() {
+            // Both halves stopped right after the 101: no upgraded byte was read on either side.
+            session.tunnel_taken = true;
+            return (false, false, None);
+        }
 
         if let Some(custom_session) = session.downstream_session.as_custom_mut() {
             if let Some(downstream_custom_message_writer) = downstream_custom_message_writer {
@@ -251,6 +267,7 @@ where
         tx: mpsc::Sender<HttpTask>,
         mut rx: mpsc::Receiver<HttpTask>,
         pipe_state: Arc<AtomicU8>,
+        stop_on_upgrade: bool,
     ) -> Result<bool>
     where
         SV: ProxyHttp + Send + Sync,
@@ -284,6 +301,11 @@ where
                                     || format!("Failed to send upstream task {type_str}{} to pipe",
                                         if response_done { " (end)" } else {""})
                                 );
+                            if stop_on_upgrade && upgraded {
+                                // The 101 is on its way to the client; the connection leaves
+                                // the proxy as a tunnel, so not one upgraded byte is read here.
+                                return result.map(|_| false);
+                            }
                             // If the request is upgraded, the downstream pipe can early exit
                             // when the downstream connection is closed.
                             // In that case, this function should ignore that the pipe is closed.
@@ -452,6 +474,7 @@ where
             Box<dyn futures::Stream<Item = Result<Bytes>> + Unpin + Send + Sync + 'static>,
         >,
         pipe_state: Arc<AtomicU8>,
+        stop_on_upgrade: bool,
     ) -> Result<bool>
     where
         SV: ProxyHttp + Send + Sync,
@@ -632,6 +655,10 @@ where
                             // nothing sent downstream e.g. serve_from_cache
                             continue;
                         };
+                        if stop_on_upgrade && session.was_upgraded() {
+                            // The 101 is written: the connection leaves as a tunnel.
+                            return Ok(false);
+                        }
                         response_state.maybe_set_upstream_done(response_done);
                         // unsuccessful upgrade response may force the request done
                         downstream_state.maybe_finished(session.is_body_done());
@@ -657,6 +684,11 @@ where
                             // nothing sent downstream e.g. serve_from_cache
                             continue;
                         };
+                        if stop_on_upgrade && session.was_upgraded() {
+                            // The 101 is written: the connection leaves as a tunnel, before a
+                            // byte of the client's upgraded stream is read.
+                            return Ok(false);
+                        }
                         if !upgraded && session.was_upgraded() && downstream_state.can_poll() {
                             // TODO: write can happen async now
                             // just upgraded, the downstream state should be reset to continue to

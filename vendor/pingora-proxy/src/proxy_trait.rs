@@ -499,6 +499,25 @@ pub trait ProxyHttp {
         Ok(None)
     }
 
+    /// Whether an HTTP/1 upgrade of this request, once it went through (101 from the upstream,
+    /// passed through the response filters and written to the client), leaves the proxy as a
+    /// [`Tunnel`]: both connections handed to [`Self::tunnel`] as raw streams, and the request's
+    /// task, with its buffers and sessions, ends (rtsup: `vendor/README.md` change 9). Asked
+    /// before the request is sent upstream; `false` (the default) keeps pingora's own
+    /// upgraded-body forwarding. The response body filters and [`Self::logging`] are then not
+    /// called for this request.
+    fn tunnel_upgraded(&self, _session: &Session, _ctx: &Self::CTX) -> bool {
+        false
+    }
+
+    /// An upgrade is leaving the proxy (see [`Self::tunnel_upgraded`]): the last look at the
+    /// whole session (for what an access log needs), just before [`Self::tunnel`].
+    fn upgrade_taken(&self, _session: &mut Session, _ctx: &mut Self::CTX) {}
+
+    /// Take an upgraded connection pair out of the proxy. Called on the request's task, which
+    /// ends when this returns: spawn the work. The default drops (closes) both connections.
+    fn tunnel(&self, _tunnel: Tunnel, _ctx: Self::CTX) {}
+
     /// This filter is called when the entire response is sent to the downstream successfully or
     /// there is a fatal error that terminate the request.
     ///

@@ -709,6 +709,15 @@ impl Session {
         }
     }
 
+    /// Consume an upgraded HTTP/1 session into its stream and the client's bytes already read
+    /// past the request header ([`SessionV1::into_upgraded`]); other protocols give `None`.
+    pub fn into_upgraded(self) -> Option<(Stream, BytesMut)> {
+        match self {
+            Self::H1(s) => Some(s.into_upgraded()),
+            _ => None,
+        }
+    }
+
     pub fn as_http1(&self) -> Option<&SessionV1> {
         match self {
             Self::H1(s) => Some(s),

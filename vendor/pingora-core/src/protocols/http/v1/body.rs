@@ -302,6 +302,23 @@ impl BodyReader {
         self.body_state = PS::UntilClose(0);
     }
 
+    /// Take the bytes read from the stream but not yet handed out as body: the preread bytes a
+    /// body read has not returned yet, then any overread. For a connection leaving HTTP after
+    /// an upgrade, before its body was read (rtsup: `vendor/README.md` change 9).
+    pub fn take_unread(&mut self) -> BytesMut {
+        let mut out = BytesMut::new();
+        if self.rewind_buf_len > 0 {
+            if let Some(buf) = self.body_buf.as_ref() {
+                out.extend_from_slice(&buf[..self.rewind_buf_len.min(buf.len())]);
+            }
+            self.rewind_buf_len = 0;
+        }
+        if let Some(overread) = self.body_buf_overread.take() {
+            out.extend_from_slice(&overread);
+        }
+        out
+    }
+
     pub fn get_body(&self, buf_ref: &BufRef) -> &[u8] {
         // TODO: these get_*() could panic. handle them better
         buf_ref.get(self.body_buf.as_ref().unwrap())

@@ -883,6 +883,14 @@ impl HttpSession {
     pub fn into_inner(self) -> Stream {
         self.underlying_stream
     }
+
+    /// Consume an upgraded session (101 read, no body read yet): its [Stream] and the bytes
+    /// the server sent right after the 101 that were read with it (rtsup: `vendor/README.md`
+    /// change 9). Data written to the stream may still be buffered: flush before relying on it.
+    pub fn into_upgraded(mut self) -> (Stream, BytesMut) {
+        let unread = self.body_reader.take_unread();
+        (self.underlying_stream, unread)
+    }
 }
 
 #[inline]

@@ -833,6 +833,14 @@ impl HttpSession {
         }
     }
 
+    /// Consume an upgraded session (101 written, no upgraded body read yet): its [Stream] and
+    /// the bytes the client sent after its request header that were read with it (rtsup:
+    /// `vendor/README.md` change 9). The 101 may still be buffered in the stream: flush it.
+    pub fn into_upgraded(mut self) -> (Stream, BytesMut) {
+        let unread = self.body_reader.take_unread();
+        (self.underlying_stream, unread)
+    }
+
     /// Was this request successfully turned into an upgraded connection?
     ///
     /// Both the request had to have been an `Upgrade` request

@@ -527,3 +527,45 @@ fn a_websocket_client_that_stops_reading_is_dropped_after_the_send_timeout() {
     drop(c);
     back_to_normal(&r);
 }
+
+/// rtsup's connections to the workers' `ports` (from `/proc/net/tcp`), by TCP state:
+/// `01` established, `08` close-wait (the worker closed, rtsup has not).
+fn upstream_states(ports: &[u16]) -> Vec<String> {
+    let tcp = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    tcp.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let remote = u16::from_str_radix(f.get(2)?.rsplit(':').next()?, 16).ok()?;
+            ports.contains(&remote).then(|| f.get(3).map(|s| s.to_string()))?
+        })
+        .collect()
+}
+
+#[test]
+fn upstream_connections_a_worker_closes_while_idle_are_dropped_and_never_reused() {
+    let (r, lb) = fixture_cluster("", "env = { FIXTURE_KEEPALIVE_MS = \"300\" }\n", None);
+    let workers: Vec<u16> = r
+        .workers()
+        .iter()
+        .filter_map(|w| w["port"].as_u64().and_then(|p| u16::try_from(p).ok()))
+        .collect();
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    for round in 0..3 {
+        // Requests through the balancer leave kept-alive connections to the workers...
+        for i in 0..6 {
+            let reply = http_get(lb, "/").unwrap_or_else(|e| panic!("round {round} #{i}: {e}"));
+            assert!(reply.contains("instance"), "round {round} #{i}: {reply}");
+        }
+        // ...which the workers close after 300 ms idle: rtsup drops its side too (no
+        // connection left half-closed), and the next round is served on new ones.
+        wait_until("the idle upstream connections closed on both sides", || {
+            let states = upstream_states(&workers);
+            if states.iter().any(|s| s == "01" || s == "08") {
+                Err(format!("{states:?}"))
+            } else {
+                Ok(())
+            }
+        });
+    }
+}

@@ -537,7 +537,9 @@ fn upstream_states(ports: &[u16]) -> Vec<String> {
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             let remote = u16::from_str_radix(f.get(2)?.rsplit(':').next()?, 16).ok()?;
-            ports.contains(&remote).then(|| f.get(3).map(|s| s.to_string()))?
+            ports
+                .contains(&remote)
+                .then(|| f.get(3).map(|s| s.to_string()))?
         })
         .collect()
 }

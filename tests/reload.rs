@@ -370,3 +370,57 @@ fn systemd_hears_ready_reloading_ready_stopping_and_watchdog() {
     read_until("STOPPING=1", &mut seen);
     assert_eq!(r.wait_exit(), Some(0));
 }
+
+#[test]
+fn a_drained_workers_websockets_end_with_a_going_away_close_frame() {
+    let base = ports::block(4).base;
+    let lb = base + 3;
+    let toml = crate::harness::reference_app(1, base, lb, "").replace(
+        "ready = \"http:/health\"\n",
+        "ready = \"http:/health\"\ndrain_timeout = \"1s\"\nclose_window = \"100ms\"\n",
+    );
+    let r = Rtsup::start(&toml);
+    r.wait_all_ready();
+    // Raw engine.io WebSockets (no socket.io client to hide how they end).
+    let sockets: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut c = TcpStream::connect(("127.0.0.1", lb)).expect("connect");
+            c.set_read_timeout(Some(crate::harness::patience()))
+                .expect("timeout");
+            c.write_all(
+                b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+                  Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                  Sec-WebSocket-Version: 13\r\n\r\n",
+            )
+            .expect("upgrade");
+            c
+        })
+        .collect();
+    let readers: Vec<_> = sockets
+        .into_iter()
+        .map(|mut c| {
+            std::thread::spawn(move || {
+                let mut all = Vec::new();
+                let _ = c.read_to_end(&mut all);
+                all
+            })
+        })
+        .collect();
+    wait_until("3 WebSockets open", || {
+        match crate::harness::metric(&r, "rtsup_balancer_connections")? {
+            3 => Ok(()),
+            n => Err(format!("{n} open")),
+        }
+    });
+    let out = r.cli(&["restart", "ref:0"]);
+    assert!(out.status.success(), "{out:?}");
+    for reader in readers {
+        let all = reader.join().expect("reader");
+        let text = String::from_utf8_lossy(&all);
+        assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+        assert!(
+            all.ends_with(&[0x88, 0x02, 0x03, 0xE9]),
+            "no 1001 close frame at the end: {text:?}"
+        );
+    }
+}

@@ -451,9 +451,9 @@ fn silent_tls_clients_hold_places_under_the_caps_and_time_out() {
 #[test]
 fn an_http2_connection_holds_places_for_its_streams_and_closes_when_idle() {
     let (r, ca, lb, _tmp) =
-        https_fixture("max_connections_per_address = 6\nkeepalive_timeout = \"1s\"\n");
-    // Three h2 connections held open at once, one request each: 3 places each, so the third
-    // does not fit under a cap of 6 (an HTTP/1.1 client would get 3 connections in 3 places).
+        https_fixture("max_connections_per_address = 10\nkeepalive_timeout = \"1s\"\n");
+    // Three h2 connections held open at once, one request each: 5 places each, so the third
+    // does not fit under a cap of 10 (an HTTP/1.1 client would get 3 connections in 3 places).
     let script = format!(
         "const http2 = require('http2'); const results = []; const sessions = [];
          const one = (i) => new Promise((resolve) => {{

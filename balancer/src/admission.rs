@@ -34,8 +34,8 @@ pub const WARN_EVERY: Duration = Duration::from_secs(10);
 pub const H2_STREAMS: u32 = 8;
 
 /// Places under the connection caps an HTTP/2 connection holds: its descriptor and one per
-/// stream, at the three descriptors a place stands for (see [`crate::connections::budget`]).
-const H2_PLACES: usize = (1 + H2_STREAMS as usize).div_ceil(3);
+/// stream, at the two descriptors a place stands for (see [`crate::connections::budget`]).
+const H2_PLACES: usize = (1 + H2_STREAMS as usize).div_ceil(2);
 
 /// Time a refused client gets to take its answer.
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);

@@ -143,14 +143,14 @@ pub struct Budget {
 
 /// How `nofile` descriptors are shared when `open_now` are already taken: a reserve for the
 /// supervisor, control socket, admin and logs (an eighth, at least 32), the idle upstream pool
-/// (an eighth, at most `max_pool`), and the rest for client connections at three descriptors
-/// each (client, upstream, and the duplicate a WebSocket keeps to be released); at least one
-/// connection, so a tiny limit still serves.
+/// (an eighth, at most `max_pool`), and the rest for client connections at two descriptors
+/// each (client and upstream, a WebSocket too); at least one connection, so a tiny limit still
+/// serves.
 pub fn budget(nofile: u64, open_now: u64, max_pool: usize) -> Budget {
     let usable = nofile.saturating_sub(open_now);
     let reserve = (usable / 8).max(32);
     let pool = (usable / 8).min(max_pool as u64);
-    let room = usable.saturating_sub(reserve).saturating_sub(pool) / 3;
+    let room = usable.saturating_sub(reserve).saturating_sub(pool) / 2;
     Budget {
         connections: usize::try_from(room).unwrap_or(usize::MAX).max(1),
         pool: usize::try_from(pool).unwrap_or(max_pool),
@@ -262,13 +262,13 @@ mod tests {
     }
 
     #[test]
-    fn the_budget_leaves_a_reserve_and_a_pool_and_counts_three_descriptors_a_connection() {
+    fn the_budget_leaves_a_reserve_and_a_pool_and_counts_two_descriptors_a_connection() {
         // (nofile, open now) -> (connections, pool), with a pool of 128 at most
         let table = [
-            (1024, 40, 246, 123),
-            (1_048_576, 40, 305_780, 128),
-            (256, 50, 49, 25),
-            (96, 40, 5, 7),
+            (1024, 40, 369, 123),
+            (1_048_576, 40, 458_670, 128),
+            (256, 50, 74, 25),
+            (96, 40, 8, 7),
             (10, 40, 1, 0),
         ];
         for (nofile, open, connections, pool) in table {

@@ -1,28 +1,23 @@
 //! Releasing a draining backend's WebSockets gradually, so its clients do not all reconnect in
 //! the same millisecond when the worker finally stops.
 //!
-//! pingora 0.9 gives no way to wake an upgraded connection's proxy loop from outside its task:
-//! the loop (`proxy_handle_downstream` / `proxy_handle_upstream` in pingora-proxy's
-//! `proxy_h1.rs`) only selects on the two sockets and its internal pipes, and every
-//! `ProxyHttp` callback it makes is driven by bytes arriving. But it does wake when the
-//! upstream socket reaches end of stream. So the balancer keeps a duplicate of each upgraded
-//! connection's upstream socket (taken in pingora's `upstream_tcp_sock_tweak_hook`, a plain
-//! `dup`, no `unsafe`) and releasing a connection is `shutdown(Both)` on it: the worker sees
-//! FIN, pingora reads EOF, `response_body_filter` appends a WebSocket close frame (1001) for
-//! the client, and pingora ends the request and closes the client connection.
+//! Each WebSocket runs as a tunnel on a task of its own ([`crate::tunnel`]), which holds a
+//! [`ReleaseSignal`]. Releasing a connection sets the signal and wakes that task: the tunnel
+//! passes on what the worker already sent, appends a WebSocket close frame (1001) for the
+//! client and closes both connections, so the worker sees its transport end.
 //!
 //! [`Upgrades`] is the registry: connections register when their 101 passes, unregister when
-//! the request ends; [`Upgrades::release`] marks a backend released and closes its open
+//! the WebSocket ends; [`Upgrades::release`] marks a backend released and closes its open
 //! connections spread evenly over a window on the runtime the proxy was started from, and
 //! closes at once any connection to it that opens later.
 
 use std::collections::HashMap;
-use std::net::Shutdown;
-use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::Waker;
 use std::time::Duration;
 
+use atomic_waker::AtomicWaker;
 use tokio::runtime::Handle;
 use tracing::debug;
 
@@ -32,48 +27,30 @@ pub(crate) trait Close: Send + Sync {
     fn close(&self);
 }
 
-/// The upstream side of one upgraded connection: a duplicate of its socket, so it can be shut
-/// from outside the request's task. Held strongly only by the request's context, so the
-/// duplicate never outlives the request (it would keep the connection open).
+/// The release switch of one WebSocket: set from any thread, seen by its tunnel, which it
+/// wakes. Held strongly by the tunnel only, so the registry never keeps an ended one.
 #[derive(Debug, Default)]
-pub(crate) struct UpstreamSocket {
-    socket: Mutex<Option<std::net::TcpStream>>,
+pub(crate) struct ReleaseSignal {
     released: AtomicBool,
+    waker: AtomicWaker,
 }
 
-impl UpstreamSocket {
-    /// Keep a duplicate of `socket` (called by pingora before it connects).
-    pub(crate) fn attach(&self, socket: &tokio::net::TcpSocket) -> std::io::Result<()> {
-        let dup = socket.as_fd().try_clone_to_owned()?;
-        *self.socket.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some(std::net::TcpStream::from(dup));
-        Ok(())
-    }
-
+impl ReleaseSignal {
     /// Whether the balancer ended this connection (so its end is ours to announce).
     pub(crate) fn released(&self) -> bool {
         self.released.load(Ordering::Acquire)
     }
+
+    /// Wake `waker` (the tunnel's task) when released.
+    pub(crate) fn register(&self, waker: &Waker) {
+        self.waker.register(waker);
+    }
 }
 
-impl Close for UpstreamSocket {
+impl Close for ReleaseSignal {
     fn close(&self) {
-        // Before the shutdown: the EOF it causes is handled on another thread, which must see
-        // the flag.
         self.released.store(true, Ordering::Release);
-        let socket = self
-            .socket
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        match socket {
-            Some(s) => {
-                if let Err(e) = s.shutdown(Shutdown::Both) {
-                    debug!(error = %e, "releasing an upstream socket");
-                }
-            }
-            None => debug!("released connection has no upstream socket"),
-        }
+        self.waker.wake();
     }
 }
 
@@ -199,7 +176,6 @@ async fn close_spread(conns: Vec<Weak<dyn Close>>, window: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
     use tokio::time::Instant;
 
     /// Records when it was closed.
@@ -308,31 +284,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn shutting_the_duplicate_ends_both_sides() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    async fn a_release_wakes_the_registered_task_once_and_stays_set() {
+        let signal = Arc::new(ReleaseSignal::default());
+        let waiter = {
+            let signal = signal.clone();
+            tokio::spawn(std::future::poll_fn(move |cx| {
+                signal.register(cx.waker());
+                if signal.released() {
+                    std::task::Poll::Ready(())
+                } else {
+                    std::task::Poll::Pending
+                }
+            }))
+        };
+        tokio::task::yield_now().await;
+        assert!(!signal.released());
+        signal.close();
+        tokio::time::timeout(Duration::from_secs(2), waiter)
             .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let up = UpstreamSocket::default();
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        up.attach(&socket).expect("dup");
-        let mut ours = socket.connect(addr).await.expect("connect");
-        let (mut worker, _) = listener.accept().await.expect("accept");
-        assert!(!up.released());
-        up.close();
-        assert!(up.released());
-        let mut buf = [0u8; 8];
-        // Our side wakes with EOF (the proxy loop's wake-up), the worker sees FIN.
-        let n = tokio::time::timeout(Duration::from_secs(2), ours.read(&mut buf))
-            .await
-            .expect("proxy side woke")
-            .expect("read");
-        assert_eq!(n, 0);
-        let n = tokio::time::timeout(Duration::from_secs(2), worker.read(&mut buf))
-            .await
-            .expect("worker side woke")
-            .expect("read");
-        assert_eq!(n, 0);
-        up.close(); // idempotent
+            .expect("woken")
+            .expect("join");
+        signal.close(); // idempotent
+        assert!(signal.released());
     }
 }

@@ -9,9 +9,8 @@
 //! two connections are copied by a [`crate::tunnel::Pump`] on a task of its own, which ends a
 //! released WebSocket with a close frame and settles its counts when it ends.
 //!
-//! Every WebSocket gets an upstream connection of its own (a unique pool `group_key`, never a
-//! pooled keep-alive one) whose socket is duplicated in `upstream_tcp_sock_tweak_hook`, so
-//! [`Upgrades::release`] can end it from outside pingora (see [`crate::release`]).
+//! Every WebSocket registers its tunnel's [`ReleaseSignal`] in [`Upgrades`] when its 101 passes,
+//! so [`Upgrades::release`] can end it from outside (see [`crate::release`]).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -34,7 +33,7 @@ use crate::loads::Loads;
 use crate::metrics::{BalancerMetrics, HeaderErrorLabel, RouteLabel, StatusLabels};
 use crate::policy::{self, Decision, RequestFacts, RouteKind};
 use crate::redirect::Redirect;
-use crate::release::{Close, Upgrades, UpstreamSocket};
+use crate::release::{Close, ReleaseSignal, Upgrades};
 use crate::router::Router;
 use crate::routes::{RouteTable, Snapshot};
 use crate::session_rate::SessionRate;
@@ -150,8 +149,8 @@ pub struct RequestCtx {
     ws_of_sid: bool,
     sniffer: Option<OpenPacketSniffer>,
     tried: Vec<usize>,
-    /// An upgrade request's own upstream connection (its id doubles as the pool group key).
-    upstream: Option<(u64, Arc<UpstreamSocket>)>,
+    /// An upgrade request's id in [`Upgrades`] and the release signal of its WebSocket.
+    upstream: Option<(u64, Arc<ReleaseSignal>)>,
     /// Registered in [`Upgrades`] (after the 101).
     registered: bool,
     /// Why it went where it went (metrics and the access log).
@@ -719,21 +718,6 @@ impl ProxyHttp for Balancer {
                 peer.options.bind_to = Some(bind);
             }
         }
-        if let Some((id, upstream)) = &ctx.upstream {
-            // A key of its own: a pooled connection would bypass the hook (and upgraded
-            // connections never return to the pool, so nothing accumulates under it).
-            peer.group_key = *id;
-            let upstream = Arc::downgrade(upstream);
-            peer.options.upstream_tcp_sock_tweak_hook = Some(Arc::new(move |socket| {
-                if let Some(u) = upstream.upgrade()
-                    && let Err(e) = u.attach(socket)
-                {
-                    // Not fatal: the WebSocket works, it just cannot be released early.
-                    tracing::warn!(error = %e, "cannot duplicate an upstream socket");
-                }
-                Ok(())
-            }));
-        }
         Ok(Box::new(peer))
     }
 
@@ -1018,20 +1002,26 @@ impl ProxyHttp for Balancer {
     /// connection's places under the caps, its context and the shared tables, nothing else.
     fn tunnel(&self, tunnel: Tunnel, mut ctx: RequestCtx) {
         let hold = crate::admission::take_hold();
-        let released: Box<dyn Fn() -> bool + Send + Sync> = match &ctx.upstream {
-            Some((_, upstream)) => {
-                let upstream = upstream.clone();
-                Box::new(move || upstream.released())
-            }
-            None => Box::new(|| false),
-        };
+        let release = ctx
+            .upstream
+            .as_ref()
+            .map_or_else(Arc::default, |(_, r)| r.clone());
+        // Another host's rtsup could freeze where the client cannot see it (as for its HTTP
+        // requests, a limit on its silence).
+        let peer = ctx
+            .snap
+            .as_ref()
+            .zip(ctx.backend)
+            .and_then(|(snap, i)| snap.backends.get(i))
+            .is_some_and(|b| b.remote);
         let pump = Pump::new(
             tunnel.client,
             tunnel.client_preread,
             tunnel.upstream,
             tunnel.upstream_preread,
-            released,
+            release,
             self.config.timeouts.send,
+            peer.then_some(PEER_SILENCE),
         );
         // What a WebSocket no longer needs.
         ctx.snap = None;

@@ -6,14 +6,18 @@
 //! only bytes a slow receiver has not taken yet are kept, on the heap, until it takes them. The
 //! worker → client stream is followed frame by frame so that, when the balancer released the
 //! worker's side (a drain), the client gets a close frame (1001) between two frames rather than
-//! a bare TCP close. A receiver that takes nothing for the send timeout ends the tunnel.
+//! a bare TCP close, even when the client was sending at that moment. A receiver that takes
+//! nothing for the send timeout ends the tunnel (each direction has its own deadline: a client
+//! that writes but never reads is not kept alive by its own writes); so does a worker on
+//! another host that stays silent past its limit.
 //!
 //! It ends when either side's stream ends (its end passed on to the other side), on an error,
-//! or on that timeout: what pingora did with an upgraded connection.
+//! or on those timeouts: what pingora did with an upgraded connection.
 
 use std::future::Future;
-use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -21,6 +25,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use crate::release::ReleaseSignal;
 use crate::websocket::{FrameTracker, GOING_AWAY_CLOSE};
 
 /// Bytes read from one side at a time (on the stack of the poll, never kept).
@@ -35,8 +40,10 @@ pub(crate) enum End {
     Worker,
     /// A read or write failed on either side.
     Failed,
-    /// A side took no bytes for the send timeout.
+    /// A receiver took no bytes for the send timeout.
     Stalled,
+    /// The worker (another host of the cluster) sent nothing for its silence limit.
+    Silent,
 }
 
 /// What a tunnel carried, for the access log and the metrics.
@@ -58,70 +65,114 @@ struct Half {
     eof: bool,
     /// Bytes written to the receiver.
     written: u64,
+    /// Armed while the receiver holds back bytes; pushed back whenever it takes some.
+    stall: Option<Pin<Box<Sleep>>>,
+}
+
+impl Half {
+    /// Bytes wait for the receiver (in `pending`, in its stream's write buffer, or its end).
+    fn held(&self) -> bool {
+        !self.pending.is_empty() || self.flush || self.eof
+    }
+
+    /// Whether the receiver has held bytes back for `timeout` without taking any (`took`:
+    /// it took some in this poll).
+    fn stalled(&mut self, cx: &mut Context<'_>, took: bool, timeout: Duration) -> bool {
+        if !self.held() {
+            self.stall = None;
+            return false;
+        }
+        let deadline = Instant::now() + timeout;
+        match self.stall.as_mut() {
+            None => self.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            Some(s) if took => s.as_mut().reset(deadline),
+            Some(_) => {}
+        }
+        self.stall
+            .as_mut()
+            .is_some_and(|s| s.as_mut().poll(cx).is_ready())
+    }
+}
+
+/// Which side of a direction failed.
+enum Fault {
+    /// Reading from the sender.
+    Read,
+    /// Writing to the receiver.
+    Write,
+}
+
+/// What happened during one poll of a direction.
+#[derive(Default)]
+struct Moved {
+    /// The receiver took bytes.
+    took: bool,
+    /// Bytes came from the sender.
+    read: bool,
 }
 
 /// The worker → client direction's watch: its frames, and whether the worker was released.
 struct Watch<'a> {
     frames: &'a mut FrameTracker,
-    released: &'a (dyn Fn() -> bool + Send + Sync),
-}
-
-impl Half {
-    /// Bytes wait for the receiver (in `pending` or in its stream's write buffer).
-    fn held(&self) -> bool {
-        !self.pending.is_empty() || self.flush
-    }
+    release: &'a ReleaseSignal,
 }
 
 /// Moves one direction as far as it can without waiting. Ready(Ok) once the sender's end was
-/// passed on; `progress` is set when the receiver took bytes. A `watch` follows every chunk's
-/// frames and, when the worker's side ended because it was released, writes a close frame
-/// (1001) after the last frame, unless the worker sent its own.
+/// passed on. A `watch` follows every chunk's frames; once the worker is released, its side
+/// ends when it has nothing more to read at once, and a close frame (1001) follows the last
+/// frame, unless the worker sent its own.
 fn poll_half<R, W>(
     cx: &mut Context<'_>,
     from: &mut R,
     to: &mut W,
     half: &mut Half,
-    progress: &mut bool,
+    moved: &mut Moved,
     mut watch: Option<Watch<'_>>,
-) -> Poll<io::Result<()>>
+) -> Poll<Result<(), Fault>>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let write = |_| Fault::Write;
     loop {
         while !half.pending.is_empty() {
-            let n = ready!(Pin::new(&mut *to).poll_write(cx, &half.pending))?;
+            let n = ready!(Pin::new(&mut *to).poll_write(cx, &half.pending)).map_err(write)?;
             if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                return Poll::Ready(Err(Fault::Write));
             }
             half.pending.advance(n);
             half.written += n as u64;
             half.flush = true;
-            *progress = true;
+            moved.took = true;
         }
         if half.pending.capacity() > 0 {
             // Taken: an idle direction keeps no allocation.
             half.pending = BytesMut::new();
         }
         if half.flush {
-            ready!(Pin::new(&mut *to).poll_flush(cx))?;
+            ready!(Pin::new(&mut *to).poll_flush(cx)).map_err(write)?;
             half.flush = false;
-            *progress = true;
+            moved.took = true;
         }
         if half.eof {
             // The peer may already be gone: the stream ended either way.
             let _ = ready!(Pin::new(&mut *to).poll_shutdown(cx));
             return Poll::Ready(Ok(()));
         }
-        let mut stack = [0u8; READ_CHUNK];
-        let mut buf = ReadBuf::new(&mut stack);
-        ready!(Pin::new(&mut *from).poll_read(cx, &mut buf))?;
+        let mut stack = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = ReadBuf::uninit(&mut stack);
+        let ended = match Pin::new(&mut *from).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) => buf.filled().is_empty(),
+            Poll::Ready(Err(_)) => return Poll::Ready(Err(Fault::Read)),
+            // Released: what the worker sent is passed on, then its side ends here.
+            Poll::Pending if watch.as_ref().is_some_and(|w| w.release.released()) => true,
+            Poll::Pending => return Poll::Pending,
+        };
         let data = buf.filled();
-        if data.is_empty() {
+        if ended {
             half.eof = true;
             if let Some(w) = &watch
-                && (w.released)()
+                && w.release.released()
                 && w.frames.at_boundary()
                 && !w.frames.close_seen()
             {
@@ -129,19 +180,19 @@ where
             }
             continue;
         }
+        moved.read = true;
         if let Some(w) = watch.as_mut() {
             w.frames.feed(data);
         }
         let mut off = 0;
         while off < data.len() {
             match Pin::new(&mut *to).poll_write(cx, &data[off..]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(Fault::Write)),
                 Poll::Ready(Ok(n)) => {
                     off += n;
                     half.written += n as u64;
-                    *progress = true;
+                    moved.took = true;
                 }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
                     half.pending.extend_from_slice(&data[off..]);
                     break;
@@ -152,33 +203,64 @@ where
     }
 }
 
+/// The longest the worker may stay silent (set for another host of the cluster, whose
+/// freeze the client could not see).
+struct Silence {
+    limit: Duration,
+    last: Instant,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl Silence {
+    /// Whether the worker has been silent for the limit (`read`: it sent bytes in this poll).
+    fn over(&mut self, cx: &mut Context<'_>, read: bool) -> bool {
+        if read {
+            self.last = Instant::now();
+        }
+        // The timer is pushed back only when it fires, not on every read.
+        while self.timer.as_mut().poll(cx).is_ready() {
+            let due = self.last + self.limit;
+            if Instant::now() >= due {
+                return true;
+            }
+            self.timer.as_mut().reset(due);
+        }
+        false
+    }
+}
+
 /// The copy of one WebSocket, as a future.
 pub(crate) struct Pump<C, W> {
     client: C,
     worker: W,
     /// Client → worker.
     up: Half,
+    /// The worker stopped taking bytes (released, or gone): the client's are no longer read,
+    /// while the worker → client direction runs to its end.
+    up_closed: bool,
     /// Worker → client.
     down: Half,
     frames: FrameTracker,
-    /// Whether the balancer released the worker's side (then its end gets a close frame).
-    released: Box<dyn Fn() -> bool + Send + Sync>,
+    /// Set when the balancer releases the worker (a drain): its side ends, announced by a
+    /// close frame.
+    release: Arc<ReleaseSignal>,
     send_timeout: Duration,
-    /// Armed while a receiver holds back bytes; pushed back whenever it takes some.
-    stall: Option<Pin<Box<Sleep>>>,
+    silence: Option<Box<Silence>>,
 }
 
 impl<C, W> Pump<C, W> {
     /// A tunnel between `client` and `worker`, starting with what each side sent that was
     /// already read (`client_preread` goes to the worker, `worker_preread` to the client).
-    /// Both streams are flushed first (the 101 and the request may still be buffered).
+    /// Both streams are flushed first (the 101 and the request may still be buffered). A
+    /// worker silent for `worker_silence` ends it.
     pub(crate) fn new(
         client: C,
         client_preread: BytesMut,
         worker: W,
         worker_preread: BytesMut,
-        released: Box<dyn Fn() -> bool + Send + Sync>,
+        release: Arc<ReleaseSignal>,
         send_timeout: Duration,
+        worker_silence: Option<Duration>,
     ) -> Self {
         let mut frames = FrameTracker::default();
         frames.feed(&worker_preread);
@@ -190,15 +272,22 @@ impl<C, W> Pump<C, W> {
                 flush: true,
                 ..Half::default()
             },
+            up_closed: false,
             down: Half {
                 pending: worker_preread,
                 flush: true,
                 ..Half::default()
             },
             frames,
-            released,
+            release,
             send_timeout,
-            stall: None,
+            silence: worker_silence.map(|limit| {
+                Box::new(Silence {
+                    limit,
+                    last: Instant::now(),
+                    timer: Box::pin(tokio::time::sleep(limit)),
+                })
+            }),
         }
     }
 
@@ -219,28 +308,42 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
         let this = self.get_mut();
-        let mut progress = false;
-        match poll_half(
-            cx,
-            &mut this.client,
-            &mut this.worker,
-            &mut this.up,
-            &mut progress,
-            None,
-        ) {
-            Poll::Ready(Ok(())) => return this.outcome(End::Client),
-            Poll::Ready(Err(_)) => return this.outcome(End::Failed),
-            Poll::Pending => {}
+        this.release.register(cx.waker());
+        if !this.up_closed {
+            let mut moved = Moved::default();
+            match poll_half(
+                cx,
+                &mut this.client,
+                &mut this.worker,
+                &mut this.up,
+                &mut moved,
+                None,
+            ) {
+                Poll::Ready(Ok(())) => return this.outcome(End::Client),
+                Poll::Ready(Err(Fault::Read)) => return this.outcome(End::Failed),
+                Poll::Ready(Err(Fault::Write)) => {
+                    // The worker's side is ending (a release shuts it, a worker may reset it):
+                    // what it already sent, and a close frame, still go to the client.
+                    this.up_closed = true;
+                    this.up = Half::default();
+                }
+                Poll::Pending => {
+                    if this.up.stalled(cx, moved.took, this.send_timeout) {
+                        return this.outcome(End::Stalled);
+                    }
+                }
+            }
         }
+        let mut moved = Moved::default();
         let down = poll_half(
             cx,
             &mut this.worker,
             &mut this.client,
             &mut this.down,
-            &mut progress,
+            &mut moved,
             Some(Watch {
                 frames: &mut this.frames,
-                released: &*this.released,
+                release: &this.release,
             }),
         );
         match down {
@@ -248,20 +351,13 @@ where
             Poll::Ready(Err(_)) => return this.outcome(End::Failed),
             Poll::Pending => {}
         }
-        if !this.up.held() && !this.down.held() {
-            this.stall = None;
-            return Poll::Pending;
-        }
-        let deadline = Instant::now() + this.send_timeout;
-        match this.stall.as_mut() {
-            None => this.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
-            Some(s) if progress => s.as_mut().reset(deadline),
-            Some(_) => {}
-        }
-        if let Some(s) = this.stall.as_mut()
-            && s.as_mut().poll(cx).is_ready()
-        {
+        if this.down.stalled(cx, moved.took, this.send_timeout) {
             return this.outcome(End::Stalled);
+        }
+        if let Some(silence) = this.silence.as_mut()
+            && silence.over(cx, moved.read)
+        {
+            return this.outcome(End::Silent);
         }
         Poll::Pending
     }
@@ -270,16 +366,26 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use crate::release::Close;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
 
     /// A pump between two in-memory pipes; returns the far ends (client side, worker side).
     fn pump(
         client_preread: &[u8],
         worker_preread: &[u8],
-        released: Arc<AtomicBool>,
+        release: Arc<ReleaseSignal>,
         capacity: usize,
+    ) -> (DuplexStream, DuplexStream, tokio::task::JoinHandle<Outcome>) {
+        pump_silent_after(client_preread, worker_preread, release, capacity, None)
+    }
+
+    /// [`pump`] with a worker silence limit.
+    fn pump_silent_after(
+        client_preread: &[u8],
+        worker_preread: &[u8],
+        release: Arc<ReleaseSignal>,
+        capacity: usize,
+        silence: Option<Duration>,
     ) -> (DuplexStream, DuplexStream, tokio::task::JoinHandle<Outcome>) {
         let (client_far, client_near) = duplex(capacity);
         let (worker_far, worker_near) = duplex(capacity);
@@ -288,8 +394,9 @@ mod tests {
             BytesMut::from(client_preread),
             worker_near,
             BytesMut::from(worker_preread),
-            Box::new(move || released.load(Ordering::Relaxed)),
+            release,
             Duration::from_secs(5),
+            silence,
         );
         (client_far, worker_far, tokio::spawn(p))
     }
@@ -322,15 +429,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_released_worker_ends_with_a_close_frame_between_frames() {
-        let released = Arc::new(AtomicBool::new(false));
-        let (mut client, mut worker, task) = pump(b"", b"", released.clone(), 64 * 1024);
+        let release = Arc::new(ReleaseSignal::default());
+        let (mut client, mut worker, task) = pump(b"", b"", release.clone(), 64 * 1024);
         worker.write_all(b"\x81\x03abc").await.expect("write");
-        released.store(true, Ordering::Relaxed);
-        worker.shutdown().await.expect("shutdown");
+        release.close();
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.expect("read");
         assert_eq!(got, [&b"\x81\x03abc"[..], &GOING_AWAY_CLOSE[..]].concat());
         assert_eq!(task.await.expect("join").end, End::Worker);
+        // The worker sees its connection end.
+        let mut rest = Vec::new();
+        worker.read_to_end(&mut rest).await.expect("eof");
     }
 
     #[tokio::test]
@@ -340,10 +449,14 @@ mod tests {
             (&b"\x88\x02\x03\xe8"[..], true), // the worker closed itself
             (&b"\x81\x01a"[..], false),       // the worker just ended
         ] {
-            let flag = Arc::new(AtomicBool::new(released));
-            let (mut client, mut worker, task) = pump(b"", b"", flag, 64 * 1024);
+            let release = Arc::new(ReleaseSignal::default());
+            let (mut client, mut worker, task) = pump(b"", b"", release.clone(), 64 * 1024);
             worker.write_all(bytes).await.expect("write");
-            worker.shutdown().await.expect("shutdown");
+            if released {
+                release.close();
+            } else {
+                worker.shutdown().await.expect("shutdown");
+            }
             let mut got = Vec::new();
             client.read_to_end(&mut got).await.expect("read");
             assert_eq!(got, bytes, "{bytes:?} released={released}");
@@ -378,5 +491,69 @@ mod tests {
         assert_eq!(out.end, End::Stalled);
         assert!(start.elapsed() >= Duration::from_secs(5));
         drop(client);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_writes_but_never_reads_is_dropped_after_the_send_timeout() {
+        let (mut client, mut worker, task) = pump(b"", b"", Arc::default(), 1024);
+        // The worker sends what the client never takes, and takes what the client sends.
+        worker.write_all(&[0u8; 2048]).await.expect("write");
+        let sink = tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            while worker.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        });
+        let start = Instant::now();
+        let writer = tokio::spawn(async move {
+            while client.write_all(b"chatter").await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        let out = task.await.expect("join");
+        assert_eq!(out.end, End::Stalled);
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_secs(5) && took < Duration::from_secs(6),
+            "{took:?}"
+        );
+        writer.await.expect("join");
+        sink.await.expect("join");
+    }
+
+    #[tokio::test]
+    async fn a_released_worker_still_closes_politely_a_client_that_is_sending() {
+        let release = Arc::new(ReleaseSignal::default());
+        let (mut client, mut worker, task) = pump(b"", b"", release.clone(), 64 * 1024);
+        worker.write_all(b"\x81\x02hi").await.expect("write");
+        assert_eq!(read_n(&mut client, 4).await, b"\x81\x02hi");
+        // Released while the worker's socket is gone both ways and the client keeps sending.
+        worker.write_all(b"\x81\x01z").await.expect("write");
+        drop(worker);
+        release.close();
+        let _ = client.write_all(b"more from the client").await;
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.expect("read");
+        assert_eq!(got, [&b"\x81\x01z"[..], &GOING_AWAY_CLOSE[..]].concat());
+        assert_eq!(task.await.expect("join").end, End::Worker);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_worker_ends_the_tunnel_after_its_limit_and_each_byte_pushes_it_back() {
+        let limit = Duration::from_secs(60);
+        let (mut client, mut worker, task) =
+            pump_silent_after(b"", b"", Arc::default(), 1024, Some(limit));
+        let start = Instant::now();
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        worker.write_all(b"\x81\x01a").await.expect("write");
+        assert_eq!(read_n(&mut client, 3).await, b"\x81\x01a");
+        // The client talking does not count: only the worker's silence.
+        client.write_all(b"hello?").await.expect("write");
+        let out = task.await.expect("join");
+        assert_eq!(out.end, End::Silent);
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_secs(100) && took < Duration::from_secs(101),
+            "{took:?}"
+        );
+        drop(worker);
     }
 }

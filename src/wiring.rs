@@ -93,7 +93,12 @@ impl supervisor::DrainGate for BalancerGate {
             return None;
         }
         let loads = self.loads.get()?;
-        Some(loads.get(&backend_id(app, slot, generation)).max(0) as u64)
+        let id = backend_id(app, slot, generation);
+        let sessions = loads.get(&id).max(0) as u64;
+        // WebSockets that are not engine.io sessions (a plain `ws` server) count too, so a
+        // drain waits for them and then releases them.
+        let websockets = self.upgrades.get().map_or(0, |u| u.open(&id) as u64);
+        Some(sessions.max(websockets))
     }
 
     fn release(&self, app: &str, slot: u16, generation: u64, window: std::time::Duration) {

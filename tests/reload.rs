@@ -371,26 +371,23 @@ fn systemd_hears_ready_reloading_ready_stopping_and_watchdog() {
     assert_eq!(r.wait_exit(), Some(0));
 }
 
-#[test]
-fn a_drained_workers_websockets_end_with_a_going_away_close_frame() {
-    let base = ports::block(4).base;
-    let lb = base + 3;
-    let toml = crate::harness::reference_app(1, base, lb, "").replace(
-        "ready = \"http:/health\"\n",
-        "ready = \"http:/health\"\ndrain_timeout = \"1s\"\nclose_window = \"100ms\"\n",
-    );
-    let r = Rtsup::start(&toml);
-    r.wait_all_ready();
-    // Raw engine.io WebSockets (no socket.io client to hide how they end).
+/// Three raw WebSockets to `target` through `lb`, a drain of slot 0 (`restart APP:0`): each
+/// ends with the 1001 close frame.
+fn drained_websockets_end_with_a_going_away_close_frame(
+    r: &Rtsup,
+    lb: u16,
+    app: &str,
+    target: &str,
+) {
     let sockets: Vec<TcpStream> = (0..3)
         .map(|_| {
             let mut c = TcpStream::connect(("127.0.0.1", lb)).expect("connect");
             c.set_read_timeout(Some(crate::harness::patience()))
                 .expect("timeout");
-            c.write_all(
-                b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
-                  Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-                  Sec-WebSocket-Version: 13\r\n\r\n",
+            write!(
+                c,
+                "GET {target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
             )
             .expect("upgrade");
             c
@@ -407,12 +404,12 @@ fn a_drained_workers_websockets_end_with_a_going_away_close_frame() {
         })
         .collect();
     wait_until("3 WebSockets open", || {
-        match crate::harness::metric(&r, "rtsup_balancer_connections")? {
+        match crate::harness::metric(r, "rtsup_balancer_connections")? {
             3 => Ok(()),
             n => Err(format!("{n} open")),
         }
     });
-    let out = r.cli(&["restart", "ref:0"]);
+    let out = r.cli(&["restart", &format!("{app}:0")]);
     assert!(out.status.success(), "{out:?}");
     for reader in readers {
         let all = reader.join().expect("reader");
@@ -423,4 +420,42 @@ fn a_drained_workers_websockets_end_with_a_going_away_close_frame() {
             "no 1001 close frame at the end: {text:?}"
         );
     }
+}
+
+#[test]
+fn a_drained_workers_engineio_websockets_end_with_a_going_away_close_frame() {
+    let base = ports::block(4).base;
+    let lb = base + 3;
+    let toml = crate::harness::reference_app(1, base, lb, "").replace(
+        "ready = \"http:/health\"\n",
+        "ready = \"http:/health\"\ndrain_timeout = \"1s\"\nclose_window = \"100ms\"\n",
+    );
+    let r = Rtsup::start(&toml);
+    r.wait_all_ready();
+    // Raw engine.io WebSockets (no socket.io client to hide how they end).
+    drained_websockets_end_with_a_going_away_close_frame(
+        &r,
+        lb,
+        "ref",
+        "/socket.io/?EIO=4&transport=websocket",
+    );
+}
+
+#[test]
+fn a_drained_workers_plain_websockets_are_released_too() {
+    // WebSockets that are no engine.io session (a plain `ws` server): the drain waits for them
+    // as for sessions, then releases them.
+    let base = ports::block(4).base;
+    let lb = base + 3;
+    let r = Rtsup::start(&format!(
+        "{}\n[balancer]\nlisten = \"127.0.0.1:{lb}\"\n",
+        fixture_app(
+            "web",
+            1,
+            base,
+            "drain_timeout = \"1s\"\nclose_window = \"100ms\"\nkill_timeout = \"10s\"\nenv = { FIXTURE_TERM_DELAY_MS = \"5000\" }",
+        )
+    ));
+    r.wait_all_ready();
+    drained_websockets_end_with_a_going_away_close_frame(&r, lb, "web", "/tunnel");
 }

@@ -118,9 +118,10 @@ struct Watch<'a> {
 }
 
 /// Moves one direction as far as it can without waiting. Ready(Ok) once the sender's end was
-/// passed on. A `watch` follows every chunk's frames; once the worker is released, its side
-/// ends when it has nothing more to read at once, and a close frame (1001) follows the last
-/// frame, unless the worker sent its own.
+/// passed on. A `watch` follows every chunk's frames; once the worker is released, no frame
+/// after the current one is read: its side ends at that frame's boundary (or when the worker
+/// is gone), and a close frame (1001) follows, unless the worker sent its own or ended
+/// mid-frame.
 fn poll_half<R, W>(
     cx: &mut Context<'_>,
     from: &mut R,
@@ -159,20 +160,31 @@ where
             let _ = ready!(Pin::new(&mut *to).poll_shutdown(cx));
             return Poll::Ready(Ok(()));
         }
-        let mut stack = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
-        let mut buf = ReadBuf::uninit(&mut stack);
-        let ended = match Pin::new(&mut *from).poll_read(cx, &mut buf) {
-            Poll::Ready(Ok(())) => buf.filled().is_empty(),
-            Poll::Ready(Err(_)) => return Poll::Ready(Err(Fault::Read)),
-            // Released: what the worker sent is passed on, then its side ends here.
-            Poll::Pending if watch.as_ref().is_some_and(|w| w.release.released()) => true,
-            Poll::Pending => return Poll::Pending,
+        let released = watch.as_ref().is_some_and(|w| w.release.released());
+        // Released: the worker's side ends at the next frame boundary; no byte of a frame
+        // after it is read.
+        let limit = match watch.as_ref().map(|w| w.frames.left_in_frame()) {
+            Some(None) if released => 0,
+            Some(Some(left)) if released => {
+                usize::try_from(left).map_or(READ_CHUNK, |l| l.min(READ_CHUNK))
+            }
+            _ => READ_CHUNK,
         };
+        let mut stack = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = ReadBuf::uninit(&mut stack[..limit]);
+        let ended = limit == 0
+            || match Pin::new(&mut *from).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) => buf.filled().is_empty(),
+                // A released worker may be gone already: what it sent is still passed on.
+                Poll::Ready(Err(_)) if released => true,
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(Fault::Read)),
+                Poll::Pending => return Poll::Pending,
+            };
         let data = buf.filled();
         if ended {
             half.eof = true;
             if let Some(w) = &watch
-                && w.release.released()
+                && released
                 && w.frames.at_boundary()
                 && !w.frames.close_seen()
             {
@@ -432,10 +444,11 @@ mod tests {
         let release = Arc::new(ReleaseSignal::default());
         let (mut client, mut worker, task) = pump(b"", b"", release.clone(), 64 * 1024);
         worker.write_all(b"\x81\x03abc").await.expect("write");
+        assert_eq!(read_n(&mut client, 5).await, b"\x81\x03abc");
         release.close();
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.expect("read");
-        assert_eq!(got, [&b"\x81\x03abc"[..], &GOING_AWAY_CLOSE[..]].concat());
+        assert_eq!(got, GOING_AWAY_CLOSE);
         assert_eq!(task.await.expect("join").end, End::Worker);
         // The worker sees its connection end.
         let mut rest = Vec::new();
@@ -443,23 +456,60 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn no_close_frame_mid_frame_after_the_workers_own_close_or_unreleased() {
+    async fn a_release_mid_frame_waits_for_its_end_and_reads_nothing_after_it() {
+        let release = Arc::new(ReleaseSignal::default());
+        let (mut client, mut worker, task) = pump(b"", b"", release.clone(), 64 * 1024);
+        worker.write_all(b"\x81\x05ab").await.expect("write");
+        assert_eq!(read_n(&mut client, 4).await, b"\x81\x05ab");
+        release.close();
+        // The rest of the frame, and a whole next frame that must not follow.
+        worker.write_all(b"cde\x81\x04next").await.expect("write");
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.expect("read");
+        assert_eq!(got, [&b"cde"[..], &GOING_AWAY_CLOSE[..]].concat());
+        assert_eq!(task.await.expect("join").end, End::Worker);
+    }
+
+    #[tokio::test]
+    async fn a_release_reaches_a_slow_client_after_what_it_was_already_sent() {
+        let release = Arc::new(ReleaseSignal::default());
+        // A 1 KiB pipe to the client: most of the 1,004-byte frame waits in the tunnel.
+        let (mut client, mut worker, task) = pump(b"", b"", release.clone(), 1024);
+        let mut a = vec![0x82, 126, 0x03, 0xE8];
+        a.extend_from_slice(&[7u8; 1000]);
+        worker.write_all(&a).await.expect("write");
+        tokio::task::yield_now().await;
+        release.close();
+        let late = tokio::spawn(async move {
+            // Sent after the release: never reaches the client.
+            let _ = worker.write_all(b"\x81\x04late").await;
+            worker
+        });
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.expect("read");
+        assert_eq!(got, [&a[..], &GOING_AWAY_CLOSE[..]].concat());
+        assert_eq!(task.await.expect("join").end, End::Worker);
+        drop(late.await.expect("join"));
+    }
+
+    #[tokio::test]
+    async fn no_close_frame_when_the_worker_ends_mid_frame_closed_itself_or_was_not_released() {
         for (bytes, released) in [
-            (&b"\x81\x05ab"[..], true),       // cut inside a frame
+            (&b"\x81\x05ab"[..], true),       // gone inside a frame
             (&b"\x88\x02\x03\xe8"[..], true), // the worker closed itself
             (&b"\x81\x01a"[..], false),       // the worker just ended
         ] {
             let release = Arc::new(ReleaseSignal::default());
             let (mut client, mut worker, task) = pump(b"", b"", release.clone(), 64 * 1024);
             worker.write_all(bytes).await.expect("write");
+            assert_eq!(read_n(&mut client, bytes.len()).await, bytes);
             if released {
                 release.close();
-            } else {
-                worker.shutdown().await.expect("shutdown");
             }
+            worker.shutdown().await.expect("shutdown");
             let mut got = Vec::new();
             client.read_to_end(&mut got).await.expect("read");
-            assert_eq!(got, bytes, "{bytes:?} released={released}");
+            assert!(got.is_empty(), "{bytes:?} released={released}: {got:?}");
             assert_eq!(task.await.expect("join").end, End::Worker);
         }
     }
@@ -526,13 +576,12 @@ mod tests {
         worker.write_all(b"\x81\x02hi").await.expect("write");
         assert_eq!(read_n(&mut client, 4).await, b"\x81\x02hi");
         // Released while the worker's socket is gone both ways and the client keeps sending.
-        worker.write_all(b"\x81\x01z").await.expect("write");
         drop(worker);
         release.close();
         let _ = client.write_all(b"more from the client").await;
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.expect("read");
-        assert_eq!(got, [&b"\x81\x01z"[..], &GOING_AWAY_CLOSE[..]].concat());
+        assert_eq!(got, GOING_AWAY_CLOSE);
         assert_eq!(task.await.expect("join").end, End::Worker);
     }
 

@@ -74,6 +74,19 @@ impl FrameTracker {
         self.have == 0 && self.remaining == 0
     }
 
+    /// How many bytes to read, at most, to end the current frame without starting the next:
+    /// the rest of its payload, or one at a time while its header is incomplete. `None`
+    /// between frames.
+    pub fn left_in_frame(&self) -> Option<u64> {
+        if self.have > 0 {
+            Some(1)
+        } else if self.remaining > 0 {
+            Some(self.remaining)
+        } else {
+            None
+        }
+    }
+
     /// The stream carried a close frame (nothing may follow it).
     pub fn close_seen(&self) -> bool {
         self.close_seen
@@ -131,6 +144,24 @@ mod tests {
             t.feed(std::slice::from_ref(b));
         }
         assert!(t.at_boundary());
+    }
+
+    #[test]
+    fn reading_what_is_left_in_the_frame_ends_exactly_at_its_boundary() {
+        let mut stream = frame(0x2, &[7u8; 300], false);
+        stream.extend(frame(0x1, b"next", false));
+        for cut in 0..=304 {
+            let mut t = FrameTracker::default();
+            t.feed(&stream[..cut]);
+            let mut at = cut;
+            while let Some(n) = t.left_in_frame() {
+                let n = usize::try_from(n).expect("small");
+                t.feed(&stream[at..at + n]);
+                at += n;
+            }
+            assert_eq!(at, if cut == 0 { 0 } else { 304 }, "cut {cut}");
+            assert!(t.at_boundary());
+        }
     }
 
     #[test]

@@ -371,13 +371,13 @@ fn systemd_hears_ready_reloading_ready_stopping_and_watchdog() {
     assert_eq!(r.wait_exit(), Some(0));
 }
 
-/// Three raw WebSockets to `target` through `lb`, a drain of slot 0 (`restart APP:0`): each
-/// ends with the 1001 close frame.
-fn drained_websockets_end_with_a_going_away_close_frame(
-    r: &Rtsup,
+/// Three raw WebSockets to `target` through `lb`, then `end` (a drain, a stop): each ends with
+/// the 1001 close frame.
+fn websockets_end_with_a_going_away_close_frame(
+    r: &mut Rtsup,
     lb: u16,
-    app: &str,
     target: &str,
+    end: impl FnOnce(&mut Rtsup),
 ) {
     let sockets: Vec<TcpStream> = (0..3)
         .map(|_| {
@@ -396,8 +396,15 @@ fn drained_websockets_end_with_a_going_away_close_frame(
     let readers: Vec<_> = sockets
         .into_iter()
         .map(|mut c| {
+            // Upgraded before `end`: its 101 is in.
+            let mut all = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !all.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = c.read(&mut buf).expect("read the 101");
+                assert!(n > 0, "closed: {}", String::from_utf8_lossy(&all));
+                all.extend_from_slice(&buf[..n]);
+            }
             std::thread::spawn(move || {
-                let mut all = Vec::new();
                 let _ = c.read_to_end(&mut all);
                 all
             })
@@ -409,8 +416,7 @@ fn drained_websockets_end_with_a_going_away_close_frame(
             n => Err(format!("{n} open")),
         }
     });
-    let out = r.cli(&["restart", &format!("{app}:0")]);
-    assert!(out.status.success(), "{out:?}");
+    end(r);
     for reader in readers {
         let all = reader.join().expect("reader");
         let text = String::from_utf8_lossy(&all);
@@ -430,15 +436,30 @@ fn a_drained_workers_engineio_websockets_end_with_a_going_away_close_frame() {
         "ready = \"http:/health\"\n",
         "ready = \"http:/health\"\ndrain_timeout = \"1s\"\nclose_window = \"100ms\"\n",
     );
-    let r = Rtsup::start(&toml);
+    let mut r = Rtsup::start(&toml);
     r.wait_all_ready();
     // Raw engine.io WebSockets (no socket.io client to hide how they end).
-    drained_websockets_end_with_a_going_away_close_frame(
-        &r,
+    websockets_end_with_a_going_away_close_frame(
+        &mut r,
         lb,
-        "ref",
         "/socket.io/?EIO=4&transport=websocket",
+        |r| restart_slot_0(r, "ref"),
     );
+    // And when the daemon stops, the WebSockets still open are closed the same way.
+    websockets_end_with_a_going_away_close_frame(
+        &mut r,
+        lb,
+        "/socket.io/?EIO=4&transport=websocket",
+        |r| {
+            r.signal(Signal::SIGTERM);
+            assert_eq!(r.wait_exit(), Some(0));
+        },
+    );
+}
+
+fn restart_slot_0(r: &mut Rtsup, app: &str) {
+    let out = r.cli(&["restart", &format!("{app}:0")]);
+    assert!(out.status.success(), "{out:?}");
 }
 
 #[test]
@@ -447,7 +468,7 @@ fn a_drained_workers_plain_websockets_are_released_too() {
     // as for sessions, then releases them.
     let base = ports::block(4).base;
     let lb = base + 3;
-    let r = Rtsup::start(&format!(
+    let mut r = Rtsup::start(&format!(
         "{}\n[balancer]\nlisten = \"127.0.0.1:{lb}\"\n",
         fixture_app(
             "web",
@@ -457,5 +478,7 @@ fn a_drained_workers_plain_websockets_are_released_too() {
         )
     ));
     r.wait_all_ready();
-    drained_websockets_end_with_a_going_away_close_frame(&r, lb, "web", "/tunnel");
+    websockets_end_with_a_going_away_close_frame(&mut r, lb, "/tunnel", |r| {
+        restart_slot_0(r, "web")
+    });
 }

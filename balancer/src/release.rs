@@ -12,7 +12,7 @@
 //! closes at once any connection to it that opens later.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::Waker;
 use std::time::Duration;
@@ -65,6 +65,10 @@ pub struct Upgrades {
     backends: Mutex<HashMap<Arc<str>, Conns>>,
     next_id: AtomicU64,
     runtime: Handle,
+    /// WebSockets registered and not yet ended (released ones included).
+    live: AtomicUsize,
+    /// The proxy is stopping: every WebSocket, of any backend, is closed as it registers.
+    stopping: AtomicBool,
 }
 
 impl std::fmt::Debug for Upgrades {
@@ -80,6 +84,8 @@ impl Upgrades {
             backends: Mutex::default(),
             next_id: AtomicU64::new(1),
             runtime,
+            live: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -94,13 +100,15 @@ impl Upgrades {
 
     /// Connection `id` to `backend` is upgraded. Closed at once when `backend` was released.
     pub(crate) fn opened(&self, backend: &Arc<str>, id: u64, conn: Weak<dyn Close>) {
+        self.live.fetch_add(1, Ordering::AcqRel);
         let released = {
             let mut map = self.lock();
             let conns = map.entry(backend.clone()).or_default();
-            if !conns.released {
+            let released = conns.released || self.stopping.load(Ordering::Acquire);
+            if !released {
                 conns.open.insert(id, conn.clone());
             }
-            conns.released
+            released
         };
         if released && let Some(c) = conn.upgrade() {
             debug!(%backend, "closing a connection to a released backend");
@@ -110,9 +118,36 @@ impl Upgrades {
 
     /// Connection `id` to `backend` ended.
     pub(crate) fn closed(&self, backend: &str, id: u64) {
+        self.live.fetch_sub(1, Ordering::AcqRel);
         if let Some(conns) = self.lock().get_mut(backend) {
             conns.open.remove(&id);
         }
+    }
+
+    /// The proxy is stopping: close every open WebSocket at once (each client gets the 1001
+    /// close frame) and any that opens later. Returns how many.
+    pub(crate) fn release_all(&self) -> usize {
+        let conns: Vec<Weak<dyn Close>> = {
+            let mut map = self.lock();
+            self.stopping.store(true, Ordering::Release);
+            map.values_mut()
+                .flat_map(|c| {
+                    c.released = true;
+                    c.open.drain().map(|(_, w)| w)
+                })
+                .collect()
+        };
+        for conn in &conns {
+            if let Some(c) = conn.upgrade() {
+                c.close();
+            }
+        }
+        conns.len()
+    }
+
+    /// WebSockets registered that have not ended yet.
+    pub(crate) fn live(&self) -> usize {
+        self.live.load(Ordering::Acquire)
     }
 
     /// Close every open WebSocket to `backend_id`, spread evenly over `window` (connection k
@@ -306,5 +341,23 @@ mod tests {
             .expect("join");
         signal.close(); // idempotent
         assert!(signal.released());
+    }
+
+    #[tokio::test]
+    async fn release_all_closes_every_backends_connections_and_later_ones() {
+        let u = Upgrades::new(tokio::runtime::Handle::current());
+        let a = register(&u, "a", 2);
+        let b = register(&u, "b", 1);
+        assert_eq!(u.live(), 3);
+        assert_eq!(u.release_all(), 3);
+        for p in a.iter().chain(&b) {
+            assert_eq!(closes(p).len(), 1);
+        }
+        let late = register(&u, "b", 1);
+        assert_eq!(closes(&late[0]).len(), 1, "a later one is closed at once");
+        let new_backend = register(&u, "c", 1);
+        assert_eq!(closes(&new_backend[0]).len(), 1, "of any backend");
+        u.closed("a", 1);
+        assert_eq!(u.live(), 4);
     }
 }

@@ -37,6 +37,9 @@ use crate::tls::CertResolver;
 /// Seconds the requests in flight get to finish once the proxy stops accepting.
 pub const STOP_GRACE_SECONDS: u64 = 1;
 
+/// Longest wait, when the proxy stops, for its released WebSockets to send their close frames.
+pub const RELEASE_ON_STOP: Duration = Duration::from_secs(1);
+
 /// How often silent sessions are swept from the sid table.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -320,8 +323,22 @@ impl ProxyHandle {
     }
 
     /// Stop accepting, close connections, and wait for the proxy thread (blocking: call it
-    /// from `spawn_blocking` inside a runtime).
+    /// from `spawn_blocking` inside a runtime). Open WebSockets are released first: each
+    /// client gets the 1001 close frame ("going away") and reconnects elsewhere, and each
+    /// WebSocket gets its access-log line; they are given [`RELEASE_ON_STOP`] to end.
     pub fn stop(mut self) {
+        let released = self.upgrades.release_all();
+        if released > 0 {
+            let deadline = std::time::Instant::now() + RELEASE_ON_STOP;
+            while self.upgrades.live() > 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            tracing::info!(
+                released,
+                left = self.upgrades.live(),
+                "balancer: WebSockets closed"
+            );
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

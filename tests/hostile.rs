@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{
     Rtsup, connect_from, cpu_share, exchange, fixture_cluster, handshake_from, http_get, metric,
-    rss_kb, status_of, wait_until,
+    rss_kb, status_of, wait_until, websocket_upgrade,
 };
 
 /// Where the legitimate client connects from; attackers use 127.0.0.1.
@@ -427,36 +427,6 @@ fn clients_that_give_up_mid_header_are_counted_not_logged() {
     back_to_normal(&r);
 }
 
-/// An upgraded connection to `target` (the fixture worker answers any upgrade with a raw 101
-/// and echoes); returns it with the bytes that came after the 101's header.
-fn upgrade(lb: u16, target: &str) -> (TcpStream, Vec<u8>) {
-    let mut c = TcpStream::connect(("127.0.0.1", lb)).expect("connect");
-    c.set_read_timeout(Some(crate::harness::patience()))
-        .expect("timeout");
-    write!(
-        c,
-        "GET {target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    .expect("upgrade");
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let end = loop {
-        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = c.read(&mut buf).expect("read the 101");
-        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    };
-    assert!(
-        got.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&got)
-    );
-    (c, got[end..].to_vec())
-}
-
 /// Read from `c` until `have` holds `want` exactly.
 fn read_exactly(c: &mut TcpStream, mut have: Vec<u8>, want: &[u8]) {
     let mut buf = [0u8; 1024];
@@ -486,7 +456,7 @@ fn websockets_hold_their_places_under_the_caps_until_they_close_and_carry_bytes_
     let mut sockets: Vec<TcpStream> = (0..4)
         .map(|i| {
             // What the worker sends with its 101 reaches the client, then both ways flow.
-            let (mut c, early) = upgrade(lb, &format!("/tunnel?hello=hi{i}"));
+            let (mut c, early) = websocket_upgrade(lb, &format!("/tunnel?hello=hi{i}"));
             read_exactly(&mut c, early, format!("hi{i}").as_bytes());
             echo(&mut c, &format!("ping {i}"));
             c
@@ -517,7 +487,7 @@ fn websockets_hold_their_places_under_the_caps_until_they_close_and_carry_bytes_
 fn a_websocket_client_that_stops_reading_is_dropped_after_the_send_timeout() {
     let (r, lb) = cluster("send_timeout = \"1s\"\n");
     // 64 MiB from the worker fill every socket buffer on the way; the client never reads.
-    let (c, _) = upgrade(lb, "/tunnel?flood_kb=65536");
+    let (c, _) = websocket_upgrade(lb, "/tunnel?flood_kb=65536");
     wait_until("the stalled WebSocket is dropped", || {
         match metric(&r, "rtsup_balancer_connections")? {
             0 => Ok(()),

@@ -6,6 +6,8 @@
 pub mod ports;
 
 use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -307,7 +309,6 @@ pub fn kill_group(pgid: u32) {
 
 /// `GET http://127.0.0.1:port/path` with a plain socket; returns the body of a 200.
 pub fn http_get(port: u16, path: &str) -> Result<String, String> {
-    use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| e.to_string())?;
@@ -443,7 +444,6 @@ pub fn status_of(resp: &[u8]) -> u16 {
 /// Send one raw request (it should say `Connection: close`) to 127.0.0.1:`port`; the whole
 /// answer as text.
 pub fn roundtrip(port: u16, request: &str) -> String {
-    use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
@@ -487,7 +487,6 @@ pub fn check_config(file: &Path) -> (bool, String) {
 /// Send raw `bytes` to 127.0.0.1:`port` and read the answer until the server closes; its
 /// status code, 0 when it closed without a word.
 pub fn exchange(port: u16, bytes: &[u8]) -> u16 {
-    use std::io::{Read, Write};
     let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     c.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
@@ -518,6 +517,36 @@ pub fn fixture_cluster(
     r.wait_all_ready();
     wait_until("the balancer", || http_get(lb, "/").map(|_| ()));
     (r, lb)
+}
+
+/// A WebSocket upgrade of `target` through the proxy on `lb`, asserted answered 101; returns
+/// the connection (reads bounded by [`patience`]) and the bytes that came after the 101's
+/// header.
+pub fn websocket_upgrade(lb: u16, target: &str) -> (TcpStream, Vec<u8>) {
+    let mut c = TcpStream::connect(("127.0.0.1", lb)).expect("connect");
+    c.set_read_timeout(Some(patience())).expect("timeout");
+    write!(
+        c,
+        "GET {target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .expect("upgrade");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = c.read(&mut buf).expect("read the 101");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    };
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    (c, got[end..].to_vec())
 }
 
 /// An `[[app]]` section running the fixture worker.

@@ -28,7 +28,8 @@ pub(crate) trait Close: Send + Sync {
 }
 
 /// The release switch of one WebSocket: set from any thread, seen by its tunnel, which it
-/// wakes. Held strongly by the tunnel only, so the registry never keeps an ended one.
+/// wakes. Held strongly only by its request's context (which the tunnel keeps), so the registry
+/// never keeps an ended one.
 #[derive(Debug, Default)]
 pub(crate) struct ReleaseSignal {
     released: AtomicBool,

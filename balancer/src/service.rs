@@ -150,7 +150,7 @@ pub struct RequestCtx {
     sniffer: Option<OpenPacketSniffer>,
     tried: Vec<usize>,
     /// An upgrade request's id in [`Upgrades`] and the release signal of its WebSocket.
-    upstream: Option<(u64, Arc<ReleaseSignal>)>,
+    release: Option<(u64, Arc<ReleaseSignal>)>,
     /// Registered in [`Upgrades`] (after the 101).
     registered: bool,
     /// Why it went where it went (metrics and the access log).
@@ -416,7 +416,7 @@ impl Shared {
             if let Some(id) = &ctx.backend_id {
                 self.metrics.websockets.add(id, -1);
                 if std::mem::take(&mut ctx.registered)
-                    && let Some((conn, _)) = &ctx.upstream
+                    && let Some((conn, _)) = &ctx.release
                 {
                     self.upgrades.closed(id, *conn);
                 }
@@ -434,7 +434,7 @@ impl Shared {
         if ctx.ws_of_sid
             && let Some(sid) = &ctx.sid
         {
-            if ctx.upstream.as_ref().is_some_and(|(_, u)| u.released()) {
+            if ctx.release.as_ref().is_some_and(|(_, r)| r.released()) {
                 // Released: the worker saw its transport end, so the session is over and no
                 // longer counts against the draining worker.
                 self.sids.remove(sid);
@@ -498,7 +498,7 @@ impl ProxyHttp for Balancer {
             ws_of_sid: false,
             sniffer: None,
             tried: Vec::new(),
-            upstream: None,
+            release: None,
             registered: false,
             route: None,
             rule: None,
@@ -671,7 +671,7 @@ impl ProxyHttp for Balancer {
         ctx.snap = Some(snap);
         let upgrade = session.is_upgrade_req();
         if upgrade {
-            ctx.upstream = Some((self.upgrades.next_id(), Arc::default()));
+            ctx.release = Some((self.upgrades.next_id(), Arc::default()));
         }
         if ctx.engineio && !self.config.unsticky {
             if let Some(sid) = &ctx.sid {
@@ -816,8 +816,8 @@ impl ProxyHttp for Balancer {
             session.set_read_timeout(None);
             ctx.websocket = true;
             self.metrics.websockets.add(id, 1);
-            if let Some((conn, upstream)) = &ctx.upstream {
-                let weak = Arc::downgrade(upstream);
+            if let Some((conn, release)) = &ctx.release {
+                let weak = Arc::downgrade(release);
                 self.upgrades
                     .opened(id, *conn, weak as std::sync::Weak<dyn Close>);
                 ctx.registered = true;
@@ -1003,7 +1003,7 @@ impl ProxyHttp for Balancer {
     fn tunnel(&self, tunnel: Tunnel, mut ctx: RequestCtx) {
         let hold = crate::admission::take_hold();
         let release = ctx
-            .upstream
+            .release
             .as_ref()
             .map_or_else(Arc::default, |(_, r)| r.clone());
         // Another host's rtsup could freeze where the client cannot see it (as for its HTTP
@@ -1028,13 +1028,14 @@ impl ProxyHttp for Balancer {
         ctx.tried = Vec::new();
         ctx.sniffer = None;
         let shared = self.shared.clone();
-        let access = self.access.clone().filter(|_| ctx.upgrade_line.is_some());
+        // Its access-log line, when the log is on (see `upgrade_taken`).
+        let logged = ctx.upgrade_line.take().zip(self.access.clone());
         tokio::spawn(async move {
             let outcome = pump.await;
             debug!(end = ?outcome.end, backend = ?ctx.backend_id, "websocket ended");
-            if let (Some(log), Some(line)) = (&access, ctx.upgrade_line.take()) {
+            if let Some((line, log)) = logged {
                 let bytes = usize::try_from(outcome.to_client).unwrap_or(usize::MAX);
-                shared.access_log(log, &line.line(), 101, bytes, &ctx);
+                shared.access_log(&log, &line.line(), 101, bytes, &ctx);
             }
             shared.settle(&mut ctx, Some(101));
             drop(hold);

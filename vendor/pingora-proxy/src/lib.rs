@@ -1474,6 +1474,53 @@ pub trait Subrequest {
     );
 }
 
+impl<SV, C> HttpProxy<SV, C>
+where
+    SV: ProxyHttp + Send + Sync + 'static,
+    <SV as ProxyHttp>::CTX: Send + Sync,
+    C: custom::Connector,
+{
+    /// A new HTTP request on `session`, from its header to its end (the body of
+    /// [`HttpServerApp::process_new_http`], shared by its boxed and unboxed forms).
+    async fn serve_new_http(
+        self: &Arc<Self>,
+        mut session: HttpSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        // Extract user context from the previous request before the session is moved into the Box
+        let prev_user_ctx = session.take_connection_user_context();
+
+        let session = Box::new(session);
+
+        // TODO: keepalive pool, use stack
+        let mut session = match self.handle_new_request(session).await {
+            Some(downstream_session) => Session::new(
+                downstream_session,
+                &self.downstream_modules,
+                #[cfg(feature = "upstream_modules")]
+                &self.upstream_modules,
+                self.shutdown_flag.clone(),
+            ),
+            None => return None, // bad request
+        };
+
+        if *shutdown.borrow() {
+            // stop downstream from reusing if this service is shutting down soon
+            session.set_keepalive(None);
+        }
+
+        let mut ctx = self.inner.new_ctx();
+
+        // Deliver user context from the previous request on this reused connection
+        if let Some(prev_ctx) = prev_user_ctx {
+            self.inner
+                .on_connection_reuse(&mut session, &mut ctx, prev_ctx);
+        }
+
+        self.process_request(session, ctx).await
+    }
+}
+
 #[async_trait]
 impl<SV, C> Subrequest for HttpProxy<SV, C>
 where
@@ -1608,40 +1655,20 @@ where
 {
     async fn process_new_http(
         self: &Arc<Self>,
-        mut session: HttpSession,
+        session: HttpSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        // Extract user context from the previous request before the session is moved into the Box
-        let prev_user_ctx = session.take_connection_user_context();
+        self.serve_new_http(session, shutdown).await
+    }
 
-        let session = Box::new(session);
-
-        // TODO: keepalive pool, use stack
-        let mut session = match self.handle_new_request(session).await {
-            Some(downstream_session) => Session::new(
-                downstream_session,
-                &self.downstream_modules,
-                #[cfg(feature = "upstream_modules")]
-                &self.upstream_modules,
-                self.shutdown_flag.clone(),
-            ),
-            None => return None, // bad request
-        };
-
-        if *shutdown.borrow() {
-            // stop downstream from reusing if this service is shutting down soon
-            session.set_keepalive(None);
-        }
-
-        let mut ctx = self.inner.new_ctx();
-
-        // Deliver user context from the previous request on this reused connection
-        if let Some(prev_ctx) = prev_user_ctx {
-            self.inner
-                .on_connection_reuse(&mut session, &mut ctx, prev_ctx);
-        }
-
-        self.process_request(session, ctx).await
+    // rtsup: the per-request future held inline by the HTTP/1.x keep-alive loop (see the
+    // trait method), not boxed once per request.
+    fn process_new_http_unboxed<'a>(
+        self: &'a Arc<Self>,
+        session: HttpSession,
+        shutdown: &'a ShutdownWatch,
+    ) -> impl std::future::Future<Output = Option<ReusedHttpStream>> + Send + 'a {
+        self.serve_new_http(session, shutdown)
     }
 
     async fn http_cleanup(&self) {

@@ -255,6 +255,20 @@ pub trait HttpServerApp {
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream>;
 
+    /// rtsup: [`Self::process_new_http`] as the HTTP/1.x keep-alive loop of
+    /// [`ServerApp::process_new`] calls it, once per request. The loop holds the returned
+    /// future inside the connection's own task, so an application that returns its own future
+    /// here spares every request a heap allocation the size of its whole request future, and
+    /// the copy of that future into it (the boxed trait method costs both). Defaults to the
+    /// boxed method.
+    fn process_new_http_unboxed<'a>(
+        self: &'a Arc<Self>,
+        session: ServerSession,
+        shutdown: &'a ShutdownWatch,
+    ) -> impl std::future::Future<Output = Option<ReusedHttpStream>> + Send + 'a {
+        self.process_new_http(session, shutdown)
+    }
+
     /// Provide options on how HTTP/2 connection should be established. This function will be called
     /// every time a new HTTP/2 **connection** needs to be established.
     ///
@@ -387,7 +401,7 @@ where
                     .and_then(|opts| opts.keepalive_request_limit),
             );
 
-            let mut result = self.process_new_http(session, shutdown).await;
+            let mut result = self.process_new_http_unboxed(session, shutdown).await;
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
                 let mut session = ServerSession::new_http1(stream);
                 if let (Some(limits), ServerSession::H1(h1)) = (limits, &mut session) {
@@ -397,7 +411,7 @@ where
                     persistent_settings.apply_to_session(&mut session);
                 }
 
-                result = self.process_new_http(session, shutdown).await;
+                result = self.process_new_http_unboxed(session, shutdown).await;
             }
         }
         None

@@ -245,6 +245,15 @@ impl BodyReader {
                     self.body_buf_overread = Some(overread);
                 }
             }
+            // rtsup: the whole body came with the header (a small response), so no read
+            // follows and a body-sized buffer is enough. A `body_buf_size` (64 KiB) buffer per
+            // response is above jemalloc's thread cache: it took the arena's large-allocation
+            // path and a cache GC on every proxied response.
+            _ if buf_to_rewind.len() >= cl => {
+                self.rewind_buf_len = buf_to_rewind.len();
+                self.body_buf = Some(BytesMut::from(buf_to_rewind));
+                self.body_state = PS::Partial(0, cl);
+            }
             _ => {
                 self.prepare_buf(buf_to_rewind);
                 self.body_state = PS::Partial(0, cl);
@@ -2187,6 +2196,30 @@ mod tests {
         assert_eq!(res, BufRef::new(0, 1));
         assert_eq!(body_reader.body_state, ParseState::Complete(3));
         assert_eq!(input, body_reader.get_body(&res));
+        assert_eq!(body_reader.get_body_overread(), None);
+    }
+
+    // rtsup: a body that came whole with the header is read without I/O from a buffer of its
+    // own size (not a 64 KiB one), and what follows it is still the overread.
+    #[tokio::test]
+    async fn read_with_body_content_length_all_in_rewind() {
+        init_log();
+        let mut mock_io = Builder::new().build();
+        let mut body_reader = BodyReader::new(true);
+        body_reader.init_content_length(3, b"abcd");
+        assert!(body_reader.body_buf.as_ref().unwrap().capacity() < 64);
+        let res = body_reader.read_body(&mut mock_io).await.unwrap().unwrap();
+        assert_eq!(res, BufRef::new(0, 3));
+        assert_eq!(body_reader.body_state, ParseState::Complete(3));
+        assert_eq!(b"abc", body_reader.get_body(&res));
+        assert_eq!(body_reader.get_body_overread(), Some(&b"d"[..]));
+        assert_eq!(body_reader.read_body(&mut mock_io).await.unwrap(), None);
+
+        let mut body_reader = BodyReader::new(true);
+        body_reader.init_content_length(2, b"ok");
+        let res = body_reader.read_body(&mut mock_io).await.unwrap().unwrap();
+        assert_eq!(b"ok", body_reader.get_body(&res));
+        assert_eq!(body_reader.body_state, ParseState::Complete(2));
         assert_eq!(body_reader.get_body_overread(), None);
     }
 

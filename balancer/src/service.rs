@@ -787,14 +787,11 @@ impl ProxyHttp for Balancer {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip())
         {
-            let xff = match upstream
+            let prev = upstream
                 .headers
                 .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prev) => format!("{prev}, {peer}"),
-                None => peer.to_string(),
-            };
+                .map(|v| v.as_bytes());
+            let xff = crate::client_ip::forwarded_for(prev, peer);
             upstream.insert_header("x-forwarded-for", xff)?;
         }
         Ok(())

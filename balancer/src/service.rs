@@ -484,6 +484,11 @@ async fn respond_redirect(session: &mut Session, location: &str) -> Result<()> {
 impl ProxyHttp for Balancer {
     type CTX = RequestCtx;
 
+    /// No downstream modules: pingora's default adds a response-compression module, disabled,
+    /// that still allocated and ran on every request (~850 instructions per request under
+    /// callgrind); the proxy never compresses.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             start: std::time::Instant::now(),

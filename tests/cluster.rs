@@ -602,3 +602,53 @@ fn a_host_cut_off_by_the_network_is_dropped_and_rejoins() {
         }
     });
 }
+
+/// A request a host forwards to the session's host is attributed there to the client it came
+/// from, whatever the client wrote: the receiving host believes the forwarding host's
+/// X-Forwarded-For (every line of it, walked from the right), never a CF-Connecting-IP the
+/// client sent along.
+#[test]
+fn a_forwarded_request_is_attributed_to_its_client_not_to_headers_the_client_wrote() {
+    let _one = one_at_a_time();
+    let redis_port = ports::block(1).base;
+    let _redis = PrivateRedis::start(redis_port);
+    let name = format!("xff{}-{redis_port}", std::process::id());
+    let block = ports::block(8);
+    let base = block.base;
+    let lb = ports::block(1).base;
+    drop(block);
+    let a = host(2, &name, redis_port, base, lb);
+    let b = host(3, &name, redis_port, base + 4, lb);
+    for h in [&a, &b] {
+        wait_cluster(&h.rtsup, "both hosts see each other", "2 host(s)");
+    }
+    let sid = handshake(a.addr);
+    let SocketAddr::V4(to_b) = b.addr else {
+        unreachable!("hosts listen on IPv4")
+    };
+    // From 127.0.0.9 to host B, for A's session, with made-up client addresses.
+    let mut s = crate::harness::connect_between([127, 0, 0, 9], to_b).expect("connect to B");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let req = format!(
+        "GET {EIO}&sid={sid}&t=attribution HTTP/1.1\r\nHost: {to_b}\r\nCF-Connecting-IP: 203.0.113.77\r\n\
+         X-Forwarded-For: 198.51.100.1\r\nX-Forwarded-For: 6.6.6.6\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).expect("write");
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 200"), "poll through B: {resp}");
+    // A's access log: the line of that request names the client's own address.
+    let path = a.rtsup.log_dir.join("access.log");
+    let line = wait_until("A logs the forwarded request", || {
+        let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+        text.lines()
+            .find(|l| l.contains("t=attribution"))
+            .map(str::to_string)
+            .ok_or(text)
+    });
+    assert!(
+        line.starts_with("127.0.0.9 "),
+        "A attributes the request to the client that sent it: {line}"
+    );
+}

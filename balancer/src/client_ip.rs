@@ -1,6 +1,7 @@
 //! The client's IP: the TCP peer, or the address a trusted proxy forwarded for; and the
 //! `X-Forwarded-For` value the proxy passes on.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -31,13 +32,15 @@ pub fn client_ip(peer: IpAddr, trusted: &[IpNet], cf: Option<&str>, xff: Option<
     peer
 }
 
-/// The `X-Forwarded-For` value to send upstream: the one received (`prev`), if any, with
-/// `peer` appended. Written without `fmt` (it runs on every proxied request: formatting the
-/// address through `Display` cost more than the rest of rtsup's request filter).
-pub fn forwarded_for(prev: Option<&[u8]>, peer: IpAddr) -> Vec<u8> {
-    let mut out = Vec::with_capacity(prev.map_or(0, |p| p.len() + 2) + 39);
-    if let Some(prev) = prev {
-        out.extend_from_slice(prev);
+/// The `X-Forwarded-For` value to send upstream: the lines received (`prev`, in order, each
+/// a comma-separated list), joined, with `peer` appended. A line that is not visible ASCII is
+/// dropped (no hop could be read from it downstream). Written without `fmt` (it runs on every
+/// proxied request: formatting the address through `Display` cost more than the rest of
+/// rtsup's request filter).
+pub fn forwarded_for<'a>(prev: impl IntoIterator<Item = &'a [u8]>, peer: IpAddr) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    for line in prev.into_iter().filter(|l| is_visible_ascii(l)) {
+        out.extend_from_slice(line);
         out.extend_from_slice(b", ");
     }
     match peer {
@@ -55,30 +58,92 @@ pub fn forwarded_for(prev: Option<&[u8]>, peer: IpAddr) -> Vec<u8> {
     out
 }
 
+/// The received `X-Forwarded-For` lines as one list, to walk from the right: every line, in
+/// order (a proxy may add its own line instead of appending to the client's), without the
+/// lines that are not visible ASCII. Borrowed when there is a single line.
+pub fn joined_forwarded_for<'a>(lines: impl IntoIterator<Item = &'a [u8]>) -> Option<Cow<'a, str>> {
+    let mut joined: Option<Cow<'a, str>> = None;
+    for line in lines {
+        let Ok(line) = std::str::from_utf8(line) else {
+            continue;
+        };
+        if !is_visible_ascii(line.as_bytes()) {
+            continue;
+        }
+        joined = Some(match joined {
+            None => Cow::Borrowed(line),
+            Some(before) => Cow::Owned(format!("{before}, {line}")),
+        });
+    }
+    joined
+}
+
+/// What `HeaderValue::to_str` accepts: visible ASCII, space and tab.
+fn is_visible_ascii(line: &[u8]) -> bool {
+    line.iter()
+        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn forwarded_for_appends_the_peer_as_display_writes_it() {
-        let cases: [(Option<&[u8]>, &str, &str); 5] = [
-            (None, "127.0.0.1", "127.0.0.1"),
-            (None, "0.0.0.0", "0.0.0.0"),
-            (None, "255.10.200.9", "255.10.200.9"),
-            (Some(b"203.0.113.9"), "10.0.0.1", "203.0.113.9, 10.0.0.1"),
+    fn forwarded_for_appends_the_peer_to_every_readable_line() {
+        let cases: [(&[&[u8]], &str, &str); 7] = [
+            (&[], "127.0.0.1", "127.0.0.1"),
+            (&[], "0.0.0.0", "0.0.0.0"),
+            (&[], "255.10.200.9", "255.10.200.9"),
+            (&[b"203.0.113.9"], "10.0.0.1", "203.0.113.9, 10.0.0.1"),
             (
-                Some(b"1.1.1.1, 2.2.2.2"),
+                &[b"1.1.1.1, 2.2.2.2"],
                 "2001:db8::1",
                 "1.1.1.1, 2.2.2.2, 2001:db8::1",
+            ),
+            (
+                &[b"1.1.1.1", b"2.2.2.2"],
+                "10.0.0.1",
+                "1.1.1.1, 2.2.2.2, 10.0.0.1",
+            ),
+            (
+                &[b"6.6.6.6 \xff", b"2.2.2.2"],
+                "10.0.0.1",
+                "2.2.2.2, 10.0.0.1",
             ),
         ];
         for (prev, peer, want) in cases {
             let peer: IpAddr = peer.parse().expect("ip");
-            assert_eq!(
-                String::from_utf8(forwarded_for(prev, peer)).expect("utf8"),
-                want
-            );
+            let got = forwarded_for(prev.iter().copied(), peer);
+            assert_eq!(String::from_utf8(got).expect("utf8"), want);
         }
+    }
+
+    #[test]
+    fn received_forwarded_for_lines_are_joined_in_order() {
+        let cases: [(&[&[u8]], Option<&str>); 5] = [
+            (&[], None),
+            (&[b"1.1.1.1"], Some("1.1.1.1")),
+            (
+                &[b"1.1.1.1, 2.2.2.2", b"3.3.3.3"],
+                Some("1.1.1.1, 2.2.2.2, 3.3.3.3"),
+            ),
+            (&[b"\xff", b"3.3.3.3"], Some("3.3.3.3")),
+            (&[b"\xff"], None),
+        ];
+        for (lines, want) in cases {
+            let got = joined_forwarded_for(lines.iter().copied());
+            assert_eq!(got.as_deref(), want, "{lines:?}");
+        }
+        // A second line added by a trusted proxy decides the client, not the first line.
+        let trusted = nets(&["10.0.0.0/8"]);
+        let xff = joined_forwarded_for([&b"6.6.6.6"[..], &b"198.51.100.7"[..]]);
+        let ip = client_ip(
+            "10.0.0.1".parse().expect("ip"),
+            &trusted,
+            None,
+            xff.as_deref(),
+        );
+        assert_eq!(ip, IpAddr::from([198, 51, 100, 7]));
     }
 
     fn nets(v: &[&str]) -> Vec<IpNet> {

@@ -281,10 +281,14 @@ impl Balancer {
         let peer = session.client_addr()?.as_inet()?.ip();
         let h = &session.req_header().headers;
         let cf = h.get("cf-connecting-ip").and_then(|v| v.to_str().ok());
-        let xff = h.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+        let xff = crate::client_ip::joined_forwarded_for(
+            h.get_all("x-forwarded-for").iter().map(|v| v.as_bytes()),
+        );
+        let xff = xff.as_deref();
         // Another host of the cluster forwards its clients' requests: it is believed like a
         // trusted proxy (its X-Forwarded-For names the client), so per-address limits see the
-        // client, not the host.
+        // client, not the host. Not its CF-Connecting-IP: that header is the client's own,
+        // passed on untouched, so a client could name any address through another host.
         if snap
             .backends
             .iter()
@@ -292,7 +296,7 @@ impl Balancer {
         {
             let mut trusted = self.config.trusted_proxies.clone();
             trusted.push(ipnet::IpNet::from(peer));
-            return Some(crate::client_ip::client_ip(peer, &trusted, cf, xff));
+            return Some(crate::client_ip::client_ip(peer, &trusted, None, xff));
         }
         Some(crate::client_ip::client_ip(
             peer,
@@ -792,11 +796,8 @@ impl ProxyHttp for Balancer {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip())
         {
-            let prev = upstream
-                .headers
-                .get("x-forwarded-for")
-                .map(|v| v.as_bytes());
-            let xff = crate::client_ip::forwarded_for(prev, peer);
+            let prev = upstream.headers.get_all("x-forwarded-for");
+            let xff = crate::client_ip::forwarded_for(prev.iter().map(|v| v.as_bytes()), peer);
             upstream.insert_header("x-forwarded-for", xff)?;
         }
         Ok(())

@@ -384,41 +384,53 @@ where
             return self.clone().process_custom_session(stream, shutdown).await;
         } else {
             // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
-            let limits = self.server_options().and_then(|o| o.h1_request_limits);
-            let mut session = ServerSession::new_http1(stream);
-            if let (Some(limits), ServerSession::H1(h1)) = (limits, &mut session) {
-                h1.set_request_limits(limits, false);
-            }
-            if *shutdown.borrow() {
-                // stop downstream from reusing if this service is shutting down soon
-                session.set_keepalive(None);
-            } else {
-                // default 60s
-                session.set_keepalive(Some(60));
-            }
-            session.set_keepalive_reuses_remaining(
-                self.server_options()
-                    .and_then(|opts| opts.keepalive_request_limit),
-            );
-
-            let mut result = self.process_new_http_unboxed(session, shutdown).await;
-            while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
-                let mut session = ServerSession::new_http1(stream);
-                if let (Some(limits), ServerSession::H1(h1)) = (limits, &mut session) {
-                    h1.set_request_limits(limits, true);
-                }
-                if let Some(persistent_settings) = persistent_settings {
-                    persistent_settings.apply_to_session(&mut session);
-                }
-
-                result = self.process_new_http_unboxed(session, shutdown).await;
-            }
+            // rtsup: boxed once per connection, so that HTTP/2 connections do not carry the
+            // size of the HTTP/1.x request future this loop holds inline.
+            Box::pin(serve_http1(self, stream, shutdown)).await;
         }
         None
     }
 
     async fn cleanup(&self) {
         self.http_cleanup().await;
+    }
+}
+
+/// rtsup: the HTTP/1.x keep-alive loop of one connection (the body of
+/// [`ServerApp::process_new`] for HTTP/1.x): each request's future is held inline
+/// ([`HttpServerApp::process_new_http_unboxed`]).
+async fn serve_http1<T>(app: &Arc<T>, stream: Stream, shutdown: &ShutdownWatch)
+where
+    T: HttpServerApp + Send + Sync + 'static,
+{
+    let limits = app.server_options().and_then(|o| o.h1_request_limits);
+    let mut session = ServerSession::new_http1(stream);
+    if let (Some(limits), ServerSession::H1(h1)) = (limits, &mut session) {
+        h1.set_request_limits(limits, false);
+    }
+    if *shutdown.borrow() {
+        // stop downstream from reusing if this service is shutting down soon
+        session.set_keepalive(None);
+    } else {
+        // default 60s
+        session.set_keepalive(Some(60));
+    }
+    session.set_keepalive_reuses_remaining(
+        app.server_options()
+            .and_then(|opts| opts.keepalive_request_limit),
+    );
+
+    let mut result = app.process_new_http_unboxed(session, shutdown).await;
+    while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
+        let mut session = ServerSession::new_http1(stream);
+        if let (Some(limits), ServerSession::H1(h1)) = (limits, &mut session) {
+            h1.set_request_limits(limits, true);
+        }
+        if let Some(persistent_settings) = persistent_settings {
+            persistent_settings.apply_to_session(&mut session);
+        }
+
+        result = app.process_new_http_unboxed(session, shutdown).await;
     }
 }
 

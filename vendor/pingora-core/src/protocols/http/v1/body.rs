@@ -174,7 +174,12 @@ impl BodyReader {
     }
 
     fn prepare_buf(&mut self, buf_to_rewind: &[u8]) {
-        let mut body_buf = BytesMut::with_capacity(self.body_buf_size.max(buf_to_rewind.len()));
+        self.prepare_buf_sized(buf_to_rewind, self.body_buf_size);
+    }
+
+    /// rtsup: [`Self::prepare_buf`] with room for at least `capacity` bytes.
+    fn prepare_buf_sized(&mut self, buf_to_rewind: &[u8], capacity: usize) {
+        let mut body_buf = BytesMut::with_capacity(capacity.max(buf_to_rewind.len()));
         if !buf_to_rewind.is_empty() {
             self.rewind_buf_len = buf_to_rewind.len();
             // TODO: this is still 1 copy. Make it zero
@@ -245,17 +250,17 @@ impl BodyReader {
                     self.body_buf_overread = Some(overread);
                 }
             }
-            // rtsup: the whole body came with the header (a small response), so no read
-            // follows and a body-sized buffer is enough. A `body_buf_size` (64 KiB) buffer per
-            // response is above jemalloc's thread cache: it took the arena's large-allocation
-            // path and a cache GC on every proxied response.
-            _ if buf_to_rewind.len() >= cl => {
-                self.rewind_buf_len = buf_to_rewind.len();
-                self.body_buf = Some(BytesMut::from(buf_to_rewind));
-                self.body_state = PS::Partial(0, cl);
-            }
             _ => {
-                self.prepare_buf(buf_to_rewind);
+                // rtsup: when the whole body came with the header (a small response), no read
+                // follows and a buffer of the bytes' own size is enough. A `body_buf_size`
+                // (64 KiB) buffer per response is above jemalloc's thread cache: it took the
+                // arena's large-allocation path and a cache GC on every proxied response.
+                let capacity = if buf_to_rewind.len() >= cl {
+                    0
+                } else {
+                    self.body_buf_size
+                };
+                self.prepare_buf_sized(buf_to_rewind, capacity);
                 self.body_state = PS::Partial(0, cl);
             }
         }

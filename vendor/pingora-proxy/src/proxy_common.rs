@@ -385,7 +385,8 @@ pub(crate) fn sanitize_h1_upstream_request(
 
     match policy.h1_upgrade {
         H1UpgradePolicy::WebSocketOnly => {
-            if has_standard_hop_by_hop(req) {
+            // rtsup: after the strip above these fields are gone; look only when it did not run.
+            if !policy.strip_hop_by_hop && has_standard_hop_by_hop(req) {
                 req.remove_header(&header::CONNECTION);
                 req.remove_header(&header::UPGRADE);
                 req.remove_header(HTTP2_SETTINGS);
@@ -720,6 +721,27 @@ mod tests {
         sanitize_h1_upstream_request(&mut request, HttpUpstreamRequestPolicy::standard(), true)
             .unwrap();
         assert_eq!(request.headers.len(), 3);
+    }
+
+    // rtsup: with the strip off, the WebSocket-only policy still removes a non-WebSocket
+    // request's Connection, Upgrade and HTTP2-Settings, and keeps the rest.
+    #[test]
+    fn h1_websocket_only_removes_upgrade_fields_without_the_strip() {
+        let mut policy = HttpUpstreamRequestPolicy::standard();
+        policy.strip_hop_by_hop = false;
+        policy.strip_connection_nominated = false;
+        let mut request = request_with_headers(&[
+            ("Host", "a"),
+            ("Connection", "Upgrade"),
+            ("Upgrade", "h2c"),
+            ("HTTP2-Settings", "x"),
+            ("TE", "trailers"),
+        ]);
+        sanitize_h1_upstream_request(&mut request, policy, true).unwrap();
+        assert!(request.headers.get("connection").is_none());
+        assert!(request.headers.get("upgrade").is_none());
+        assert!(request.headers.get("http2-settings").is_none());
+        assert_eq!(request.headers.get("te").unwrap(), "trailers");
     }
 
     #[test]

@@ -39,8 +39,8 @@ pub fn client_ip(peer: IpAddr, trusted: &[IpNet], cf: Option<&str>, xff: Option<
 /// rtsup's request filter).
 pub fn forwarded_for<'a>(prev: impl IntoIterator<Item = &'a [u8]>, peer: IpAddr) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
-    for line in prev.into_iter().filter(|l| is_visible_ascii(l)) {
-        out.extend_from_slice(line);
+    if let Some(prev) = joined_forwarded_for(prev) {
+        out.extend_from_slice(prev.as_bytes());
         out.extend_from_slice(b", ");
     }
     match peer {
@@ -63,13 +63,11 @@ pub fn forwarded_for<'a>(prev: impl IntoIterator<Item = &'a [u8]>, peer: IpAddr)
 /// lines that are not visible ASCII. Borrowed when there is a single line.
 pub fn joined_forwarded_for<'a>(lines: impl IntoIterator<Item = &'a [u8]>) -> Option<Cow<'a, str>> {
     let mut joined: Option<Cow<'a, str>> = None;
-    for line in lines {
-        let Ok(line) = std::str::from_utf8(line) else {
-            continue;
-        };
-        if !is_visible_ascii(line.as_bytes()) {
-            continue;
-        }
+    let readable = lines
+        .into_iter()
+        .filter(|l| is_visible_ascii(l))
+        .filter_map(|l| std::str::from_utf8(l).ok());
+    for line in readable {
         joined = Some(match joined {
             None => Cow::Borrowed(line),
             Some(before) => Cow::Owned(format!("{before}, {line}")),

@@ -280,7 +280,6 @@ impl Balancer {
     fn client_ip(&self, session: &Session, snap: &Snapshot) -> Option<IpAddr> {
         let peer = session.client_addr()?.as_inet()?.ip();
         let h = &session.req_header().headers;
-        let cf = h.get("cf-connecting-ip").and_then(|v| v.to_str().ok());
         let xff = crate::client_ip::joined_forwarded_for(
             h.get_all("x-forwarded-for").iter().map(|v| v.as_bytes()),
         );
@@ -298,6 +297,7 @@ impl Balancer {
             trusted.push(ipnet::IpNet::from(peer));
             return Some(crate::client_ip::client_ip(peer, &trusted, None, xff));
         }
+        let cf = h.get("cf-connecting-ip").and_then(|v| v.to_str().ok());
         Some(crate::client_ip::client_ip(
             peer,
             &self.config.trusted_proxies,

@@ -121,6 +121,15 @@ where
 
         session.upstream_compression.request_filter(&req);
 
+        // rtsup (vendored change 14): a request without a body, from an HTTP/1 client, that
+        // neither upgrades nor touches the cache, is proxied by one loop without task pipes.
+        let bodiless = !tunnel
+            && !is_h1_upgrade_req(&req)
+            && session.downstream_session.as_http1().is_some()
+            && !session.cache.enabled()
+            && session.is_body_empty()
+            && session.as_ref().get_retry_buffer().is_none();
+
         debug!("Sending header to upstream {:?}", req);
 
         match client_session.write_request_header(Box::new(req)).await {
@@ -128,6 +137,10 @@ where
             Err(e) => {
                 return (false, false, Some(e.into_up()));
             }
+        }
+
+        if bodiless {
+            return self.proxy_bodiless_1to1(session, client_session, ctx).await;
         }
 
         let mut downstream_custom_message_writer = session
@@ -205,6 +218,117 @@ where
             }
             Err(e) => (false, false, Some(e)),
         }
+    }
+
+    /// rtsup (vendored change 14): [`Self::proxy_1to1`] for a request without a body, once its
+    /// header is written upstream. The two halves of the general path (one reading the
+    /// client, one the upstream, joined by two task pipes) become one loop: the empty body goes
+    /// through the request body filters and ends the upstream request, then the response is
+    /// read, batched as the pipe would have batched it, filtered and written downstream, while
+    /// the client is watched for a close (so an abandoned long poll is not waited out). The
+    /// filters, their order and the reuse decisions are the general path's.
+    async fn proxy_bodiless_1to1(
+        &self,
+        session: &mut Session,
+        client_session: &mut HttpSessionV1,
+        ctx: &mut SV::CTX,
+    ) -> (bool, bool, Option<Box<Error>>)
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        session.as_mut().enable_retry_buffering();
+        match self.end_empty_request_body(session, client_session, ctx).await {
+            Ok(()) => {}
+            Err(e) => return (false, false, Some(e)),
+        }
+
+        let mut response_state = ResponseStateMachine::new();
+        let mut serve_from_cache = ServeFromCache::new();
+        let mut range_body_filter = RangeBodyFilter::new();
+        let mut watch_downstream = true;
+        loop {
+            let first = tokio::select! {
+                biased;
+                task = client_session.read_response_task() => task,
+                idle = session.downstream_session.read_body_or_idle(true), if watch_downstream => {
+                    match idle {
+                        // The client closed (or sent bytes where none belong) before its
+                        // response was written.
+                        Err(e) => return (false, false, Some(e.into_down())),
+                        // Pipelined bytes were set aside for the next request.
+                        Ok(_) => watch_downstream = false,
+                    }
+                    continue;
+                }
+            };
+            let mut tasks = Vec::with_capacity(TASK_BUFFER_SIZE);
+            let mut done = push_response_task(&mut tasks, first);
+            // What the upstream already sent goes out in the same write, as the pipe's batch.
+            while !done && tasks.len() < TASK_BUFFER_SIZE {
+                match tokio::task::unconstrained(client_session.read_response_task()).now_or_never()
+                {
+                    Some(task) => done = push_response_task(&mut tasks, task),
+                    None => break,
+                }
+            }
+            let failed = matches!(tasks.last(), Some(HttpTask::Failed(_)));
+            match self
+                .filter_and_write_upstream_tasks(
+                    session,
+                    ctx,
+                    tasks,
+                    &mut serve_from_cache,
+                    &mut range_body_filter,
+                    &mut response_state,
+                )
+                .await
+            {
+                Ok(Some(true)) => break,
+                Ok(_) if !failed => {}
+                // A failed task surfaces as the error of the write above.
+                Ok(_) => {
+                    return (
+                        false,
+                        false,
+                        Some(Error::explain(InternalError, "upstream task failed")),
+                    )
+                }
+                Err(e) => return (false, false, Some(e)),
+            }
+        }
+
+        match session.as_mut().finish_body().await {
+            Ok(_) => (true, true, None),
+            Err(e) => {
+                error!("Error finish sending body to downstream: {}", e);
+                (false, true, None)
+            }
+        }
+    }
+
+    /// The general path's handling of an empty request body, without the pipe: the body
+    /// filters see the end of the body, and whatever they return ends the upstream request.
+    async fn end_empty_request_body(
+        &self,
+        session: &mut Session,
+        client_session: &mut HttpSessionV1,
+        ctx: &mut SV::CTX,
+    ) -> Result<()>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        let mut data = None;
+        session
+            .downstream_modules_ctx
+            .request_body_filter(&mut data, true)
+            .await?;
+        self.inner
+            .request_body_filter(session, &mut data, true, ctx)
+            .await?;
+        send_body_to1(client_session, Some(HttpTask::Body(data, true))).await?;
+        Ok(())
     }
 
     pub(crate) async fn proxy_to_h1_upstream(
@@ -416,6 +540,32 @@ where
             }
         }
 
+        self.filter_and_write_upstream_tasks(
+            session,
+            ctx,
+            tasks,
+            serve_from_cache,
+            range_body_filter,
+            response_state,
+        )
+        .await
+    }
+
+    /// Runs the response filters over a batch of upstream tasks and writes them downstream;
+    /// `None` when nothing is to be sent downstream (a cached response is served instead).
+    async fn filter_and_write_upstream_tasks(
+        &self,
+        session: &mut Session,
+        ctx: &mut SV::CTX,
+        tasks: Vec<HttpTask>,
+        serve_from_cache: &mut ServeFromCache,
+        range_body_filter: &mut proxy_cache::range_filter::RangeBodyFilter,
+        response_state: &mut ResponseStateMachine,
+    ) -> Result<Option<bool>>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
         /* run filters before sending to downstream */
         let mut filtered_tasks = Vec::with_capacity(TASK_BUFFER_SIZE);
         for mut t in tasks {
@@ -1104,6 +1254,22 @@ where
     }
 }
 
+/// Adds an upstream response task, or its read error as the task the pipe would have carried,
+/// to a batch; whether the response ends with it.
+fn push_response_task(tasks: &mut Vec<HttpTask>, task: Result<HttpTask>) -> bool {
+    match task {
+        Ok(task) => {
+            let end = task.is_end();
+            tasks.push(task);
+            end
+        }
+        Err(e) => {
+            tasks.push(HttpTask::Failed(e.into_up()));
+            true
+        }
+    }
+}
+
 pub(crate) async fn send_body_to1(
     client_session: &mut HttpSessionV1,
     recv_task: Option<HttpTask>,
@@ -1221,6 +1387,135 @@ mod tests {
             response.set_version(Version::HTTP_11);
             Ok(())
         }
+    }
+
+    /// Forwards everything; the tests call `proxy_1to1` with the upstream already chosen.
+    struct Passthrough;
+
+    #[async_trait]
+    impl ProxyHttp for Passthrough {
+        type CTX = ();
+
+        fn new_ctx(&self) -> Self::CTX {}
+
+        async fn upstream_peer(
+            &self,
+            _session: &mut Session,
+            _ctx: &mut Self::CTX,
+        ) -> Result<Box<HttpPeer>> {
+            unreachable!("test calls proxy_1to1 directly")
+        }
+    }
+
+    /// A session that read `request` from a client, the client's end of the connection, and
+    /// an upstream session whose other end the test plays.
+    async fn bodiless_sessions(
+        request: &[u8],
+    ) -> (
+        Session,
+        tokio::io::DuplexStream,
+        HttpSessionV1,
+        tokio::io::DuplexStream,
+    ) {
+        let (mut client, server) = tokio::io::duplex(4096);
+        client.write_all(request).await.expect("request written");
+        let mut session = Session::new_h1(Box::new(server) as pingora_core::protocols::Stream);
+        session.read_request().await.expect("request parses");
+        let (upstream, proxy_side) = tokio::io::duplex(4096);
+        let client_session =
+            HttpSessionV1::new(Box::new(proxy_side) as pingora_core::protocols::Stream);
+        (session, client, client_session, upstream)
+    }
+
+    /// Reads one request header off the upstream's end of the connection.
+    async fn read_upstream_request(upstream: &mut tokio::io::DuplexStream) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = upstream.read(&mut buf).await.expect("upstream read");
+            assert!(n > 0, "proxy closed before the request header ended");
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8(got).expect("ascii request")
+    }
+
+    #[tokio::test]
+    async fn bodiless_request_gets_its_response_and_both_connections_stay_reusable() {
+        use tokio::io::AsyncReadExt;
+        let proxy = HttpProxy::new(Passthrough, Arc::new(ServerConf::default()));
+        let (mut session, mut client, mut client_session, mut upstream) =
+            bodiless_sessions(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        let backend = tokio::spawn(async move {
+            let request = read_upstream_request(&mut upstream).await;
+            upstream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await
+                .expect("response written");
+            (request, upstream)
+        });
+        let peer = HttpPeer::new("127.0.0.1:1", false, String::new());
+
+        let (down, up, err) = proxy
+            .proxy_1to1(&mut session, &mut client_session, &peer, &mut ())
+            .await;
+
+        assert!(err.is_none(), "{err:?}");
+        assert!(down && up, "reuse downstream {down}, upstream {up}");
+        let (request, _upstream) = backend.await.expect("backend task");
+        assert!(request.starts_with("GET /x HTTP/1.1\r\n"), "{request}");
+        let mut response = vec![0u8; 1024];
+        let n = client.read(&mut response).await.expect("client read");
+        let response = String::from_utf8_lossy(&response[..n]);
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        assert!(response.ends_with("\r\n\r\nok"), "{response}");
+    }
+
+    #[tokio::test]
+    async fn bodiless_request_whose_client_leaves_is_abandoned_not_waited_out() {
+        let proxy = HttpProxy::new(Passthrough, Arc::new(ServerConf::default()));
+        let (mut session, client, mut client_session, mut upstream) =
+            bodiless_sessions(b"GET /poll HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        // The upstream holds the request, as a long poll does, and never answers.
+        let backend = tokio::spawn(async move {
+            read_upstream_request(&mut upstream).await;
+            drop(client);
+            std::future::pending::<()>().await;
+        });
+        let peer = HttpPeer::new("127.0.0.1:1", false, String::new());
+
+        let (down, up, err) = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            proxy.proxy_1to1(&mut session, &mut client_session, &peer, &mut ()),
+        )
+        .await
+        .expect("the client's close ends the request");
+
+        backend.abort();
+        let err = err.expect("an abandoned request is an error");
+        assert_eq!(err.etype(), &ConnectionClosed, "{err}");
+        assert_eq!(err.esource(), &ErrorSource::Downstream, "{err}");
+        assert!(!down && !up, "reuse downstream {down}, upstream {up}");
+    }
+
+    #[tokio::test]
+    async fn bodiless_request_whose_upstream_closes_is_an_upstream_error() {
+        let proxy = HttpProxy::new(Passthrough, Arc::new(ServerConf::default()));
+        let (mut session, _client, mut client_session, mut upstream) =
+            bodiless_sessions(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        let backend = tokio::spawn(async move {
+            read_upstream_request(&mut upstream).await;
+        });
+        let peer = HttpPeer::new("127.0.0.1:1", false, String::new());
+
+        let (down, up, err) = proxy
+            .proxy_1to1(&mut session, &mut client_session, &peer, &mut ())
+            .await;
+
+        backend.await.expect("backend task");
+        let err = err.expect("a response that never came is an error");
+        assert_eq!(err.esource(), &ErrorSource::Upstream, "{err}");
+        assert!(!down && !up, "reuse downstream {down}, upstream {up}");
     }
 
     async fn upgrade_request_session() -> Session {

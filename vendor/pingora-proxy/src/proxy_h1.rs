@@ -126,7 +126,8 @@ where
         let bodiless = !tunnel
             && !is_h1_upgrade_req(&req)
             && session.downstream_session.as_http1().is_some()
-            && !session.cache.enabled()
+            // Not `!enabled()`: a bypassed cache may still turn into a miss mid-response.
+            && matches!(session.cache.phase(), CachePhase::Disabled(_))
             && session.is_body_empty()
             && session.as_ref().get_retry_buffer().is_none();
 
@@ -238,10 +239,20 @@ where
         SV::CTX: Send + Sync,
     {
         session.as_mut().enable_retry_buffering();
-        match self.end_empty_request_body(session, client_session, ctx).await {
-            Ok(()) => {}
+        // As in the general path, a request that could not be ended upstream still has its
+        // response read (an upstream may answer early), but the connection is not reused and
+        // the send error is the one reported if no response comes.
+        let data = match self.filter_empty_request_body(session, ctx).await {
+            Ok(data) => data,
             Err(e) => return (false, false, Some(e)),
+        };
+        let mut send_error = send_body_to1(client_session, Some(HttpTask::Body(data, true)))
+            .await
+            .err();
+        if let Some(e) = &send_error {
+            warn!("send error, draining read buf: {e}");
         }
+        let upstream_reusable = send_error.is_none();
 
         let mut response_state = ResponseStateMachine::new();
         let mut serve_from_cache = ServeFromCache::new();
@@ -256,23 +267,24 @@ where
                         // The client closed (or sent bytes where none belong) before its
                         // response was written.
                         Err(e) => return (false, false, Some(e.into_down())),
-                        // Pipelined bytes were set aside for the next request.
+                        // Only a body read returns data, and this request has none: stop
+                        // watching rather than poll a finished read again.
                         Ok(_) => watch_downstream = false,
                     }
                     continue;
                 }
             };
             let mut tasks = Vec::with_capacity(TASK_BUFFER_SIZE);
-            let mut done = push_response_task(&mut tasks, first);
+            let mut done = push_response_task(&mut tasks, first, &mut send_error);
             // What the upstream already sent goes out in the same write, as the pipe's batch.
             while !done && tasks.len() < TASK_BUFFER_SIZE {
                 match tokio::task::unconstrained(client_session.read_response_task()).now_or_never()
                 {
-                    Some(task) => done = push_response_task(&mut tasks, task),
+                    Some(task) => done = push_response_task(&mut tasks, task, &mut send_error),
                     None => break,
                 }
             }
-            let failed = matches!(tasks.last(), Some(HttpTask::Failed(_)));
+            // A failed task comes back as the error of this write.
             match self
                 .filter_and_write_upstream_tasks(
                     session,
@@ -284,14 +296,17 @@ where
                 )
                 .await
             {
-                Ok(Some(true)) => break,
-                Ok(_) if !failed => {}
-                // A failed task surfaces as the error of the write above.
-                Ok(_) => {
+                Ok(Some(end)) if end || done => break,
+                Ok(Some(_)) => {}
+                // Only a cache serves instead of the upstream, and this path runs without one.
+                Ok(None) => {
                     return (
                         false,
                         false,
-                        Some(Error::explain(InternalError, "upstream task failed")),
+                        Some(Error::explain(
+                            InternalError,
+                            "bodiless proxy path wrote no response",
+                        )),
                     )
                 }
                 Err(e) => return (false, false, Some(e)),
@@ -299,22 +314,21 @@ where
         }
 
         match session.as_mut().finish_body().await {
-            Ok(_) => (true, true, None),
+            Ok(_) => (true, upstream_reusable, None),
             Err(e) => {
                 error!("Error finish sending body to downstream: {}", e);
-                (false, true, None)
+                (false, upstream_reusable, None)
             }
         }
     }
 
     /// The general path's handling of an empty request body, without the pipe: the body
-    /// filters see the end of the body, and whatever they return ends the upstream request.
-    async fn end_empty_request_body(
+    /// filters see the end of the body; what they return ends the upstream request.
+    async fn filter_empty_request_body(
         &self,
         session: &mut Session,
-        client_session: &mut HttpSessionV1,
         ctx: &mut SV::CTX,
-    ) -> Result<()>
+    ) -> Result<Option<Bytes>>
     where
         SV: ProxyHttp + Send + Sync,
         SV::CTX: Send + Sync,
@@ -327,8 +341,7 @@ where
         self.inner
             .request_body_filter(session, &mut data, true, ctx)
             .await?;
-        send_body_to1(client_session, Some(HttpTask::Body(data, true))).await?;
-        Ok(())
+        Ok(data)
     }
 
     pub(crate) async fn proxy_to_h1_upstream(
@@ -1254,9 +1267,14 @@ where
     }
 }
 
-/// Adds an upstream response task, or its read error as the task the pipe would have carried,
-/// to a batch; whether the response ends with it.
-fn push_response_task(tasks: &mut Vec<HttpTask>, task: Result<HttpTask>) -> bool {
+/// Adds an upstream response task, or its read error (the request's send error first, if
+/// ending the request failed) as the task the pipe would have carried, to a batch; whether the
+/// response ends with it.
+fn push_response_task(
+    tasks: &mut Vec<HttpTask>,
+    task: Result<HttpTask>,
+    send_error: &mut Option<Box<Error>>,
+) -> bool {
     match task {
         Ok(task) => {
             let end = task.is_end();
@@ -1264,7 +1282,7 @@ fn push_response_task(tasks: &mut Vec<HttpTask>, task: Result<HttpTask>) -> bool
             end
         }
         Err(e) => {
-            tasks.push(HttpTask::Failed(e.into_up()));
+            tasks.push(HttpTask::Failed(send_error.take().unwrap_or(e).into_up()));
             true
         }
     }

@@ -42,6 +42,9 @@ use crate::tunnel::Pump;
 
 /// engine.io's own answer for an unknown session, in Node's form (numeric code).
 pub const SESSION_UNKNOWN_BODY: &str = r#"{"code":1,"message":"Session ID unknown"}"#;
+/// The field rtsup writes on every proxied request, named once (a lookup by `&str` parses the
+/// name each time).
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 /// Longest silence accepted from another host of the cluster.
 const PEER_SILENCE: Duration = Duration::from_secs(60);
 /// Body of the 429 sent to a client over its new-session rate.
@@ -281,7 +284,7 @@ impl Balancer {
         let peer = session.client_addr()?.as_inet()?.ip();
         let h = &session.req_header().headers;
         let xff = crate::client_ip::joined_forwarded_for(
-            h.get_all("x-forwarded-for").iter().map(|v| v.as_bytes()),
+            h.get_all(&X_FORWARDED_FOR).iter().map(|v| v.as_bytes()),
         );
         let xff = xff.as_deref();
         // Another host of the cluster forwards its clients' requests: it is believed like a
@@ -796,7 +799,7 @@ impl ProxyHttp for Balancer {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip())
         {
-            let prev = upstream.headers.get_all("x-forwarded-for");
+            let prev = upstream.headers.get_all(&X_FORWARDED_FOR);
             let xff = crate::client_ip::forwarded_for(prev.iter().map(|v| v.as_bytes()), peer);
             upstream.insert_header("x-forwarded-for", xff)?;
         }

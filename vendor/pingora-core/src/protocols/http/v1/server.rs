@@ -109,6 +109,10 @@ pub const URI_TOO_LONG: pingora_error::ErrorType =
 pub const HEADER_TOO_LARGE: pingora_error::ErrorType =
     pingora_error::ErrorType::CustomCode("request header too large", 431);
 
+/// rtsup: header fields a proxy adds to its copy of a request (`X-Forwarded-For`,
+/// `X-Forwarded-Proto`) that the parsed request's maps leave room for.
+const PROXY_ADDED_FIELDS: usize = 2;
+
 /// The HTTP 1.x server session
 pub struct HttpSession {
     underlying_stream: Stream,
@@ -487,7 +491,9 @@ impl HttpSession {
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
-                            Some(req.headers.len()),
+                            // rtsup: room for the fields a proxy adds to its copy (the copy
+                            // keeps the maps' index size), so adding them does not rehash.
+                            Some(req.headers.len() + PROXY_ADDED_FIELDS),
                         )?);
 
                         request_header.set_version(match req.version {
@@ -4384,6 +4390,22 @@ mod test_pipelining {
             .expect("request must parse from prefix alone");
         assert!(n > 0);
         assert_eq!(s.req_header().uri.path(), "/two");
+    }
+
+    /// rtsup: a proxy's copy of a parsed request takes its added fields without growing (and
+    /// rehashing) its header maps, even a request with a single field.
+    #[tokio::test]
+    async fn parsed_request_leaves_room_for_the_fields_a_proxy_adds() {
+        init_log();
+        let mock_io = Builder::new().read(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").build();
+        let mut s = HttpSession::new(Box::new(mock_io));
+        s.read_request().await.unwrap().expect("request parses");
+        let mut copy = s.req_header().clone();
+        let capacity = copy.headers.capacity();
+        copy.insert_header("X-Forwarded-For", "192.0.2.1").unwrap();
+        copy.insert_header("X-Forwarded-Proto", "https").unwrap();
+        assert_eq!(copy.headers.capacity(), capacity);
+        assert_eq!(copy.headers.len(), 3);
     }
 
     /// When the prefix is only the beginning of a request, read_request()

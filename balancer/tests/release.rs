@@ -17,9 +17,17 @@ use tokio::sync::mpsc;
 /// The engine.io open packet as a server → client text frame.
 const OPEN_FRAME: &[u8] = b"\x81\x0a0{\"sid\":1}";
 
+/// A free port below the ephemeral range (one from there can be taken by any outgoing
+/// connection between this check and the proxy's bind).
 fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+    let start = 20_000 + (std::process::id() % 10_000) as u16;
+    (start..32_000)
+        .chain(20_000..start)
+        .find_map(|port| {
+            let l = std::net::TcpListener::bind(("127.0.0.1", port)).ok()?;
+            l.local_addr().ok()
+        })
+        .expect("a free port below 32000")
 }
 
 /// A worker that upgrades every request, sends the open frame, then holds the connection

@@ -1535,10 +1535,10 @@ mod tests {
     fn a_port_this_process_holds_is_named() {
         // Below the ephemeral range: a port from there, once dropped, can be taken at once by
         // any outgoing connection of the tests running beside this one.
-        let start = 20_000 + std::process::id() % 10_000;
+        let start = 20_000 + (std::process::id() % 10_000) as u16;
         let held = (start..32_000)
             .chain(20_000..start)
-            .find_map(|port| TcpListener::bind(("127.0.0.1", port as u16)).ok())
+            .find_map(|port| TcpListener::bind(("127.0.0.1", port)).ok())
             .expect("a free port below 32000");
         let addr = held.local_addr().expect("addr");
         let warning = busy(addr).expect("busy");

@@ -127,6 +127,46 @@ fn clients_that_hang_up_mid_body_are_counted_not_logged_as_errors() {
     assert_eq!(errors, 0, "{}", r.daemon_log());
 }
 
+/// Held and abandoned `/hold` requests, summed over the cluster's two fixture workers (ports
+/// `lb - 4` and `lb - 3`), asked directly.
+fn held_requests(lb: u16) -> Result<(u64, u64), String> {
+    let mut open = 0;
+    let mut abandoned = 0;
+    for port in [lb - 4, lb - 3] {
+        let body = http_get(port, "/held")?;
+        let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        open += v["open"].as_u64().ok_or("no open count")?;
+        abandoned += v["abandoned"].as_u64().ok_or("no abandoned count")?;
+    }
+    Ok((open, abandoned))
+}
+
+#[test]
+fn a_client_that_leaves_a_held_request_releases_it_at_the_worker() {
+    let (_r, lb) = cluster();
+    // A request the worker holds without answering, as an engine.io long poll is held.
+    let mut c = TcpStream::connect(("127.0.0.1", lb)).expect("connect");
+    c.write_all(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    wait_until("the worker holds the request", || {
+        match held_requests(lb)? {
+            (1, 0) => Ok(()),
+            other => Err(format!("open, abandoned: {other:?}")),
+        }
+    });
+    // The client leaves: the proxy gives up the upstream request at once (not after its read
+    // timeout), so the worker sees its connection close.
+    drop(c);
+    wait_until(
+        "the worker sees the request abandoned",
+        || match held_requests(lb)? {
+            (0, 1) => Ok(()),
+            other => Err(format!("open, abandoned: {other:?}")),
+        },
+    );
+    assert!(http_get(lb, "/").is_ok(), "still serving");
+}
+
 #[test]
 fn pipelined_requests_are_all_answered_in_order() {
     let (_r, lb) = cluster();

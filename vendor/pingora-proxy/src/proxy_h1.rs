@@ -113,9 +113,10 @@ where
             return (false, true, Some(e));
         }
 
-        session.set_upstream_h1_upgrade_request_status(is_h1_upgrade_req(&req));
+        let upgrade = is_h1_upgrade_req(&req);
+        session.set_upstream_h1_upgrade_request_status(upgrade);
         // An upgrade the app takes out of the proxy once it went through (see `Tunnel`).
-        let tunnel = is_h1_upgrade_req(&req)
+        let tunnel = upgrade
             && session.downstream_session.as_http1().is_some()
             && self.inner.tunnel_upgraded(session, ctx);
 
@@ -123,8 +124,7 @@ where
 
         // rtsup (vendored change 14): a request without a body, from an HTTP/1 client, that
         // neither upgrades nor touches the cache, is proxied by one loop without task pipes.
-        let bodiless = !tunnel
-            && !is_h1_upgrade_req(&req)
+        let bodiless = !upgrade
             && session.downstream_session.as_http1().is_some()
             // Not `!enabled()`: a bypassed cache may still turn into a miss mid-response.
             && matches!(session.cache.phase(), CachePhase::Disabled(_))

@@ -242,10 +242,13 @@ where
         // As in the general path, a request that could not be ended upstream still has its
         // response read (an upstream may answer early), but the connection is not reused and
         // the send error is the one reported if no response comes.
-        let data = match self.filter_empty_request_body(session, ctx).await {
-            Ok(data) => data,
-            Err(e) => return (false, false, Some(e)),
-        };
+        let mut data = None;
+        if let Err(e) = self
+            .filter_request_body(session, &mut data, true, ctx)
+            .await
+        {
+            return (false, false, Some(e));
+        }
         let mut send_error = send_body_to1(client_session, Some(HttpTask::Body(data, true)))
             .await
             .err();
@@ -320,28 +323,6 @@ where
                 (false, upstream_reusable, None)
             }
         }
-    }
-
-    /// The general path's handling of an empty request body, without the pipe: the body
-    /// filters see the end of the body; what they return ends the upstream request.
-    async fn filter_empty_request_body(
-        &self,
-        session: &mut Session,
-        ctx: &mut SV::CTX,
-    ) -> Result<Option<Bytes>>
-    where
-        SV: ProxyHttp + Send + Sync,
-        SV::CTX: Send + Sync,
-    {
-        let mut data = None;
-        session
-            .downstream_modules_ctx
-            .request_body_filter(&mut data, true)
-            .await?;
-        self.inner
-            .request_body_filter(session, &mut data, true, ctx)
-            .await?;
-        Ok(data)
     }
 
     pub(crate) async fn proxy_to_h1_upstream(
@@ -1211,6 +1192,30 @@ where
         res
     }
 
+    /// The request body filters, the downstream modules' then the app's, over a piece of the
+    /// body (`None` at its end).
+    async fn filter_request_body(
+        &self,
+        session: &mut Session,
+        data: &mut Option<Bytes>,
+        end_of_body: bool,
+        ctx: &mut SV::CTX,
+    ) -> Result<()>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        session
+            .downstream_modules_ctx
+            .request_body_filter(data, end_of_body)
+            .await?;
+        // TODO: request body filter to have info about upgraded status?
+        // (can also check session.was_upgraded())
+        self.inner
+            .request_body_filter(session, data, end_of_body, ctx)
+            .await
+    }
+
     // TODO:: use this function to replace send_body_to2
     async fn send_body_to_pipe(
         &self,
@@ -1229,15 +1234,7 @@ where
         // affected by the request_body_filter
         let end_of_body = end_of_body || data.is_none();
 
-        session
-            .downstream_modules_ctx
-            .request_body_filter(&mut data, end_of_body)
-            .await?;
-
-        // TODO: request body filter to have info about upgraded status?
-        // (can also check session.was_upgraded())
-        self.inner
-            .request_body_filter(session, &mut data, end_of_body, ctx)
+        self.filter_request_body(session, &mut data, end_of_body, ctx)
             .await?;
 
         // the flag to signal to upstream

@@ -53,6 +53,9 @@ pub struct HttpSession {
     keepalive_timeout: KeepaliveStatus,
     pub(crate) digest: Box<Digest>,
     response_header: Option<Box<ResponseHeader>>,
+    // rtsup: what this session's own decisions need of the last response header, kept when
+    // `read_response_task` hands the header itself over (`vendor/README.md` change 16).
+    resp_facts: Option<RespFacts>,
     request_written: Option<Box<RequestHeader>>,
     bytes_sent: usize,
     /// Total response body payload bytes received from upstream
@@ -90,6 +93,7 @@ impl HttpSession {
             body_writer: BodyWriter::new(),
             keepalive_timeout: KeepaliveStatus::Off,
             response_header: None,
+            resp_facts: None,
             request_written: None,
             read_timeout: None,
             write_timeout: None,
@@ -339,6 +343,8 @@ impl HttpSession {
                         self.raw_header = Some(BufRef(0, s));
                         self.preread_body = Some(BufRef(s, total_read));
                         self.buf = buf;
+                        self.resp_facts =
+                            Some(RespFacts::of(&response_header, contains_transfer_encoding));
                         self.response_header = Some(response_header);
                         if let Err(e) = self.validate_response() {
                             return self.fail_response_header_read(e);
@@ -445,6 +451,10 @@ impl HttpSession {
     }
 
     /// Return a reference of the [`ResponseHeader`] if the response is read
+    ///
+    /// rtsup: `None` again once [Self::read_response_task] has handed the header over (it moves
+    /// the header into the task rather than copying it); the status and the keep-alive
+    /// decisions stay with the session.
     pub fn resp_header(&self) -> Option<&ResponseHeader> {
         self.response_header.as_deref()
     }
@@ -452,7 +462,8 @@ impl HttpSession {
     /// Get the header value for the given header name from the response header
     /// If there are multiple headers under the same name, the first one will be returned
     /// Use `self.resp_header().header.get_all(name)` to get all the headers under the same name
-    /// Always return `None` if the response is not read yet.
+    /// Always return `None` if the response is not read yet, or was handed over by
+    /// [Self::read_response_task].
     pub fn get_header(&self, name: impl AsHeaderName) -> Option<&HeaderValue> {
         self.response_header
             .as_ref()
@@ -466,7 +477,7 @@ impl HttpSession {
 
     /// Return the status code of the response if read
     pub fn get_status(&self) -> Option<StatusCode> {
-        self.response_header.as_ref().map(|h| h.status)
+        self.resp_facts.map(|f| f.status)
     }
 
     async fn do_read_body(&mut self) -> Result<Option<BufRef>> {
@@ -576,12 +587,12 @@ impl HttpSession {
 
         // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
         // if Transfer-Encoding is received in HTTP/1.0 response, connection MUST be closed after processing.
-        if self.resp_header().map(|h| h.version) == Some(Version::HTTP_10)
-            && self
-                .resp_header()
-                .and_then(|h| h.headers.get(header::TRANSFER_ENCODING))
-                .is_some()
-        {
+        let Some(facts) = self.resp_facts else {
+            // no response header read (the body reader check above covers this)
+            self.set_keepalive(None);
+            return;
+        };
+        if facts.version == Version::HTTP_10 && facts.transfer_encoding {
             self.set_keepalive(None);
             return;
         }
@@ -596,7 +607,7 @@ impl HttpSession {
             } else {
                 self.set_keepalive(None);
             }
-        } else if self.resp_header().map(|h| h.version) == Some(Version::HTTP_11) {
+        } else if facts.version == Version::HTTP_11 {
             self.set_keepalive(Some(0)); // on by default for http 1.1
         } else {
             self.set_keepalive(None); // off by default for http 1.0
@@ -617,36 +628,13 @@ impl HttpSession {
         match request_keepalive {
             // ignore what the server sends if request disables keepalive explicitly
             Some(false) => Some(false),
-            _ => is_buf_keepalive(self.get_header(header::CONNECTION)),
+            _ => self.resp_facts.and_then(|f| f.connection_keepalive),
         }
     }
 
-    /// `Keep-Alive: timeout=5, max=1000` => 5, 1000
-    /// This is defined in the below spec, this not part of any RFC, so
-    /// it's behavior is different on different platforms.
-    /// https://developer.mozilla.org/en-US/docs/Web/HTTP/Headers/Keep-Alive
+    /// The response's `Keep-Alive: timeout=5, max=1000` => 5, 1000 (see [keepalive_values])
     fn get_keepalive_values(&self) -> (Option<u64>, Option<usize>) {
-        let Some(keep_alive_header) = self.get_header("Keep-Alive") else {
-            return (None, None);
-        };
-
-        let Ok(header_value) = str::from_utf8(keep_alive_header.as_bytes()) else {
-            return (None, None);
-        };
-
-        let mut timeout = None;
-        let mut max = None;
-
-        for param in header_value.split(',') {
-            let parts = param.split_once('=').map(|(k, v)| (k.trim(), v));
-            match parts {
-                Some(("timeout", timeout_value)) => timeout = timeout_value.trim().parse().ok(),
-                Some(("max", max_value)) => max = max_value.trim().parse().ok(),
-                _ => {}
-            }
-        }
-
-        (timeout, max)
+        self.resp_facts.map_or((None, None), |f| f.keepalive_values)
     }
 
     /// Close the connection abruptly. This allows to signal the server that the connection is closed
@@ -813,8 +801,12 @@ impl HttpSession {
 
     pub async fn read_response_task(&mut self) -> Result<HttpTask> {
         if self.should_read_resp_header() {
-            let resp_header = self.read_resp_header_parts().await?;
+            self.read_response().await?;
+            // init the body reader while the header is here
             let end_of_body = self.is_body_done();
+            // rtsup: the header itself rather than a copy (`vendor/README.md` change 16); the
+            // session keeps what it decides with in `resp_facts`. Safe to unwrap: just read.
+            let resp_header = self.response_header.take().unwrap();
             debug!("Response header: {resp_header:?}");
             trace!(
                 "Raw Response header: {:?}",
@@ -962,6 +954,62 @@ impl UniqueID for HttpSession {
     fn id(&self) -> UniqueIDType {
         self.underlying_stream.id()
     }
+}
+
+/// What a client session's own decisions (keep-alive, body framing, whether to read another
+/// header) need of the last response header read, kept apart from the header so that
+/// [HttpSession::read_response_task] can hand the header itself to the caller instead of a copy
+/// (rtsup: `vendor/README.md` change 16).
+#[derive(Debug, Clone, Copy)]
+struct RespFacts {
+    status: StatusCode,
+    version: Version,
+    /// The response carries `Transfer-Encoding`.
+    transfer_encoding: bool,
+    /// The response's `Connection`: `Some(true)` keep-alive, `Some(false)` close.
+    connection_keepalive: Option<bool>,
+    /// The response's `Keep-Alive` parameters (timeout, max).
+    keepalive_values: (Option<u64>, Option<usize>),
+}
+
+impl RespFacts {
+    fn of(header: &ResponseHeader, transfer_encoding: bool) -> Self {
+        RespFacts {
+            status: header.status,
+            version: header.version,
+            transfer_encoding,
+            connection_keepalive: is_buf_keepalive(header.headers.get(header::CONNECTION)),
+            keepalive_values: keepalive_values(header.headers.get("Keep-Alive")),
+        }
+    }
+}
+
+/// `Keep-Alive: timeout=5, max=1000` => 5, 1000
+/// This is defined in the below spec, this not part of any RFC, so
+/// it's behavior is different on different platforms.
+/// https://developer.mozilla.org/en-US/docs/Web/HTTP/Headers/Keep-Alive
+fn keepalive_values(keep_alive_header: Option<&HeaderValue>) -> (Option<u64>, Option<usize>) {
+    let Some(keep_alive_header) = keep_alive_header else {
+        return (None, None);
+    };
+
+    let Ok(header_value) = str::from_utf8(keep_alive_header.as_bytes()) else {
+        return (None, None);
+    };
+
+    let mut timeout = None;
+    let mut max = None;
+
+    for param in header_value.split(',') {
+        let parts = param.split_once('=').map(|(k, v)| (k.trim(), v));
+        match parts {
+            Some(("timeout", timeout_value)) => timeout = timeout_value.trim().parse().ok(),
+            Some(("max", max_value)) => max = max_value.trim().parse().ok(),
+            _ => {}
+        }
+    }
+
+    (timeout, max)
 }
 
 #[cfg(test)]
@@ -1873,6 +1921,77 @@ mod tests_stream {
         // Keepalive should be enabled for properly-framed HTTP/1.1
         http_stream.respect_keepalive();
         assert!(http_stream.will_keepalive());
+    }
+
+    // rtsup change 16: `read_response_task` hands the header over; the status and the
+    // keep-alive decision must come out as they did when the session kept a copy.
+    #[rstest]
+    #[case::http11_default(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        1,
+        KeepaliveStatus::Infinite
+    )]
+    #[case::http11_close(
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+        2,
+        KeepaliveStatus::Off
+    )]
+    #[case::http11_timeout(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=7, max=5\r\nContent-Length: 2\r\n\r\nok", 3, KeepaliveStatus::Timeout(Duration::from_secs(7)))]
+    #[case::http10_default(
+        b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        1,
+        KeepaliveStatus::Off
+    )]
+    #[case::http10_keepalive(
+        b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
+        2,
+        KeepaliveStatus::Infinite
+    )]
+    #[case::http10_chunked(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", 2, KeepaliveStatus::Off)]
+    #[tokio::test]
+    async fn handed_over_header_keeps_status_and_keepalive_decision(
+        #[case] response: &[u8],
+        #[case] fields: usize,
+        #[case] expected: KeepaliveStatus,
+    ) {
+        init_log();
+        let wire = b"GET / HTTP/1.1\r\n\r\n";
+        let mock_io = Builder::new().write(&wire[..]).read(response).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        let request = RequestHeader::build("GET", b"/", None).unwrap();
+        http_stream
+            .write_request_header(Box::new(request))
+            .await
+            .unwrap();
+
+        match http_stream.read_response_task().await.unwrap() {
+            HttpTask::Header(h, _) => {
+                assert_eq!(h.status, 200);
+                assert_eq!(h.headers.len(), fields);
+            }
+            task => panic!("task {task:?} should be the header"),
+        }
+        // handed over, not copied; the session still knows what it decides with
+        assert!(http_stream.resp_header().is_none());
+        assert_eq!(http_stream.get_status(), Some(StatusCode::OK));
+        assert!(!http_stream.should_read_resp_header());
+
+        let mut body = Vec::new();
+        loop {
+            match http_stream.read_response_task().await.unwrap() {
+                HttpTask::Body(b, eob) => {
+                    body.extend_from_slice(&b.unwrap_or_default());
+                    if eob {
+                        break;
+                    }
+                }
+                HttpTask::Done => break,
+                task => panic!("task {task:?} should be body"),
+            }
+        }
+        assert_eq!(body, b"ok");
+        http_stream.respect_keepalive();
+        assert_eq!(http_stream.keepalive_timeout, expected);
     }
 
     #[tokio::test]

@@ -173,7 +173,8 @@ impl<S: Session> HttpSession<S> {
 
     /// Get the response header of the server
     ///
-    /// `None` if the response header is not read yet.
+    /// `None` if the response header is not read yet; for HTTP/1.x also once
+    /// `read_response_task` has handed it over (rtsup: `vendor/README.md` change 16).
     pub fn response_header(&self) -> Option<&ResponseHeader> {
         match self {
             Self::H1(s) => s.resp_header(),

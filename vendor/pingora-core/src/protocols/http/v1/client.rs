@@ -471,6 +471,7 @@ impl HttpSession {
     }
 
     /// Get the request header as raw bytes, `b""` when the header doesn't exist or response not read
+    /// (or handed over by [Self::read_response_task])
     pub fn get_header_bytes(&self, name: impl AsHeaderName) -> &[u8] {
         self.get_header(name).map_or(b"", |v| v.as_bytes())
     }
@@ -1992,6 +1993,46 @@ mod tests_stream {
         assert_eq!(body, b"ok");
         http_stream.respect_keepalive();
         assert_eq!(http_stream.keepalive_timeout, expected);
+    }
+
+    // rtsup change 16: an informational response handed over, then the final one: the facts
+    // (and so the keep-alive decision) are the final response's.
+    #[tokio::test]
+    async fn handed_over_informational_header_is_replaced_by_the_final_one() {
+        init_log();
+        let wire = b"GET / HTTP/1.1\r\n\r\n";
+        let input = b"HTTP/1.1 103 Early Hints\r\nConnection: close\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=9\r\nContent-Length: 2\r\n\r\nok";
+        let mock_io = Builder::new().write(&wire[..]).read(&input[..]).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        let request = RequestHeader::build("GET", b"/", None).unwrap();
+        http_stream
+            .write_request_header(Box::new(request))
+            .await
+            .unwrap();
+
+        match http_stream.read_response_task().await.unwrap() {
+            HttpTask::Header(h, eob) => {
+                assert_eq!(h.status, 103);
+                assert_eq!(h.headers.len(), 2);
+                assert!(!eob);
+            }
+            task => panic!("task {task:?} should be the informational header"),
+        }
+        assert_eq!(http_stream.get_status(), Some(StatusCode::EARLY_HINTS));
+        assert!(http_stream.should_read_resp_header());
+        match http_stream.read_response_task().await.unwrap() {
+            HttpTask::Header(h, _) => assert_eq!(h.status, 200),
+            task => panic!("task {task:?} should be the final header"),
+        }
+        match http_stream.read_response_task().await.unwrap() {
+            HttpTask::Body(b, true) => assert_eq!(b.unwrap(), &b"ok"[..]),
+            task => panic!("task {task:?} should be the whole body"),
+        }
+        http_stream.respect_keepalive();
+        assert_eq!(
+            http_stream.keepalive_timeout,
+            KeepaliveStatus::Timeout(Duration::from_secs(9))
+        );
     }
 
     #[tokio::test]

@@ -197,20 +197,29 @@ fn has_standard_hop_by_hop(req: &RequestHeader) -> bool {
     req.headers.keys().any(is_standard_hop_by_hop)
 }
 
+/// The number of distinct fields [is_standard_hop_by_hop] names.
+const STANDARD_HOP_BY_HOP_FIELDS: usize = 10;
+
 fn strip_standard_hop_by_hop_headers(req: &mut RequestHeader) {
-    if !has_standard_hop_by_hop(req) {
-        return;
+    // rtsup: remove only the fields present, found in one pass over the distinct names (a
+    // typical client sends `Connection: keep-alive` and none of the others; removing each
+    // absent field cost a lookup in both maps, ~700 instructions per such request).
+    let mut present: [Option<header::HeaderName>; STANDARD_HOP_BY_HOP_FIELDS] = Default::default();
+    let mut found = 0;
+    for name in req
+        .headers
+        .keys()
+        .filter(|name| is_standard_hop_by_hop(name))
+    {
+        // `keys` visits each distinct name once, so at most STANDARD_HOP_BY_HOP_FIELDS match.
+        if let Some(slot) = present.get_mut(found) {
+            *slot = Some(name.clone());
+            found += 1;
+        }
     }
-    req.remove_header(KEEP_ALIVE);
-    req.remove_header(PROXY_CONNECTION);
-    req.remove_header(&header::PROXY_AUTHENTICATE);
-    req.remove_header(&header::PROXY_AUTHORIZATION);
-    req.remove_header(&header::TE);
-    req.remove_header(&header::TRAILER);
-    req.remove_header(&header::TRANSFER_ENCODING);
-    req.remove_header(&header::CONNECTION);
-    req.remove_header(&header::UPGRADE);
-    req.remove_header(HTTP2_SETTINGS);
+    for name in present.iter().flatten() {
+        req.remove_header(name);
+    }
 }
 
 /// Set H1 `Host` from the URI or absolute-form authority.
@@ -710,17 +719,45 @@ mod tests {
             "Upgrade",
             "HTTP2-Settings",
         ] {
-            let mut request =
-                request_with_headers(&[("Host", "a"), (field, "x"), ("X-Kept", "1")]);
+            let mut request = request_with_headers(&[("Host", "a"), (field, "x"), ("X-Kept", "1")]);
             sanitize_h1_upstream_request(&mut request, HttpUpstreamRequestPolicy::standard(), true)
                 .unwrap();
             assert!(request.headers.get(field).is_none(), "{field} kept");
             assert_eq!(request.headers.len(), 2, "{field}: {:?}", request.headers);
         }
-        let mut request = request_with_headers(&[("Host", "a"), ("X-Kept", "1"), ("Accept", "*/*")]);
+        let mut request =
+            request_with_headers(&[("Host", "a"), ("X-Kept", "1"), ("Accept", "*/*")]);
         sanitize_h1_upstream_request(&mut request, HttpUpstreamRequestPolicy::standard(), true)
             .unwrap();
         assert_eq!(request.headers.len(), 3);
+    }
+
+    // rtsup: several hop-by-hop fields at once, repeated ones included, are all removed and
+    // nothing else is.
+    #[test]
+    fn h1_upstream_strips_every_hop_by_hop_field_present_together() {
+        let mut request = request_with_headers(&[
+            ("Host", "a"),
+            ("Connection", "keep-alive"),
+            ("Keep-Alive", "timeout=5"),
+            ("X-Kept", "1"),
+            ("TE", "trailers"),
+            ("TE", "gzip"),
+            ("Proxy-Connection", "keep-alive"),
+            ("Accept", "*/*"),
+        ]);
+        sanitize_h1_upstream_request(&mut request, HttpUpstreamRequestPolicy::standard(), true)
+            .unwrap();
+        let mut left: Vec<_> = request.headers.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["accept", "host", "x-kept"]);
+        let mut wire = Vec::new();
+        request.header_to_h1_wire(&mut wire);
+        // the case map followed the value map (serializing zips the two)
+        let wire = String::from_utf8(wire).unwrap();
+        let mut lines: Vec<_> = wire.split_terminator("\r\n").collect();
+        lines.sort_unstable();
+        assert_eq!(lines, ["Host: a", "accept: */*", "x-kept: 1"]);
     }
 
     // rtsup: with the strip off, the WebSocket-only policy still removes a non-WebSocket

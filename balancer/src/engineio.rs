@@ -46,8 +46,14 @@ pub enum QueryError {
 /// Parse an engine.io query string (without the leading `?`).
 pub fn parse_query(query: &str) -> Result<EioQuery, QueryError> {
     let mut q = EioQuery::default();
-    for pair in query.split('&') {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+    let mut rest = Some(query);
+    while let Some(pairs) = rest {
+        let (pair, after) = cut(pairs, b'&');
+        rest = after;
+        let (key, value) = match cut(pair, b'=') {
+            (key, Some(value)) => (key, value),
+            (key, None) => (key, ""),
+        };
         match key {
             "sid" => {
                 if value.is_empty() || value.len() > MAX_SID_LEN || !value.bytes().all(is_sid_byte)
@@ -71,6 +77,20 @@ pub fn parse_query(query: &str) -> Result<EioQuery, QueryError> {
         }
     }
     Ok(q)
+}
+
+/// `s` cut at its first `sep`, an ASCII byte (so both sides are whole characters): the part
+/// before and, if `sep` was there, the part after. A byte search: `str::split` with a `char`
+/// pattern cost ~140 instructions per piece under callgrind, on every engine.io request.
+fn cut(s: &str, sep: u8) -> (&str, Option<&str>) {
+    match s
+        .bytes()
+        .position(|b| b == sep)
+        .and_then(|i| s.split_at_checked(i))
+    {
+        Some((before, after)) => (before, after.get(1..)),
+        None => (s, None),
+    }
 }
 
 /// Characters of base64id (Node), socketioxide's ids and URL-encoded `=`/`+`/`/`.
@@ -157,6 +177,31 @@ pub fn find_open_packet(body: &[u8]) -> Option<OpenPacket> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cut_matches_split_once_on_every_shape() {
+        for s in [
+            "", "&", "a", "a=1", "a=", "=1", "a==b", "a=1&b=2", "&&", "é=ü&ß", "sid=é&x", "=&=",
+        ] {
+            for sep in [b'&', b'='] {
+                let expected = s.split_once(sep as char);
+                let got = cut(s, sep);
+                assert_eq!(
+                    got.1.map(|after| (got.0, after)),
+                    expected,
+                    "{s:?} at {sep}"
+                );
+                if expected.is_none() {
+                    assert_eq!(got.0, s);
+                }
+            }
+        }
+        // a trailing `&` leaves an empty last pair, as `split` did
+        assert_eq!(
+            parse_query("EIO=4&sid=abc&").expect("ok").sid.as_deref(),
+            Some("abc")
+        );
+    }
 
     #[test]
     fn handshake_query_has_no_sid() {

@@ -4,9 +4,14 @@
 #   bench/instructions.sh PORT COMMAND...
 # Starts COMMAND (a proxy listening on 127.0.0.1:PORT, in front of a running backend) under
 # valgrind, warms it with `wrk -t1 -c8 -d3s`, zeroes the counters, loads it for 5 s, dumps
-# and prints instructions per request. Needs valgrind and wrk (Debian packages). Examples:
+# and prints instructions per request: all of the process's, and the request path's (what
+# pingora's accept loop runs, without the supervisor's once-a-second work). Needs valgrind
+# and wrk (Debian packages). With LOAD=poll the load is engine.io polling handshakes instead
+# (`bench/poll_rate.js`, 8 loops, each session a GET, a POST and a GET; needs node and
+# tests/interop's packages) and the figures are per session. Examples:
 #   bench/instructions.sh 21004 target/release/examples/minimal_proxy 127.0.0.1:21004 1 127.0.0.1:21000
 #   bench/instructions.sh 21015 target/release/rtsup start -c rtsup.toml
+#   LOAD=poll bench/instructions.sh 21030 target/release/rtsup start -c rtsup-workers.toml
 # `callgrind_annotate --inclusive=yes target/bench/callgrind.out.*` then shows where they go.
 set -euo pipefail
 PORT=$1
@@ -32,11 +37,22 @@ for _ in $(seq 150); do
   sleep 0.2
 done
 sleep 2
-wrk -t1 -c8 -d3s "http://127.0.0.1:$PORT/" >/dev/null
-callgrind_control --zero "$vg" >/dev/null 2>&1
-requests=$(wrk -t1 -c8 -d5s "http://127.0.0.1:$PORT/" | awk '/requests in/ {print $1}')
+if [[ ${LOAD:-wrk} == poll ]]; then
+  unit=session
+  export NODE_PATH=$PWD/tests/interop/node_modules
+  node bench/poll_rate.js "http://127.0.0.1:$PORT" 8 3000 >/dev/null
+  callgrind_control --zero "$vg" >/dev/null 2>&1
+  count=$(node bench/poll_rate.js "http://127.0.0.1:$PORT" 8 8000 | sed -E 's/.*"sessions":([0-9]+).*/\1/')
+else
+  unit=request
+  wrk -t1 -c8 -d3s "http://127.0.0.1:$PORT/" >/dev/null
+  callgrind_control --zero "$vg" >/dev/null 2>&1
+  count=$(wrk -t1 -c8 -d5s "http://127.0.0.1:$PORT/" | awk '/requests in/ {print $1}')
+fi
 callgrind_control --dump "$vg" >/dev/null 2>&1
 sleep 1
 dump=$(ls -t "$out".*.1 | head -1)
-total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
-echo "$requests requests, $total instructions, $((total / requests)) per request ($dump)"
+report=$(callgrind_annotate --inclusive=yes "$dump" 2>/dev/null)
+total=$(awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}' <<<"$report")
+path=$(awk '/run_endpoint::\{\{closure\}\}::\{\{closure\}\} / {gsub(",", "", $1); print $1; exit}' <<<"$report")
+echo "$count ${unit}s, $total instructions: $((total / count)) per $unit, request path $((${path:-0} / count)) ($dump)"

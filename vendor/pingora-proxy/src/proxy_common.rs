@@ -175,18 +175,26 @@ impl ConnectionNominations {
     }
 }
 
+/// rtsup: how many fields [STANDARD_HOP_BY_HOP] holds (its type checks the count).
+const STANDARD_HOP_BY_HOP_FIELDS: usize = 10;
+
+/// rtsup: the fields [strip_standard_hop_by_hop_headers] removes.
+static STANDARD_HOP_BY_HOP: [HeaderName; STANDARD_HOP_BY_HOP_FIELDS] = [
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::CONNECTION,
+    header::UPGRADE,
+    HeaderName::from_static(KEEP_ALIVE),
+    HeaderName::from_static(PROXY_CONNECTION),
+    HeaderName::from_static(HTTP2_SETTINGS),
+];
+
 /// rtsup: whether `name` is one of the fields [strip_standard_hop_by_hop_headers] removes.
-fn is_standard_hop_by_hop(name: &header::HeaderName) -> bool {
-    name == header::PROXY_AUTHENTICATE
-        || name == header::PROXY_AUTHORIZATION
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::TRANSFER_ENCODING
-        || name == header::CONNECTION
-        || name == header::UPGRADE
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
-        || name == HTTP2_SETTINGS
+fn is_standard_hop_by_hop(name: &HeaderName) -> bool {
+    STANDARD_HOP_BY_HOP.contains(name)
 }
 
 /// rtsup: whether `req` carries any of [strip_standard_hop_by_hop_headers]'s fields. One pass
@@ -197,14 +205,11 @@ fn has_standard_hop_by_hop(req: &RequestHeader) -> bool {
     req.headers.keys().any(is_standard_hop_by_hop)
 }
 
-/// The number of distinct fields [is_standard_hop_by_hop] names.
-const STANDARD_HOP_BY_HOP_FIELDS: usize = 10;
-
 fn strip_standard_hop_by_hop_headers(req: &mut RequestHeader) {
     // rtsup: remove only the fields present, found in one pass over the distinct names (a
     // typical client sends `Connection: keep-alive` and none of the others; removing each
     // absent field cost a lookup in both maps, ~700 instructions per such request).
-    let mut present: [Option<header::HeaderName>; STANDARD_HOP_BY_HOP_FIELDS] = Default::default();
+    let mut present: [Option<HeaderName>; STANDARD_HOP_BY_HOP_FIELDS] = Default::default();
     let mut found = 0;
     for name in req
         .headers

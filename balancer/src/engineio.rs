@@ -50,10 +50,8 @@ pub fn parse_query(query: &str) -> Result<EioQuery, QueryError> {
     while let Some(pairs) = rest {
         let (pair, after) = cut(pairs, b'&');
         rest = after;
-        let (key, value) = match cut(pair, b'=') {
-            (key, Some(value)) => (key, value),
-            (key, None) => (key, ""),
-        };
+        let (key, value) = cut(pair, b'=');
+        let value = value.unwrap_or("");
         match key {
             "sid" => {
                 if value.is_empty() || value.len() > MAX_SID_LEN || !value.bytes().all(is_sid_byte)

@@ -210,17 +210,13 @@ fn strip_standard_hop_by_hop_headers(req: &mut RequestHeader) {
     // typical client sends `Connection: keep-alive` and none of the others; removing each
     // absent field cost a lookup in both maps, ~700 instructions per such request).
     let mut present: [Option<HeaderName>; STANDARD_HOP_BY_HOP_FIELDS] = Default::default();
-    let mut found = 0;
-    for name in req
+    // `keys` visits each distinct name once, so at most STANDARD_HOP_BY_HOP_FIELDS match.
+    let found = req
         .headers
         .keys()
-        .filter(|name| is_standard_hop_by_hop(name))
-    {
-        // `keys` visits each distinct name once, so at most STANDARD_HOP_BY_HOP_FIELDS match.
-        if let Some(slot) = present.get_mut(found) {
-            *slot = Some(name.clone());
-            found += 1;
-        }
+        .filter(|name| is_standard_hop_by_hop(name));
+    for (slot, name) in present.iter_mut().zip(found) {
+        *slot = Some(name.clone());
     }
     for name in present.iter().flatten() {
         req.remove_header(name);

@@ -212,6 +212,7 @@ impl HttpSession {
             .response_header
             .as_ref()
             .expect("response header must be read");
+        let facts = self.resp_facts.expect("set with the response header");
 
         // Validate/reconcile Content-Length per RFC 9110 section 8.6 (hyper
         // parity): identical duplicates and comma-combined identical values are
@@ -219,7 +220,13 @@ impl HttpSession {
         // unrecoverable framing error. A peer may opt to tolerate a single,
         // otherwise-invalid value and treat the response as close-delimited.
         // Note: Content-Length is already removed if Transfer-Encoding is present.
-        if let Err(e) = super::common::validate_content_length(&resp_header.headers) {
+        // (rtsup, vendored change 19: from the facts taken when the header was parsed.)
+        let framing = if facts.transfer_encoding {
+            Ok(None)
+        } else {
+            facts.content_length.framing()
+        };
+        if let Err(e) = framing {
             if self.allow_h1_response_invalid_content_length
                 && super::common::content_length_is_single_token(&resp_header.headers)
             {
@@ -330,13 +337,11 @@ impl HttpSession {
                         let contains_transfer_encoding = response_header
                             .headers
                             .contains_key(header::TRANSFER_ENCODING);
-                        let contains_content_length =
-                            response_header.headers.contains_key(header::CONTENT_LENGTH);
 
                         // Transfer encoding overrides content length, so when
                         // both are present, we MUST remove content length. This is
                         // https://datatracker.ietf.org/doc/html/rfc9112#section-6.3-2.3
-                        if contains_content_length && contains_transfer_encoding {
+                        if contains_transfer_encoding {
                             response_header.remove_header(&header::CONTENT_LENGTH);
                         }
 
@@ -747,17 +752,15 @@ impl HttpSession {
         }
     }
 
+    // rtsup (vendored change 19): the response's framing as found when its header was parsed
+    // (`RespFacts`), also once the header has been handed over.
     fn get_content_length(&self) -> Result<Option<usize>> {
-        match self.resp_header() {
-            Some(h) => content_length_for_framing(&h.headers),
-            None => Ok(None),
-        }
+        self.resp_facts
+            .map_or(Ok(None), |f| f.content_length.framing())
     }
 
     fn is_chunked_encoding(&self) -> bool {
-        self.resp_header()
-            .map(|h| is_chunked_encoding_from_headers(&h.headers))
-            .unwrap_or(false)
+        self.resp_facts.is_some_and(|f| f.chunked)
     }
 
     fn init_req_body_writer(&mut self, header: &RequestHeader) {
@@ -967,6 +970,11 @@ struct RespFacts {
     version: Version,
     /// The response carries `Transfer-Encoding`.
     transfer_encoding: bool,
+    /// Its final transfer coding is `chunked`.
+    chunked: bool,
+    /// Its `Content-Length` (removed before this is taken when `Transfer-Encoding` is
+    /// present).
+    content_length: FramingLength,
     /// The response's `Connection`: `Some(true)` keep-alive, `Some(false)` close.
     connection_keepalive: Option<bool>,
     /// The response's `Keep-Alive` parameters (timeout, max).
@@ -979,6 +987,8 @@ impl RespFacts {
             status: header.status,
             version: header.version,
             transfer_encoding,
+            chunked: transfer_encoding && is_chunked_encoding_from_headers(&header.headers),
+            content_length: FramingLength::of(&header.headers),
             connection_keepalive: is_buf_keepalive(header.headers.get(header::CONNECTION)),
             keepalive_values: keepalive_values(header.headers.get("Keep-Alive")),
         }
@@ -1993,6 +2003,79 @@ mod tests_stream {
         assert_eq!(body, b"ok");
         http_stream.respect_keepalive();
         assert_eq!(http_stream.keepalive_timeout, expected);
+    }
+
+    // rtsup change 19: the response's framing is decided once, when its header is parsed;
+    // the body is read by it after the header has been handed over, and a framing error is
+    // still the header's.
+    #[rstest]
+    #[case::length(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", Some(b"ok".as_slice()))]
+    #[case::identical_lengths(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2, 2\r\n\r\nok",
+        Some(b"ok".as_slice())
+    )]
+    #[case::chunked(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        Some(b"ok".as_slice())
+    )]
+    #[case::chunked_over_a_length(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        Some(b"ok".as_slice())
+    )]
+    #[case::until_close(b"HTTP/1.1 200 OK\r\n\r\nok", Some(b"ok".as_slice()))]
+    #[case::not_chunked_last(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nok",
+        Some(b"ok".as_slice())
+    )]
+    #[case::conflicting_lengths(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+        None
+    )]
+    #[case::invalid_length(b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok", None)]
+    #[tokio::test]
+    async fn response_framing_is_decided_once_and_outlives_the_header(
+        #[case] response: &[u8],
+        #[case] expected_body: Option<&[u8]>,
+    ) {
+        init_log();
+        let wire = b"GET / HTTP/1.1\r\n\r\n";
+        let mock_io = Builder::new().write(&wire[..]).read(response).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        let request = RequestHeader::build("GET", b"/", None).unwrap();
+        http_stream
+            .write_request_header(Box::new(request))
+            .await
+            .unwrap();
+
+        let Some(expected_body) = expected_body else {
+            let e = http_stream.read_response_task().await.unwrap_err();
+            assert_eq!(e.etype(), &InvalidHTTPHeader);
+            return;
+        };
+        match http_stream.read_response_task().await.unwrap() {
+            HttpTask::Header(h, _) => {
+                // Transfer-Encoding overrides Content-Length, which is removed
+                if h.headers.contains_key(header::TRANSFER_ENCODING) {
+                    assert!(!h.headers.contains_key(header::CONTENT_LENGTH));
+                }
+            }
+            task => panic!("task {task:?} should be the header"),
+        }
+        assert!(http_stream.resp_header().is_none());
+        let mut body = Vec::new();
+        loop {
+            match http_stream.read_response_task().await.unwrap() {
+                HttpTask::Body(b, eob) => {
+                    body.extend_from_slice(&b.unwrap_or_default());
+                    if eob {
+                        break;
+                    }
+                }
+                HttpTask::Done => break,
+                task => panic!("task {task:?} should be body"),
+            }
+        }
+        assert_eq!(body, expected_body);
     }
 
     // rtsup change 16: an informational response handed over, then the final one: the facts

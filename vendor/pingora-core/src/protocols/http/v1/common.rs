@@ -331,6 +331,24 @@ fn from_digits(bytes: &[u8]) -> Option<u64> {
 /// duplicates (e.g. `Content-Length: 42, 42`) be collapsed to a single value
 /// while genuinely conflicting framing is rejected.
 pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
+    match content_length_field(headers) {
+        ContentLengthField::Value(n) => Some(n),
+        ContentLengthField::Absent | ContentLengthField::Invalid => None,
+    }
+}
+
+/// What a message's `Content-Length` fields say, found in one pass over them.
+enum ContentLengthField {
+    Absent,
+    /// Every value parsed and all were equal.
+    Value(u64),
+    /// A value did not parse, or two values disagree.
+    Invalid,
+}
+
+/// rtsup (vendored change 19): one lookup of `Content-Length`, where an absent field and an
+/// invalid one were told apart by a second lookup (`contains_key`) after the parse.
+fn content_length_field(headers: &HMap) -> ContentLengthField {
     // If multiple Content-Length headers were sent, everything can still be
     // alright if they all contain the same value, and all parse correctly. If
     // not, then it's an error.
@@ -338,32 +356,65 @@ pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
     for value in headers.get_all(header::CONTENT_LENGTH) {
         // A non-visible-ASCII value can't be a valid Content-Length, so the
         // framing is ambiguous.
-        let line = value.to_str().ok()?;
+        let Ok(line) = value.to_str() else {
+            return ContentLengthField::Invalid;
+        };
+        // Every field yields at least one token (an empty one fails to parse), so a field
+        // that is present leaves `content_length` set or returns `Invalid`.
         for v in line.split(',') {
-            let n = from_digits(v.trim().as_bytes())?;
+            let Some(n) = from_digits(v.trim().as_bytes()) else {
+                return ContentLengthField::Invalid;
+            };
             match content_length {
                 None => content_length = Some(n),
-                Some(prev) if prev != n => return None,
+                Some(prev) if prev != n => return ContentLengthField::Invalid,
                 Some(_) => {}
             }
         }
     }
-
-    content_length
+    match content_length {
+        Some(n) => ContentLengthField::Value(n),
+        None => ContentLengthField::Absent,
+    }
 }
 
-/// Resolve the framing `Content-Length` of a message following hyper's decode
-/// rules: the reconciled value when valid, an error when a `Content-Length` is
-/// present but cannot be resolved to a single value (conflicting duplicates or
-/// an unparseable value), or `None` when the header is absent.
-pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>> {
-    match content_length_parse_all(headers) {
-        Some(cl) => {
+/// The framing length a message's `Content-Length` gives, resolved once and kept (rtsup,
+/// vendored change 19): a response's is decided when its header is parsed, so validating it
+/// and setting up its body reader do not look the field up and parse it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FramingLength {
+    /// No `Content-Length`.
+    Absent,
+    /// The reconciled value.
+    Length(usize),
+    /// Present but unparseable or conflicting.
+    Invalid,
+    /// A valid value that does not fit in `usize`.
+    TooLarge(u64),
+}
+
+impl FramingLength {
+    pub(crate) fn of(headers: &HMap) -> Self {
+        match content_length_field(headers) {
+            ContentLengthField::Absent => FramingLength::Absent,
+            ContentLengthField::Invalid => FramingLength::Invalid,
             // Content-Length frames the body, so a value that does not fit in
             // `usize` cannot be represented and must not be silently truncated
             // (which would misframe bodies larger than `usize::MAX`, e.g. on
             // 32-bit targets). On 64-bit targets this conversion never fails.
-            usize::try_from(cl).map(Some).or_else(|_| {
+            ContentLengthField::Value(cl) => usize::try_from(cl)
+                .map(FramingLength::Length)
+                .unwrap_or(FramingLength::TooLarge(cl)),
+        }
+    }
+
+    /// As [`content_length_for_framing`] answers: the length, `None` when absent, an error
+    /// when present but unusable.
+    pub(crate) fn framing(self) -> Result<Option<usize>> {
+        match self {
+            FramingLength::Length(length) => Ok(Some(length)),
+            FramingLength::Absent => Ok(None),
+            FramingLength::TooLarge(cl) => {
                 // debug, not warn: this is a per-message, client-influenced
                 // condition; the error is returned and surfaced by the caller.
                 debug!("Content-Length {cl} exceeds the platform's usize::MAX");
@@ -371,36 +422,23 @@ pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>
                     InvalidHTTPHeader,
                     format!("Content-Length {cl} exceeds the platform maximum"),
                 )
-            })
+            }
+            FramingLength::Invalid => {
+                // debug, not warn: per-message, client-influenced; avoids log floods
+                // under adversarial load. The error is returned to the caller.
+                debug!("invalid Content-Length header");
+                Error::e_explain(InvalidHTTPHeader, "invalid Content-Length header")
+            }
         }
-        None if headers.contains_key(header::CONTENT_LENGTH) => {
-            // debug, not warn: per-message, client-influenced; avoids log floods
-            // under adversarial load. The error is returned to the caller.
-            debug!("invalid Content-Length header");
-            Error::e_explain(InvalidHTTPHeader, "invalid Content-Length header")
-        }
-        None => Ok(None),
     }
 }
 
-/// Validate that a message's `Content-Length` framing is unambiguous.
-///
-/// Per [RFC 9110 section 8.6](https://www.rfc-editor.org/rfc/rfc9110#section-8.6),
-/// a message received without `Transfer-Encoding` and with multiple
-/// `Content-Length` fields having differing values (or a single invalid value)
-/// has invalid framing and the recipient MUST treat it as an unrecoverable
-/// error. Identical duplicates and comma-combined identical values are
-/// reconciled to a single value via [`content_length_parse_all`].
-///
-/// HTTP/2 does not use `Content-Length` for framing, but reconciling it here
-/// keeps the H2 and downgraded-H1 paths consistent and rejects genuinely
-/// ambiguous values before they cross a proxy boundary.
-pub(crate) fn validate_content_length(headers: &HMap) -> Result<()> {
-    if headers.get(header::TRANSFER_ENCODING).is_some() {
-        // HTTP/1: Transfer-Encoding takes precedence over Content-Length.
-        return Ok(());
-    }
-    content_length_for_framing(headers).map(|_| ())
+/// Resolve the framing `Content-Length` of a message following hyper's decode
+/// rules: the reconciled value when valid, an error when a `Content-Length` is
+/// present but cannot be resolved to a single value (conflicting duplicates or
+/// an unparseable value), or `None` when the header is absent.
+pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>> {
+    FramingLength::of(headers).framing()
 }
 
 /// Validate `Content-Length` for transports where `Transfer-Encoding` is not
@@ -446,30 +484,30 @@ mod test {
         let mut headers = HMap::new();
 
         // no CL header is fine
-        assert!(validate_content_length(&headers).is_ok());
+        assert!(content_length_for_framing(&headers).is_ok());
 
         // a single valid CL is fine
         headers.append(CONTENT_LENGTH, "1".try_into().unwrap());
-        assert!(validate_content_length(&headers).is_ok());
+        assert!(content_length_for_framing(&headers).is_ok());
 
         // an identical duplicate is reconciled to a single value (RFC 9110 8.6)
         headers.append(CONTENT_LENGTH, "1".try_into().unwrap());
-        assert!(validate_content_length(&headers).is_ok());
+        assert!(content_length_for_framing(&headers).is_ok());
 
         // a differing duplicate is an unrecoverable framing error
         headers.append(CONTENT_LENGTH, "2".try_into().unwrap());
-        assert!(validate_content_length(&headers).is_err());
+        assert!(content_length_for_framing(&headers).is_err());
 
-        // Transfer-Encoding overrides Content-Length, so CL is ignored
-        headers.append(TRANSFER_ENCODING, "chunked".try_into().unwrap());
-        assert!(validate_content_length(&headers).is_ok());
+        // rtsup (vendored change 19): that Transfer-Encoding overrides Content-Length is
+        // decided by the callers, which look the field up once per message (see the client's
+        // and the server's transfer-encoding tests).
     }
 
     #[test]
     fn test_validate_content_length_invalid_value() {
         let mut headers = HMap::new();
         headers.insert(CONTENT_LENGTH, "not-a-number".try_into().unwrap());
-        assert!(validate_content_length(&headers).is_err());
+        assert!(content_length_for_framing(&headers).is_err());
     }
 
     #[test]
@@ -483,6 +521,37 @@ mod test {
             err.context.as_ref().map(|c| c.as_str()),
             Some("invalid Transfer-Encoding header")
         );
+    }
+
+    // rtsup change 19: one pass over the fields tells absent, valid and invalid apart.
+    #[rstest]
+    #[case::absent(&[], FramingLength::Absent)]
+    #[case::one(&["5"], FramingLength::Length(5))]
+    #[case::duplicates(&["5", "5, 5"], FramingLength::Length(5))]
+    #[case::conflict(&["5", "6"], FramingLength::Invalid)]
+    #[case::comma_conflict(&["5, 6"], FramingLength::Invalid)]
+    #[case::empty(&[""], FramingLength::Invalid)]
+    #[case::sign(&["+5"], FramingLength::Invalid)]
+    #[case::not_ascii(&["5\u{e9}"], FramingLength::Invalid)]
+    #[case::overflow(&["99999999999999999999999999"], FramingLength::Invalid)]
+    fn framing_length_is_found_in_one_pass(
+        #[case] values: &[&str],
+        #[case] expected: FramingLength,
+    ) {
+        let mut headers = HMap::new();
+        for value in values {
+            headers.append(
+                CONTENT_LENGTH,
+                HeaderValue::from_bytes(value.as_bytes()).unwrap(),
+            );
+        }
+        let found = FramingLength::of(&headers);
+        assert_eq!(found, expected);
+        match expected {
+            FramingLength::Absent => assert_eq!(found.framing().unwrap(), None),
+            FramingLength::Length(n) => assert_eq!(found.framing().unwrap(), Some(n)),
+            _ => assert_eq!(found.framing().unwrap_err().etype(), &InvalidHTTPHeader),
+        }
     }
 
     #[rstest]

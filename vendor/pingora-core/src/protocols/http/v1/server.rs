@@ -545,8 +545,6 @@ impl HttpSession {
 
                         let contains_transfer_encoding =
                             request_header.headers.contains_key(TRANSFER_ENCODING);
-                        let contains_content_length =
-                            request_header.headers.contains_key(CONTENT_LENGTH);
 
                         // Transfer encoding overrides content length, so when
                         // both are present, we can remove content length. This
@@ -554,8 +552,9 @@ impl HttpSession {
                         //
                         // RFC 9112 Section 6.1 (https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-15)
                         // also requires us to disable keepalive when both headers are present.
-                        let has_both_te_and_cl =
-                            contains_content_length && contains_transfer_encoding;
+                        // (rtsup, vendored change 19: Content-Length looked up only then.)
+                        let has_both_te_and_cl = contains_transfer_encoding
+                            && request_header.headers.contains_key(CONTENT_LENGTH);
                         if has_both_te_and_cl {
                             request_header.remove_header(&CONTENT_LENGTH);
                         }
@@ -573,7 +572,7 @@ impl HttpSession {
                         if has_both_te_and_cl {
                             self.set_keepalive(None);
                         }
-                        self.validate_request()?;
+                        self.validate_request_framed(contains_transfer_encoding)?;
 
                         return Ok(Some(s));
                     }
@@ -632,6 +631,14 @@ impl HttpSession {
     /// # Panics
     /// this function and most other functions will panic if called before [`Self::read_request()`]
     pub fn validate_request(&self) -> Result<()> {
+        let contains_transfer_encoding = self.req_header().headers.contains_key(TRANSFER_ENCODING);
+        self.validate_request_framed(contains_transfer_encoding)
+    }
+
+    /// [`Self::validate_request()`] given whether the request carries `Transfer-Encoding`
+    /// (rtsup, vendored change 19: `read_request` has just looked, so the field is looked up
+    /// once per request instead of three times).
+    fn validate_request_framed(&self, contains_transfer_encoding: bool) -> Result<()> {
         let req_header = self.req_header();
 
         // Reject an ambiguous authority before anything routes on it.
@@ -641,9 +648,9 @@ impl HttpSession {
         // parity): identical duplicates and comma-combined identical values are
         // accepted and collapsed; differing or unparseable values are rejected.
         // This is a no-op when Transfer-Encoding is present (TE overrides CL).
-        super::common::validate_content_length(&req_header.headers)?;
-
-        if req_header.headers.contains_key(TRANSFER_ENCODING) {
+        if !contains_transfer_encoding {
+            content_length_for_framing(&req_header.headers)?;
+        } else {
             // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
             // HTTP/1.0 requests with Transfer-Encoding MUST be treated as having faulty framing.
             // We reject with 400 Bad Request and close the connection.
@@ -3399,6 +3406,55 @@ hello\r\n\
         // Should succeed
         assert!(result.is_ok());
         assert_eq!(http_stream.req_header().version, http::Version::HTTP_11);
+    }
+
+    // rtsup change 19: `Transfer-Encoding` looked up once by `read_request`, which hands the
+    // answer to the validation; the framing (and its errors) as before.
+    #[rstest]
+    #[case::no_body(b"GET / HTTP/1.1\r\n\r\n".as_slice(), Some(b"".as_slice()))]
+    #[case::length(b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nok".as_slice(), Some(b"ok".as_slice()))]
+    #[case::identical_lengths(
+        b"POST / HTTP/1.1\r\nContent-Length: 2, 2\r\n\r\nok".as_slice(),
+        Some(b"ok".as_slice())
+    )]
+    #[case::chunked_over_a_length(
+        b"POST / HTTP/1.1\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n".as_slice(),
+        Some(b"ok".as_slice())
+    )]
+    #[case::conflicting_lengths(
+        b"POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok".as_slice(),
+        None
+    )]
+    #[case::invalid_length(b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n".as_slice(), None)]
+    #[case::not_chunked_last(
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\nok".as_slice(),
+        None
+    )]
+    #[case::chunked_over_http10(
+        b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n".as_slice(),
+        None
+    )]
+    #[tokio::test]
+    async fn request_framing_validated_with_one_look_at_transfer_encoding(
+        #[case] input: &[u8],
+        #[case] expected_body: Option<&[u8]>,
+    ) {
+        init_log();
+        let mock_io = Builder::new().read(input).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        let read = http_stream.read_request().await;
+        let Some(expected_body) = expected_body else {
+            assert_eq!(read.unwrap_err().etype(), &ErrorType::InvalidHTTPHeader);
+            return;
+        };
+        read.unwrap();
+        // the public validation agrees with the one `read_request` ran
+        http_stream.validate_request().unwrap();
+        let mut body = Vec::new();
+        while let Some(b) = http_stream.read_body_bytes().await.unwrap() {
+            body.extend_from_slice(&b);
+        }
+        assert_eq!(body, expected_body);
     }
 
     #[tokio::test]

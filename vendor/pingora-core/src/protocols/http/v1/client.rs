@@ -981,6 +981,10 @@ struct RespFacts {
     keepalive_values: (Option<u64>, Option<usize>),
 }
 
+/// `Keep-Alive`, looked up with a name parsed once (rtsup: a `&str` name is parsed and hashed
+/// again on every lookup).
+const KEEP_ALIVE: header::HeaderName = header::HeaderName::from_static("keep-alive");
+
 impl RespFacts {
     fn of(header: &ResponseHeader, transfer_encoding: bool) -> Self {
         RespFacts {
@@ -990,7 +994,7 @@ impl RespFacts {
             chunked: transfer_encoding && is_chunked_encoding_from_headers(&header.headers),
             content_length: FramingLength::of(&header.headers),
             connection_keepalive: is_buf_keepalive(header.headers.get(header::CONNECTION)),
-            keepalive_values: keepalive_values(header.headers.get("Keep-Alive")),
+            keepalive_values: keepalive_values(header.headers.get(KEEP_ALIVE)),
         }
     }
 }

@@ -319,24 +319,6 @@ fn from_digits(bytes: &[u8]) -> Option<u64> {
     Some(result)
 }
 
-/// Reconcile every `Content-Length` value (across duplicate header lines and
-/// comma-separated lists) into a single value, mirroring the behavior of
-/// hyper's `content_length_parse_all`
-/// (<https://github.com/hyperium/hyper/blob/v1.9.0/src/headers.rs#L40-L69>).
-///
-/// Returns `Some(n)` only when at least one value is present and every value
-/// parses and is equal. Returns `None` when there are no values, when any value
-/// is unparseable, or when two values disagree. Per [RFC 9110 section
-/// 8.6](https://www.rfc-editor.org/rfc/rfc9110#section-8.6) this lets identical
-/// duplicates (e.g. `Content-Length: 42, 42`) be collapsed to a single value
-/// while genuinely conflicting framing is rejected.
-pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
-    match content_length_field(headers) {
-        ContentLengthField::Value(n) => Some(n),
-        ContentLengthField::Absent | ContentLengthField::Invalid => None,
-    }
-}
-
 /// What a message's `Content-Length` fields say, found in one pass over them.
 enum ContentLengthField {
     Absent,
@@ -346,6 +328,18 @@ enum ContentLengthField {
     Invalid,
 }
 
+/// Reconcile every `Content-Length` value (across duplicate header lines and
+/// comma-separated lists) into a single value, mirroring the behavior of
+/// hyper's `content_length_parse_all`
+/// (<https://github.com/hyperium/hyper/blob/v1.9.0/src/headers.rs#L40-L69>).
+///
+/// `Value(n)` only when at least one value is present and every value parses and
+/// is equal; `Absent` when there are no values; `Invalid` when any value is
+/// unparseable or two values disagree. Per [RFC 9110 section
+/// 8.6](https://www.rfc-editor.org/rfc/rfc9110#section-8.6) this lets identical
+/// duplicates (e.g. `Content-Length: 42, 42`) be collapsed to a single value
+/// while genuinely conflicting framing is rejected.
+///
 /// rtsup (vendored change 19): one lookup of `Content-Length`, where an absent field and an
 /// invalid one were told apart by a second lookup (`contains_key`) after the parse.
 fn content_length_field(headers: &HMap) -> ContentLengthField {
@@ -478,6 +472,14 @@ mod test {
         StatusCode, Version,
     };
     use rstest::rstest;
+
+    /// The reconciled value, `None` when absent or invalid (hyper's `content_length_parse_all`).
+    fn content_length_parse_all(headers: &HMap) -> Option<u64> {
+        match content_length_field(headers) {
+            ContentLengthField::Value(n) => Some(n),
+            ContentLengthField::Absent | ContentLengthField::Invalid => None,
+        }
+    }
 
     #[test]
     fn test_validate_content_length() {

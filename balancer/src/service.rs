@@ -42,9 +42,11 @@ use crate::tunnel::Pump;
 
 /// engine.io's own answer for an unknown session, in Node's form (numeric code).
 pub const SESSION_UNKNOWN_BODY: &str = r#"{"code":1,"message":"Session ID unknown"}"#;
-/// The field rtsup writes on every proxied request, named once (a lookup by `&str` parses the
-/// name each time).
+/// The field rtsup writes on every proxied request, named once (a lookup or an insert by
+/// `&str` parses the name each time).
 const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+/// The field rtsup writes on every proxied request behind TLS, named once likewise.
+const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
 /// Longest silence accepted from another host of the cluster.
 const PEER_SILENCE: Duration = Duration::from_secs(60);
 /// Body of the 429 sent to a client over its new-session rate.
@@ -790,7 +792,7 @@ impl ProxyHttp for Balancer {
         if self.config.tls {
             // What the client used, whatever it claimed (nginx: `X-Forwarded-Proto $scheme`).
             upstream.insert_header(
-                "x-forwarded-proto",
+                &X_FORWARDED_PROTO,
                 if ctx.https { "https" } else { "http" },
             )?;
         }
@@ -801,7 +803,8 @@ impl ProxyHttp for Balancer {
         {
             let prev = upstream.headers.get_all(&X_FORWARDED_FOR);
             let xff = crate::client_ip::forwarded_for(prev.iter().map(|v| v.as_bytes()), peer);
-            upstream.insert_header("x-forwarded-for", xff)?;
+            // By its constant name: taken as it is, not parsed back from a spelling.
+            upstream.insert_header(&X_FORWARDED_FOR, xff)?;
         }
         Ok(())
     }

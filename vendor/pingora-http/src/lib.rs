@@ -24,9 +24,7 @@
 
 use bytes::BufMut;
 use http::header::{AsHeaderName, HeaderName, HeaderValue};
-use http::request::Builder as ReqBuilder;
 use http::request::Parts as ReqParts;
-use http::response::Builder as RespBuilder;
 use http::response::Parts as RespParts;
 use http::uri::Uri;
 use pingora_error::{ErrorType::*, OrErr, Result};
@@ -148,7 +146,8 @@ impl Deref for RequestHeader {
 
 impl RequestHeader {
     fn new_no_case(size_hint: Option<usize>) -> Self {
-        let mut base = ReqBuilder::new().body(()).unwrap().into_parts().0;
+        // rtsup (vendored change 21): what `Builder::new().body(())` builds, without it.
+        let mut base = http::Request::new(()).into_parts().0;
         base.headers.reserve(http_header_map_upper_bound(size_hint));
         RequestHeader {
             base,
@@ -514,7 +513,8 @@ impl ResponseHeader {
     }
 
     fn new_no_case(size_hint: Option<usize>) -> Self {
-        let mut base = RespBuilder::new().body(()).unwrap().into_parts().0;
+        // rtsup (vendored change 21): what `Builder::new().body(())` builds, without it.
+        let mut base = http::Response::new(()).into_parts().0;
         base.headers.reserve(http_header_map_upper_bound(size_hint));
         ResponseHeader {
             base,
@@ -795,31 +795,14 @@ fn parse_request_target(target: &[u8]) -> Result<ParsedRequestTarget> {
     })
 }
 
+// rtsup (vendored change 21): `Parts` is `Clone` in http 1: the same fields cloned without
+// a builder, which moved the whole `Parts` through a `Result` once per field set.
 fn clone_req_parts(me: &ReqParts) -> ReqParts {
-    let mut parts = ReqBuilder::new()
-        .method(me.method.clone())
-        .uri(me.uri.clone())
-        .version(me.version)
-        .body(())
-        .unwrap()
-        .into_parts()
-        .0;
-    parts.headers = me.headers.clone();
-    parts.extensions = me.extensions.clone();
-    parts
+    me.clone()
 }
 
 fn clone_resp_parts(me: &RespParts) -> RespParts {
-    let mut parts = RespBuilder::new()
-        .status(me.status)
-        .version(me.version)
-        .body(())
-        .unwrap()
-        .into_parts()
-        .0;
-    parts.headers = me.headers.clone();
-    parts.extensions = me.extensions.clone();
-    parts
+    me.clone()
 }
 
 // This function returns an upper bound on the size of the header map used inside the http crate.
@@ -852,11 +835,7 @@ fn append_header_value<T>(
     name: impl IntoCaseHeaderName,
     value: T,
 ) -> Result<bool> {
-    let case_header_name = name.into_case_header_name();
-    let header_name: HeaderName = case_header_name
-        .as_slice()
-        .try_into()
-        .or_err(InvalidHTTPHeader, "invalid header name")?;
+    let (header_name, case_header_name) = name.into_names()?;
     // store the original case in the map
     if let Some(name_map) = name_map {
         // Use the non-panicking `try_append`: the infallible `append` calls
@@ -881,11 +860,7 @@ fn insert_header_value<T>(
     name: impl IntoCaseHeaderName,
     value: T,
 ) -> Result<()> {
-    let case_header_name = name.into_case_header_name();
-    let header_name: HeaderName = case_header_name
-        .as_slice()
-        .try_into()
-        .or_err(InvalidHTTPHeader, "invalid header name")?;
+    let (header_name, case_header_name) = name.into_names()?;
     if let Some(name_map) = name_map {
         // store the original case in the map
         name_map.insert(header_name.clone(), case_header_name);
@@ -1054,6 +1029,101 @@ fn case_header_iter<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The wire form of `req`'s fields.
+    fn wire(req: &RequestHeader) -> Vec<u8> {
+        let mut buf = Vec::new();
+        req.header_to_h1_wire(&mut buf);
+        buf
+    }
+
+    // rtsup change 21: a `HeaderName` taken as it is gives the maps and the wire what parsing
+    // its spelling back gave: the same name, the same case spelling, the same bytes out.
+    #[test]
+    fn header_names_taken_as_they_are_match_their_parsed_spelling() {
+        const CUSTOM: HeaderName = HeaderName::from_static("x-forwarded-for");
+        for name in [
+            http::header::DATE,
+            http::header::CONNECTION,
+            http::header::UPGRADE,
+            CUSTOM,
+            HeaderName::from_bytes(b"X-Mixed-Case").unwrap(),
+        ] {
+            let (taken, case) = name.clone().into_names().unwrap();
+            let (borrowed, borrowed_case) = (&name).into_names().unwrap();
+            let spelled = name.clone().into_case_header_name();
+            let parsed = HeaderName::try_from(spelled.as_slice()).unwrap();
+            assert_eq!(taken, parsed);
+            assert_eq!(borrowed, parsed);
+            assert_eq!(case.as_slice(), spelled.as_slice());
+            assert_eq!(borrowed_case.as_slice(), spelled.as_slice());
+
+            let mut by_name = RequestHeader::build("GET", b"/", None).unwrap();
+            by_name.insert_header(name.clone(), "1").unwrap();
+            by_name.append_header(&name, "2").unwrap();
+            let mut by_spelling = RequestHeader::build("GET", b"/", None).unwrap();
+            by_spelling
+                .insert_header(String::from_utf8(spelled.as_slice().to_vec()).unwrap(), "1")
+                .unwrap();
+            by_spelling
+                .append_header(String::from_utf8(spelled.as_slice().to_vec()).unwrap(), "2")
+                .unwrap();
+            assert_eq!(wire(&by_name), wire(&by_spelling));
+            assert_eq!(by_name.headers, by_spelling.headers);
+        }
+        // a spelling still has to parse
+        assert!("bad name".into_names().is_err());
+    }
+
+    // rtsup change 21: a clone (no longer through a builder) keeps every part, and is its own.
+    #[derive(Clone, Debug, PartialEq)]
+    struct Mark(u8);
+
+    #[test]
+    fn clones_keep_every_part_and_are_their_own() {
+        let mut req = RequestHeader::build("POST", b"/a?b=c", None).unwrap();
+        req.set_version(Version::HTTP_10);
+        req.append_header("X-Case", "1").unwrap();
+        req.append_header("x-case", "2").unwrap();
+        req.extensions_mut().insert(Mark(7));
+        let mut copy = req.clone();
+        assert_eq!(copy.method, Method::POST);
+        assert_eq!(copy.uri, req.uri);
+        assert_eq!(copy.raw_path(), b"/a?b=c");
+        assert_eq!(copy.version, Version::HTTP_10);
+        assert_eq!(copy.headers, req.headers);
+        assert_eq!(wire(&copy), wire(&req));
+        assert_eq!(copy.extensions.get::<Mark>(), Some(&Mark(7)));
+        copy.insert_header("X-Added", "1").unwrap();
+        copy.extensions_mut().insert(Mark(8));
+        assert!(req.headers.get("x-added").is_none());
+        assert_eq!(req.extensions.get::<Mark>(), Some(&Mark(7)));
+
+        let mut resp = ResponseHeader::build(404, None).unwrap();
+        resp.set_version(Version::HTTP_10);
+        resp.append_header("X-Case", "1").unwrap();
+        resp.extensions_mut().insert(Mark(9));
+        let parts = resp.as_owned_parts();
+        assert_eq!(parts.status, StatusCode::NOT_FOUND);
+        assert_eq!(parts.version, Version::HTTP_10);
+        assert_eq!(parts.headers, resp.headers);
+        assert_eq!(parts.extensions.get::<Mark>(), Some(&Mark(9)));
+        let copy = resp.clone();
+        assert_eq!(copy.status, StatusCode::NOT_FOUND);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        copy.header_to_h1_wire(&mut a);
+        resp.header_to_h1_wire(&mut b);
+        assert_eq!(a, b);
+
+        // a new header starts as the builder started it
+        let fresh = RequestHeader::build("GET", b"/", None).unwrap();
+        assert_eq!(fresh.version, Version::HTTP_11);
+        assert!(fresh.headers.is_empty());
+        assert_eq!(
+            ResponseHeader::build(200, None).unwrap().version,
+            Version::HTTP_11
+        );
+    }
 
     #[test]
     fn header_map_upper_bound() {

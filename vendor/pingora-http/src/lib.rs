@@ -692,10 +692,20 @@ impl ResponseHeader {
 
 /// Build a [Uri] carrying only a path-and-query component. `target` is the original
 /// request-target, used for error context.
+///
+/// rtsup (vendored change 21): the same parse as `Uri::builder().path_and_query(..).build()`,
+/// without the builder, which moved its whole `Parts` through a `Result` per step.
+/// The builder stays for an empty path, which it turns into an empty path-and-query where
+/// the parse refuses it.
 fn path_and_query_uri(path_and_query: &str, target: &str) -> Result<Uri> {
-    Uri::builder()
-        .path_and_query(path_and_query)
-        .build()
+    if path_and_query.is_empty() {
+        return Uri::builder()
+            .path_and_query(path_and_query)
+            .build()
+            .explain_err(InvalidHTTPHeader, |_| format!("invalid uri {target}"));
+    }
+    http::uri::PathAndQuery::try_from(path_and_query)
+        .map(Uri::from)
         .explain_err(InvalidHTTPHeader, |_| format!("invalid uri {target}"))
 }
 
@@ -1073,6 +1083,34 @@ mod tests {
         }
         // a spelling still has to parse
         assert!("bad name".into_names().is_err());
+    }
+
+    // rtsup change 21: a path-and-query target makes the Uri the builder made, and is refused
+    // where the builder refused it.
+    #[test]
+    fn path_and_query_uris_match_the_builders() {
+        for target in [
+            "/",
+            "",
+            "/a/b?c=d&e",
+            "?q",
+            "*",
+            "/%zz",
+            "/a b",
+            "/\u{e9}",
+            "/a\u{7f}",
+            "/{x}",
+        ] {
+            let built = Uri::builder().path_and_query(target).build();
+            match (path_and_query_uri(target, target), built) {
+                (Ok(ours), Ok(theirs)) => {
+                    assert_eq!(ours, theirs, "{target:?}");
+                    assert_eq!(ours.path_and_query(), theirs.path_and_query());
+                }
+                (Err(e), Err(_)) => assert_eq!(e.etype(), &InvalidHTTPHeader),
+                (ours, theirs) => panic!("{target:?}: {ours:?} vs {theirs:?}"),
+            }
+        }
     }
 
     // rtsup change 21: a clone (no longer through a builder) keeps every part, and is its own.

@@ -2010,36 +2010,50 @@ mod tests_stream {
     }
 
     // rtsup change 19: the response's framing is decided once, when its header is parsed;
-    // the body is read by it after the header has been handed over, and a framing error is
-    // still the header's.
+    // the session still answers by it once the header has been handed over, the body is read by it
+    // (the body reader's first state shows which framing), and a framing error is still the header's.
     #[rstest]
-    #[case::length(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", Some(b"ok".as_slice()))]
+    #[case::length(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", Some(b"ok".as_slice()), ParseState::Partial(0, 2))]
     #[case::identical_lengths(
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2, 2\r\n\r\nok",
-        Some(b"ok".as_slice())
+        Some(b"ok".as_slice()),
+        ParseState::Partial(0, 2)
     )]
     #[case::chunked(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
-        Some(b"ok".as_slice())
+        Some(b"ok".as_slice()),
+        ParseState::Chunked(0, 0, 0, 0)
     )]
     #[case::chunked_over_a_length(
         b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
-        Some(b"ok".as_slice())
+        Some(b"ok".as_slice()),
+        ParseState::Chunked(0, 0, 0, 0)
     )]
-    #[case::until_close(b"HTTP/1.1 200 OK\r\n\r\nok", Some(b"ok".as_slice()))]
+    #[case::until_close(
+        b"HTTP/1.1 200 OK\r\n\r\nok",
+        Some(b"ok".as_slice()),
+        ParseState::UntilClose(0)
+    )]
     #[case::not_chunked_last(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nok",
-        Some(b"ok".as_slice())
+        Some(b"ok".as_slice()),
+        ParseState::UntilClose(0)
     )]
     #[case::conflicting_lengths(
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
-        None
+        None,
+        ParseState::ToStart
     )]
-    #[case::invalid_length(b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok", None)]
+    #[case::invalid_length(
+        b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok",
+        None,
+        ParseState::ToStart
+    )]
     #[tokio::test]
     async fn response_framing_is_decided_once_and_outlives_the_header(
         #[case] response: &[u8],
         #[case] expected_body: Option<&[u8]>,
+        #[case] framing: ParseState,
     ) {
         init_log();
         let wire = b"GET / HTTP/1.1\r\n\r\n";
@@ -2062,10 +2076,21 @@ mod tests_stream {
                 if h.headers.contains_key(header::TRANSFER_ENCODING) {
                     assert!(!h.headers.contains_key(header::CONTENT_LENGTH));
                 }
+                // handed over, the session answers as the header would have
+                assert!(http_stream.resp_header().is_none());
+                // the body reader set up by that framing
+                assert_eq!(http_stream.body_reader.body_state, framing);
+                assert_eq!(
+                    http_stream.is_chunked_encoding(),
+                    is_chunked_encoding_from_headers(&h.headers)
+                );
+                assert_eq!(
+                    http_stream.get_content_length().unwrap(),
+                    content_length_for_framing(&h.headers).unwrap()
+                );
             }
             task => panic!("task {task:?} should be the header"),
         }
-        assert!(http_stream.resp_header().is_none());
         let mut body = Vec::new();
         loop {
             match http_stream.read_response_task().await.unwrap() {

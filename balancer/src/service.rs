@@ -791,10 +791,7 @@ impl ProxyHttp for Balancer {
         }
         if self.config.tls {
             // What the client used, whatever it claimed (nginx: `X-Forwarded-Proto $scheme`).
-            upstream.insert_header(
-                &X_FORWARDED_PROTO,
-                if ctx.https { "https" } else { "http" },
-            )?;
+            upstream.insert_header(&X_FORWARDED_PROTO, if ctx.https { "https" } else { "http" })?;
         }
         if let Some(peer) = session
             .client_addr()

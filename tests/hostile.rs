@@ -252,8 +252,11 @@ fn connections_over_the_per_address_share_or_the_total_are_refused_and_others_se
         c.set_read_timeout(Some(crate::harness::patience()))
             .expect("timeout");
         let mut resp = Vec::new();
-        let _ = c.read_to_end(&mut resp);
-        status_of(&resp)
+        let t = Instant::now();
+        let read = c.read_to_end(&mut resp);
+        // What the client saw, for a failure's message: an answer, a reset, or a wait.
+        let seen = format!("{read:?} after {:?}", t.elapsed());
+        (status_of(&resp), seen)
     };
     let open = |n: u64| {
         wait_until(&format!("{n} connections open"), || {
@@ -265,11 +268,8 @@ fn connections_over_the_per_address_share_or_the_total_are_refused_and_others_se
     };
     let first = hold([127, 0, 0, 1], 10);
     open(10);
-    assert_eq!(
-        refused_with([127, 0, 0, 1]),
-        429,
-        "over its address's share"
-    );
+    let (status, seen) = refused_with([127, 0, 0, 1]);
+    assert_eq!(status, 429, "over its address's share ({seen})");
     assert!(
         legit_handshakes(lb, 10) < LEGIT_P99,
         "another address is served"
@@ -280,7 +280,8 @@ fn connections_over_the_per_address_share_or_the_total_are_refused_and_others_se
     let second = hold([127, 0, 0, 2], 10);
     let third = hold([127, 0, 0, 3], 10);
     open(30);
-    assert_eq!(refused_with([127, 0, 0, 4]), 503, "over the total");
+    let (status, seen) = refused_with([127, 0, 0, 4]);
+    assert_eq!(status, 503, "over the total ({seen})");
     wait_until("both refusals counted", || {
         let per = metric(
             &r,

@@ -189,7 +189,9 @@ http {{
     print("|---|---|---|---|")
     for label, path, fmt in rows:
         print(f"| {label} | " + " | ".join(cell(n, *path, fmt=fmt) for n in ("rtsup", "nginx", "direct")) + " |")
+
     def ratio(a, b, *path):
+        """`a`'s figure over `b`'s, from the table's cells."""
         x, y = cell(a, *path), cell(b, *path)
         try:
             return f"{float(x) / float(y):.2f}×"

@@ -90,7 +90,7 @@ impl IntoCaseHeaderName for &HeaderName {
     }
 
     fn into_names(self) -> Result<(HeaderName, CaseHeaderName)> {
-        Ok((self.clone(), CaseHeaderName(titled_header_name(self))))
+        self.clone().into_names()
     }
 }
 

@@ -397,7 +397,9 @@ impl RequestHeader {
     /// rebuilding a [RequestHeader] from the result serializes the URI's origin-form path
     /// instead of the original bytes. [Clone] keeps it; [Self::set_raw_path()] restores it.
     pub fn as_owned_parts(&self) -> ReqParts {
-        clone_req_parts(&self.base)
+        // rtsup (vendored change 21): `Parts` is `Clone` in http 1; cloned directly instead of
+        // through a builder, which moved the whole `Parts` through a `Result` per field set.
+        self.base.clone()
     }
 }
 
@@ -681,7 +683,8 @@ impl ResponseHeader {
 
     /// Clone `self` into [http::response::Parts].
     pub fn as_owned_parts(&self) -> RespParts {
-        clone_resp_parts(&self.base)
+        // rtsup (vendored change 21): cloned directly, as the request's parts.
+        self.base.clone()
     }
 
     /// Helper function to set the HTTP content length on the response header.
@@ -698,15 +701,14 @@ impl ResponseHeader {
 /// The builder stays for an empty path, which it turns into an empty path-and-query where
 /// the parse refuses it.
 fn path_and_query_uri(path_and_query: &str, target: &str) -> Result<Uri> {
-    if path_and_query.is_empty() {
-        return Uri::builder()
-            .path_and_query(path_and_query)
-            .build()
-            .explain_err(InvalidHTTPHeader, |_| format!("invalid uri {target}"));
-    }
-    http::uri::PathAndQuery::try_from(path_and_query)
-        .map(Uri::from)
-        .explain_err(InvalidHTTPHeader, |_| format!("invalid uri {target}"))
+    let uri = if path_and_query.is_empty() {
+        Uri::builder().path_and_query(path_and_query).build()
+    } else {
+        http::uri::PathAndQuery::try_from(path_and_query)
+            .map(Uri::from)
+            .map_err(http::Error::from)
+    };
+    uri.explain_err(InvalidHTTPHeader, |_| format!("invalid uri {target}"))
 }
 
 /// A request-target parsed into the pieces a [RequestHeader] stores.
@@ -803,16 +805,6 @@ fn parse_request_target(target: &[u8]) -> Result<ParsedRequestTarget> {
             Cow::Owned(_) => RawTarget::Lossy(target.into()),
         },
     })
-}
-
-// rtsup (vendored change 21): `Parts` is `Clone` in http 1: the same fields cloned without
-// a builder, which moved the whole `Parts` through a `Result` once per field set.
-fn clone_req_parts(me: &ReqParts) -> ReqParts {
-    me.clone()
-}
-
-fn clone_resp_parts(me: &RespParts) -> RespParts {
-    me.clone()
 }
 
 // This function returns an upper bound on the size of the header map used inside the http crate.

@@ -219,14 +219,10 @@ impl HttpSession {
         // accepted and collapsed. Conflicting or duplicate values are always an
         // unrecoverable framing error. A peer may opt to tolerate a single,
         // otherwise-invalid value and treat the response as close-delimited.
-        // Note: Content-Length is already removed if Transfer-Encoding is present.
-        // (rtsup, vendored change 19: from the facts taken when the header was parsed.)
-        let framing = if facts.transfer_encoding {
-            Ok(None)
-        } else {
-            facts.content_length.framing()
-        };
-        if let Err(e) = framing {
+        // Note: Content-Length is already removed if Transfer-Encoding is present, so the
+        // facts hold none then. (rtsup, vendored change 19: from the facts taken when the
+        // header was parsed.)
+        if let Err(e) = facts.content_length.framing() {
             if self.allow_h1_response_invalid_content_length
                 && super::common::content_length_is_single_token(&resp_header.headers)
             {

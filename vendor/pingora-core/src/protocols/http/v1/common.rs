@@ -319,59 +319,6 @@ fn from_digits(bytes: &[u8]) -> Option<u64> {
     Some(result)
 }
 
-/// What a message's `Content-Length` fields say, found in one pass over them.
-enum ContentLengthField {
-    Absent,
-    /// Every value parsed and all were equal.
-    Value(u64),
-    /// A value did not parse, or two values disagree.
-    Invalid,
-}
-
-/// Reconcile every `Content-Length` value (across duplicate header lines and
-/// comma-separated lists) into a single value, mirroring the behavior of
-/// hyper's `content_length_parse_all`
-/// (<https://github.com/hyperium/hyper/blob/v1.9.0/src/headers.rs#L40-L69>).
-///
-/// `Value(n)` only when at least one value is present and every value parses and
-/// is equal; `Absent` when there are no values; `Invalid` when any value is
-/// unparseable or two values disagree. Per [RFC 9110 section
-/// 8.6](https://www.rfc-editor.org/rfc/rfc9110#section-8.6) this lets identical
-/// duplicates (e.g. `Content-Length: 42, 42`) be collapsed to a single value
-/// while genuinely conflicting framing is rejected.
-///
-/// rtsup (vendored change 19): one lookup of `Content-Length`, where an absent field and an
-/// invalid one were told apart by a second lookup (`contains_key`) after the parse.
-fn content_length_field(headers: &HMap) -> ContentLengthField {
-    // If multiple Content-Length headers were sent, everything can still be
-    // alright if they all contain the same value, and all parse correctly. If
-    // not, then it's an error.
-    let mut content_length: Option<u64> = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        // A non-visible-ASCII value can't be a valid Content-Length, so the
-        // framing is ambiguous.
-        let Ok(line) = value.to_str() else {
-            return ContentLengthField::Invalid;
-        };
-        // Every field yields at least one token (an empty one fails to parse), so a field
-        // that is present leaves `content_length` set or returns `Invalid`.
-        for v in line.split(',') {
-            let Some(n) = from_digits(v.trim().as_bytes()) else {
-                return ContentLengthField::Invalid;
-            };
-            match content_length {
-                None => content_length = Some(n),
-                Some(prev) if prev != n => return ContentLengthField::Invalid,
-                Some(_) => {}
-            }
-        }
-    }
-    match content_length {
-        Some(n) => ContentLengthField::Value(n),
-        None => ContentLengthField::Absent,
-    }
-}
-
 /// The framing length a message's `Content-Length` gives, resolved once and kept (rtsup,
 /// vendored change 19): a response's is decided when its header is parsed, so validating it
 /// and setting up its body reader do not look the field up and parse it again.
@@ -388,17 +335,53 @@ pub(crate) enum FramingLength {
 }
 
 impl FramingLength {
+    /// Reconcile every `Content-Length` value (across duplicate header lines and
+    /// comma-separated lists) into a single value, mirroring the behavior of
+    /// hyper's `content_length_parse_all`
+    /// (<https://github.com/hyperium/hyper/blob/v1.9.0/src/headers.rs#L40-L69>).
+    ///
+    /// `Length(n)` (or `TooLarge(n)`) only when at least one value is present and every
+    /// value parses and is equal; `Absent` when there are no values; `Invalid` when any
+    /// value is unparseable or two values disagree. Per [RFC 9110 section
+    /// 8.6](https://www.rfc-editor.org/rfc/rfc9110#section-8.6) this lets identical
+    /// duplicates (e.g. `Content-Length: 42, 42`) be collapsed to a single value
+    /// while genuinely conflicting framing is rejected.
+    ///
+    /// rtsup (vendored change 19): one lookup of `Content-Length`, where an absent field and
+    /// an invalid one were told apart by a second lookup (`contains_key`) after the parse.
     pub(crate) fn of(headers: &HMap) -> Self {
-        match content_length_field(headers) {
-            ContentLengthField::Absent => FramingLength::Absent,
-            ContentLengthField::Invalid => FramingLength::Invalid,
+        // If multiple Content-Length headers were sent, everything can still be
+        // alright if they all contain the same value, and all parse correctly. If
+        // not, then it's an error.
+        let mut content_length: Option<u64> = None;
+        for value in headers.get_all(header::CONTENT_LENGTH) {
+            // A non-visible-ASCII value can't be a valid Content-Length, so the
+            // framing is ambiguous.
+            let Ok(line) = value.to_str() else {
+                return FramingLength::Invalid;
+            };
+            // Every field yields at least one token (an empty one fails to parse), so a field
+            // that is present leaves `content_length` set or returns `Invalid`.
+            for v in line.split(',') {
+                let Some(n) = from_digits(v.trim().as_bytes()) else {
+                    return FramingLength::Invalid;
+                };
+                match content_length {
+                    None => content_length = Some(n),
+                    Some(prev) if prev != n => return FramingLength::Invalid,
+                    Some(_) => {}
+                }
+            }
+        }
+        match content_length {
             // Content-Length frames the body, so a value that does not fit in
             // `usize` cannot be represented and must not be silently truncated
             // (which would misframe bodies larger than `usize::MAX`, e.g. on
             // 32-bit targets). On 64-bit targets this conversion never fails.
-            ContentLengthField::Value(cl) => usize::try_from(cl)
+            Some(cl) => usize::try_from(cl)
                 .map(FramingLength::Length)
                 .unwrap_or(FramingLength::TooLarge(cl)),
+            None => FramingLength::Absent,
         }
     }
 
@@ -475,9 +458,10 @@ mod test {
 
     /// The reconciled value, `None` when absent or invalid (hyper's `content_length_parse_all`).
     fn content_length_parse_all(headers: &HMap) -> Option<u64> {
-        match content_length_field(headers) {
-            ContentLengthField::Value(n) => Some(n),
-            ContentLengthField::Absent | ContentLengthField::Invalid => None,
+        match FramingLength::of(headers) {
+            FramingLength::Length(n) => Some(n as u64),
+            FramingLength::TooLarge(n) => Some(n),
+            FramingLength::Absent | FramingLength::Invalid => None,
         }
     }
 

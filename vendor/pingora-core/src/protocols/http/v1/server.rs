@@ -644,13 +644,7 @@ impl HttpSession {
         // Reject an ambiguous authority before anything routes on it.
         validate_request_authority(req_header)?;
 
-        // Validate/reconcile Content-Length per RFC 9110 section 8.6 (hyper
-        // parity): identical duplicates and comma-combined identical values are
-        // accepted and collapsed; differing or unparseable values are rejected.
-        // This is a no-op when Transfer-Encoding is present (TE overrides CL).
-        if !contains_transfer_encoding {
-            content_length_for_framing(&req_header.headers)?;
-        } else {
+        if contains_transfer_encoding {
             // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
             // HTTP/1.0 requests with Transfer-Encoding MUST be treated as having faulty framing.
             // We reject with 400 Bad Request and close the connection.
@@ -665,6 +659,12 @@ impl HttpSession {
             if !self.is_chunked_encoding() {
                 return Error::e_explain(InvalidHTTPHeader, "non-chunked final Transfer-Encoding");
             }
+        } else {
+            // Validate/reconcile Content-Length per RFC 9110 section 8.6 (hyper
+            // parity): identical duplicates and comma-combined identical values are
+            // accepted and collapsed; differing or unparseable values are rejected.
+            // Not looked at when Transfer-Encoding is present (TE overrides CL).
+            content_length_for_framing(&req_header.headers)?;
         }
 
         Ok(())

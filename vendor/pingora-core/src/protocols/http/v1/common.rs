@@ -354,7 +354,23 @@ impl FramingLength {
         // alright if they all contain the same value, and all parse correctly. If
         // not, then it's an error.
         let mut content_length: Option<u64> = None;
+        let mut agree = |n: u64| match content_length {
+            None => {
+                content_length = Some(n);
+                true
+            }
+            Some(prev) => prev == n,
+        };
         for value in headers.get_all(header::CONTENT_LENGTH) {
+            // rtsup (vendored change 22): a field of digits alone, the usual one, is read as
+            // it is; the token walk below (UTF-8 check, split, trim) reads it the same way at
+            // several times the cost.
+            if let Some(n) = from_digits(value.as_bytes()) {
+                if !agree(n) {
+                    return FramingLength::Invalid;
+                }
+                continue;
+            }
             // A non-visible-ASCII value can't be a valid Content-Length, so the
             // framing is ambiguous.
             let Ok(line) = value.to_str() else {
@@ -366,10 +382,8 @@ impl FramingLength {
                 let Some(n) = from_digits(v.trim().as_bytes()) else {
                     return FramingLength::Invalid;
                 };
-                match content_length {
-                    None => content_length = Some(n),
-                    Some(prev) if prev != n => return FramingLength::Invalid,
-                    Some(_) => {}
+                if !agree(n) {
+                    return FramingLength::Invalid;
                 }
             }
         }
@@ -520,6 +534,14 @@ mod test {
     #[case::sign(&["+5"], FramingLength::Invalid)]
     #[case::not_ascii(&["5\u{e9}"], FramingLength::Invalid)]
     #[case::overflow(&["99999999999999999999999999"], FramingLength::Invalid)]
+    // Change 22: fields of digits alone (read directly) and others (walked) agree or conflict
+    // with each other as before, in either order.
+    #[case::digits_twice(&["7", "7"], FramingLength::Length(7))]
+    #[case::digits_conflict(&["7", "8"], FramingLength::Invalid)]
+    #[case::digits_then_spaced(&["7", " 7 "], FramingLength::Length(7))]
+    #[case::spaced_then_digits(&["7 ", "7"], FramingLength::Length(7))]
+    #[case::spaced_conflict(&[" 7", "8"], FramingLength::Invalid)]
+    #[case::digits_then_list_conflict(&["7", "7, 8"], FramingLength::Invalid)]
     fn framing_length_is_found_in_one_pass(
         #[case] values: &[&str],
         #[case] expected: FramingLength,

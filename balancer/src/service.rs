@@ -1,10 +1,10 @@
 //! `impl ProxyHttp for Balancer`: the only module that touches pingora's proxy types.
 //!
-//! Phases used: `request_filter` parses the engine.io facts, routes (pure [`policy::route`]) and
-//! answers 400/503 itself; `upstream_peer` hands pingora the chosen address;
-//! `upstream_request_filter` strips `Accept-Encoding` from handshakes; `response_filter` sets
-//! the affinity cookie and registers upgraded connections for release; `response_body_filter`
-//! sniffs the open packet into the sid table; `logging` settles session counts. A WebSocket
+//! Phases used: `request_filter` parses the engine.io facts, routes (pure [`policy::route`]),
+//! answers 400/503 itself and adds `X-Forwarded-For`; `upstream_peer` hands pingora the chosen
+//! address; `upstream_request_filter` strips `Accept-Encoding` from handshakes;
+//! `response_filter` sets the affinity cookie and registers upgraded connections for release;
+//! `response_body_filter` sniffs the open packet into the sid table; `logging` settles session counts. A WebSocket
 //! leaves pingora once its 101 is through (`tunnel_upgraded`, `upgrade_taken`, `tunnel`): its
 //! two connections are copied by a [`crate::tunnel::Pump`] on a task of its own, which ends a
 //! released WebSocket with a close frame and settles its counts when it ends.
@@ -346,6 +346,31 @@ impl Balancer {
         let owner: Arc<str> = Arc::from(global);
         self.sids.insert(sid, owner.clone(), None);
         Some(owner)
+    }
+
+    /// Tells the worker who the client is: `X-Forwarded-For` with the TCP peer appended and,
+    /// behind TLS, `X-Forwarded-Proto`. Written into the client's request once it is to be
+    /// proxied, before pingora copies it for each attempt: the parsed request's maps keep room
+    /// for these two fields (vendored change 15), where the copy's entries are full and would
+    /// grow. The client address read later (access log) is the same: the appended peer is
+    /// read only when it is trusted, and a trusted hop is skipped.
+    fn forward_client(&self, session: &mut Session, ctx: &RequestCtx) -> Result<()> {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let req = session.req_header_mut();
+        if self.config.tls {
+            // What the client used, whatever it claimed (nginx: `X-Forwarded-Proto $scheme`).
+            req.insert_header(&X_FORWARDED_PROTO, if ctx.https { "https" } else { "http" })?;
+        }
+        if let Some(peer) = peer {
+            let prev = req.headers.get_all(&X_FORWARDED_FOR);
+            let xff = crate::client_ip::forwarded_for(prev.iter().map(|v| v.as_bytes()), peer);
+            // By its constant name: taken as it is, not parsed back from a spelling.
+            req.insert_header(&X_FORWARDED_FOR, xff)?;
+        }
+        Ok(())
     }
 
     /// The request's side of its access-log line.
@@ -703,6 +728,7 @@ impl ProxyHttp for Balancer {
                 }
             }
         }
+        self.forward_client(session, ctx)?;
         Ok(false)
     }
 
@@ -775,7 +801,7 @@ impl ProxyHttp for Balancer {
 
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -788,20 +814,6 @@ impl ProxyHttp for Balancer {
         {
             // The peer routes it to its own worker and asks nobody else.
             upstream.insert_header(crate::cluster::PEER_HEADER, &*c.me)?;
-        }
-        if self.config.tls {
-            // What the client used, whatever it claimed (nginx: `X-Forwarded-Proto $scheme`).
-            upstream.insert_header(&X_FORWARDED_PROTO, if ctx.https { "https" } else { "http" })?;
-        }
-        if let Some(peer) = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
-        {
-            let prev = upstream.headers.get_all(&X_FORWARDED_FOR);
-            let xff = crate::client_ip::forwarded_for(prev.iter().map(|v| v.as_bytes()), peer);
-            // By its constant name: taken as it is, not parsed back from a spelling.
-            upstream.insert_header(&X_FORWARDED_FOR, xff)?;
         }
         Ok(())
     }

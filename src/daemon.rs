@@ -349,9 +349,10 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
                     unsticky: b.unsticky,
                     session_rate: b.session_rate,
                     session_burst: b.session_burst,
-                    timeouts: balancer::service::ClientTimeouts {
+                    timeouts: balancer::service::ProxyTimeouts {
                         body: b.limits.body_timeout,
                         send: b.limits.send_timeout,
+                        connect: b.limits.connect_timeout,
                     },
                     redirect,
                     tls: b.tls.is_some(),

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use balancer::router::Router;
 use balancer::server::ClientLimits;
-use balancer::service::{ClientTimeouts, RoutingConfig};
+use balancer::service::{ProxyTimeouts, RoutingConfig};
 use balancer::{Backend, BackendSet, BackendState, BalancerSettings};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
@@ -56,7 +56,7 @@ async fn main() -> Result<(), String> {
             unsticky: false,
             session_rate: 0,
             session_burst: 0,
-            timeouts: ClientTimeouts::default(),
+            timeouts: ProxyTimeouts::default(),
             redirect: None,
             tls: false,
             cookie_secret: None,

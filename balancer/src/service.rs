@@ -70,7 +70,7 @@ pub struct RoutingConfig {
     /// New sessions a client address may open at once.
     pub session_burst: u32,
     /// Body and send timeouts towards the client.
-    pub timeouts: ClientTimeouts,
+    pub timeouts: ProxyTimeouts,
     /// Plain HTTP redirected to HTTPS, when the balancer terminates TLS.
     pub redirect: Option<Redirect>,
     /// The balancer terminates TLS: workers are told each request's scheme
@@ -83,24 +83,29 @@ pub struct RoutingConfig {
     pub cluster: Option<crate::cluster::ClusterLink>,
 }
 
-/// Timeouts of a request towards its client once its header is in (nginx
+/// Timeouts of a proxied request. Towards its client once its header is in (nginx
 /// `client_body_timeout` and `send_timeout`): each bounds one wait for the client to send
-/// or to take data, on every request of a connection. An upgraded connection drops the read
-/// one once the worker answered 101.
+/// or to take data, on every request of a connection; an upgraded connection drops the read
+/// one once the worker answered 101. Towards its worker: the wait for a connection (nginx
+/// `proxy_connect_timeout`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientTimeouts {
+pub struct ProxyTimeouts {
     /// Longest wait for the next piece of a request body.
     pub body: Duration,
     /// Longest wait for the client to take response bytes.
     pub send: Duration,
+    /// Longest wait for a worker or another host to take a connection.
+    pub connect: Duration,
 }
 
-impl Default for ClientTimeouts {
-    /// nginx's defaults: 60 s each.
+impl Default for ProxyTimeouts {
+    /// nginx's defaults for the client (60 s each); 10 s to connect (see the config's
+    /// `connect_timeout`).
     fn default() -> Self {
         Self {
             body: Duration::from_secs(60),
             send: Duration::from_secs(60),
+            connect: Duration::from_secs(10),
         }
     }
 }
@@ -744,7 +749,7 @@ impl ProxyHttp for Balancer {
             ));
         };
         let mut peer = HttpPeer::new(snap.backends[i].addr, false, String::new());
-        peer.options.connection_timeout = Some(Duration::from_secs(2));
+        peer.options.connection_timeout = Some(self.config.timeouts.connect);
         if snap.backends[i].remote {
             // Another host may hang (frozen, cut off) without closing: engine.io sends
             // something at least every pingInterval (25 s), so a minute of silence is a dead

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use balancer::router::Router;
 use balancer::server::ClientLimits;
-use balancer::service::{ClientTimeouts, RoutingConfig};
+use balancer::service::{ProxyTimeouts, RoutingConfig};
 use balancer::websocket::GOING_AWAY_CLOSE;
 use balancer::{Backend, BackendSet, BackendState, BalancerSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -129,7 +129,7 @@ async fn release_closes_websockets_gracefully_and_spread() {
                 unsticky: false,
                 session_rate: 0,
                 session_burst: 0,
-                timeouts: ClientTimeouts::default(),
+                timeouts: ProxyTimeouts::default(),
                 redirect: None,
                 tls: false,
                 cookie_secret: None,

@@ -170,7 +170,8 @@ pub struct RedirectConfig {
     pub except: String,
 }
 
-/// `[balancer]` bounds on clients, checked (nginx's defaults unless said otherwise).
+/// `[balancer]` bounds on clients and the wait for workers, checked (nginx's defaults unless
+/// said otherwise).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientBounds {
     /// Longest request line, bytes (414 beyond).
@@ -183,6 +184,8 @@ pub struct ClientBounds {
     pub body_timeout: Duration,
     /// Longest wait for a client to take response bytes.
     pub send_timeout: Duration,
+    /// Longest wait for a worker or another host to take a connection.
+    pub connect_timeout: Duration,
     /// Longest idle wait of a kept-alive connection for its next request.
     pub keepalive_timeout: Duration,
     /// Open client connections at most (`None`: what the open-files limit allows).

@@ -347,6 +347,7 @@ pub struct RawBalancer {
     pub header_timeout: Option<Spanned<String>>,
     pub body_timeout: Option<Spanned<String>>,
     pub send_timeout: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
     pub keepalive_timeout: Option<Spanned<String>>,
     pub max_connections: Option<Spanned<i64>>,
     pub max_connections_per_address: Option<Spanned<i64>>,

@@ -1095,6 +1095,7 @@ fn client_bounds(b: &RawBalancer, rep: &mut Reporter<'_>) -> Option<ClientBounds
         header_timeout,
         body_timeout,
         send_timeout,
+        connect_timeout,
         keepalive_timeout,
     ] = [
         (
@@ -1111,6 +1112,11 @@ fn client_bounds(b: &RawBalancer, rep: &mut Reporter<'_>) -> Option<ClientBounds
             &b.send_timeout,
             DEFAULT_SEND_TIMEOUT,
             "balancer.send_timeout",
+        ),
+        (
+            &b.connect_timeout,
+            DEFAULT_CONNECT_TIMEOUT,
+            "balancer.connect_timeout",
         ),
         (
             &b.keepalive_timeout,
@@ -1137,6 +1143,7 @@ fn client_bounds(b: &RawBalancer, rep: &mut Reporter<'_>) -> Option<ClientBounds
         header_timeout: header_timeout?,
         body_timeout: body_timeout?,
         send_timeout: send_timeout?,
+        connect_timeout: connect_timeout?,
         keepalive_timeout: keepalive_timeout?,
         max_connections,
         max_connections_per_address: per_address.unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_ADDRESS),

@@ -1,6 +1,14 @@
 #!/usr/bin/env python3
-"""Side-by-side proxy benchmark: rtsup vs nginx (ip_hash upstream) vs direct, same run, same
-four rtsup-worker processes (supervised by rtsup; nginx points at the same ports).
+"""Side-by-side proxy benchmark: rtsup vs nginx vs direct, same run, same four rtsup-worker
+processes (supervised by rtsup; nginx points at the same ports).
+
+nginx is configured as socket.io's documentation and an operator would: `ip_hash` for
+/socket.io/ (sessions must stick), round-robin for the other paths, upstream keep-alive, and
+`X-Forwarded-For` (rtsup sends it too). The Node clients connect from SOURCES (default 64)
+loopback addresses of different /24 networks (bench/sources.js), as real clients of many
+networks do: from one address, nginx's ip_hash would put every session on one worker while
+rtsup spreads them, and the run would compare two different backend layouts. wrk has one
+source address, hence round-robin for its path.
 
   bench/compare.py            (needs: cargo build --release, nginx, wrk, node + tests/interop)
 
@@ -21,6 +29,7 @@ FANOUT_CLIENTS = int(os.environ.get("FANOUT_CLIENTS", "1000"))
 WS_CLIENTS = int(os.environ.get("WS_CLIENTS", "1000"))
 WS_ROUNDS = int(os.environ.get("WS_ROUNDS", "20"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
+SOURCES = int(os.environ.get("SOURCES", "64"))
 
 
 def merged(runs):
@@ -60,7 +69,7 @@ def wrk(port):
 def idle(port, pids_fn):
     before = rss_kb(pids_fn())
     proc = subprocess.Popen(["node", os.path.join(ROOT, "bench/idle_ws.js"), f"ws://127.0.0.1:{port}",
-                             str(IDLE_SESSIONS), "120000"], stdout=subprocess.PIPE, stdin=subprocess.PIPE,
+                             str(IDLE_SESSIONS), "120000", str(SOURCES)], stdout=subprocess.PIPE, stdin=subprocess.PIPE,
                             text=True, env=NODE_ENV)
     status = json.loads(proc.stdout.readline())
     time.sleep(2)  # let allocations settle before reading RSS
@@ -103,23 +112,27 @@ error_log {work}/nginx-error.log warn;
 events {{ worker_connections 19000; }}
 http {{
   access_log off;
-  upstream workers {{
+  upstream sessions {{
     ip_hash;
 {upstream}
     keepalive 64;
   }}
+  upstream workers {{
+{upstream}
+    keepalive 64;
+  }}
   map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
+  proxy_http_version 1.1;
+  proxy_set_header Upgrade $http_upgrade;
+  proxy_set_header Connection $connection_upgrade;
+  proxy_set_header Host $host;
+  proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+  proxy_read_timeout 120s;
+  proxy_buffering off;
   server {{
     listen 127.0.0.1:{ngx} reuseport;
-    location / {{
-      proxy_pass http://workers;
-      proxy_http_version 1.1;
-      proxy_set_header Upgrade $http_upgrade;
-      proxy_set_header Connection $connection_upgrade;
-      proxy_set_header Host $host;
-      proxy_read_timeout 120s;
-      proxy_buffering off;
-    }}
+    location /socket.io/ {{ proxy_pass http://sessions; }}
+    location / {{ proxy_pass http://workers; }}
   }}
 }}
 """)
@@ -139,8 +152,9 @@ http {{
                 print(f"# round {i + 1}: {name}: http, websocket round trips, polling sessions/s", file=sys.stderr)
                 rounds[name]["http"].append(wrk(port))
                 rounds[name]["ws_rtt"].append(
-                    node("bench/ws_rtt.js", f"http://127.0.0.1:{port}", WS_CLIENTS, WS_ROUNDS))
-                rounds[name]["polling"].append(node("bench/poll_rate.js", f"http://127.0.0.1:{port}", 32, 10000))
+                    node("bench/ws_rtt.js", f"http://127.0.0.1:{port}", WS_CLIENTS, WS_ROUNDS, SOURCES))
+                rounds[name]["polling"].append(
+                    node("bench/poll_rate.js", f"http://127.0.0.1:{port}", 32, 10000, SOURCES))
         for name, port in targets.items():
             r = results.setdefault(name, {})
             for measure, runs in rounds[name].items():
@@ -151,7 +165,8 @@ http {{
                 r["idle"] = idle(port, pids[name])
                 print(f"# {name}: room fan-out", file=sys.stderr)
                 r["fanout"] = node("tests/interop/clients.js", f"http://127.0.0.1:{port}", "--clients", FANOUT_CLIENTS,
-                                   "--broadcasts", 10, "--app", "reference", "--timeout-ms", 120000, "--room", f"bench-{name}")
+                                   "--broadcasts", 10, "--app", "reference", "--timeout-ms", 120000, "--room", f"bench-{name}",
+                                   "--sources", SOURCES)
     finally:
         nginx.send_signal(signal.SIGQUIT)
         rtsup.send_signal(signal.SIGTERM)
@@ -185,7 +200,8 @@ http {{
         ("  errors (non-200, incl. Session ID unknown)", ("polling", "errors"), "{}"),
     ]
     print(f"| measure (same run, medians of {ROUNDS} interleaved rounds where marked; {os.cpu_count()} cores, "
-          "load generator on the same machine) | rtsup | nginx ip_hash | direct (1 worker) |")
+          f"load generator on the same machine; Node clients from {SOURCES} source networks) "
+          "| rtsup | nginx | direct (1 worker) |")
     print("|---|---|---|---|")
     for label, path, fmt in rows:
         print(f"| {label} | " + " | ".join(cell(n, *path, fmt=fmt) for n in ("rtsup", "nginx", "direct")) + " |")

@@ -1,15 +1,18 @@
 // WebSocket round trips: N socket.io clients (websocket transport only), each sending K
 // acknowledged `whoami` events one after another; prints {clients, rounds, p50, p99, errors}.
-//   NODE_PATH=tests/interop/node_modules node bench/ws_rtt.js URL [CLIENTS] [ROUNDS]
+// With SOURCES > 0, client i connects from 127.0.(1 + i % SOURCES).1 (see bench/sources.js).
+//   NODE_PATH=tests/interop/node_modules node bench/ws_rtt.js URL [CLIENTS] [ROUNDS] [SOURCES]
 const { io } = require("socket.io-client");
+const { sourceAddress } = require("./sources");
 
-const [url, n = "100", k = "50"] = process.argv.slice(2);
+const [url, n = "100", k = "50", sources = "0"] = process.argv.slice(2);
 const N = Number(n), K = Number(k);
 const rtts = [];
 let errors = 0;
 
-async function client() {
-  const s = io(url, { transports: ["websocket"], forceNew: true, reconnection: false });
+async function client(i) {
+  const localAddress = sourceAddress(i, Number(sources));
+  const s = io(url, { transports: ["websocket"], forceNew: true, reconnection: false, localAddress });
   await new Promise((res, rej) => { s.once("hello", res); s.once("connect_error", rej); });
   for (let i = 0; i < K; i++) {
     const t0 = process.hrtime.bigint();
@@ -19,7 +22,7 @@ async function client() {
   s.close();
 }
 
-Promise.all(Array.from({ length: N }, () => client().catch(() => errors++))).then(() => {
+Promise.all(Array.from({ length: N }, (_, i) => client(i).catch(() => errors++))).then(() => {
   rtts.sort((a, b) => a - b);
   const p = (q) => rtts.length ? rtts[Math.min(rtts.length - 1, Math.floor(q * rtts.length))] : null;
   console.log(JSON.stringify({ clients: N, rounds: K, samples: rtts.length, p50: p(0.5), p99: p(0.99), errors }));

@@ -1,11 +1,15 @@
 // Many official socket.io-client sockets through one URL; prints one JSON summary line.
 //   node clients.js URL --clients N --transports polling|default [--broadcasts K]
 //                       [--room R] [--kill-instance I] [--hold-ms H] [--timeout-ms T] [--app node|reference]
+//                       [--sources K]
 // --app reference speaks rtsup-worker's events (hello{slot}, chat{room,text}); the default
 // speaks tests/interop/server.js (hello{instance}, broadcast -> msg).
 // --hold-ms keeps every session idle that long before the broadcasts (idle-timeout check).
+// --sources K connects client i from 127.0.(1 + i % K).1, as clients of K networks (the
+// benchmarks' nginx ip_hash keys on the first three octets; see bench/sources.js).
 // Counts connect errors, disconnects and "Session ID unknown" answers (HTTP 400 on polling),
 // the spread over workers, and the delivery latency of room broadcasts.
+const http = require("http");
 const { io } = require("socket.io-client");
 
 const args = process.argv.slice(2);
@@ -22,6 +26,7 @@ const timeoutMs = Number(opt("timeout-ms", "60000"));
 const holdMs = Number(opt("hold-ms", "0"));
 const reference = opt("app", "node") === "reference";
 const room = opt("room", "room-all");
+const sources = Number(opt("sources", "0"));
 
 const stats = {
   clients: N, transports, connected: 0, connectErrors: 0, disconnects: 0, sessionUnknown: 0,
@@ -57,7 +62,13 @@ async function main() {
   const ioOpts = { reconnectionDelay: 100, reconnectionDelayMax: 500, forceNew: true, timeout: 10000 };
   if (transports === "polling") ioOpts.transports = ["polling"];
   for (let i = 0; i < N; i++) {
-    const s = io(url, ioOpts);
+    let from = {};
+    if (sources > 0) {
+      // WebSocket and polling requests alike (polling goes through the agent).
+      const localAddress = `127.0.${1 + (i % sources)}.1`;
+      from = { localAddress, agent: new http.Agent({ localAddress }) };
+    }
+    const s = io(url, { ...ioOpts, ...from });
     const st = { instance: null, pid: null, connects: 0, joined: false, disconnectedAt: null, reconnectedAt: null };
     state.push(st);
     sockets.push(s);

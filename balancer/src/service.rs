@@ -304,7 +304,9 @@ impl Balancer {
             .any(|b| b.remote && b.addr.ip().to_canonical() == peer.to_canonical())
         {
             let mut trusted = self.config.trusted_proxies.clone();
-            trusted.push(ipnet::IpNet::from(peer));
+            // Canonical, as `client_ip` compares: a peer on a `[::]` listener arrives as
+            // `::ffff:a.b.c.d`, and an IPv6 net never contains the IPv4 address.
+            trusted.push(ipnet::IpNet::from(peer.to_canonical()));
             return Some(crate::client_ip::client_ip(peer, &trusted, None, xff));
         }
         let cf = h.get("cf-connecting-ip").and_then(|v| v.to_str().ok());

@@ -49,6 +49,8 @@ const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwa
 const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
 /// Longest silence accepted from another host of the cluster.
 const PEER_SILENCE: Duration = Duration::from_secs(60);
+/// Longest wait for another host of the cluster to take a connection.
+const PEER_CONNECT: Duration = Duration::from_secs(2);
 /// Body of the 429 sent to a client over its new-session rate.
 const RATE_LIMITED_BODY: &str = r#"{"code":5,"message":"Too many new sessions"}"#;
 const BAD_REQUEST_BODY: &str = r#"{"code":3,"message":"Bad request"}"#;
@@ -69,7 +71,7 @@ pub struct RoutingConfig {
     pub session_rate: u32,
     /// New sessions a client address may open at once.
     pub session_burst: u32,
-    /// Body and send timeouts towards the client.
+    /// Body and send timeouts towards the client, connect timeout towards a worker.
     pub timeouts: ProxyTimeouts,
     /// Plain HTTP redirected to HTTPS, when the balancer terminates TLS.
     pub redirect: Option<Redirect>,
@@ -94,7 +96,7 @@ pub struct ProxyTimeouts {
     pub body: Duration,
     /// Longest wait for the client to take response bytes.
     pub send: Duration,
-    /// Longest wait for a worker or another host to take a connection.
+    /// Longest wait for a worker to take a connection (another host: `PEER_CONNECT`).
     pub connect: Duration,
 }
 
@@ -756,6 +758,9 @@ impl ProxyHttp for Balancer {
             // Another host may hang (frozen, cut off) without closing: engine.io sends
             // something at least every pingInterval (25 s), so a minute of silence is a dead
             // peer, never a slow poll.
+            // Its listener's queue is pingora's (65,535), never full like a Node worker's; a
+            // host cut off answers no SYN, and its sessions' requests should fail fast.
+            peer.options.connection_timeout = Some(PEER_CONNECT);
             peer.options.read_timeout = Some(PEER_SILENCE);
             peer.options.write_timeout = Some(PEER_SILENCE);
             // From this host's advertised address, so the peer knows it is a peer.

@@ -62,7 +62,7 @@ pub const DEFAULT_HEADER_TIMEOUT: &str = "60s";
 pub const DEFAULT_BODY_TIMEOUT: &str = "60s";
 /// Longest wait for a client to take response bytes (nginx `send_timeout`).
 pub const DEFAULT_SEND_TIMEOUT: &str = "60s";
-/// Longest wait for a worker (or another host) to take a connection. nginx's
+/// Longest wait for a worker to take a connection (another host of a cluster: 2 s). nginx's
 /// `proxy_connect_timeout` is 60 s; a worker's accept queue overflows in a reconnect stampede
 /// (Node's backlog is 511) and the kernel retries a dropped SYN after 1, 3 and 7 s, so 10 s
 /// rides that out while a worker that never answers still fails over in time.

@@ -184,7 +184,7 @@ pub struct ClientBounds {
     pub body_timeout: Duration,
     /// Longest wait for a client to take response bytes.
     pub send_timeout: Duration,
-    /// Longest wait for a worker or another host to take a connection.
+    /// Longest wait for a worker to take a connection.
     pub connect_timeout: Duration,
     /// Longest idle wait of a kept-alive connection for its next request.
     pub keepalive_timeout: Duration,

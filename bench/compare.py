@@ -2,13 +2,15 @@
 """Side-by-side proxy benchmark: rtsup vs nginx vs direct, same run, same four rtsup-worker
 processes (supervised by rtsup; nginx points at the same ports).
 
-nginx is configured as socket.io's documentation and an operator would: `ip_hash` for
-/socket.io/ (sessions must stick), round-robin for the other paths, upstream keep-alive, and
-`X-Forwarded-For` (rtsup sends it too). The Node clients connect from SOURCES (default 64)
+nginx is configured with the policy rtsup applies: sticky by client address (`ip_hash`, as
+socket.io's documentation has it) for /socket.io/, round-robin for the other paths (an
+operator's choice: only sessions need to stick), upstream keep-alive, and `X-Forwarded-For`
+(rtsup sends it too). The Node clients connect from SOURCES (default 64)
 loopback addresses of different /24 networks (bench/sources.js), as real clients of many
 networks do: from one address, nginx's ip_hash would put every session on one worker while
 rtsup spreads them, and the run would compare two different backend layouts. wrk has one
-source address, hence round-robin for its path.
+source address, hence round-robin for its path. The consecutive networks happen to fall
+evenly on nginx's four workers (its best case; real networks spread less evenly).
 
   bench/compare.py            (needs: cargo build --release, nginx, wrk, node + tests/interop)
 
@@ -30,6 +32,8 @@ WS_CLIENTS = int(os.environ.get("WS_CLIENTS", "1000"))
 WS_ROUNDS = int(os.environ.get("WS_ROUNDS", "20"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 SOURCES = int(os.environ.get("SOURCES", "64"))
+if not 0 <= SOURCES <= 254:
+    sys.exit("SOURCES must be 0 (all from 127.0.0.1) to 254")
 
 
 def merged(runs):
@@ -92,8 +96,8 @@ listen = "127.0.0.1:{lb}"
 # nginx here logs no requests either.
 access_log = "off"
 threads = 2
-# Every benchmark client comes from 127.0.0.1: the per-address bounds (meant for one client
-# among many) would refuse most of them. nginx has neither bound.
+# The benchmark clients come from a few loopback addresses: the new-session rate per address
+# (meant for one client among many) would refuse most of them. nginx has neither bound.
 session_rate = 0
 max_connections_per_address = 0
 [admin]

@@ -4,10 +4,11 @@
 //! answers 400/503 itself and adds `X-Forwarded-For`; `upstream_peer` hands pingora the chosen
 //! address; `upstream_request_filter` strips `Accept-Encoding` from handshakes;
 //! `response_filter` sets the affinity cookie and registers upgraded connections for release;
-//! `response_body_filter` sniffs the open packet into the sid table; `logging` settles session counts. A WebSocket
-//! leaves pingora once its 101 is through (`tunnel_upgraded`, `upgrade_taken`, `tunnel`): its
-//! two connections are copied by a [`crate::tunnel::Pump`] on a task of its own, which ends a
-//! released WebSocket with a close frame and settles its counts when it ends.
+//! `response_body_filter` sniffs the open packet into the sid table; `logging` settles session
+//! counts. A WebSocket leaves pingora once its 101 is through (`tunnel_upgraded`,
+//! `upgrade_taken`, `tunnel`): its two connections are copied by a [`crate::tunnel::Pump`] on a
+//! task of its own, which ends a released WebSocket with a close frame and settles its counts
+//! when it ends.
 //!
 //! Every WebSocket registers its tunnel's [`ReleaseSignal`] in [`Upgrades`] when its 101 passes,
 //! so [`Upgrades::release`] can end it from outside (see [`crate::release`]).
@@ -752,15 +753,19 @@ impl ProxyHttp for Balancer {
                 "no backend chosen",
             ));
         };
+        let remote = snap.backends[i].remote;
         let mut peer = HttpPeer::new(snap.backends[i].addr, false, String::new());
-        peer.options.connection_timeout = Some(self.config.timeouts.connect);
-        if snap.backends[i].remote {
+        // Another host's listener queue is pingora's (65,535), never full like a Node
+        // worker's; a host cut off answers no SYN, and its sessions' requests should fail fast.
+        peer.options.connection_timeout = Some(if remote {
+            PEER_CONNECT
+        } else {
+            self.config.timeouts.connect
+        });
+        if remote {
             // Another host may hang (frozen, cut off) without closing: engine.io sends
             // something at least every pingInterval (25 s), so a minute of silence is a dead
             // peer, never a slow poll.
-            // Its listener's queue is pingora's (65,535), never full like a Node worker's; a
-            // host cut off answers no SYN, and its sessions' requests should fail fast.
-            peer.options.connection_timeout = Some(PEER_CONNECT);
             peer.options.read_timeout = Some(PEER_SILENCE);
             peer.options.write_timeout = Some(PEER_SILENCE);
             // From this host's advertised address, so the peer knows it is a peer.

@@ -11,6 +11,7 @@
 // the spread over workers, and the delivery latency of room broadcasts.
 const http = require("http");
 const { io } = require("socket.io-client");
+const { sourceAddress } = require("../../bench/sources");
 
 const args = process.argv.slice(2);
 const url = args[0];
@@ -63,9 +64,9 @@ async function main() {
   if (transports === "polling") ioOpts.transports = ["polling"];
   for (let i = 0; i < N; i++) {
     let from = {};
-    if (sources > 0) {
+    const localAddress = sourceAddress(i, sources);
+    if (localAddress) {
       // WebSocket and polling requests alike (polling goes through the agent).
-      const localAddress = `127.0.${1 + (i % sources)}.1`;
       from = { localAddress, agent: new http.Agent({ localAddress }) };
     }
     const s = io(url, { ...ioOpts, ...from });

@@ -12,8 +12,21 @@ use std::fs;
 /// State code of a listening socket in `/proc/net/tcp`.
 const LISTEN: &str = "0A";
 
-/// The processes (pid, process group, name) holding a socket that listens on TCP `port`.
-pub fn listeners(port: u16) -> Vec<(u32, u32, String)> {
+/// A process holding a listening socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Holder {
+    /// Its pid.
+    pub(crate) pid: u32,
+    /// Its process group.
+    pub(crate) group: u32,
+    /// Its parent's pid.
+    pub(crate) parent: u32,
+    /// Its name (`comm`).
+    pub(crate) name: String,
+}
+
+/// The processes holding a socket that listens on TCP `port`.
+pub(crate) fn listeners(port: u16) -> Vec<Holder> {
     let inodes: HashSet<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
         .iter()
         .filter_map(|f| fs::read_to_string(f).ok())
@@ -47,7 +60,12 @@ pub fn listeners(port: u16) -> Vec<(u32, u32, String)> {
             let name = fs::read_to_string(entry.path().join("comm"))
                 .map(|c| c.trim().to_string())
                 .unwrap_or_else(|_| "?".into());
-            out.push((pid, process_group(&stat).unwrap_or(0), name));
+            out.push(Holder {
+                pid,
+                group: process_group(&stat).unwrap_or(0),
+                parent: parent(&stat).unwrap_or(0),
+                name,
+            });
         }
     }
     out
@@ -55,10 +73,18 @@ pub fn listeners(port: u16) -> Vec<(u32, u32, String)> {
 
 /// The first process listening on TCP `port`, with its name.
 pub fn port_owner(port: u16) -> Option<(u32, String)> {
-    listeners(port)
-        .into_iter()
-        .next()
-        .map(|(pid, _, name)| (pid, name))
+    original(&listeners(port)).map(|h| (h.pid, h.name.clone()))
+}
+
+/// The holder that did not inherit the socket from another holder: a child shares its
+/// parent's descriptors (a pre-forking server's workers; any child between `fork` and `exec`,
+/// named like the thread that forked it), and the parent is the one to name. The first
+/// holder when every one has a holding parent (cannot tell).
+fn original(holders: &[Holder]) -> Option<&Holder> {
+    holders
+        .iter()
+        .find(|h| !holders.iter().any(|p| p.pid == h.parent))
+        .or(holders.first())
 }
 
 /// Whether the listener on `port` belongs to process group `pgid` (a worker's tree).
@@ -69,12 +95,13 @@ pub(crate) fn held_by_group(port: u16, pgid: u32) -> Option<Result<(), String>> 
     if holders.is_empty() {
         return None;
     }
-    if holders.iter().any(|(_, group, _)| *group == pgid) {
+    if holders.iter().any(|h| h.group == pgid) {
         return Some(Ok(()));
     }
-    let (pid, _, name) = &holders[0];
+    let h = original(&holders)?;
     Some(Err(format!(
-        "port {port} is held by pid {pid} ({name}), not by this worker"
+        "port {port} is held by pid {} ({}), not by this worker",
+        h.pid, h.name
     )))
 }
 
@@ -101,8 +128,19 @@ pub(crate) fn process_group_of(pid: u32) -> Option<u32> {
 
 /// The process group in a `/proc/<pid>/stat` line (field 5, after the command in parens).
 fn process_group(stat: &str) -> Option<u32> {
+    stat_field(stat, 2)
+}
+
+/// The parent's pid in a `/proc/<pid>/stat` line (field 4).
+fn parent(stat: &str) -> Option<u32> {
+    stat_field(stat, 1)
+}
+
+/// Field `n` after the command (in parens, which may hold spaces) of a `/proc/<pid>/stat`
+/// line, counted from the state (0).
+fn stat_field(stat: &str, n: usize) -> Option<u32> {
     let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(2)?.parse().ok()
+    rest.split_whitespace().nth(n)?.parse().ok()
 }
 
 #[cfg(test)]
@@ -126,7 +164,34 @@ mod tests {
             process_group("812 (node server.js) S 1 812 812 0 -1"),
             Some(812)
         );
+        assert_eq!(parent("812 (node server.js) S 1 812 812 0 -1"), Some(1));
         assert_eq!(process_group("garbage"), None);
+        assert_eq!(parent("garbage"), None);
+    }
+
+    #[test]
+    fn the_holder_named_is_the_one_that_did_not_inherit_the_socket() {
+        let h = |pid, parent| Holder {
+            pid,
+            group: 1,
+            parent,
+            name: format!("p{pid}"),
+        };
+        let pid_of = |holders: &[Holder]| original(holders).map(|h| h.pid);
+        // (holders in /proc order, the one named)
+        let cases: [(&[Holder], Option<u32>); 5] = [
+            (&[], None),
+            (&[h(40, 1)], Some(40)),
+            // A child forked by a thread of 31327 and not yet exec'd, listed first.
+            (&[h(554, 31327), h(31327, 1)], Some(31327)),
+            // nginx: master 10, workers 11 and 12.
+            (&[h(10, 1), h(11, 10), h(12, 10)], Some(10)),
+            // Each parent a holder (cannot happen in one snapshot): the first.
+            (&[h(2, 3), h(3, 2)], Some(2)),
+        ];
+        for (holders, named) in cases {
+            assert_eq!(pid_of(holders), named, "{holders:?}");
+        }
     }
 
     #[test]

@@ -32,6 +32,17 @@ pub fn client_ip(peer: IpAddr, trusted: &[IpNet], cf: Option<&str>, xff: Option<
     peer
 }
 
+/// The client IP of a request another host of the cluster (`peer`) forwarded: the peer is
+/// believed like a trusted proxy (its `X-Forwarded-For` names the client), `CF-Connecting-IP`
+/// never (the client's own header, passed on untouched). The peer is trusted in its canonical
+/// form: one on a `[::]` listener arrives as `::ffff:a.b.c.d`, and an IPv6 net never contains
+/// the IPv4 address `client_ip` compares.
+pub fn client_ip_via_peer(peer: IpAddr, trusted: &[IpNet], xff: Option<&str>) -> IpAddr {
+    let mut trusted = trusted.to_vec();
+    trusted.push(IpNet::from(peer.to_canonical()));
+    client_ip(peer, &trusted, None, xff)
+}
+
 /// The `X-Forwarded-For` value to send upstream: the lines received (`prev`, in order, each
 /// a comma-separated list), joined, with `peer` appended. A line that is not visible ASCII is
 /// dropped (no hop could be read from it downstream). Written without `fmt` (it runs on every
@@ -85,6 +96,35 @@ fn is_visible_ascii(line: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_peer_is_believed_whatever_form_its_address_arrives_in() {
+        let none: [IpNet; 0] = [];
+        let cases = [
+            ("10.0.0.2", Some("203.0.113.9"), "203.0.113.9"),
+            ("::ffff:10.0.0.2", Some("203.0.113.9"), "203.0.113.9"),
+            (
+                "::ffff:10.0.0.2",
+                Some("203.0.113.9, ::ffff:10.0.0.2"),
+                "203.0.113.9",
+            ),
+            ("2001:db8::2", Some("198.51.100.7"), "198.51.100.7"),
+            // Nothing forwarded: the peer itself, canonical.
+            ("::ffff:10.0.0.2", None, "10.0.0.2"),
+        ];
+        for (peer, xff, want) in cases {
+            let peer: IpAddr = peer.parse().expect("ip");
+            let want: IpAddr = want.parse().expect("ip");
+            assert_eq!(client_ip_via_peer(peer, &none, xff), want, "{peer} {xff:?}");
+        }
+        // The configured trusted proxies still count: a hop of theirs is skipped.
+        let trusted: [IpNet; 1] = ["198.51.100.0/24".parse().expect("net")];
+        let peer: IpAddr = "::ffff:10.0.0.2".parse().expect("ip");
+        assert_eq!(
+            client_ip_via_peer(peer, &trusted, Some("203.0.113.9, 198.51.100.5")),
+            "203.0.113.9".parse::<IpAddr>().expect("ip")
+        );
+    }
 
     #[test]
     fn forwarded_for_appends_the_peer_to_every_readable_line() {

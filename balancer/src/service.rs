@@ -297,20 +297,18 @@ impl Balancer {
             h.get_all(&X_FORWARDED_FOR).iter().map(|v| v.as_bytes()),
         );
         let xff = xff.as_deref();
-        // Another host of the cluster forwards its clients' requests: it is believed like a
-        // trusted proxy (its X-Forwarded-For names the client), so per-address limits see the
-        // client, not the host. Not its CF-Connecting-IP: that header is the client's own,
-        // passed on untouched, so a client could name any address through another host.
+        // Another host of the cluster forwards its clients' requests: per-address limits see
+        // the client it names, not the host.
         if snap
             .backends
             .iter()
             .any(|b| b.remote && b.addr.ip().to_canonical() == peer.to_canonical())
         {
-            let mut trusted = self.config.trusted_proxies.clone();
-            // Canonical, as `client_ip` compares: a peer on a `[::]` listener arrives as
-            // `::ffff:a.b.c.d`, and an IPv6 net never contains the IPv4 address.
-            trusted.push(ipnet::IpNet::from(peer.to_canonical()));
-            return Some(crate::client_ip::client_ip(peer, &trusted, None, xff));
+            return Some(crate::client_ip::client_ip_via_peer(
+                peer,
+                &self.config.trusted_proxies,
+                xff,
+            ));
         }
         let cf = h.get("cf-connecting-ip").and_then(|v| v.to_str().ok());
         Some(crate::client_ip::client_ip(

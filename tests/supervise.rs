@@ -418,6 +418,47 @@ fn stopping_under_load_fails_no_request_the_proxy_accepted() {
     );
 }
 
+#[test]
+fn a_request_its_worker_refuses_is_served_by_another_with_one_forwarded_for() {
+    // A worker that is alive but refuses connections (its listener closed): the supervisor
+    // still has it ready (no passive ejection), so each proxy thread's round-robin aims some
+    // of these requests at it; each is retried on the other worker, and the retry forwards
+    // the client's address once, not once per attempt.
+    let (r, lb) = harness::fixture_cluster("", "", None);
+    let base = lb - 4;
+    assert!(http_get(base, "/unlisten").is_ok());
+    wait_until(
+        "worker 0 refusing connections",
+        || match std::net::TcpStream::connect(("127.0.0.1", base)) {
+            Err(_) => Ok(()),
+            Ok(_) => Err("still accepting".into()),
+        },
+    );
+    for i in 0..6 {
+        let answer = harness::roundtrip(
+            lb,
+            "GET /headers HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.9\r\n\
+             Connection: close\r\n\r\n",
+        );
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        assert!(head.starts_with("HTTP/1.1 200"), "request {i}: {answer}");
+        assert!(
+            format!("\r\n{}\r\n", head.to_ascii_lowercase())
+                .contains("\r\nx-fixture-instance: 1\r\n"),
+            "request {i} not served by worker 1: {head}"
+        );
+        let headers: Value =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("request {i}: {e}: {body}"));
+        assert_eq!(
+            headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1",
+            "request {i}"
+        );
+    }
+    // The supervisor has not replaced it (its health checks need 3 failures 5 s apart): the
+    // requests above met a live worker that refused them.
+    assert_eq!(r.workers()[0]["restarts"], 0);
+}
+
 /// Peak resident memory (VmHWM, bytes) of a live process.
 fn peak_rss(pid: u32) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -72,6 +72,11 @@ pub struct HttpSession {
     allow_h1_response_invalid_content_length: bool,
 }
 
+/// rtsup: header fields a proxy adds to a response it passes on (`Connection` and `Date` when
+/// the upstream sent none, and one of its own, such as a `Set-Cookie`) that the parsed
+/// response's maps leave room for.
+const PROXY_ADDED_RESPONSE_FIELDS: usize = 3;
+
 /// HTTP 1.x client session
 impl HttpSession {
     /// Create a new http client session from an established (TCP or TLS) [`Stream`].
@@ -293,7 +298,9 @@ impl HttpSession {
 
                         let mut response_header = match ResponseHeader::build(
                             resp.code.unwrap(),
-                            Some(resp.headers.len()),
+                            // rtsup: room for the fields a proxy adds before passing the
+                            // response on, so adding them does not grow and rehash both maps.
+                            Some(resp.headers.len() + PROXY_ADDED_RESPONSE_FIELDS),
                         ) {
                             Ok(header) => Box::new(header),
                             Err(e) => return self.fail_response_header_read(e),
@@ -1045,6 +1052,30 @@ mod tests_stream {
         let res = http_stream.read_response().await;
         assert_eq!(input.len(), res.unwrap());
         assert_eq!(0, http_stream.resp_header().unwrap().headers.len());
+    }
+
+    /// rtsup: a parsed response, handed over as the proxy gets it, takes the fields a proxy
+    /// adds without growing (and rehashing) its header maps, even one with few fields.
+    #[tokio::test]
+    async fn parsed_response_leaves_room_for_the_fields_a_proxy_adds() {
+        init_log();
+        for input in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-type: a/b\r\ncontent-length: 0\r\nx-a: b\r\n\r\n",
+        ] {
+            let mock_io = Builder::new().read(input).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            let HttpTask::Header(mut resp, _) = http_stream.read_response_task().await.unwrap()
+            else {
+                panic!("not a header: {input:?}");
+            };
+            let (len, capacity) = (resp.headers.len(), resp.headers.capacity());
+            resp.insert_header("Connection", "keep-alive").unwrap();
+            resp.insert_header("Date", "now").unwrap();
+            resp.append_header("Set-Cookie", "a=b").unwrap();
+            assert_eq!(resp.headers.capacity(), capacity, "{input:?}");
+            assert_eq!(resp.headers.len(), len + 3);
+        }
     }
 
     #[tokio::test]

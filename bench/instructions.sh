@@ -8,10 +8,13 @@
 # pingora's accept loop runs, without the supervisor's once-a-second work). Needs valgrind
 # and wrk (Debian packages). With LOAD=poll the load is engine.io polling handshakes instead
 # (`bench/poll_rate.js`, 8 loops, each session a GET, a POST and a GET; needs node and
-# tests/interop's packages) and the figures are per session. Examples:
+# tests/interop's packages) and the figures are per session. URL_PATH (default /) is the path
+# wrk asks for (not used with LOAD=poll); a load that gets answers other than 2xx/3xx fails.
+# Examples:
 #   bench/instructions.sh 21004 target/release/examples/minimal_proxy 127.0.0.1:21004 1 127.0.0.1:21000
 #   bench/instructions.sh 21015 target/release/rtsup start -c rtsup.toml
 #   LOAD=poll bench/instructions.sh 21030 target/release/rtsup start -c rtsup-workers.toml
+#   URL_PATH=/health bench/instructions.sh 21030 target/release/rtsup start -c rtsup-workers.toml
 # `callgrind_annotate --inclusive=yes target/bench/callgrind.out.*` then shows where they go.
 set -euo pipefail
 PORT=$1
@@ -45,9 +48,16 @@ if [[ ${LOAD:-wrk} == poll ]]; then
   count=$(node bench/poll_rate.js "http://127.0.0.1:$PORT" 8 8000 | sed -E 's/.*"sessions":([0-9]+).*/\1/')
 else
   unit=request
-  wrk -t1 -c8 -d3s "http://127.0.0.1:$PORT/" >/dev/null
+  url_path=${URL_PATH:-/}
+  url="http://127.0.0.1:$PORT/${url_path#/}"
+  wrk -t1 -c8 -d3s "$url" >/dev/null
   callgrind_control --zero "$vg" >/dev/null 2>&1
-  count=$(wrk -t1 -c8 -d5s "http://127.0.0.1:$PORT/" | awk '/requests in/ {print $1}')
+  load=$(wrk -t1 -c8 -d5s "$url")
+  if grep -q Non-2xx <<<"$load"; then
+    echo "$url answered other than 2xx/3xx: $(grep Non-2xx <<<"$load")" >&2
+    exit 1
+  fi
+  count=$(awk "/requests in/ {print \$1}" <<<"$load")
 fi
 callgrind_control --dump "$vg" >/dev/null 2>&1
 sleep 1

@@ -301,7 +301,9 @@ impl HttpSession {
                     }
                 }
             }
-            None => match timeout(limits.keepalive_timeout, read_event).await {
+            // rtsup (vendored change 24): the wait for a kept-alive connection's next request
+            // is timed by the runtime's own timer wheel, not pingora's shared timer manager.
+            None => match tokio::time::timeout(limits.keepalive_timeout, read_event).await {
                 Ok(res) => res,
                 Err(_) => {
                     debug!("keepalive timeout {:?} reached", limits.keepalive_timeout);
@@ -4578,6 +4580,33 @@ mod test_pipelining {
             .expect("request must parse from prefix alone");
         assert!(n > 0);
         assert_eq!(s.req_header().uri.path(), "/two");
+    }
+
+    /// rtsup (change 24): a kept-alive connection waits `keepalive_timeout` for its next
+    /// request on the runtime's timer: a request within it is read, silence past it ends the
+    /// connection without an error.
+    #[tokio::test(start_paused = true)]
+    async fn kept_alive_connection_waits_keepalive_timeout_for_its_next_request() {
+        init_log();
+        let limits = RequestLimits {
+            keepalive_timeout: Duration::from_secs(5),
+            ..RequestLimits::default()
+        };
+        // A request after 4 s of silence is read.
+        let mock_io = Builder::new()
+            .wait(Duration::from_secs(4))
+            .read(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .build();
+        let mut s = HttpSession::new(Box::new(mock_io));
+        s.set_request_limits(limits, true);
+        assert!(s.read_request().await.unwrap().is_some());
+        // 6 s of silence (then the end of the stream): the wait ends at 5 s, not at the close.
+        let mock_io = Builder::new().wait(Duration::from_secs(6)).build();
+        let mut s = HttpSession::new(Box::new(mock_io));
+        s.set_request_limits(limits, true);
+        let started = tokio::time::Instant::now();
+        assert!(s.read_request().await.unwrap().is_none());
+        assert_eq!(started.elapsed(), limits.keepalive_timeout);
     }
 
     /// rtsup: a proxy's copy of a parsed request takes its added fields without growing (and

@@ -29,15 +29,21 @@ def rss_kb(pids):
     return total
 
 
-def cpu_ticks(pids):
-    total = 0
+def cpu_ticks_split(pids):
+    """User and system CPU ticks of `pids` (all their threads), as (user, system)."""
+    user = system = 0
     for pid in pids:
         try:
             fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            user += int(fields[11])
+            system += int(fields[12])
         except (OSError, IndexError):
             pass
-    return total
+    return user, system
+
+
+def cpu_ticks(pids):
+    return sum(cpu_ticks_split(pids))
 
 
 def children(pid):

@@ -6,14 +6,15 @@ one worker), so the backend is never the bottleneck.
 
   bench/proxy_speed.py        (needs: cargo build --release --examples -p rtsup-balancer, nginx, wrk)
 
-Per proxy: keep-alive req/s (wrk -t1 -c50), its CPU per request (from /proc), and the p50 /
+Per proxy: keep-alive req/s (wrk -t1 -c50), its CPU per request (from /proc, and its user and
+system parts: the kernel's share is the loopback TCP stack every proxy pays), and the p50 /
 p99 latency at c=1 and the latency added over direct; medians of ROUNDS interleaved rounds.
 THREADS (default 2) sets rtsup's `[balancer] threads`, the minimal proxy's services and
 nginx's worker_processes. Raw numbers: target/bench/proxy_speed.json.
 """
 import json, os, random, re, shutil, signal, statistics, subprocess, sys, tempfile, time
 
-from common import BIN, ROOT, children, cpu_ticks, nginx_backend, nginx_front, start_rtsup, to_ms, wait_port
+from common import BIN, ROOT, children, cpu_ticks_split, nginx_backend, nginx_front, start_rtsup, to_ms, wait_port
 MINIMAL = os.path.join(ROOT, "target/release/examples/minimal_proxy")
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 THREADS = int(os.environ.get("THREADS", "2"))
@@ -22,16 +23,19 @@ HZ = os.sysconf("SC_CLK_TCK")
 
 
 def wrk(port, conns, pids):
-    before = cpu_ticks(pids)
+    user0, sys0 = cpu_ticks_split(pids)
     out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{DURATION}", "--latency", f"http://127.0.0.1:{port}/"],
                          capture_output=True, text=True).stdout
-    used = cpu_ticks(pids) - before
+    user1, sys1 = cpu_ticks_split(pids)
     total = int(re.search(r"(\d+) requests in", out).group(1))
+    per_req = lambda ticks: round(ticks / HZ * 1e6 / max(total, 1), 1) if pids else None
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
             "p50_ms": to_ms(re.search(r"\s50%\s+(\S+)", out).group(1)),
             "p99_ms": to_ms(re.search(r"\s99%\s+(\S+)", out).group(1)),
-            "cpu_us_per_req": round(used / HZ * 1e6 / max(total, 1), 1) if pids else None,
+            "cpu_us_per_req": per_req(user1 - user0 + sys1 - sys0),
+            "user_us_per_req": per_req(user1 - user0),
+            "sys_us_per_req": per_req(sys1 - sys0),
             "non2xx": int(errors.group(1)) if errors else 0}
 
 
@@ -80,7 +84,8 @@ threads = {THREADS}
                              "c1_p50_ms": med(name, "c1", "p50_ms"),
                              "non2xx": sum(x["non2xx"] for x in raw[name]["load"])}
         if name != "direct":
-            s["cpu_us_per_req"] = med(name, "load", "cpu_us_per_req")
+            for key in ("cpu_us_per_req", "user_us_per_req", "sys_us_per_req"):
+                s[key] = med(name, "load", key)
     for s in summary.values():
         s["x_nginx"] = round(s["rps"] / summary["nginx"]["rps"], 2)
         s["added_c1_ms"] = round(s["c1_p50_ms"] - summary["direct"]["c1_p50_ms"], 3)
@@ -88,10 +93,11 @@ threads = {THREADS}
     with open(os.path.join(ROOT, "target/bench/proxy_speed.json"), "w") as f:
         json.dump({"summary": summary, "raw": raw, "threads": THREADS}, f, indent=1)
     shutil.rmtree(work, ignore_errors=True)
-    print(f"| {THREADS} proxy threads/workers, wrk -t1 -c50 {DURATION}, median of {ROUNDS} | req/s | × nginx | p99 (ms) | proxy CPU per request (µs) | p50 at c=1 (ms) | added at c=1 (ms) | non-2xx |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"| {THREADS} proxy threads/workers, wrk -t1 -c50 {DURATION}, median of {ROUNDS} | req/s | × nginx | p99 (ms) | proxy CPU per request (µs) | of which user / system (µs) | p50 at c=1 (ms) | added at c=1 (ms) | non-2xx |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, s in summary.items():
-        print(f"| {name} | {s['rps']:,.0f} | {s['x_nginx']} | {s['p99_ms']:.2f} | {s.get('cpu_us_per_req', '—')} | "
+        split = f"{s['user_us_per_req']} / {s['sys_us_per_req']}" if "user_us_per_req" in s else "—"
+        print(f"| {name} | {s['rps']:,.0f} | {s['x_nginx']} | {s['p99_ms']:.2f} | {s.get('cpu_us_per_req', '—')} | {split} | "
               f"{s['c1_p50_ms']:.3f} | {s['added_c1_ms']:.3f} | {s['non2xx']} |")
 
 

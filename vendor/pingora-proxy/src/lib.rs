@@ -415,6 +415,33 @@ where
             Err(e) => return (false, Some(e)),
         };
 
+        // rtsup: an HTTP/1.x-only peer's connection is taken as a stream and its session built
+        // here, in this frame, instead of being returned through two async frames and an enum
+        // (a copy of the session at each); the same steps as the `ClientSession::H1` arm below.
+        if self.client_upstream.is_h1_only(&*peer) {
+            return match self.client_upstream.get_h1_stream(&*peer).await {
+                Ok((stream, client_reused)) => {
+                    let mut h1 = HttpSessionV1::new_with_options(stream, &*peer);
+                    let (server_reused, client_reuse, error) = self
+                        .proxy_to_h1_upstream(session, &mut h1, client_reused, &peer, ctx)
+                        .await;
+                    if let Some(mut closing) =
+                        self.tunnel_or_release_h1(session, h1, client_reuse, error.is_none(), &peer)
+                    {
+                        closing.shutdown().await;
+                    }
+                    (
+                        server_reused,
+                        error.map(|e| {
+                            self.inner
+                                .error_while_proxy(&peer, session, e, ctx, client_reused)
+                        }),
+                    )
+                }
+                Err(e) => (false, Some(self.connect_failed(session, ctx, &peer, e))),
+            };
+        }
+
         let client_session = self.client_upstream.get_http_session(&*peer).await;
         match client_session {
             Ok((client_session, client_reused)) => {
@@ -423,13 +450,14 @@ where
                         let (server_reused, client_reuse, error) = self
                             .proxy_to_h1_upstream(session, &mut h1, client_reused, &peer, ctx)
                             .await;
-                        if std::mem::take(&mut session.tunnel_taken) && error.is_none() {
-                            session.tunnel_upstream = Some(h1.into_upgraded());
-                        } else if client_reuse {
-                            let session = ClientSession::H1(h1);
-                            self.client_upstream
-                                .release_http_session(session, &*peer, peer.idle_timeout())
-                                .await;
+                        if let Some(mut closing) = self.tunnel_or_release_h1(
+                            session,
+                            h1,
+                            client_reuse,
+                            error.is_none(),
+                            &peer,
+                        ) {
+                            closing.shutdown().await;
                         }
                         (server_reused, error)
                     }
@@ -481,11 +509,46 @@ where
                     }),
                 )
             }
-            Err(mut e) => {
-                e.as_up();
-                let new_err = self.inner.fail_to_connect(session, &peer, ctx, e);
-                (false, Some(new_err.into_up()))
-            }
+            Err(e) => (false, Some(self.connect_failed(session, ctx, &peer, e))),
+        }
+    }
+
+    /// The error of a failed connection to `peer`, as the proxy reports it.
+    fn connect_failed(
+        &self,
+        session: &mut Session,
+        ctx: &mut SV::CTX,
+        peer: &HttpPeer,
+        mut e: Box<Error>,
+    ) -> Box<Error>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        e.as_up();
+        self.inner.fail_to_connect(session, peer, ctx, e).into_up()
+    }
+
+    /// rtsup: what becomes of an HTTP/1.x upstream session after its request, without an
+    /// await: an upgrade taken as a tunnel keeps its stream, a reusable connection goes back to
+    /// the pool; a connection that cannot be reused is handed back for the caller to shut down
+    /// (the only step that awaits), one that must not be reused is dropped (closed).
+    fn tunnel_or_release_h1(
+        &self,
+        session: &mut Session,
+        h1: HttpSessionV1,
+        client_reuse: bool,
+        proxied: bool,
+        peer: &HttpPeer,
+    ) -> Option<HttpSessionV1> {
+        if std::mem::take(&mut session.tunnel_taken) && proxied {
+            session.tunnel_upstream = Some(h1.into_upgraded());
+            None
+        } else if client_reuse {
+            self.client_upstream
+                .release_h1_session_now(h1, peer, peer.idle_timeout())
+        } else {
+            None
         }
     }
 
@@ -525,7 +588,7 @@ where
 
     async fn finish(
         &self,
-        mut session: Session,
+        mut session: Box<Session>,
         ctx: &mut SV::CTX,
         reuse: bool,
         error: Option<Box<Error>>,
@@ -550,7 +613,7 @@ where
             }
             session
                 .downstream_session
-                .finish()
+                .finish_boxed()
                 .await
                 .ok()
                 .flatten()
@@ -1173,7 +1236,7 @@ where
 {
     async fn process_request(
         self: &Arc<Self>,
-        mut session: Session,
+        mut session: Box<Session>,
         mut ctx: <SV as ProxyHttp>::CTX,
     ) -> Option<ReusedHttpStream>
     where
@@ -1224,7 +1287,7 @@ where
                     }
                     return session
                         .downstream_session
-                        .finish()
+                        .finish_boxed()
                         .await
                         .ok()
                         .flatten()
@@ -1347,7 +1410,7 @@ where
             self.cleanup_sub_req(&mut session);
             let Session {
                 downstream_session, ..
-            } = session;
+            } = *session;
             match downstream_session.into_upgraded() {
                 Some((client, client_preread)) => self.inner.tunnel(
                     Tunnel {
@@ -1415,7 +1478,7 @@ where
 
     async fn handle_error(
         &self,
-        mut session: Session,
+        mut session: Box<Session>,
         ctx: &mut <SV as ProxyHttp>::CTX,
         e: Box<Error>,
         context: &str,
@@ -1445,7 +1508,7 @@ where
             }
             session
                 .downstream_session
-                .finish()
+                .finish_boxed()
                 .await
                 .ok()
                 .flatten()
@@ -1484,23 +1547,21 @@ where
     /// [`HttpServerApp::process_new_http`], shared by its boxed and unboxed forms).
     async fn serve_new_http(
         self: &Arc<Self>,
-        mut session: HttpSession,
+        mut session: Box<HttpSession>,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        // Extract user context from the previous request before the session is moved into the Box
+        // Extract user context from the previous request before the session is handed on
         let prev_user_ctx = session.take_connection_user_context();
-
-        let session = Box::new(session);
 
         // TODO: keepalive pool, use stack
         let mut session = match self.handle_new_request(session).await {
-            Some(downstream_session) => Session::new(
+            Some(downstream_session) => Box::new(Session::new(
                 downstream_session,
                 &self.downstream_modules,
                 #[cfg(feature = "upstream_modules")]
                 &self.upstream_modules,
                 self.shutdown_flag.clone(),
-            ),
+            )),
             None => return None, // bad request
         };
 
@@ -1536,13 +1597,13 @@ where
         debug!("starting subrequest");
 
         let mut session = match self.handle_new_request(session).await {
-            Some(downstream_session) => Session::new(
+            Some(downstream_session) => Box::new(Session::new(
                 downstream_session,
                 &self.downstream_modules,
                 #[cfg(feature = "upstream_modules")]
                 &self.upstream_modules,
                 self.shutdown_flag.clone(),
-            ),
+            )),
             None => return, // bad request
         };
 
@@ -1658,14 +1719,14 @@ where
         session: HttpSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        self.serve_new_http(session, shutdown).await
+        self.serve_new_http(Box::new(session), shutdown).await
     }
 
     // rtsup: the per-request future held inline by the HTTP/1.x keep-alive loop (see the
     // trait method), not boxed once per request.
     fn process_new_http_unboxed<'a>(
         self: &'a Arc<Self>,
-        session: HttpSession,
+        session: Box<HttpSession>,
         shutdown: &'a ShutdownWatch,
     ) -> impl std::future::Future<Output = Option<ReusedHttpStream>> + Send + 'a {
         self.serve_new_http(session, shutdown)

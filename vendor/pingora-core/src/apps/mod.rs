@@ -259,14 +259,15 @@ pub trait HttpServerApp {
     /// [`ServerApp::process_new`] calls it, once per request. The loop holds the returned
     /// future inside the connection's own task, so an application that returns its own future
     /// here spares every request a heap allocation the size of its whole request future, and
-    /// the copy of that future into it (the boxed trait method costs both). Defaults to the
-    /// boxed method.
+    /// the copy of that future into it (the boxed trait method costs both). The session comes
+    /// boxed as the loop built it, so it is not copied into each future that passes it on.
+    /// Defaults to the boxed method.
     fn process_new_http_unboxed<'a>(
         self: &'a Arc<Self>,
-        session: ServerSession,
+        session: Box<ServerSession>,
         shutdown: &'a ShutdownWatch,
     ) -> impl std::future::Future<Output = Option<ReusedHttpStream>> + Send + 'a {
-        self.process_new_http(session, shutdown)
+        self.process_new_http(*session, shutdown)
     }
 
     /// Provide options on how HTTP/2 connection should be established. This function will be called
@@ -404,8 +405,8 @@ where
     T: HttpServerApp + Send + Sync + 'static,
 {
     let limits = app.server_options().and_then(|o| o.h1_request_limits);
-    let mut session = ServerSession::new_http1(stream);
-    if let (Some(limits), ServerSession::H1(h1)) = (limits, &mut session) {
+    let mut session = Box::new(ServerSession::new_http1(stream));
+    if let (Some(limits), ServerSession::H1(h1)) = (limits, &mut *session) {
         h1.set_request_limits(limits, false);
     }
     if *shutdown.borrow() {
@@ -422,8 +423,8 @@ where
 
     let mut result = app.process_new_http_unboxed(session, shutdown).await;
     while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
-        let mut session = ServerSession::new_http1(stream);
-        if let (Some(limits), ServerSession::H1(h1)) = (limits, &mut session) {
+        let mut session = Box::new(ServerSession::new_http1(stream));
+        if let (Some(limits), ServerSession::H1(h1)) = (limits, &mut *session) {
             h1.set_request_limits(limits, true);
         }
         if let Some(persistent_settings) = persistent_settings {

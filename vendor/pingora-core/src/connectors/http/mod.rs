@@ -19,6 +19,7 @@ use crate::connectors::ConnectorOptions;
 use crate::listeners::ALPN;
 use crate::protocols::http::client::HttpSession;
 use crate::protocols::http::v1::client::HttpSession as Http1Session;
+use crate::protocols::Stream;
 use crate::upstreams::peer::Peer;
 use pingora_error::Result;
 use std::sync::atomic::AtomicU64;
@@ -132,6 +133,25 @@ where
         }
     }
 
+    /// rtsup: whether [`Self::get_http_session`] would give `peer` an HTTP/1.x session without
+    /// trying another protocol (no ALPN, or one that allows only HTTP/1.x, and not custom):
+    /// then [`Self::get_h1_stream`] gives its connection.
+    pub fn is_h1_only<P: Peer + Send + Sync + 'static>(&self, peer: &P) -> bool {
+        // A custom ALPN's max version is 0.
+        peer.get_peer_options()
+            .is_none_or(|o| o.alpn.get_max_http_version() == 1)
+    }
+
+    /// rtsup: the connection (pooled, else new) for an HTTP/1.x-only peer (see
+    /// [`Self::is_h1_only`]) and whether it was reused, for the caller to build its
+    /// [`Http1Session`] where it keeps it.
+    pub async fn get_h1_stream<P: Peer + Send + Sync + 'static>(
+        &self,
+        peer: &P,
+    ) -> Result<(Stream, bool)> {
+        self.h1.get_stream(peer).await
+    }
+
     pub async fn release_http_session<P: Peer + Send + Sync + 'static>(
         &self,
         session: HttpSession<C::Session>,
@@ -149,6 +169,19 @@ where
         }
     }
 
+    /// rtsup: an HTTP/1.x session released without an await (see
+    /// [`v1::Connector::release_http_session_now`]): `Some` is a connection that cannot be
+    /// reused, for the caller to shut down.
+    pub fn release_h1_session_now<P: Peer + Send + Sync + 'static>(
+        &self,
+        session: Http1Session,
+        peer: &P,
+        idle_timeout: Option<Duration>,
+    ) -> Option<Http1Session> {
+        self.h1
+            .release_http_session_now(session, peer, idle_timeout)
+    }
+
     /// Tell the connector to always send h1 for ALPN for the given peer in the future.
     pub fn prefer_h1(&self, peer: &impl Peer) {
         self.h2.prefer_h1(peer);
@@ -163,6 +196,24 @@ where
     /// Return a shared reference to the unexpected data connection counter for periodic metric reporting.
     pub fn unexpected_data_connection_counter(&self) -> Arc<AtomicU64> {
         self.h1.unexpected_data_connection_counter()
+    }
+}
+
+// rtsup change 25: which peers take the HTTP/1.x fast path of the proxy.
+#[cfg(test)]
+mod h1_only_tests {
+    use super::*;
+    use crate::upstreams::peer::HttpPeer;
+
+    #[test]
+    fn only_a_peer_that_allows_http1_alone_is_h1_only() {
+        let connector: Connector = Connector::new(None);
+        let mut peer = HttpPeer::new("127.0.0.1:80", false, String::new());
+        assert!(connector.is_h1_only(&peer), "the default ALPN is HTTP/1.x");
+        for (alpn, h1_only) in [(ALPN::H1, true), (ALPN::H2H1, false), (ALPN::H2, false)] {
+            peer.options.alpn = alpn;
+            assert_eq!(connector.is_h1_only(&peer), h1_only);
+        }
     }
 }
 

@@ -14,8 +14,10 @@
 
 use crate::connectors::{ConnectorOptions, TransportConnector};
 use crate::protocols::http::v1::client::HttpSession;
+use crate::protocols::Stream;
 use crate::upstreams::peer::Peer;
 
+use log::debug;
 use pingora_error::Result;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -41,6 +43,14 @@ impl Connector {
         Ok((http, reused))
     }
 
+    /// rtsup: the connection [`Self::get_http_session`] would wrap, and whether it was reused.
+    pub async fn get_stream<P: Peer + Send + Sync + 'static>(
+        &self,
+        peer: &P,
+    ) -> Result<(Stream, bool)> {
+        self.transport.get_stream(peer).await
+    }
+
     pub async fn reused_http_session<P: Peer + Send + Sync + 'static>(
         &self,
         peer: &P,
@@ -52,14 +62,32 @@ impl Connector {
 
     pub async fn release_http_session<P: Peer + Send + Sync + 'static>(
         &self,
-        mut session: HttpSession,
+        session: HttpSession,
         peer: &P,
         idle_timeout: Option<Duration>,
     ) {
+        if let Some(mut closing) = self.release_http_session_now(session, peer, idle_timeout) {
+            debug!("HTTP shutdown connection");
+            closing.shutdown().await;
+        }
+    }
+
+    /// rtsup: [`Self::release_http_session`] without an await: a reusable connection goes back
+    /// to the pool now; one that cannot be reused is handed back for the caller to shut down.
+    pub fn release_http_session_now<P: Peer + Send + Sync + 'static>(
+        &self,
+        mut session: HttpSession,
+        peer: &P,
+        idle_timeout: Option<Duration>,
+    ) -> Option<HttpSession> {
         session.respect_keepalive();
-        if let Some(stream) = session.reuse().await {
-            self.transport
-                .release_stream(stream, peer.reuse_hash(), idle_timeout);
+        match session.into_reusable_stream() {
+            Ok(stream) => {
+                self.transport
+                    .release_stream(stream, peer.reuse_hash(), idle_timeout);
+                None
+            }
+            Err(closing) => Some(closing),
         }
     }
 

@@ -287,6 +287,21 @@ impl Session {
         }
     }
 
+    /// rtsup: [`Self::finish`] for a boxed session: an HTTP/1.x session is finished in its box,
+    /// not copied into this future and then into its `reuse`'s; only its stream is taken out.
+    pub async fn finish_boxed(mut self: Box<Self>) -> Result<Option<ReusableHttpStream>> {
+        let Self::H1(s) = &mut *self else {
+            return (*self).finish().await;
+        };
+        // need to flush body due to buffering
+        s.finish_body().await?;
+        let reusable = s.prepare_reuse().await?;
+        match *self {
+            Self::H1(s) => Ok(s.into_reusable_stream(reusable)),
+            _ => Ok(None),
+        }
+    }
+
     /// Callback for cleanup logic on downstream specifically when we fail to proxy the session
     /// other than cleanup via finish().
     ///
@@ -1018,6 +1033,29 @@ mod tests {
     use futures::Stream;
     use std::panic::{catch_unwind, AssertUnwindSafe};
     use std::sync::{Arc, Mutex};
+
+    // rtsup change 25: a boxed HTTP/1.x session finishes in its box to what `finish` gives.
+    #[tokio::test]
+    async fn a_boxed_http1_session_finishes_like_an_unboxed_one() {
+        for keepalive in [Some(60), None] {
+            let mut reused = Vec::new();
+            for boxed in [true, false] {
+                let mock_io = tokio_test::io::Builder::new()
+                    .read(&b"GET / HTTP/1.1\r\n\r\n"[..])
+                    .build();
+                let mut session = Session::new_http1(Box::new(mock_io));
+                session.read_request().await.unwrap();
+                session.set_keepalive(keepalive);
+                let stream = if boxed {
+                    Box::new(session).finish_boxed().await.unwrap()
+                } else {
+                    session.finish().await.unwrap()
+                };
+                reused.push(stream.is_some());
+            }
+            assert_eq!(reused, [keepalive.is_some(); 2]);
+        }
+    }
 
     #[tokio::test]
     async fn custom_proxy_task_defaults_are_opted_out_and_fail_loudly() {

@@ -657,20 +657,29 @@ impl HttpSession {
     /// server is being contacted. A new client session can be created via [`Self::new()`].
     /// If the connection cannot be reused, the underlying stream will be closed and `None` will be
     /// returned.
-    pub async fn reuse(mut self) -> Option<Stream> {
+    pub async fn reuse(self) -> Option<Stream> {
+        match self.into_reusable_stream() {
+            Ok(stream) => Some(stream),
+            Err(mut session) => {
+                debug!("HTTP shutdown connection");
+                session.shutdown().await;
+                None
+            }
+        }
+    }
+
+    /// rtsup: [`Self::reuse`] without an await: the underlying stream if the connection can be
+    /// reused, else the session back, for the caller to [`Self::shutdown`]. A kept-alive
+    /// connection then goes back to the pool without an async frame (and a copy of the
+    /// session into it) per call level.
+    #[allow(clippy::result_large_err)]
+    pub fn into_reusable_stream(mut self) -> std::result::Result<Stream, Self> {
         if !self.body_reader.body_complete() || self.body_reader.has_bytes_overread() {
             self.set_keepalive(None);
         }
-
-        // TODO: this function is unnecessarily slow for keepalive case
-        // because that case does not need async
         match self.keepalive_timeout {
-            KeepaliveStatus::Off => {
-                debug!("HTTP shutdown connection");
-                self.shutdown().await;
-                None
-            }
-            _ => Some(self.underlying_stream),
+            KeepaliveStatus::Off => Err(self),
+            _ => Ok(self.underlying_stream),
         }
     }
 
@@ -2693,6 +2702,29 @@ hello\r\n\
         http_stream.respect_keepalive();
         assert!(http_stream.will_keepalive());
         assert!(http_stream.reuse().await.is_none());
+    }
+
+    // rtsup change 25: the pool takes a kept-alive connection's stream without an await; a
+    // session that must close (asked to, or its body unread) comes back whole to be shut down.
+    #[tokio::test]
+    async fn a_kept_alive_complete_response_hands_over_its_stream_at_once() {
+        async fn after(input: &'static [u8], read_body: bool) -> bool {
+            let mock_io = Builder::new().read(input).build();
+            let mut session = HttpSession::new(Box::new(mock_io));
+            session.read_response().await.unwrap();
+            while read_body && session.read_body_bytes().await.unwrap().is_some() {}
+            session.respect_keepalive();
+            session.into_reusable_stream().is_ok()
+        }
+        assert!(after(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", true).await);
+        assert!(
+            !after(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                true
+            )
+            .await
+        );
+        assert!(!after(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nok", false).await);
     }
 
     #[tokio::test]

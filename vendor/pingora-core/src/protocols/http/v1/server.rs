@@ -1626,27 +1626,41 @@ impl HttpSession {
     /// returned. If there was an error while draining any remaining request body that error will
     /// be returned.
     pub async fn reuse(mut self) -> Result<Option<ReusableHttpStream>> {
+        let reusable = self.prepare_reuse().await?;
+        Ok(self.into_reusable_stream(reusable))
+    }
+
+    /// rtsup: the async half of [`Self::reuse`], in place: shuts down a connection that will
+    /// not be kept alive, drains a kept-alive one's remaining request body, and says whether
+    /// the connection can be reused ([`Self::into_reusable_stream`] then takes it).
+    pub async fn prepare_reuse(&mut self) -> Result<bool> {
         if !self.will_keepalive() {
             debug!("HTTP shutdown connection");
             self.shutdown().await;
-            Ok(None)
-        } else {
-            self.drain_request_body().await?;
-            if self.body_reader.has_bytes_overread() && !self.pipelining_enabled {
-                debug!("bytes overread on request, disallowing reuse");
-                Ok(None)
-            } else {
-                let pipelined_prefix = self
-                    .pipelining_enabled
-                    .then(|| self.take_body_overread())
-                    .flatten()
-                    .filter(|prefix| !prefix.is_empty());
-                Ok(Some(ReusableHttpStream::new(
-                    self.underlying_stream,
-                    pipelined_prefix,
-                )))
-            }
+            return Ok(false);
         }
+        self.drain_request_body().await?;
+        if self.body_reader.has_bytes_overread() && !self.pipelining_enabled {
+            debug!("bytes overread on request, disallowing reuse");
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// rtsup: the stream and any pipelined prefix, if [`Self::prepare_reuse`] said `reusable`.
+    pub fn into_reusable_stream(mut self, reusable: bool) -> Option<ReusableHttpStream> {
+        if !reusable {
+            return None;
+        }
+        let pipelined_prefix = self
+            .pipelining_enabled
+            .then(|| self.take_body_overread())
+            .flatten()
+            .filter(|prefix| !prefix.is_empty());
+        Some(ReusableHttpStream::new(
+            self.underlying_stream,
+            pipelined_prefix,
+        ))
     }
 
     /// Write a `100 Continue` response to the client.
@@ -3639,6 +3653,24 @@ Content-Length: 5\r\n\
         http_session.set_keepalive(Some(100));
         let reused = http_session.reuse().await.unwrap();
         assert!(reused.is_none());
+    }
+
+    // rtsup change 25: `reuse` in two halves, the async one in place: a kept-alive connection
+    // is handed over with its stream, one that will not be kept alive is shut down.
+    #[tokio::test]
+    async fn reuse_in_place_then_by_value_keeps_only_a_kept_alive_connection() {
+        for keepalive in [Some(60), None] {
+            let mock_io = Builder::new()
+                .read(&b"GET /test HTTP/1.1\r\n\r\n"[..])
+                .build();
+            let mut http_session = HttpSession::new(Box::new(mock_io));
+            http_session.read_request().await.unwrap();
+            http_session.set_keepalive(keepalive);
+            let reusable = http_session.prepare_reuse().await.unwrap();
+            assert_eq!(reusable, keepalive.is_some());
+            let reused = http_session.into_reusable_stream(reusable);
+            assert_eq!(reused.is_some(), keepalive.is_some());
+        }
     }
 
     #[tokio::test]

@@ -17,13 +17,16 @@ evenly on nginx's four workers (its best case; real networks spread less evenly)
 Keep-alive HTTP, WebSocket round trips and polling handshakes are measured in ROUNDS
 (default 3) interleaved rounds, the targets in a new random order each round, and reported as
 medians (errors summed), so one noisy stretch of a shared 2-core machine does not decide a
-measure; idle memory and fan-out are measured once. Prints a markdown table and each goal of
-issue #14 as a ratio of the same run; raw numbers (every round) go to
+measure; idle memory and fan-out are measured once. Keep-alive requests and polling sessions also
+report the proxy's own user and system CPU per request or session (from /proc): a figure less
+moved by the other processes on the machine than the rates. Prints a markdown table and each
+goal of issue #14 as a ratio of the same run; raw numbers (every round) go to
 target/bench/compare.json.
 """
 import json, os, random, re, shutil, signal, statistics, subprocess, sys, tempfile, time
 
-from common import BIN, ROOT, children, reference_app, rss_kb, start_rtsup, to_ms, wait_port
+from common import BIN, ROOT, children, cpu_ticks_split, reference_app, rss_kb, start_rtsup, to_ms, wait_port
+HZ = os.sysconf("SC_CLK_TCK")
 NODE_ENV = dict(os.environ, NODE_PATH=os.path.join(ROOT, "tests/interop/node_modules"))
 IDLE_SESSIONS = int(os.environ.get("IDLE_SESSIONS", "8000"))
 FANOUT_CLIENTS = int(os.environ.get("FANOUT_CLIENTS", "1000"))
@@ -60,14 +63,35 @@ def node(script, *args, timeout=600):
     return json.loads(lines[-1]) if lines else {"error": out.stderr[-500:]}
 
 
-def wrk(port):
+def proxy_cpu(pids, before, count):
+    """The proxy's user and system CPU (µs) per unit of load (`count` of them) since `before`
+    (`cpu_ticks_split` of `pids`); nothing for no proxy."""
+    if not pids:
+        return {}
+    user, system = cpu_ticks_split(pids)
+    per = lambda ticks: round(ticks / HZ * 1e6 / max(count, 1), 1)
+    return {"proxy_user_us": per(user - before[0]), "proxy_sys_us": per(system - before[1])}
+
+
+def wrk(port, pids):
+    before = cpu_ticks_split(pids)
     out = subprocess.run(["wrk", "-t2", "-c64", "-d10s", "--latency", f"http://127.0.0.1:{port}/health"],
                          capture_output=True, text=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = to_ms(re.search(r"\s50%\s+(\S+)", out).group(1))
     p99 = to_ms(re.search(r"\s99%\s+(\S+)", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "non2xx": int(errors.group(1)) if errors else 0}
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "non2xx": int(errors.group(1)) if errors else 0,
+            **proxy_cpu(pids, before, total)}
+
+
+def polling(port, pids):
+    """Polling sessions established per second (bench/poll_rate.js), with the proxy's CPU per
+    session."""
+    before = cpu_ticks_split(pids)
+    res = node("bench/poll_rate.js", f"http://127.0.0.1:{port}", 32, 10000, SOURCES)
+    return {**res, **proxy_cpu(pids, before, res.get("sessions", 0))}
 
 
 def idle(port, pids_fn):
@@ -154,11 +178,10 @@ http {{
             for name in order:
                 port = targets[name]
                 print(f"# round {i + 1}: {name}: http, websocket round trips, polling sessions/s", file=sys.stderr)
-                rounds[name]["http"].append(wrk(port))
+                rounds[name]["http"].append(wrk(port, pids[name]()))
                 rounds[name]["ws_rtt"].append(
                     node("bench/ws_rtt.js", f"http://127.0.0.1:{port}", WS_CLIENTS, WS_ROUNDS, SOURCES))
-                rounds[name]["polling"].append(
-                    node("bench/poll_rate.js", f"http://127.0.0.1:{port}", 32, 10000, SOURCES))
+                rounds[name]["polling"].append(polling(port, pids[name]()))
         for name, port in targets.items():
             r = results.setdefault(name, {})
             for measure, runs in rounds[name].items():
@@ -191,6 +214,8 @@ http {{
         ("HTTP keep-alive GET /health, wrk -t2 -c64 10 s (rounds): req/s", ("http", "rps"), "{:.0f}"),
         ("  latency p50 (ms)", ("http", "p50_ms"), "{:.2f}"),
         ("  latency p99 (ms)", ("http", "p99_ms"), "{:.2f}"),
+        ("  proxy CPU per request, user (µs)", ("http", "proxy_user_us"), "{:.1f}"),
+        ("  proxy CPU per request, system (µs)", ("http", "proxy_sys_us"), "{:.1f}"),
         (f"WebSocket round trip, {WS_CLIENTS} conns × {WS_ROUNDS} acks (rounds): p50 (ms)", ("ws_rtt", "p50"), "{:.2f}"),
         ("  p99 (ms)", ("ws_rtt", "p99"), "{:.2f}"),
         ("  errors", ("ws_rtt", "errors"), "{}"),
@@ -202,6 +227,8 @@ http {{
         ("  delivered / expected", ("fanout", "delivered"), "{}"),
         ("polling sessions established /s (32 loops, 10 s, rounds)", ("polling", "per_s"), "{:.0f}"),
         ("  errors (non-200, incl. Session ID unknown)", ("polling", "errors"), "{}"),
+        ("  proxy CPU per session, user (µs)", ("polling", "proxy_user_us"), "{:.1f}"),
+        ("  proxy CPU per session, system (µs)", ("polling", "proxy_sys_us"), "{:.1f}"),
     ]
     print(f"| measure (same run, medians of {ROUNDS} interleaved rounds where marked; {os.cpu_count()} cores, "
           f"load generator on the same machine; Node clients from {SOURCES} source networks) "

@@ -428,6 +428,7 @@ where
                     if let Some(mut closing) =
                         self.tunnel_or_release_h1(session, h1, client_reuse, error.is_none(), &peer)
                     {
+                        debug!("HTTP shutdown connection");
                         closing.shutdown().await;
                     }
                     (
@@ -457,6 +458,7 @@ where
                             error.is_none(),
                             &peer,
                         ) {
+                            debug!("HTTP shutdown connection");
                             closing.shutdown().await;
                         }
                         (server_reused, error)

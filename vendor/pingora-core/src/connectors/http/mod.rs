@@ -104,10 +104,7 @@ where
         // de facto requirement for h2, because non TLS traffic lack the negotiation mechanism.
 
         // We assume no peer option == no ALPN == h1 only
-        let h1_only = peer
-            .get_peer_options()
-            .is_none_or(|o| o.alpn.get_max_http_version() == 1);
-        if h1_only {
+        if self.is_h1_only(peer) {
             let (h1, reused) = self.h1.get_http_session(peer).await?;
             Ok((HttpSession::H1(h1), reused))
         } else {
@@ -199,20 +196,70 @@ where
     }
 }
 
-// rtsup change 25: which peers take the HTTP/1.x fast path of the proxy.
+// rtsup change 25: which peers take the HTTP/1.x fast path of the proxy, and what becomes of
+// their sessions after a request.
 #[cfg(test)]
-mod h1_only_tests {
+mod h1_fast_path_tests {
     use super::*;
+    use crate::protocols::tls::CustomALPN;
     use crate::upstreams::peer::HttpPeer;
+    use pingora_http::RequestHeader;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn only_a_peer_that_allows_http1_alone_is_h1_only() {
         let connector: Connector = Connector::new(None);
         let mut peer = HttpPeer::new("127.0.0.1:80", false, String::new());
         assert!(connector.is_h1_only(&peer), "the default ALPN is HTTP/1.x");
-        for (alpn, h1_only) in [(ALPN::H1, true), (ALPN::H2H1, false), (ALPN::H2, false)] {
+        for (alpn, h1_only) in [
+            (ALPN::H1, true),
+            (ALPN::H2H1, false),
+            (ALPN::H2, false),
+            (ALPN::Custom(CustomALPN::new(b"custom".to_vec())), false),
+        ] {
             peer.options.alpn = alpn;
             assert_eq!(connector.is_h1_only(&peer), h1_only);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_kept_alive_session_goes_back_to_the_pool_and_a_closing_one_comes_back() {
+        // A server that answers every request, with `Connection: close` when the path says so.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n @ 1..) = conn.read(&mut buf).await {
+                        let close = buf[..n].windows(6).any(|w| w == b"/close");
+                        let answer: &[u8] = if close {
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                        } else {
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                        };
+                        if conn.write_all(answer).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let connector: Connector = Connector::new(None);
+        let peer = HttpPeer::new(addr, false, String::new());
+        for (path, pooled) in [("/keep", true), ("/close", false)] {
+            let (stream, reused) = connector.get_h1_stream(&peer).await.unwrap();
+            assert!(!reused);
+            let mut h1 = Http1Session::new_with_options(stream, &peer);
+            let req = RequestHeader::build("GET", path.as_bytes(), None).unwrap();
+            h1.write_request_header(Box::new(req)).await.unwrap();
+            h1.read_response().await.unwrap();
+            while h1.read_body_bytes().await.unwrap().is_some() {}
+            let closing = connector.release_h1_session_now(h1, &peer, None);
+            assert_eq!(closing.is_none(), pooled, "{path}");
+            // A pooled connection is the next one handed out (and taken out of the pool here).
+            let (_, reused) = connector.get_h1_stream(&peer).await.unwrap();
+            assert_eq!(reused, pooled, "{path}");
         }
     }
 }

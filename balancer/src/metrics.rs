@@ -2,8 +2,8 @@
 //! upstream errors, request latency, and open WebSockets per backend. The admin server
 //! registers them into the registry it encodes on every scrape.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -121,6 +121,9 @@ pub struct StatusLabels {
 pub struct BalancerMetrics {
     /// Requests by response status.
     pub requests: Family<StatusLabels, Counter>,
+    /// The counters of `requests` for statuses 100–599, each resolved on its first use (no map
+    /// lookup and lock per request after that).
+    status_counters: Arc<[OnceLock<Counter>; STATUS_SLOTS]>,
     /// Requests that ended before any response was sent (the client went away, or the
     /// connection failed while the request was read).
     pub unanswered: Counter,
@@ -148,6 +151,10 @@ pub struct BalancerMetrics {
     pub header_errors: Family<HeaderErrorLabels, Counter>,
 }
 
+/// The first status with a resolved counter, and how many follow it (100–599).
+const FIRST_STATUS: u16 = 100;
+const STATUS_SLOTS: usize = 500;
+
 /// Every route kind, in the order of [`RouteLabel`]'s discriminants.
 const ROUTE_KINDS: [RouteLabel; 11] = [
     RouteLabel::sid_hit,
@@ -171,6 +178,7 @@ impl Default for BalancerMetrics {
         Self {
             route_counters,
             requests: Family::default(),
+            status_counters: Arc::new(std::array::from_fn(|_| OnceLock::new())),
             unanswered: Counter::default(),
             routes,
             client_errors: Counter::default(),
@@ -188,6 +196,22 @@ impl Default for BalancerMetrics {
 }
 
 impl BalancerMetrics {
+    /// Count one request answered with `status`.
+    pub fn request(&self, status: u16) {
+        let counter = |status| {
+            self.requests
+                .get_or_create(&StatusLabels { status })
+                .clone()
+        };
+        match status
+            .checked_sub(FIRST_STATUS)
+            .and_then(|i| self.status_counters.get(usize::from(i)))
+        {
+            Some(slot) => slot.get_or_init(|| counter(status)).inc(),
+            None => counter(status).inc(),
+        };
+    }
+
     /// Count one routing decision.
     pub fn route(&self, kind: RouteLabel) {
         self.route_counters[kind as usize].inc();
@@ -268,9 +292,9 @@ mod tests {
         let m = BalancerMetrics::default();
         m.route(RouteLabel::sid_hit);
         m.route(RouteLabel::dead_worker);
-        m.requests
-            .get_or_create(&StatusLabels { status: 200 })
-            .inc();
+        m.request(200);
+        m.request(200);
+        m.request(999);
         let mut reg = Registry::with_prefix("rtsup");
         m.register(&mut reg);
         let mut text = String::new();
@@ -280,7 +304,12 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("rtsup_balancer_requests_total{status=\"200\"} 1"),
+            text.contains("rtsup_balancer_requests_total{status=\"200\"} 2"),
+            "{text}"
+        );
+        // A status outside 100–599 is counted too, through the map.
+        assert!(
+            text.contains("rtsup_balancer_requests_total{status=\"999\"} 1"),
             "{text}"
         );
         assert_eq!(m.sid_unknown_total.load(Ordering::Relaxed), 1);

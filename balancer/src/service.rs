@@ -31,7 +31,7 @@ use crate::access_log::{AccessLog, Entry};
 use crate::affinity::{self, CookieSigner};
 use crate::engineio::{self, OpenPacketSniffer};
 use crate::loads::Loads;
-use crate::metrics::{BalancerMetrics, HeaderErrorLabel, RouteLabel, StatusLabels};
+use crate::metrics::{BalancerMetrics, HeaderErrorLabel, RouteLabel};
 use crate::policy::{self, Decision, RequestFacts, RouteKind};
 use crate::redirect::Redirect;
 use crate::release::{Close, ReleaseSignal, Upgrades};
@@ -442,10 +442,7 @@ impl Shared {
     fn settle(&self, ctx: &mut RequestCtx, status: Option<u16>) {
         match status {
             Some(status) => {
-                self.metrics
-                    .requests
-                    .get_or_create(&StatusLabels { status })
-                    .inc();
+                self.metrics.request(status);
             }
             None => {
                 self.metrics.unanswered.inc();

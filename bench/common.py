@@ -4,6 +4,7 @@ import os, re, socket, subprocess, sys, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target/release/rtsup")
+HZ = os.sysconf("SC_CLK_TCK")
 
 
 def wait_port(port, deadline=30):
@@ -44,6 +45,11 @@ def cpu_ticks_split(pids):
 
 def cpu_ticks(pids):
     return sum(cpu_ticks_split(pids))
+
+
+def us_per(ticks, count):
+    """CPU `ticks` as microseconds per unit of load (`count` units), to 0.1 µs."""
+    return round(ticks / HZ * 1e6 / max(count, 1), 1)
 
 
 def children(pid):

@@ -25,8 +25,7 @@ target/bench/compare.json.
 """
 import json, os, random, re, shutil, signal, statistics, subprocess, sys, tempfile, time
 
-from common import BIN, ROOT, children, cpu_ticks_split, reference_app, rss_kb, start_rtsup, to_ms, wait_port
-HZ = os.sysconf("SC_CLK_TCK")
+from common import BIN, ROOT, children, cpu_ticks_split, reference_app, rss_kb, start_rtsup, to_ms, us_per, wait_port
 NODE_ENV = dict(os.environ, NODE_PATH=os.path.join(ROOT, "tests/interop/node_modules"))
 IDLE_SESSIONS = int(os.environ.get("IDLE_SESSIONS", "8000"))
 FANOUT_CLIENTS = int(os.environ.get("FANOUT_CLIENTS", "1000"))
@@ -69,8 +68,7 @@ def proxy_cpu(pids, before, count):
     if not pids:
         return {}
     user, system = cpu_ticks_split(pids)
-    per = lambda ticks: round(ticks / HZ * 1e6 / max(count, 1), 1)
-    return {"proxy_user_us": per(user - before[0]), "proxy_sys_us": per(system - before[1])}
+    return {"proxy_user_us": us_per(user - before[0], count), "proxy_sys_us": us_per(system - before[1], count)}
 
 
 def wrk(port, pids):

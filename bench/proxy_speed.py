@@ -14,12 +14,11 @@ nginx's worker_processes. Raw numbers: target/bench/proxy_speed.json.
 """
 import json, os, random, re, shutil, signal, statistics, subprocess, sys, tempfile, time
 
-from common import BIN, ROOT, children, cpu_ticks_split, nginx_backend, nginx_front, start_rtsup, to_ms, wait_port
+from common import BIN, ROOT, children, cpu_ticks_split, nginx_backend, nginx_front, start_rtsup, to_ms, us_per, wait_port
 MINIMAL = os.path.join(ROOT, "target/release/examples/minimal_proxy")
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 THREADS = int(os.environ.get("THREADS", "2"))
 DURATION = os.environ.get("DURATION", "5s")
-HZ = os.sysconf("SC_CLK_TCK")
 
 
 def wrk(port, conns, pids):
@@ -28,7 +27,7 @@ def wrk(port, conns, pids):
                          capture_output=True, text=True).stdout
     user1, sys1 = cpu_ticks_split(pids)
     total = int(re.search(r"(\d+) requests in", out).group(1))
-    per_req = lambda ticks: round(ticks / HZ * 1e6 / max(total, 1), 1) if pids else None
+    per_req = lambda ticks: us_per(ticks, total) if pids else None
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
             "p50_ms": to_ms(re.search(r"\s50%\s+(\S+)", out).group(1)),

@@ -13,11 +13,10 @@ Raw numbers: target/bench/tls.json.
 """
 import json, os, random, re, shutil, signal, statistics, subprocess, sys, tempfile, time
 
-from common import BIN, ROOT, children, cpu_ticks, nginx_backend, nginx_front, start_rtsup, to_ms, wait_port
+from common import BIN, ROOT, children, cpu_ticks, nginx_backend, nginx_front, start_rtsup, to_ms, us_per, wait_port
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 THREADS = int(os.environ.get("THREADS", "1"))
 DURATION = os.environ.get("DURATION", "5s")
-HZ = os.sysconf("SC_CLK_TCK")
 
 
 def wrk(port, pids, close):
@@ -33,7 +32,7 @@ def wrk(port, pids, close):
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
             "p50_ms": to_ms(re.search(r"\s50%\s+(\S+)", out).group(1)),
             "p99_ms": to_ms(re.search(r"\s99%\s+(\S+)", out).group(1)),
-            "cpu_us_per_req": round(used / HZ * 1e6 / max(total, 1), 1),
+            "cpu_us_per_req": us_per(used, total),
             "non2xx": int(errors.group(1)) if errors else 0,
             "socket_errors": sum(map(int, socket_errors.groups())) if socket_errors else 0}
 

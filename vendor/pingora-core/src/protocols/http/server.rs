@@ -297,7 +297,7 @@ impl Session {
         s.finish_body().await?;
         let reusable = s.prepare_reuse().await?;
         match *self {
-            Self::H1(s) => Ok(s.into_reusable_stream(reusable)),
+            Self::H1(s) if reusable => Ok(Some(s.into_reusable_stream())),
             _ => Ok(None),
         }
     }

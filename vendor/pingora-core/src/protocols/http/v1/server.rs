@@ -1627,7 +1627,7 @@ impl HttpSession {
     /// be returned.
     pub async fn reuse(mut self) -> Result<Option<ReusableHttpStream>> {
         let reusable = self.prepare_reuse().await?;
-        Ok(self.into_reusable_stream(reusable))
+        Ok(reusable.then(|| self.into_reusable_stream()))
     }
 
     /// rtsup: the async half of [`Self::reuse`], in place: shuts down a connection that will
@@ -1647,20 +1647,15 @@ impl HttpSession {
         Ok(true)
     }
 
-    /// rtsup: the stream and any pipelined prefix, if [`Self::prepare_reuse`] said `reusable`.
-    pub fn into_reusable_stream(mut self, reusable: bool) -> Option<ReusableHttpStream> {
-        if !reusable {
-            return None;
-        }
+    /// rtsup: the stream and any pipelined prefix, for a session [`Self::prepare_reuse`] found
+    /// reusable.
+    pub fn into_reusable_stream(mut self) -> ReusableHttpStream {
         let pipelined_prefix = self
             .pipelining_enabled
             .then(|| self.take_body_overread())
             .flatten()
             .filter(|prefix| !prefix.is_empty());
-        Some(ReusableHttpStream::new(
-            self.underlying_stream,
-            pipelined_prefix,
-        ))
+        ReusableHttpStream::new(self.underlying_stream, pipelined_prefix)
     }
 
     /// Write a `100 Continue` response to the client.
@@ -3668,8 +3663,11 @@ Content-Length: 5\r\n\
             http_session.set_keepalive(keepalive);
             let reusable = http_session.prepare_reuse().await.unwrap();
             assert_eq!(reusable, keepalive.is_some());
-            let reused = http_session.into_reusable_stream(reusable);
-            assert_eq!(reused.is_some(), keepalive.is_some());
+            if reusable {
+                // The stream and no pipelined prefix (none was sent).
+                let reused = http_session.into_reusable_stream();
+                assert!(reused.into_parts().1.is_none());
+            }
         }
     }
 

@@ -17,7 +17,6 @@ use crate::protocols::http::v1::client::HttpSession;
 use crate::protocols::Stream;
 use crate::upstreams::peer::Peer;
 
-use log::debug;
 use pingora_error::Result;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -62,13 +61,14 @@ impl Connector {
 
     pub async fn release_http_session<P: Peer + Send + Sync + 'static>(
         &self,
-        session: HttpSession,
+        mut session: HttpSession,
         peer: &P,
         idle_timeout: Option<Duration>,
     ) {
-        if let Some(mut closing) = self.release_http_session_now(session, peer, idle_timeout) {
-            debug!("HTTP shutdown connection");
-            closing.shutdown().await;
+        session.respect_keepalive();
+        if let Some(stream) = session.reuse().await {
+            self.transport
+                .release_stream(stream, peer.reuse_hash(), idle_timeout);
         }
     }
 

@@ -370,6 +370,7 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
                 },
                 max_sessions: balancer::sid_table::DEFAULT_MAX_SESSIONS,
                 limits: client_limits(b),
+                preserve_header_case: b.preserve_header_case,
             };
             match balancer::server::spawn(settings, backends) {
                 Ok(p) => {

@@ -8,6 +8,7 @@ mod bad_input;
 mod cli;
 mod cluster;
 mod config_check;
+mod headers;
 mod hostile;
 mod limits;
 mod observe;

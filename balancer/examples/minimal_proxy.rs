@@ -2,7 +2,8 @@
 //! does nothing but pick a backend round-robin in `upstream_peer`, on the same pingora and
 //! the same runtime layout as rtsup (SERVICES services of one current-thread runtime each,
 //! accepting on one listening socket, the same allocator and no read buffer in front of
-//! client sockets), so the difference is what rtsup's own request handling costs.
+//! client sockets, HTTP/1.x headers read without their case map as rtsup reads them by
+//! default), so the difference is what rtsup's own request handling costs.
 //!
 //! `cargo run --release -p rtsup-balancer --example minimal_proxy -- LISTEN SERVICES BACKEND...`
 
@@ -10,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
+use pingora::apps::HttpServerOptions;
 use pingora::listeners::ListenerConfig;
 use pingora::prelude::HttpPeer;
 use pingora::protocols::l4::stream::L4BufferSettings;
@@ -74,6 +76,13 @@ fn main() -> Result<(), String> {
                 turn: AtomicUsize::new(0),
             },
         );
+        // HTTP/1.x headers read as rtsup reads them by default: no case map (vendored
+        // change 26, `[balancer] preserve_header_case = false`).
+        if let Some(proxy) = svc.app_logic_mut() {
+            let mut options = HttpServerOptions::default();
+            options.h1_discard_header_case = true;
+            proxy.server_options = Some(options);
+        }
         svc.endpoints().add_listener(
             ListenerConfig::tcp(listen.clone()).l4_buffer(L4BufferSettings::default().read(0)),
         );

@@ -64,6 +64,7 @@ async fn main() -> Result<(), String> {
         },
         max_sessions: 1_000_000,
         limits: ClientLimits::default(),
+        preserve_header_case: false,
     };
     let proxy = balancer::server::spawn(settings, vec![rx]).map_err(|e| e.to_string())?;
     println!("{{\"listening\":\"{listen}\"}}");

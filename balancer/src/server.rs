@@ -101,6 +101,9 @@ pub struct BalancerSettings {
     pub max_sessions: usize,
     /// The bounds on clients.
     pub limits: ClientLimits,
+    /// HTTP/1.x field names passed on in the case they came in; else spelled by the proxy
+    /// (standard names titled, others lowercase), which spares a second map per header.
+    pub preserve_header_case: bool,
 }
 
 /// A running proxy.
@@ -237,6 +240,7 @@ pub fn spawn(
     let connections = Connections::new(settings.limits.caps.clone());
     let mut options = HttpServerOptions::default();
     options.h1_request_limits = Some(settings.limits.request);
+    options.h1_discard_header_case = !settings.preserve_header_case;
     // An idle HTTP/2 connection (no stream in flight) closes like an idle HTTP/1.1 one.
     options.h2_idle_timeout = Some(settings.limits.request.keepalive_timeout);
     let warned = Arc::new(WarnThrottle::new(WARN_EVERY));

@@ -48,6 +48,8 @@ pub const SESSION_UNKNOWN_BODY: &str = r#"{"code":1,"message":"Session ID unknow
 const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 /// The field rtsup writes on every proxied request behind TLS, named once likewise.
 const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+/// Cloudflare's client address field, read on handshakes, named once likewise.
+const CF_CONNECTING_IP: http::HeaderName = http::HeaderName::from_static("cf-connecting-ip");
 /// Longest silence accepted from another host of the cluster.
 const PEER_SILENCE: Duration = Duration::from_secs(60);
 /// Longest wait for another host of the cluster to take a connection.
@@ -310,7 +312,7 @@ impl Balancer {
                 xff,
             ));
         }
-        let cf = h.get("cf-connecting-ip").and_then(|v| v.to_str().ok());
+        let cf = h.get(&CF_CONNECTING_IP).and_then(|v| v.to_str().ok());
         Some(crate::client_ip::client_ip(
             peer,
             &self.config.trusted_proxies,
@@ -323,7 +325,7 @@ impl Balancer {
         session
             .req_header()
             .headers
-            .get_all("cookie")
+            .get_all(http::header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .find_map(|v| affinity::find_cookie(v, cookie))
@@ -385,7 +387,7 @@ impl Balancer {
     fn request_line<'a>(&self, session: &'a Session, ctx: &RequestCtx) -> RequestLine<'a> {
         let req = session.req_header();
         // Any bytes a client sent (the log escapes what is not printable ASCII).
-        let header = |name: &str| {
+        let header = |name: http::HeaderName| {
             req.headers
                 .get(name)
                 .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
@@ -402,9 +404,9 @@ impl Balancer {
                 pingora::http::Version::HTTP_2 => "HTTP/2.0",
                 _ => "HTTP/1.1",
             },
-            referer: header("referer"),
-            user_agent: header("user-agent"),
-            host: header("host").or_else(|| req.uri.host()),
+            referer: header(http::header::REFERER),
+            user_agent: header(http::header::USER_AGENT),
+            host: header(http::header::HOST).or_else(|| req.uri.host()),
         }
     }
 }
@@ -568,7 +570,10 @@ impl ProxyHttp for Balancer {
                 .map(|a| a.port());
             let req = session.req_header();
             if r.applies(port, req.uri.path()) {
-                let host = req.headers.get("host").and_then(|h| h.to_str().ok());
+                let host = req
+                    .headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok());
                 let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
                 match r.location(host, pq) {
                     Some(location) => respond_redirect(session, &location).await?,
@@ -581,7 +586,7 @@ impl ProxyHttp for Balancer {
         let req = session.req_header();
         let host = || {
             req.headers
-                .get("host")
+                .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok())
                 .or_else(|| req.uri.host())
         };

@@ -137,6 +137,7 @@ async fn release_closes_websockets_gracefully_and_spread() {
             },
             max_sessions: 1000,
             limits: ClientLimits::default(),
+            preserve_header_case: false,
         },
         vec![set_rx],
     )

@@ -94,6 +94,9 @@ pub struct BalancerConfig {
     pub access_log: Option<AccessLogConfig>,
     /// The affinity cookie's secret, when configured (else random per start).
     pub cookie_secret: Option<cluster::CookieSecret>,
+    /// HTTP/1.x header names passed on in the case they came in (nginx), instead of as the
+    /// proxy spells them (HAProxy, Envoy; the default, cheaper).
+    pub preserve_header_case: bool,
 }
 
 /// One `[[balancer.route]]`, checked.

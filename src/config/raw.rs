@@ -360,6 +360,7 @@ pub struct RawBalancer {
     #[serde(default)]
     pub certificate: Vec<Spanned<RawCertificate>>,
     pub http2: Option<bool>,
+    pub preserve_header_case: Option<bool>,
     pub redirect_listen: Option<Spanned<String>>,
     pub redirect_except: Option<Spanned<String>>,
     pub access_log: Option<Spanned<String>>,

@@ -726,6 +726,7 @@ fn balancer_section(
         tls,
         access_log: access_log?,
         cookie_secret: cookie_secret.ok()?,
+        preserve_header_case: b.preserve_header_case.unwrap_or(false),
     })
 }
 

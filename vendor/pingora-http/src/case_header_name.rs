@@ -53,6 +53,17 @@ pub trait IntoCaseHeaderName {
             .or_err(InvalidHTTPHeader, "invalid header name")?;
         Ok((header_name, case_header_name))
     }
+
+    /// The name for the header maps alone, for a header that keeps no case map.
+    ///
+    /// rtsup (vendored change 26): a [HeaderName] is taken as it is, without working out
+    /// the spelling that nothing would keep.
+    fn into_header_name(self) -> Result<HeaderName>
+    where
+        Self: Sized,
+    {
+        Ok(self.into_names()?.0)
+    }
 }
 
 impl IntoCaseHeaderName for CaseHeaderName {
@@ -82,6 +93,10 @@ impl IntoCaseHeaderName for HeaderName {
         let case_header_name = CaseHeaderName(titled_header_name(&self));
         Ok((self, case_header_name))
     }
+
+    fn into_header_name(self) -> Result<HeaderName> {
+        Ok(self)
+    }
 }
 
 impl IntoCaseHeaderName for &HeaderName {
@@ -91,6 +106,10 @@ impl IntoCaseHeaderName for &HeaderName {
 
     fn into_names(self) -> Result<(HeaderName, CaseHeaderName)> {
         self.clone().into_names()
+    }
+
+    fn into_header_name(self) -> Result<HeaderName> {
+        Ok(self.clone())
     }
 }
 

@@ -837,16 +837,20 @@ fn append_header_value<T>(
     name: impl IntoCaseHeaderName,
     value: T,
 ) -> Result<bool> {
-    let (header_name, case_header_name) = name.into_names()?;
     // store the original case in the map
-    if let Some(name_map) = name_map {
+    let header_name = if let Some(name_map) = name_map {
+        let (header_name, case_header_name) = name.into_names()?;
         // Use the non-panicking `try_append`: the infallible `append` calls
         // `.expect("size overflows MAX_SIZE")` internally, which would abort the
         // process if the case map ever exceeded `http`'s `MAX_SIZE` (1 << 15).
         name_map
             .try_append(header_name.clone(), case_header_name)
             .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
-    }
+        header_name
+    } else {
+        // rtsup (vendored change 26): no spelling worked out that nothing keeps.
+        name.into_header_name()?
+    };
 
     // Non-panicking `try_append` for the same reason as the case map above.
     value_map.try_append(header_name, value).or_err(
@@ -862,11 +866,15 @@ fn insert_header_value<T>(
     name: impl IntoCaseHeaderName,
     value: T,
 ) -> Result<()> {
-    let (header_name, case_header_name) = name.into_names()?;
-    if let Some(name_map) = name_map {
+    let header_name = if let Some(name_map) = name_map {
+        let (header_name, case_header_name) = name.into_names()?;
         // store the original case in the map
         name_map.insert(header_name.clone(), case_header_name);
-    }
+        header_name
+    } else {
+        // rtsup (vendored change 26): no spelling worked out that nothing keeps.
+        name.into_header_name()?
+    };
     value_map.insert(header_name, value);
     Ok(())
 }
@@ -1075,6 +1083,31 @@ mod tests {
         }
         // a spelling still has to parse
         assert!("bad name".into_names().is_err());
+    }
+
+    // rtsup change 26: without a case map, a field goes into the one map under the name its
+    // spelling parses to, whatever it is given as; a spelling still has to parse, and a
+    // request with no case map writes standard names titled and others lowercase.
+    #[test]
+    fn fields_of_a_header_without_case_map_are_named_as_their_spelling_parses() {
+        const CUSTOM: HeaderName = HeaderName::from_static("x-forwarded-for");
+        let mut req = RequestHeader::build_no_case("GET", b"/", None).unwrap();
+        req.insert_header(&CUSTOM, "1").unwrap();
+        req.append_header(CUSTOM, "2").unwrap();
+        req.append_header("X-Mixed-Case", "3").unwrap();
+        req.insert_header(String::from("HOST"), "h").unwrap();
+        req.append_header(http::header::CONTENT_LENGTH, "0")
+            .unwrap();
+        assert!(!req.has_case());
+        assert!(req.append_header("bad name", "4").is_err());
+        assert!(req.insert_header("bad name", "4").is_err());
+        let values: Vec<_> = req.headers.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(values, ["1", "2"]);
+        assert_eq!(
+            std::str::from_utf8(&wire(&req)).unwrap(),
+            "x-forwarded-for: 1\r\nx-forwarded-for: 2\r\nx-mixed-case: 3\r\nHost: h\r\n\
+             Content-Length: 0\r\n"
+        );
     }
 
     // rtsup change 21: a path-and-query target makes the Uri the builder made, and is refused

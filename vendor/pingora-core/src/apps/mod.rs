@@ -115,6 +115,12 @@ pub struct HttpServerOptions {
     /// [`RequestLimits`](crate::protocols::http::v1::server::RequestLimits). `None` keeps
     /// pingora's behaviour (1 MiB headers, timeouts only between reads).
     pub h1_request_limits: Option<crate::protocols::http::v1::server::RequestLimits>,
+
+    /// rtsup patch: HTTP/1.x request headers are read without keeping the case of their
+    /// field names (no case map; see
+    /// [`set_keep_header_case`](crate::protocols::http::v1::server::HttpSession::set_keep_header_case)),
+    /// and so are the responses proxied to them. `false` keeps pingora's behaviour.
+    pub h1_discard_header_case: bool,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -405,10 +411,21 @@ where
     T: HttpServerApp + Send + Sync + 'static,
 {
     let limits = app.server_options().and_then(|o| o.h1_request_limits);
-    let mut session = Box::new(ServerSession::new_http1(stream));
-    if let (Some(limits), ServerSession::H1(h1)) = (limits, &mut *session) {
-        h1.set_request_limits(limits, false);
-    }
+    let keep_case = !app
+        .server_options()
+        .is_some_and(|o| o.h1_discard_header_case);
+    // Each request's session, bounded and reading as configured.
+    let new_session = |stream, reused| {
+        let mut session = Box::new(ServerSession::new_http1(stream));
+        if let ServerSession::H1(h1) = &mut *session {
+            if let Some(limits) = limits {
+                h1.set_request_limits(limits, reused);
+            }
+            h1.set_keep_header_case(keep_case);
+        }
+        session
+    };
+    let mut session = new_session(stream, false);
     if *shutdown.borrow() {
         // stop downstream from reusing if this service is shutting down soon
         session.set_keepalive(None);
@@ -423,10 +440,7 @@ where
 
     let mut result = app.process_new_http_unboxed(session, shutdown).await;
     while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
-        let mut session = Box::new(ServerSession::new_http1(stream));
-        if let (Some(limits), ServerSession::H1(h1)) = (limits, &mut *session) {
-            h1.set_request_limits(limits, true);
-        }
+        let mut session = new_session(stream, true);
         if let Some(persistent_settings) = persistent_settings {
             persistent_settings.apply_to_session(&mut session);
         }

@@ -296,12 +296,19 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, resp.headers);
 
-                        let mut response_header = match ResponseHeader::build(
-                            resp.code.unwrap(),
-                            // rtsup: room for the fields a proxy adds before passing the
-                            // response on, so adding them does not grow and rehash both maps.
-                            Some(resp.headers.len() + PROXY_ADDED_RESPONSE_FIELDS),
-                        ) {
+                        // rtsup: room for the fields a proxy adds before passing the
+                        // response on, so adding them does not grow and rehash both maps.
+                        let room = Some(resp.headers.len() + PROXY_ADDED_RESPONSE_FIELDS);
+                        // rtsup: the response keeps its names' case when the request did
+                        // (a request without a case map came from a downstream that does not
+                        // keep it, which is where the response goes).
+                        let keep_case = self.request_written.as_ref().is_none_or(|r| r.has_case());
+                        let built = if keep_case {
+                            ResponseHeader::build(resp.code.unwrap(), room)
+                        } else {
+                            ResponseHeader::build_no_case(resp.code.unwrap(), room)
+                        };
+                        let mut response_header = match built {
                             Ok(header) => Box::new(header),
                             Err(e) => return self.fail_response_header_read(e),
                         };
@@ -1084,6 +1091,40 @@ mod tests_stream {
             resp.append_header("Set-Cookie", "a=b").unwrap();
             assert_eq!(resp.headers.capacity(), capacity, "{input:?}");
             assert_eq!(resp.headers.len(), len + 3);
+        }
+    }
+
+    /// rtsup (vendored change 26): a response keeps its names' case when its request did,
+    /// and is read into one map when its request kept none.
+    #[tokio::test]
+    async fn a_response_keeps_header_case_when_its_request_did() {
+        init_log();
+        let wire_req = b"GET / HTTP/1.1\r\n\r\n";
+        let input = b"HTTP/1.1 200 OK\r\nX-Mixed-Case: 1\r\nContent-Length: 0\r\n\r\n";
+        for keep in [true, false] {
+            let mock_io = Builder::new().write(wire_req).read(&input[..]).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            let req = if keep {
+                RequestHeader::build("GET", b"/", None).unwrap()
+            } else {
+                RequestHeader::build_no_case("GET", b"/", None).unwrap()
+            };
+            http_stream
+                .write_request_header(Box::new(req))
+                .await
+                .unwrap();
+            http_stream.read_response().await.unwrap();
+            let resp = http_stream.resp_header().unwrap();
+            assert_eq!(resp.has_case(), keep);
+            assert_eq!(resp.headers.get("x-mixed-case").unwrap(), "1");
+            let mut wire = Vec::new();
+            resp.header_to_h1_wire(&mut wire);
+            let expected = if keep {
+                "X-Mixed-Case: 1\r\nContent-Length: 0\r\n"
+            } else {
+                "x-mixed-case: 1\r\nContent-Length: 0\r\n"
+            };
+            assert_eq!(std::str::from_utf8(&wire).unwrap(), expected);
         }
     }
 

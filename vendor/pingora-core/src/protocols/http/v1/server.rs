@@ -202,6 +202,9 @@ pub struct HttpSession {
     request_limits: Option<RequestLimits>,
     /// rtsup patch: whether this session is a later request on a kept-alive connection.
     reused: bool,
+    /// rtsup patch: whether the request header keeps the case of its field names (pingora's
+    /// default), see [`Self::set_keep_header_case`].
+    keep_header_case: bool,
 }
 
 impl HttpSession {
@@ -252,7 +255,17 @@ impl HttpSession {
             pipelined_idle_bytes_stashed: false,
             request_limits: None,
             reused: false,
+            keep_header_case: true,
         }
+    }
+
+    /// Whether the request header read next keeps the case its field names were sent in
+    /// (rtsup patch; pingora always did). Without it the header has no case map: its names
+    /// go on as pingora spells them (standard ones titled, others lowercase), as HAProxy and
+    /// Envoy send them, and the second map is neither built, nor copied for the upstream
+    /// request, nor dropped.
+    pub fn set_keep_header_case(&mut self, keep: bool) {
+        self.keep_header_case = keep;
     }
 
     /// Bound the header reads of this session (rtsup patch). `reused` says whether the
@@ -493,14 +506,17 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, req.headers);
 
-                        let mut request_header = Box::new(RequestHeader::build(
-                            req.method.unwrap_or(""),
-                            // we path httparse to allow unsafe bytes in the str
-                            req.path.unwrap_or("").as_bytes(),
-                            // rtsup: room for the fields a proxy adds to its copy (the copy
-                            // keeps the maps' index size), so adding them does not rehash.
-                            Some(req.headers.len() + PROXY_ADDED_FIELDS),
-                        )?);
+                        // we path httparse to allow unsafe bytes in the str
+                        let (method, path) =
+                            (req.method.unwrap_or(""), req.path.unwrap_or("").as_bytes());
+                        // rtsup: room for the fields a proxy adds to its copy (the copy
+                        // keeps the maps' index size), so adding them does not rehash.
+                        let room = Some(req.headers.len() + PROXY_ADDED_FIELDS);
+                        let mut request_header = Box::new(if self.keep_header_case {
+                            RequestHeader::build(method, path, room)?
+                        } else {
+                            RequestHeader::build_no_case(method, path, room)?
+                        });
 
                         request_header.set_version(match req.version {
                             Some(1) => Version::HTTP_11,
@@ -2136,6 +2152,37 @@ mod tests_stream {
         let res = http_stream.read_request().await;
         assert_eq!(input.len(), res.unwrap().unwrap());
         assert_eq!(0, http_stream.req_header().headers.len());
+    }
+
+    /// rtsup (vendored change 26): a session told not to keep header case reads the same
+    /// fields into one map, without the case map, and they go on as pingora spells them;
+    /// by default the spelling that came in is kept.
+    #[tokio::test]
+    async fn a_request_read_without_header_case_keeps_its_fields_in_one_map() {
+        init_log();
+        let input = b"GET / HTTP/1.1\r\nHOST: a\r\nX-Mixed-Case: 1\r\nx-mixed-case: 2\r\n\r\n";
+        for keep in [true, false] {
+            let mock_io = Builder::new().read(&input[..]).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            http_stream.set_keep_header_case(keep);
+            http_stream.read_request().await.unwrap();
+            let req = http_stream.req_header();
+            assert_eq!(req.has_case(), keep);
+            assert_eq!(req.headers.get("host").unwrap(), "a");
+            let values: Vec<_> = req.headers.get_all("x-mixed-case").iter().collect();
+            assert_eq!(values, ["1", "2"]);
+            let mut wire = Vec::new();
+            req.header_to_h1_wire(&mut wire);
+            let expected: &[u8] = if keep {
+                b"HOST: a\r\nX-Mixed-Case: 1\r\nx-mixed-case: 2\r\n"
+            } else {
+                b"Host: a\r\nx-mixed-case: 1\r\nx-mixed-case: 2\r\n"
+            };
+            assert_eq!(
+                str::from_utf8(&wire).unwrap(),
+                str::from_utf8(expected).unwrap()
+            );
+        }
     }
 
     #[cfg(feature = "patched_http1")]

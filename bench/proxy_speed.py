@@ -9,6 +9,8 @@ one worker), so the backend is never the bottleneck.
 Per proxy: keep-alive req/s (wrk -t1 -c50), its CPU per request (from /proc, and its user and
 system parts: the kernel's share is the loopback TCP stack every proxy pays), and the p50 /
 p99 latency at c=1 and the latency added over direct; medians of ROUNDS interleaved rounds.
+"rtsup, case kept" is a second rtsup with `preserve_header_case = true` (the price of that
+option), in front of its own copy of the same backend.
 THREADS (default 2) sets rtsup's `[balancer] threads`, the minimal proxy's services and
 nginx's worker_processes. Raw numbers: target/bench/proxy_speed.json.
 """
@@ -45,14 +47,22 @@ def main():
     work = tempfile.mkdtemp(prefix="rtsup-speed-")
     base = random.randint(20000, 31000)
     backend, lb, minimal, ngx = base, base + 10, base + 11, base + 12
+    backend_cased, lb_cased = base + 1, base + 13
     rtsup = start_rtsup(work, nginx_backend(work, backend) + f"""[balancer]
 listen = "127.0.0.1:{lb}"
 # nginx here logs no requests either.
 access_log = "off"
 threads = {THREADS}
 """)
-    wait_port(backend)
-    wait_port(lb)
+    work_cased = tempfile.mkdtemp(prefix="rtsup-speed-case-")
+    rtsup_cased = start_rtsup(work_cased, nginx_backend(work_cased, backend_cased) + f"""[balancer]
+listen = "127.0.0.1:{lb_cased}"
+access_log = "off"
+threads = {THREADS}
+preserve_header_case = true
+""")
+    for port in (backend, lb, backend_cased, lb_cased):
+        wait_port(port)
     mini = subprocess.Popen([MINIMAL, f"127.0.0.1:{minimal}", str(THREADS), f"127.0.0.1:{backend}"],
                             stderr=subprocess.DEVNULL)
     wait_port(minimal)
@@ -60,7 +70,8 @@ threads = {THREADS}
     nginx = subprocess.Popen(["nginx", "-p", work, "-c", ngx_conf, "-g", "daemon off;"])
     wait_port(ngx)
     time.sleep(1)
-    targets = {"rtsup": (lb, lambda: [rtsup.pid]), "pingora-minimal": (minimal, lambda: [mini.pid]),
+    targets = {"rtsup": (lb, lambda: [rtsup.pid]), "rtsup, case kept": (lb_cased, lambda: [rtsup_cased.pid]),
+               "pingora-minimal": (minimal, lambda: [mini.pid]),
                "nginx": (ngx, lambda: [nginx.pid] + children(nginx.pid)), "direct": (backend, lambda: [])}
     raw = {name: {"load": [], "c1": []} for name in targets}
     try:
@@ -73,9 +84,11 @@ threads = {THREADS}
         nginx.send_signal(signal.SIGQUIT)
         mini.kill()  # pingora's own shutdown waits out a 300 s grace period
         rtsup.send_signal(signal.SIGTERM)
+        rtsup_cased.send_signal(signal.SIGTERM)
         nginx.wait(timeout=30)
         mini.wait(timeout=30)
         rtsup.wait(timeout=60)
+        rtsup_cased.wait(timeout=60)
     med = lambda name, kind, key: statistics.median(x[key] for x in raw[name][kind])
     summary = {}
     for name in targets:
@@ -92,6 +105,7 @@ threads = {THREADS}
     with open(os.path.join(ROOT, "target/bench/proxy_speed.json"), "w") as f:
         json.dump({"summary": summary, "raw": raw, "threads": THREADS}, f, indent=1)
     shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(work_cased, ignore_errors=True)
     print(f"| {THREADS} proxy threads/workers, wrk -t1 -c50 {DURATION}, median of {ROUNDS} | req/s | × nginx | p99 (ms) | proxy CPU per request (µs) | of which user / system (µs) | p50 at c=1 (ms) | added at c=1 (ms) | non-2xx |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, s in summary.items():

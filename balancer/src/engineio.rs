@@ -4,32 +4,17 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
-
 /// Longest sid accepted; anything longer is not a real engine.io sid.
 pub const MAX_SID_LEN: usize = 64;
 
 /// Bytes of a handshake body kept while looking for the open packet.
 pub const MAX_OPEN_PACKET: usize = 4096;
 
-/// Engine.io transport named in the query.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    /// HTTP long-polling.
-    Polling,
-    /// WebSocket.
-    Websocket,
-}
-
 /// What the balancer needs from an engine.io request's query string.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct EioQuery {
     /// The session id, when the request belongs to an existing session.
     pub sid: Option<String>,
-    /// The transport, when named.
-    pub transport: Option<Transport>,
-    /// Protocol version (`EIO=4`, `EIO=3`).
-    pub eio: Option<u8>,
 }
 
 /// Why a query is not acceptable.
@@ -52,26 +37,17 @@ pub fn parse_query(query: &str) -> Result<EioQuery, QueryError> {
         rest = after;
         let (key, value) = cut(pair, b'=');
         let value = value.unwrap_or("");
-        match key {
-            "sid" => {
-                if value.is_empty() || value.len() > MAX_SID_LEN || !value.bytes().all(is_sid_byte)
-                {
-                    return Err(QueryError::BadSid);
-                }
-                if q.sid.as_deref().is_some_and(|s| s != value) {
-                    return Err(QueryError::ConflictingSid);
-                }
-                q.sid = Some(value.to_string());
-            }
-            "transport" => {
-                q.transport = match value {
-                    "polling" => Some(Transport::Polling),
-                    "websocket" => Some(Transport::Websocket),
-                    _ => None,
-                }
-            }
-            "EIO" => q.eio = value.parse().ok(),
-            _ => {}
+        // Only the sid: the transport and protocol version are the worker's business.
+        if key != "sid" {
+            continue;
+        }
+        if value.is_empty() || value.len() > MAX_SID_LEN || !value.bytes().all(is_sid_byte) {
+            return Err(QueryError::BadSid);
+        }
+        match q.sid.as_deref() {
+            Some(sid) if sid != value => return Err(QueryError::ConflictingSid),
+            Some(_) => {}
+            None => q.sid = Some(value.to_string()),
         }
     }
     Ok(q)
@@ -104,14 +80,6 @@ pub struct OpenPacket {
     pub sid: String,
     /// `pingInterval + pingTimeout`: how long a silent session stays alive.
     pub liveness: Option<Duration>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawOpen {
-    sid: String,
-    ping_interval: Option<u64>,
-    ping_timeout: Option<u64>,
 }
 
 /// Collects the start of a handshake response body, chunk by chunk, until it holds the open
@@ -155,22 +123,192 @@ impl OpenPacketSniffer {
 }
 
 /// Find the open packet's JSON object in `body`: the first `{` preceded by the packet type `0`,
-/// up to the first `}` (the open packet has no nested objects).
+/// read up to its closing `}` (`None` until the whole object is there, or if it is not an
+/// open packet).
 pub fn find_open_packet(body: &[u8]) -> Option<OpenPacket> {
     let start = body.windows(2).position(|w| w == b"0{")? + 1;
-    let end = start + body[start..].iter().position(|&b| b == b'}')?;
-    let raw: RawOpen = serde_json::from_slice(&body[start..=end]).ok()?;
-    if raw.sid.is_empty() || raw.sid.len() > MAX_SID_LEN || !raw.sid.bytes().all(is_sid_byte) {
+    let fields = OpenFields::read(&body[start..])?;
+    let sid = fields.sid?;
+    if sid.is_empty() || sid.len() > MAX_SID_LEN || !sid.bytes().all(is_sid_byte) {
         return None;
     }
-    let liveness = match (raw.ping_interval, raw.ping_timeout) {
+    let liveness = match (
+        fields.ping_interval.flatten(),
+        fields.ping_timeout.flatten(),
+    ) {
         (Some(i), Some(t)) => Some(Duration::from_millis(i.saturating_add(t))),
         _ => None,
     };
     Some(OpenPacket {
-        sid: raw.sid,
+        sid: sid.to_string(),
         liveness,
     })
+}
+
+/// The members of an open packet's JSON object the balancer reads; every other member is
+/// skipped whatever its value. Read by hand (about half of `serde_json`'s instructions on
+/// every handshake): the object is flat, its values strings, numbers, `true`/`false`/`null`
+/// or arrays of those.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct OpenFields<'a> {
+    sid: Option<&'a str>,
+    /// Given (`Some`), as a number or as `null` (`Some(None)`).
+    ping_interval: Option<Option<u64>>,
+    ping_timeout: Option<Option<u64>>,
+}
+
+impl<'a> OpenFields<'a> {
+    /// The members of the object at the start of `json`; `None` if it is cut short, is not
+    /// an object, gives a member twice or gives a read member a value of another type.
+    fn read(json: &'a [u8]) -> Option<Self> {
+        let mut r = Reader { json, at: 0 };
+        let mut fields = Self::default();
+        r.expect(b'{')?;
+        if r.peek_past_space()? == b'}' {
+            return Some(fields);
+        }
+        loop {
+            let key = r.string()?;
+            r.expect(b':')?;
+            match key {
+                b"sid" => {
+                    let sid = std::str::from_utf8(r.string()?).ok()?;
+                    fields.sid.replace(sid).is_none().then_some(())?;
+                }
+                b"pingInterval" => {
+                    let ms = r.integer_or_null()?;
+                    fields.ping_interval.replace(ms).is_none().then_some(())?;
+                }
+                b"pingTimeout" => {
+                    let ms = r.integer_or_null()?;
+                    fields.ping_timeout.replace(ms).is_none().then_some(())?;
+                }
+                _ => r.skip_value(MAX_ARRAY_DEPTH)?,
+            }
+            match r.next_past_space()? {
+                b',' => {}
+                b'}' => return Some(fields),
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// Deepest arrays skipped in an open packet (`"upgrades":["websocket"]` is one deep).
+const MAX_ARRAY_DEPTH: usize = 4;
+
+/// A cursor over JSON bytes; every method answers `None` at the end of the bytes or on
+/// something it does not expect.
+struct Reader<'a> {
+    json: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    /// The next byte that is not JSON whitespace, left unread.
+    fn peek_past_space(&mut self) -> Option<u8> {
+        while let Some(&b) = self.json.get(self.at) {
+            if !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+                return Some(b);
+            }
+            self.at += 1;
+        }
+        None
+    }
+
+    /// The next byte that is not JSON whitespace, read.
+    fn next_past_space(&mut self) -> Option<u8> {
+        let b = self.peek_past_space()?;
+        self.at += 1;
+        Some(b)
+    }
+
+    fn expect(&mut self, want: u8) -> Option<()> {
+        (self.next_past_space()? == want).then_some(())
+    }
+
+    /// A string's raw bytes between its quotes (escapes left as they are: a member name or
+    /// a sid with one is not one the balancer reads).
+    fn string(&mut self) -> Option<&'a [u8]> {
+        self.expect(b'"')?;
+        let start = self.at;
+        loop {
+            match *self.json.get(self.at)? {
+                b'"' => break,
+                b'\\' => self.at += 2,
+                _ => self.at += 1,
+            }
+        }
+        let raw = self.json.get(start..self.at)?;
+        self.at += 1;
+        Some(raw)
+    }
+
+    /// A non-negative integer that fits a `u64` (what `pingInterval` and `pingTimeout` are),
+    /// or `null` (`Some(None)`); a fraction or exponent is refused.
+    fn integer_or_null(&mut self) -> Option<Option<u64>> {
+        self.peek_past_space()?;
+        if self.json.get(self.at..)?.starts_with(b"null") {
+            self.at += 4;
+            return Some(None);
+        }
+        let start = self.at;
+        while self.json.get(self.at).is_some_and(u8::is_ascii_digit) {
+            self.at += 1;
+        }
+        let digits = self.json.get(start..self.at)?;
+        if digits.is_empty() || (digits.len() > 1 && digits[0] == b'0') {
+            return None;
+        }
+        if matches!(self.json.get(self.at)?, b'.' | b'e' | b'E') {
+            return None;
+        }
+        digits
+            .iter()
+            .try_fold(0u64, |n, d| {
+                n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+            })
+            .map(Some)
+    }
+
+    /// Any value: a string, an array of values (nested at most `depth` deep), or a bare word
+    /// (number, `true`, `false`, `null`) up to the next delimiter. An object is refused (an
+    /// open packet nests none).
+    fn skip_value(&mut self, depth: usize) -> Option<()> {
+        match self.peek_past_space()? {
+            b'"' => self.string().map(drop),
+            b'[' => {
+                let depth = depth.checked_sub(1)?;
+                self.at += 1;
+                if self.peek_past_space()? == b']' {
+                    self.at += 1;
+                    return Some(());
+                }
+                loop {
+                    self.skip_value(depth)?;
+                    match self.next_past_space()? {
+                        b',' => {}
+                        b']' => return Some(()),
+                        _ => return None,
+                    }
+                }
+            }
+            b'{' => None,
+            _ => {
+                let start = self.at;
+                while self
+                    .json
+                    .get(self.at)
+                    .is_some_and(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.'))
+                {
+                    self.at += 1;
+                }
+                // Cut short, or not a word at all.
+                self.json.get(self.at)?;
+                (self.at > start).then_some(())
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -206,8 +344,6 @@ mod tests {
     fn handshake_query_has_no_sid() {
         let q = parse_query("EIO=4&transport=polling&t=OaBc1").expect("ok");
         assert_eq!(q.sid, None);
-        assert_eq!(q.transport, Some(Transport::Polling));
-        assert_eq!(q.eio, Some(4));
     }
 
     #[test]
@@ -215,7 +351,6 @@ mod tests {
         for sid in ["AAAAAAAAAAAAAAAA", "Xg4Yx-Pz_bA9cR2dE1fQ"] {
             let q = parse_query(&format!("EIO=4&transport=websocket&sid={sid}")).expect("ok");
             assert_eq!(q.sid.as_deref(), Some(sid));
-            assert_eq!(q.transport, Some(Transport::Websocket));
         }
     }
 
@@ -277,6 +412,90 @@ mod tests {
             assert_eq!(p.sid, "Xg4Yx-Pz_bA9cR2dE1fQ");
             assert!(s.is_done());
         }
+    }
+
+    /// What `serde_json` makes of an open packet's object (the reader it replaced): a string
+    /// `sid`, `pingInterval` and `pingTimeout` integers, `null` or absent.
+    fn by_serde(obj: &[u8]) -> Option<OpenPacket> {
+        let v: serde_json::Value = serde_json::from_slice(obj).ok()?;
+        let ms = |key: &str| match v.get(key) {
+            None | Some(serde_json::Value::Null) => Some(None),
+            Some(n) => n.as_u64().map(Some),
+        };
+        let (interval, timeout) = (ms("pingInterval")?, ms("pingTimeout")?);
+        let sid = v.as_object()?.get("sid")?.as_str()?;
+        if sid.is_empty() || sid.len() > MAX_SID_LEN || !sid.bytes().all(is_sid_byte) {
+            return None;
+        }
+        Some(OpenPacket {
+            sid: sid.to_string(),
+            liveness: interval
+                .zip(timeout)
+                .map(|(i, t)| Duration::from_millis(i.saturating_add(t))),
+        })
+    }
+
+    #[test]
+    fn open_packets_read_as_serde_json_read_them() {
+        let objects: &[&str] = &[
+            r#"{"sid":"lv_VI97HAXpY6yYWAAAC","upgrades":["websocket"],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}"#,
+            r#"{ "maxPayload" : 1e6 , "upgrades" : [ ] , "sid" : "abc" , "pingTimeout":1,"pingInterval":2 }"#,
+            "{\n\t\"sid\":\"abc\",\r\n\"pingInterval\":0,\"pingTimeout\":0}",
+            r#"{"sid":"abc"}"#,
+            r#"{"sid":"abc","pingInterval":null,"pingTimeout":5}"#,
+            r#"{"sid":"abc","pingInterval":25000}"#,
+            r#"{"x":"a \" } , \\","y":[["a",1],[],[true,false,null]],"sid":"abc","z":-1.5e-3}"#,
+            r#"{"sid":"abc","pingInterval":18446744073709551615,"pingTimeout":1}"#,
+            r#"{"sid":"abc","pingInterval":18446744073709551616,"pingTimeout":1}"#,
+            r#"{}"#,
+            r#"{"sid":""}"#,
+            r#"{"sid":"has space"}"#,
+            r#"{"sid":12}"#,
+            r#"{"sid":null}"#,
+            r#"{"sid":["abc"]}"#,
+            r#"{"sid":"abc","pingInterval":1.5,"pingTimeout":1}"#,
+            r#"{"sid":"abc","pingInterval":-1,"pingTimeout":1}"#,
+            r#"{"sid":"abc","pingInterval":"1","pingTimeout":1}"#,
+            r#"{"sid":"abc","pingInterval":01,"pingTimeout":1}"#,
+            r#"{"sid":"abc",}"#,
+            r#"{"sid":"abc" "x":1}"#,
+            r#"{"sid" "abc"}"#,
+            r#"{,"sid":"abc"}"#,
+            r#"["sid","abc"]"#,
+        ];
+        for obj in objects {
+            let packet = [b"0", obj.as_bytes()].concat();
+            assert_eq!(find_open_packet(&packet), by_serde(obj.as_bytes()), "{obj}");
+            // Cut anywhere, it is never read (nor does it panic).
+            for cut in 0..packet.len() {
+                assert_eq!(find_open_packet(&packet[..cut]), None, "{obj} cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn open_packets_that_name_a_member_twice_or_nest_deep_are_refused() {
+        for obj in [
+            r#"0{"sid":"abc","sid":"abd"}"#,
+            r#"0{"sid":"abc","pingInterval":1,"pingInterval":2}"#,
+            r#"0{"sid":"abc","pingTimeout":null,"pingTimeout":null}"#,
+            r#"0{"sid":"abc","x":{"y":1}}"#,
+            r#"0{"sid":"abc","x":[[[[["too deep"]]]]]}"#,
+            r#"0{"sid":"a\"b"}"#,
+        ] {
+            assert_eq!(find_open_packet(obj.as_bytes()), None, "{obj}");
+        }
+        let deep = format!(
+            r#"0{{"x":{}1{},"sid":"abc"}}"#,
+            "[".repeat(4000),
+            "]".repeat(4000)
+        );
+        assert_eq!(find_open_packet(deep.as_bytes()), None);
+        let four = r#"0{"x":[[[["deep enough"]]]],"sid":"abc"}"#;
+        assert_eq!(
+            find_open_packet(four.as_bytes()).map(|p| p.sid),
+            Some("abc".into())
+        );
     }
 
     #[test]

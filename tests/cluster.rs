@@ -191,9 +191,7 @@ fn a_thousand_sessions_spread_over_three_hosts_never_hear_session_id_unknown() {
     .expect("write");
     let mut resp = String::new();
     let _ = s.read_to_string(&mut resp);
-    let cookie = resp
-        .lines()
-        .find_map(|l| l.strip_prefix("set-cookie: "))
+    let cookie = crate::harness::field(&resp, "set-cookie")
         .and_then(|c| c.split(';').next())
         .unwrap_or_else(|| panic!("no cookie in {resp}"))
         .to_string();
@@ -354,8 +352,7 @@ fn a_configured_cookie_secret_keeps_affinity_across_restarts() {
     };
     let first = wait_until("a handshake with a cookie", || {
         let resp = raw(None);
-        resp.lines()
-            .find_map(|l| l.strip_prefix("set-cookie: "))
+        crate::harness::field(&resp, "set-cookie")
             .and_then(|c| c.split(';').next())
             .map(str::to_string)
             .ok_or(resp)

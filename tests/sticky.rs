@@ -182,12 +182,7 @@ fn handshake(port: u16) -> (String, String) {
         .and_then(|r| r.split('"').next())
         .expect("sid")
         .to_string();
-    let cookie = head
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("set-cookie: ")
-                .or_else(|| l.strip_prefix("Set-Cookie: "))
-        })
+    let cookie = crate::harness::field(&head, "set-cookie")
         .and_then(|v| v.split(';').next())
         .expect("cookie")
         .to_string();

@@ -102,7 +102,7 @@ pub struct BalancerSettings {
     /// The bounds on clients.
     pub limits: ClientLimits,
     /// HTTP/1.x field names passed on in the case they came in; else spelled by the proxy
-    /// (standard names titled, others lowercase), which spares a second map per header.
+    /// (a dozen common names titled, the rest lowercase), which spares a second map per header.
     pub preserve_header_case: bool,
 }
 

@@ -817,6 +817,14 @@ impl ProxyHttp for Balancer {
         e
     }
 
+    /// The filters add and remove fields (`X-Forwarded-For`, `X-Forwarded-Proto`,
+    /// `Accept-Encoding`, the cluster's peer field) and never touch `Host`, the URI or the
+    /// target, so pingora need not check again the authority it checked when it read the
+    /// request (vendored change 27). A filter that rewrites any of them must say so here.
+    fn filters_change_authority(&self) -> bool {
+        false
+    }
+
     async fn upstream_request_filter(
         &self,
         _session: &mut Session,
@@ -825,7 +833,7 @@ impl ProxyHttp for Balancer {
     ) -> Result<()> {
         if ctx.sniffer.is_some() {
             // Node gzips bodies over 1 KB; the open packet must stay readable.
-            upstream.remove_header("accept-encoding");
+            upstream.remove_header(&http::header::ACCEPT_ENCODING);
         }
         if let (Some(c), Some(snap), Some(i)) = (&self.config.cluster, &ctx.snap, ctx.backend)
             && snap.backends[i].remote
@@ -885,7 +893,7 @@ impl ProxyHttp for Balancer {
                 None => self.signer.sign(key),
             };
             resp.append_header(
-                "set-cookie",
+                http::header::SET_COOKIE,
                 affinity::set_cookie_value(&route.sticky.cookie, &token, ctx.https),
             )?;
         }

@@ -95,7 +95,8 @@ pub struct BalancerConfig {
     /// The affinity cookie's secret, when configured (else random per start).
     pub cookie_secret: Option<cluster::CookieSecret>,
     /// HTTP/1.x header names passed on in the case they came in (nginx), instead of as the
-    /// proxy spells them (HAProxy, Envoy; the default, cheaper).
+    /// proxy spells them (a dozen common names titled, the rest lowercase; the default,
+    /// cheaper).
     pub preserve_header_case: bool,
 }
 

@@ -427,10 +427,17 @@ pub fn handshake_from(from: [u8; 4], port: u16) -> (u16, Option<String>) {
     let _ = std::io::Read::read_to_end(&mut c, &mut resp);
     let text = String::from_utf8_lossy(&resp);
     let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let retry = text
-        .lines()
-        .find_map(|l| l.strip_prefix("retry-after: ").map(str::to_string));
+    let retry = field(&text, "retry-after").map(str::to_string);
     (status, retry)
+}
+
+/// The value of the first `name:` field in an answer's `head` (its text up to the blank
+/// line), its name matched as HTTP matches names: whatever its case.
+pub fn field<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
 }
 
 /// The status line's code of whatever a server answered, 0 when it closed without a word.

@@ -90,7 +90,13 @@ where
         }
 
         // Reconcile and revalidate after request filters, which can mutate Host, URI, or target.
-        if authority_policy.is_standard() {
+        // rtsup (vendored change 27): not when they cannot, for an HTTP/1.x request that came
+        // with a Host: its authority is the one validated when it was read (the hop-by-hop
+        // sanitizing above refuses a nominated Host), and it already has its Host.
+        let authority_as_read = downstream_had_host
+            && session.req_header().version != Version::HTTP_2
+            && !self.inner.filters_change_authority();
+        if authority_policy.is_standard() && !authority_as_read {
             if let Err(e) = reconcile_upstream_authority(&mut req) {
                 return (false, true, Some(e.into_in()));
             }
@@ -1531,6 +1537,131 @@ mod tests {
         let err = err.expect("a response that never came is an error");
         assert_eq!(err.esource(), &ErrorSource::Upstream, "{err}");
         assert!(!down && !up, "reuse downstream {down}, upstream {up}");
+    }
+
+    /// Passes everything on, rewriting `Host` in its upstream filter when `rewrite` is set,
+    /// and says its filters keep the authority when `keeps` is (a promise it breaks if it
+    /// also rewrites).
+    struct HostFilter {
+        rewrite: Option<&'static str>,
+        keeps: bool,
+    }
+
+    #[async_trait]
+    impl ProxyHttp for HostFilter {
+        type CTX = ();
+
+        fn new_ctx(&self) -> Self::CTX {}
+
+        async fn upstream_peer(
+            &self,
+            _session: &mut Session,
+            _ctx: &mut Self::CTX,
+        ) -> Result<Box<HttpPeer>> {
+            unreachable!("test calls proxy_1to1 directly")
+        }
+
+        async fn upstream_request_filter(
+            &self,
+            _session: &mut Session,
+            upstream_request: &mut RequestHeader,
+            _ctx: &mut Self::CTX,
+        ) -> Result<()> {
+            if let Some(host) = self.rewrite {
+                upstream_request.insert_header(http::header::HOST, host)?;
+            }
+            Ok(())
+        }
+
+        fn filters_change_authority(&self) -> bool {
+            !self.keeps
+        }
+    }
+
+    const KEEPS: HostFilter = HostFilter {
+        rewrite: None,
+        keeps: true,
+    };
+
+    /// What `proxy` sends upstream for `request` (`Err` if it refuses to).
+    async fn upstream_request_of<SV>(proxy: SV, request: &'static [u8]) -> Result<String, String>
+    where
+        SV: ProxyHttp<CTX = ()> + Send + Sync + 'static,
+    {
+        let proxy = HttpProxy::new(proxy, Arc::new(ServerConf::default()));
+        let (mut session, _client, mut client_session, mut upstream) =
+            bodiless_sessions(request).await;
+        let backend = tokio::spawn(async move {
+            let request = read_upstream_request(&mut upstream).await;
+            upstream
+                .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                .await
+                .expect("response written");
+            request
+        });
+        let peer = HttpPeer::new("127.0.0.1:1", false, String::new());
+        let (_, _, err) = proxy
+            .proxy_1to1(&mut session, &mut client_session, &peer, &mut ())
+            .await;
+        match err {
+            Some(e) => {
+                backend.abort();
+                Err(e.to_string())
+            }
+            None => Ok(backend.await.expect("backend task")),
+        }
+    }
+
+    // rtsup change 27: a proxy whose filters keep the authority sends what a proxy that has it
+    // checked again sends, a Host-less absolute-form request still gets its Host.
+    #[tokio::test]
+    async fn authority_kept_by_the_filters_goes_upstream_as_when_checked_again() {
+        for request in [
+            &b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            b"GET http://a/x HTTP/1.1\r\n\r\n",
+            b"GET http://a/x HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /x HTTP/1.0\r\n\r\n",
+        ] {
+            let checked = upstream_request_of(Passthrough, request).await;
+            let kept = upstream_request_of(KEEPS, request).await;
+            assert!(checked.is_ok(), "{checked:?}");
+            assert_eq!(kept, checked, "{}", String::from_utf8_lossy(request));
+        }
+        let absolute = upstream_request_of(KEEPS, b"GET http://a/x HTTP/1.1\r\n\r\n")
+            .await
+            .expect("proxied");
+        assert!(absolute.contains("\r\nHost: a\r\n"), "{absolute}");
+    }
+
+    // rtsup change 27: the authority is reconciled after filters that may change it (the
+    // target follows a rewritten Host) and not after filters that say they do not (a filter
+    // that says so and rewrites anyway is believed: the contract of `filters_change_authority`).
+    #[tokio::test]
+    async fn authority_reconciled_only_after_filters_that_may_change_it() {
+        let request = &b"GET http://a/x HTTP/1.1\r\nHost: a\r\n\r\n"[..];
+        let checked = HostFilter {
+            rewrite: Some("b"),
+            keeps: false,
+        };
+        let checked = upstream_request_of(checked, request)
+            .await
+            .expect("proxied");
+        assert!(
+            checked.starts_with("GET http://b/x HTTP/1.1\r\n"),
+            "{checked}"
+        );
+        let believed = HostFilter {
+            rewrite: Some("b"),
+            keeps: true,
+        };
+        let believed = upstream_request_of(believed, request)
+            .await
+            .expect("proxied");
+        assert!(
+            believed.starts_with("GET http://a/x HTTP/1.1\r\n"),
+            "{believed}"
+        );
+        assert!(believed.contains("\r\nHost: b\r\n"), "{believed}");
     }
 
     async fn upgrade_request_session() -> Session {

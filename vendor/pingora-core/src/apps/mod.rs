@@ -119,7 +119,8 @@ pub struct HttpServerOptions {
     /// rtsup patch: HTTP/1.x request headers are read without keeping the case of their
     /// field names (no case map; see
     /// [`set_keep_header_case`](crate::protocols::http::v1::server::HttpSession::set_keep_header_case)),
-    /// and so are the responses proxied to them. `false` keeps pingora's behaviour.
+    /// and so are the responses proxied to them (a v1 client reads a response without the
+    /// case map whenever its request had none). `false` keeps the downstream's case.
     pub h1_discard_header_case: bool,
 }
 

@@ -261,9 +261,9 @@ impl HttpSession {
 
     /// Whether the request header read next keeps the case its field names were sent in
     /// (rtsup patch; pingora always did). Without it the header has no case map: its names
-    /// go on as pingora spells them (standard ones titled, others lowercase), as HAProxy and
-    /// Envoy send them, and the second map is neither built, nor copied for the upstream
-    /// request, nor dropped.
+    /// go on as pingora spells them (a dozen common ones titled, others lowercase; HAProxy and
+    /// Envoy lowercase them all), and the second map is neither built, nor copied for the
+    /// upstream request, nor dropped.
     pub fn set_keep_header_case(&mut self, keep: bool) {
         self.keep_header_case = keep;
     }

@@ -74,6 +74,8 @@ fn main() -> Result<(), String> {
         work_stealing: false,
         ..ServerConf::default()
     };
+    // As rtsup: reads' waits not timed (vendored change 28).
+    pingora::protocols::l4::stream::time_read_waits_by_default(false);
     let mut server = Server::new_with_opt_and_conf(None, conf);
     for _ in 0..services {
         let mut svc = http_proxy_service(

@@ -26,6 +26,7 @@ use std::os::unix::io::AsRawFd;
 #[cfg(windows)]
 use std::os::windows::io::AsRawSocket;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
@@ -551,6 +552,16 @@ impl Stream {
         self.stream.as_mut().expect("stream should always be set")
     }
 
+    /// Whether this stream times how long its reads wait (rtsup, vendored change 28; its
+    /// default is the process's, see [`time_read_waits_by_default`]). Turned off, the time
+    /// already counted stays.
+    pub fn set_read_waits_timed(&mut self, on: bool) {
+        self.read_pending_time.on = on;
+        if !on {
+            self.read_pending_time.last_start = None;
+        }
+    }
+
     /// Record transport connection timing for this stream.
     pub(crate) fn set_establishment_timing(
         &mut self,
@@ -657,7 +668,7 @@ impl From<TcpStream> for Stream {
             proxy_digest: None,
             socket_digest: None,
             tracer: None,
-            read_pending_time: AccumulatedDuration::new(),
+            read_pending_time: AccumulatedDuration::for_reads(),
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
         }
@@ -680,7 +691,7 @@ impl From<virt::VirtualSocketStream> for Stream {
             proxy_digest: None,
             socket_digest: None,
             tracer: None,
-            read_pending_time: AccumulatedDuration::new(),
+            read_pending_time: AccumulatedDuration::for_reads(),
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
         }
@@ -704,7 +715,7 @@ impl From<UnixStream> for Stream {
             proxy_digest: None,
             socket_digest: None,
             tracer: None,
-            read_pending_time: AccumulatedDuration::new(),
+            read_pending_time: AccumulatedDuration::for_reads(),
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
         }
@@ -916,10 +927,25 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// rtsup (vendored change 28): whether streams made from now on time how long their reads
+/// wait ([`GetTimingDigest::get_read_pending_time`]); see [`time_read_waits_by_default`].
+static TIME_READ_WAITS: AtomicBool = AtomicBool::new(true);
+
+/// Whether the streams this process makes from now on time how long their reads wait (rtsup,
+/// vendored change 28). Pingora always did: a read that waits costs two clock reads (one when
+/// it pends, one when it is ready), so a proxied request four, which a proxy that never asks
+/// for [`GetTimingDigest::get_read_pending_time`] can spare. Default `true`; one stream can
+/// be set otherwise with [`Stream::set_read_waits_timed`].
+pub fn time_read_waits_by_default(on: bool) {
+    TIME_READ_WAITS.store(on, Ordering::Relaxed);
+}
+
 #[derive(Debug)]
 struct AccumulatedDuration {
     total: Duration,
     last_start: Option<Instant>,
+    /// rtsup: whether it is kept at all (see [`time_read_waits_by_default`]).
+    on: bool,
 }
 
 impl AccumulatedDuration {
@@ -927,6 +953,15 @@ impl AccumulatedDuration {
         AccumulatedDuration {
             total: Duration::ZERO,
             last_start: None,
+            on: true,
+        }
+    }
+
+    /// A read wait timer, on or off as this process's streams are.
+    fn for_reads() -> Self {
+        AccumulatedDuration {
+            on: TIME_READ_WAITS.load(Ordering::Relaxed),
+            ..Self::new()
         }
     }
 
@@ -960,6 +995,9 @@ impl AccumulatedDuration {
     }
 
     fn poll_time(&mut self, result: &Poll<io::Result<()>>) {
+        if !self.on {
+            return;
+        }
         match result {
             Poll::Ready(_) => {
                 self.stop();
@@ -978,6 +1016,37 @@ mod tests {
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
     use tokio::sync::Notify;
+
+    /// rtsup (vendored change 28): a stream times its reads' waits unless told not to.
+    #[tokio::test]
+    async fn read_waits_are_timed_only_when_asked() {
+        for timed in [true, false] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let go = Arc::new(Notify::new());
+            let go2 = go.clone();
+            let server = tokio::spawn(async move {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                go2.notified().await;
+                stream.write_all(b"x").await.unwrap();
+            });
+            let mut stream: Stream = TcpStream::connect(addr).await.unwrap().into();
+            assert_eq!(
+                stream.read_pending_time.on,
+                TIME_READ_WAITS.load(Ordering::Relaxed)
+            );
+            stream.set_read_waits_timed(timed);
+            let mut buf = [0u8; 1];
+            // The read pends (nothing was sent) until the server is told to write.
+            let mut read = std::pin::pin!(stream.read_exact(&mut buf));
+            assert!(futures::poll!(read.as_mut()).is_pending());
+            go.notify_one();
+            read.await.unwrap();
+            server.await.unwrap();
+            let waited = stream.get_read_pending_time();
+            assert_eq!(waited > Duration::ZERO, timed, "timed {timed}: {waited:?}");
+        }
+    }
 
     #[cfg(target_os = "linux")]
     #[tokio::test]

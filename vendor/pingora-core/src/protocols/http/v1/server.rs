@@ -294,6 +294,12 @@ impl HttpSession {
         }
         let room = cap.saturating_sub(buf.len()).max(1);
         let mut bounded = (&mut *buf).limit(room);
+        // rtsup (vendored change 28): the header deadline of a kept-alive connection's request
+        // starts when a read after its first bytes is needed (most headers come whole in one
+        // read, and need no clock read for a deadline they never wait on).
+        if deadline.is_none() && already_read > 0 {
+            *deadline = Some(deadline_after(limits.header_timeout));
+        }
         let read_event = self.underlying_stream.read_buf(&mut bounded);
         let read_result = match *deadline {
             Some(at) => {
@@ -324,9 +330,6 @@ impl HttpSession {
                 }
             },
         };
-        if deadline.is_none() {
-            *deadline = Some(deadline_after(limits.header_timeout));
-        }
         Self::request_read_outcome(read_result, already_read)
     }
 
@@ -432,8 +435,9 @@ impl HttpSession {
         let mut already_read = buf.len();
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
-        // rtsup patch: the header deadline runs from the first byte of the header, or from now
-        // for a connection's first request.
+        // rtsup patch: the header deadline runs from the first byte of the header (taken when
+        // a read after it is needed, vendored change 28), or from now for a connection's first
+        // request.
         let limits = self.request_limits;
         let mut deadline = match limits {
             Some(l) if !self.reused || already_read > 0 => Some(deadline_after(l.header_timeout)),
@@ -4684,6 +4688,46 @@ mod test_pipelining {
         let started = tokio::time::Instant::now();
         assert!(s.read_request().await.unwrap().is_none());
         assert_eq!(started.elapsed(), limits.keepalive_timeout);
+    }
+
+    /// rtsup (changes 24 and 28): on a kept-alive connection, the header deadline runs from the
+    /// request's first bytes, after any wait for them: the rest within `header_timeout` is
+    /// read, the rest later is an error. Real time: the header deadline is pingora's timer,
+    /// which a paused clock does not move.
+    #[tokio::test]
+    async fn kept_alive_request_header_has_header_timeout_from_its_first_bytes() {
+        init_log();
+        let limits = RequestLimits {
+            keepalive_timeout: Duration::from_secs(5),
+            header_timeout: Duration::from_millis(500),
+            ..RequestLimits::default()
+        };
+        for (rest_after, whole) in [
+            (Duration::from_millis(50), true),
+            (Duration::from_millis(1500), false),
+        ] {
+            use tokio::io::AsyncWriteExt;
+            let (mut client, server) = tokio::io::duplex(1024);
+            let writer = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+                tokio::time::sleep(rest_after).await;
+                // The session may be gone (timed out): a failed write is its close.
+                let _ = client.write_all(b"Host: a\r\n\r\n").await;
+                client
+            });
+            let mut s = HttpSession::new(Box::new(server));
+            s.set_request_limits(limits, true);
+            let read = s.read_request().await;
+            if whole {
+                assert!(read.unwrap().is_some());
+            } else {
+                let e = read.expect_err("past the header deadline");
+                assert_eq!(e.etype(), &ReadTimedout, "{e}");
+            }
+            drop(s);
+            writer.await.unwrap();
+        }
     }
 
     /// rtsup: a proxy's copy of a parsed request takes its added fields without growing (and

@@ -159,7 +159,9 @@ struct OpenFields<'a> {
 
 impl<'a> OpenFields<'a> {
     /// The members of the object at the start of `json`; `None` if it is cut short, is not
-    /// an object, gives a member twice or gives a read member a value of another type.
+    /// an object, gives a member twice, gives a read member a value of another type, or nests
+    /// an object. A skipped member's value is only delimited, not checked to be valid JSON,
+    /// and names and sids are compared as written (one spelled with an escape is not read).
     fn read(json: &'a [u8]) -> Option<Self> {
         let mut r = Reader { json, at: 0 };
         let mut fields = Self::default();

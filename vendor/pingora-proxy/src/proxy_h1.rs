@@ -93,8 +93,10 @@ where
         // rtsup (vendored change 27): not when they cannot, for an HTTP/1.x request that came
         // with a Host: its authority is the one validated when it was read (the hop-by-hop
         // sanitizing above refuses a nominated Host), and it already has its Host.
+        // A CONNECT's target may be rewritten by the reconcile step: it keeps the whole block.
         let authority_as_read = downstream_had_host
             && session.req_header().version != Version::HTTP_2
+            && session.req_header().method != http::Method::CONNECT
             && !self.inner.filters_change_authority();
         if authority_policy.is_standard() && !authority_as_read {
             if let Err(e) = reconcile_upstream_authority(&mut req) {
@@ -1621,6 +1623,7 @@ mod tests {
             b"GET http://a/x HTTP/1.1\r\n\r\n",
             b"GET http://a/x HTTP/1.1\r\nHost: a\r\n\r\n",
             b"GET /x HTTP/1.0\r\n\r\n",
+            b"CONNECT http://a:80/ HTTP/1.1\r\nHost: a\r\n\r\n",
         ] {
             let checked = upstream_request_of(Passthrough, request).await;
             let kept = upstream_request_of(KEEPS, request).await;

@@ -335,9 +335,9 @@ pub trait ProxyHttp {
     /// its request target, in the downstream request (e.g. in [Self::request_filter()]) or in
     /// its upstream copy ([Self::upstream_request_filter()]) (rtsup, vendored change 27).
     ///
-    /// When they never do, an HTTP/1.x request that carried a `Host` goes upstream with the
-    /// authority it was read with, which was validated then, and is not reconciled and
-    /// validated again. The default (`true`) always does both.
+    /// When they never do, an HTTP/1.x request that carried a `Host` (other than a CONNECT)
+    /// goes upstream with the authority it was read with, which was validated then, and is
+    /// not reconciled and validated again. The default (`true`) always does both.
     fn filters_change_authority(&self) -> bool {
         true
     }

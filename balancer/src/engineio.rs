@@ -41,7 +41,7 @@ pub fn parse_query(query: &str) -> Result<EioQuery, QueryError> {
         if key != "sid" {
             continue;
         }
-        if value.is_empty() || value.len() > MAX_SID_LEN || !value.bytes().all(is_sid_byte) {
+        if !is_sid(value) {
             return Err(QueryError::BadSid);
         }
         match q.sid.as_deref() {
@@ -66,6 +66,11 @@ fn cut(s: &str, sep: u8) -> (&str, Option<&str>) {
         Some((before, after)) => (before, after.get(1..)),
         None => (s, None),
     }
+}
+
+/// Whether `s` could be a sid an engine.io server issued: 1 to [`MAX_SID_LEN`] sid bytes.
+fn is_sid(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_SID_LEN && s.bytes().all(is_sid_byte)
 }
 
 /// Characters of base64id (Node), socketioxide's ids and URL-encoded `=`/`+`/`/`.
@@ -128,10 +133,7 @@ impl OpenPacketSniffer {
 pub fn find_open_packet(body: &[u8]) -> Option<OpenPacket> {
     let start = body.windows(2).position(|w| w == b"0{")? + 1;
     let fields = OpenFields::read(&body[start..])?;
-    let sid = fields.sid?;
-    if sid.is_empty() || sid.len() > MAX_SID_LEN || !sid.bytes().all(is_sid_byte) {
-        return None;
-    }
+    let sid = fields.sid.filter(|s| is_sid(s))?;
     let liveness = match (
         fields.ping_interval.flatten(),
         fields.ping_timeout.flatten(),
@@ -173,18 +175,9 @@ impl<'a> OpenFields<'a> {
             let key = r.string()?;
             r.expect(b':')?;
             match key {
-                b"sid" => {
-                    let sid = std::str::from_utf8(r.string()?).ok()?;
-                    fields.sid.replace(sid).is_none().then_some(())?;
-                }
-                b"pingInterval" => {
-                    let ms = r.integer_or_null()?;
-                    fields.ping_interval.replace(ms).is_none().then_some(())?;
-                }
-                b"pingTimeout" => {
-                    let ms = r.integer_or_null()?;
-                    fields.ping_timeout.replace(ms).is_none().then_some(())?;
-                }
+                b"sid" => once(&mut fields.sid, std::str::from_utf8(r.string()?).ok()?)?,
+                b"pingInterval" => once(&mut fields.ping_interval, r.integer_or_null()?)?,
+                b"pingTimeout" => once(&mut fields.ping_timeout, r.integer_or_null()?)?,
                 _ => r.skip_value(MAX_ARRAY_DEPTH)?,
             }
             match r.next_past_space()? {
@@ -194,6 +187,11 @@ impl<'a> OpenFields<'a> {
             }
         }
     }
+}
+
+/// `value` into the member's `slot`; `None` if the member was given already.
+fn once<T>(slot: &mut Option<T>, value: T) -> Option<()> {
+    slot.replace(value).is_none().then_some(())
 }
 
 /// Deepest arrays skipped in an open packet (`"upgrades":["websocket"]` is one deep).
@@ -425,10 +423,7 @@ mod tests {
             Some(n) => n.as_u64().map(Some),
         };
         let (interval, timeout) = (ms("pingInterval")?, ms("pingTimeout")?);
-        let sid = v.as_object()?.get("sid")?.as_str()?;
-        if sid.is_empty() || sid.len() > MAX_SID_LEN || !sid.bytes().all(is_sid_byte) {
-            return None;
-        }
+        let sid = v.as_object()?.get("sid")?.as_str().filter(|s| is_sid(s))?;
         Some(OpenPacket {
             sid: sid.to_string(),
             liveness: interval

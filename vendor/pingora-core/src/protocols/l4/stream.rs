@@ -966,7 +966,8 @@ impl AccumulatedDuration {
     }
 
     fn start(&mut self) {
-        if self.last_start.is_none() {
+        // rtsup: a timer that is off never reads the clock (`stop` only reads it after this).
+        if self.on && self.last_start.is_none() {
             self.last_start = Some(Instant::now());
         }
     }
@@ -995,9 +996,6 @@ impl AccumulatedDuration {
     }
 
     fn poll_time(&mut self, result: &Poll<io::Result<()>>) {
-        if !self.on {
-            return;
-        }
         match result {
             Poll::Ready(_) => {
                 self.stop();

@@ -40,6 +40,17 @@ def wrk(port, conns, pids):
             "non2xx": int(errors.group(1)) if errors else 0}
 
 
+def start_balancer(work, backend, lb, extra=""):
+    """rtsup supervising its nginx backend on `backend`, proxying on `lb`, with `extra` lines
+    in `[balancer]`."""
+    return start_rtsup(work, nginx_backend(work, backend) + f"""[balancer]
+listen = "127.0.0.1:{lb}"
+# nginx here logs no requests either.
+access_log = "off"
+threads = {THREADS}
+{extra}""")
+
+
 def main():
     for path in (BIN, MINIMAL):
         if not os.path.exists(path):
@@ -48,19 +59,9 @@ def main():
     base = random.randint(20000, 31000)
     backend, lb, minimal, ngx = base, base + 10, base + 11, base + 12
     backend_cased, lb_cased = base + 1, base + 13
-    rtsup = start_rtsup(work, nginx_backend(work, backend) + f"""[balancer]
-listen = "127.0.0.1:{lb}"
-# nginx here logs no requests either.
-access_log = "off"
-threads = {THREADS}
-""")
+    rtsup = start_balancer(work, backend, lb)
     work_cased = tempfile.mkdtemp(prefix="rtsup-speed-case-")
-    rtsup_cased = start_rtsup(work_cased, nginx_backend(work_cased, backend_cased) + f"""[balancer]
-listen = "127.0.0.1:{lb_cased}"
-access_log = "off"
-threads = {THREADS}
-preserve_header_case = true
-""")
+    rtsup_cased = start_balancer(work_cased, backend_cased, lb_cased, "preserve_header_case = true\n")
     for port in (backend, lb, backend_cased, lb_cased):
         wait_port(port)
     mini = subprocess.Popen([MINIMAL, f"127.0.0.1:{minimal}", str(THREADS), f"127.0.0.1:{backend}"],

@@ -146,14 +146,8 @@ fn exchange(conn: &mut TcpStream, req: &str) -> (u16, String, String) {
         buf.extend_from_slice(&chunk[..n]);
         let text = String::from_utf8_lossy(&buf).into_owned();
         if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap_or(0))
-                })
-                .unwrap_or(0);
+            let len: usize =
+                crate::harness::field(head, "content-length").map_or(0, |v| v.parse().unwrap_or(0));
             if body.len() >= len {
                 let status = head[9..12].parse().expect("status");
                 return (status, head.to_string(), body[..len].to_string());
@@ -172,7 +166,7 @@ fn handshake(port: u16) -> (String, String) {
     );
     assert_eq!(status, 200, "{head}");
     assert!(
-        head.to_ascii_lowercase().contains("set-cookie: rtsup="),
+        crate::harness::field(&head, "set-cookie").is_some_and(|c| c.starts_with("rtsup=")),
         "{head}"
     );
     assert!(head.contains("HttpOnly; SameSite=Lax"), "{head}");

@@ -130,14 +130,7 @@ where
 
         session.upstream_compression.request_filter(&req);
 
-        // rtsup (vendored change 14): a request without a body, from an HTTP/1 client, that
-        // neither upgrades nor touches the cache, is proxied by one loop without task pipes.
-        let bodiless = !upgrade
-            && session.downstream_session.as_http1().is_some()
-            // Not `!enabled()`: a bypassed cache may still turn into a miss mid-response.
-            && matches!(session.cache.phase(), CachePhase::Disabled(_))
-            && session.is_body_empty()
-            && session.as_ref().get_retry_buffer().is_none();
+        let single_loop = proxied_by_one_loop(session, upgrade);
 
         debug!("Sending header to upstream {:?}", req);
 
@@ -148,8 +141,10 @@ where
             }
         }
 
-        if bodiless {
-            return self.proxy_bodiless_1to1(session, client_session, ctx).await;
+        if single_loop {
+            return self
+                .proxy_single_loop_1to1(session, client_session, ctx)
+                .await;
         }
 
         let mut downstream_custom_message_writer = session
@@ -229,14 +224,15 @@ where
         }
     }
 
-    /// rtsup (vendored change 14): [`Self::proxy_1to1`] for a request without a body, once its
-    /// header is written upstream. The two halves of the general path (one reading the
-    /// client, one the upstream, joined by two task pipes) become one loop: the empty body goes
-    /// through the request body filters and ends the upstream request, then the response is
-    /// read, batched as the pipe would have batched it, filtered and written downstream, while
-    /// the client is watched for a close (so an abandoned long poll is not waited out). The
-    /// filters, their order and the reuse decisions are the general path's.
-    async fn proxy_bodiless_1to1(
+    /// rtsup (vendored change 14): [`Self::proxy_1to1`] for a request without a body (or,
+    /// change 29, whose whole body is already in memory), once its header is written upstream.
+    /// The two halves of the general path (one reading the client, one the upstream, joined by
+    /// two task pipes) become one loop: the body goes through the request body filters and
+    /// ends the upstream request, then the response is read, batched as the pipe would have
+    /// batched it, filtered and written downstream, while the client is watched for a close
+    /// (so an abandoned long poll is not waited out). The filters, their order, the retry
+    /// buffer and the reuse decisions are the general path's.
+    async fn proxy_single_loop_1to1(
         &self,
         session: &mut Session,
         client_session: &mut HttpSessionV1,
@@ -247,10 +243,29 @@ where
         SV::CTX: Send + Sync,
     {
         session.as_mut().enable_retry_buffering();
+        // A body, if any, is read whole from the bytes that came with the header (into the
+        // retry buffer too), without I/O.
+        let mut data = None;
+        if !session.is_body_empty() {
+            let read = session.downstream_session.read_body_or_idle(false);
+            match tokio::task::unconstrained(read).now_or_never() {
+                Some(Ok(body)) => data = body,
+                Some(Err(e)) => return (false, false, Some(e.into_down())),
+                None => {
+                    return (
+                        false,
+                        false,
+                        Some(Error::explain(
+                            InternalError,
+                            "request body held in memory needed a read",
+                        )),
+                    )
+                }
+            }
+        }
         // As in the general path, a request that could not be ended upstream still has its
         // response read (an upstream may answer early), but the connection is not reused and
         // the send error is the one reported if no response comes.
-        let mut data = None;
         if let Err(e) = self
             .filter_request_body(session, &mut data, true, ctx)
             .await
@@ -278,8 +293,8 @@ where
                         // The client closed (or sent bytes where none belong) before its
                         // response was written.
                         Err(e) => return (false, false, Some(e.into_down())),
-                        // Only a body read returns data, and this request has none: stop
-                        // watching rather than poll a finished read again.
+                        // Only a body read returns data, and this request's body (if any) was
+                        // read whole above: stop watching rather than poll a finished read again.
                         Ok(_) => watch_downstream = false,
                     }
                     continue;
@@ -316,7 +331,7 @@ where
                         false,
                         Some(Error::explain(
                             InternalError,
-                            "bodiless proxy path wrote no response",
+                            "single-loop proxy path wrote no response",
                         )),
                     )
                 }
@@ -1272,6 +1287,19 @@ where
     }
 }
 
+/// rtsup (vendored changes 14 and 29): whether a request is proxied by one loop without task
+/// pipes ([`HttpProxy::proxy_single_loop_1to1`]): one from an HTTP/1 client that neither
+/// upgrades nor touches the cache, is not a retry, and has no body or one that came whole with
+/// its header (as an engine.io polling POST does).
+fn proxied_by_one_loop(session: &mut Session, upgrade: bool) -> bool {
+    !upgrade
+        // Not `!enabled()`: a bypassed cache may still turn into a miss mid-response.
+        && matches!(session.cache.phase(), CachePhase::Disabled(_))
+        && session.as_ref().get_retry_buffer().is_none()
+        && (session.downstream_session.as_http1().is_some() && session.is_body_empty()
+            || session.downstream_session.is_h1_body_buffered_whole())
+}
+
 /// Adds an upstream response task, or its read error (the request's send error first, if
 /// ending the request failed) as the task the pipe would have carried, to a batch; whether the
 /// response ends with it.
@@ -1432,7 +1460,7 @@ mod tests {
 
     /// A session that read `request` from a client, the client's end of the connection, and
     /// an upstream session whose other end the test plays.
-    async fn bodiless_sessions(
+    async fn h1_sessions(
         request: &[u8],
     ) -> (
         Session,
@@ -1468,7 +1496,7 @@ mod tests {
         use tokio::io::AsyncReadExt;
         let proxy = HttpProxy::new(Passthrough, Arc::new(ServerConf::default()));
         let (mut session, mut client, mut client_session, mut upstream) =
-            bodiless_sessions(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").await;
+            h1_sessions(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").await;
         let backend = tokio::spawn(async move {
             let request = read_upstream_request(&mut upstream).await;
             upstream
@@ -1494,11 +1522,160 @@ mod tests {
         assert!(response.ends_with("\r\n\r\nok"), "{response}");
     }
 
+    /// Passes everything on and records each request body chunk its filter sees, with
+    /// whether it ended the body.
+    #[derive(Default)]
+    struct BodyRecorder {
+        seen: std::sync::Mutex<Vec<(Option<Bytes>, bool)>>,
+    }
+
+    #[async_trait]
+    impl ProxyHttp for BodyRecorder {
+        type CTX = ();
+
+        fn new_ctx(&self) -> Self::CTX {}
+
+        async fn upstream_peer(
+            &self,
+            _session: &mut Session,
+            _ctx: &mut Self::CTX,
+        ) -> Result<Box<HttpPeer>> {
+            unreachable!("test calls proxy_1to1 directly")
+        }
+
+        async fn request_body_filter(
+            &self,
+            _session: &mut Session,
+            body: &mut Option<Bytes>,
+            end_of_stream: bool,
+            _ctx: &mut Self::CTX,
+        ) -> Result<()> {
+            self.seen
+                .lock()
+                .expect("not poisoned")
+                .push((body.clone(), end_of_stream));
+            Ok(())
+        }
+    }
+
+    /// Proxies a POST of `hello` whose body the client sends with its header (`split` false)
+    /// or after the proxy read the header (`split` true); what the upstream got, what the
+    /// client got, the reuse decisions and the body filter's calls.
+    async fn proxy_post(split: bool) -> (String, String, bool, bool, Vec<(Option<Bytes>, bool)>) {
+        use tokio::io::AsyncReadExt;
+        const HEADER: &[u8] = b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n";
+        let proxy = HttpProxy::new(BodyRecorder::default(), Arc::new(ServerConf::default()));
+        let request = [HEADER, b"hello"].concat();
+        let sent = if split { HEADER } else { &request[..] };
+        let (mut session, mut client, mut client_session, mut upstream) = h1_sessions(sent).await;
+        if split {
+            assert!(!session.downstream_session.is_h1_body_buffered_whole());
+            client.write_all(b"hello").await.expect("body written");
+        } else {
+            assert!(session.downstream_session.is_h1_body_buffered_whole());
+        }
+        let backend = tokio::spawn(async move {
+            let mut got = read_upstream_request(&mut upstream).await.into_bytes();
+            let mut buf = [0u8; 64];
+            while !got.ends_with(b"hello") {
+                let n = upstream.read(&mut buf).await.expect("upstream read");
+                assert!(n > 0, "proxy closed before the request body ended");
+                got.extend_from_slice(&buf[..n]);
+            }
+            upstream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await
+                .expect("response written");
+            (String::from_utf8(got).expect("ascii request"), upstream)
+        });
+        let peer = HttpPeer::new("127.0.0.1:1", false, String::new());
+
+        let (down, up, err) = proxy
+            .proxy_1to1(&mut session, &mut client_session, &peer, &mut ())
+            .await;
+
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(
+            session.as_ref().get_retry_buffer().as_deref(),
+            Some(&b"hello"[..]),
+            "the body is kept for a retry"
+        );
+        let (request, _upstream) = backend.await.expect("backend task");
+        let mut response = vec![0u8; 1024];
+        let n = client.read(&mut response).await.expect("client read");
+        let response = String::from_utf8_lossy(&response[..n]).into_owned();
+        let seen = proxy.inner.seen.lock().expect("not poisoned").clone();
+        (request, response, down, up, seen)
+    }
+
+    // rtsup changes 14 and 29: which requests the single loop takes.
+    #[tokio::test]
+    async fn one_loop_for_requests_without_a_body_or_with_one_that_came_whole() {
+        for (request, upgrade, one_loop) in [
+            (&b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"[..], false, true),
+            (b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", false, true),
+            (b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n40", false, true),
+            (b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n4", false, false),
+            (b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n", false, false),
+            (
+                b"POST /p HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n40\r\n0\r\n\r\n",
+                false,
+                false,
+            ),
+            (b"GET /ws HTTP/1.1\r\nHost: a\r\n\r\n", true, false),
+        ] {
+            let (mut session, _client, _, _) = h1_sessions(request).await;
+            assert_eq!(
+                proxied_by_one_loop(&mut session, upgrade),
+                one_loop,
+                "{}",
+                String::from_utf8_lossy(request)
+            );
+        }
+        // A retry, whose body is replayed from the retry buffer, takes the general path.
+        let (mut session, _client, _, _) =
+            h1_sessions(b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n40").await;
+        session.as_mut().enable_retry_buffering();
+        session
+            .downstream_session
+            .read_body_or_idle(false)
+            .await
+            .expect("body read");
+        assert!(!proxied_by_one_loop(&mut session, false));
+    }
+
+    // rtsup change 29: a body that came with its header goes through the single loop, whole,
+    // through the body filter once; one that did not goes through the general path; both
+    // reach the upstream intact and leave both connections reusable.
+    #[tokio::test]
+    async fn request_body_proxied_whole_whether_or_not_it_came_with_the_header() {
+        for split in [false, true] {
+            let (request, response, down, up, seen) = proxy_post(split).await;
+            assert!(request.starts_with("POST /p HTTP/1.1\r\n"), "{request}");
+            assert!(request.ends_with("\r\n\r\nhello"), "{request}");
+            assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+            assert!(response.ends_with("\r\n\r\nok"), "{response}");
+            assert!(
+                down && up,
+                "split {split}: reuse downstream {down}, upstream {up}"
+            );
+            let body = seen
+                .iter()
+                .filter_map(|(b, _)| b.as_deref())
+                .collect::<Vec<_>>()
+                .concat();
+            assert_eq!(body, b"hello", "split {split}: {seen:?}");
+            assert!(seen.last().is_some_and(|(_, end)| *end), "{seen:?}");
+        }
+        let (_, _, _, _, seen) = proxy_post(false).await;
+        assert_eq!(seen, vec![(Some(Bytes::from_static(b"hello")), true)]);
+    }
+
     #[tokio::test]
     async fn bodiless_request_whose_client_leaves_is_abandoned_not_waited_out() {
         let proxy = HttpProxy::new(Passthrough, Arc::new(ServerConf::default()));
         let (mut session, client, mut client_session, mut upstream) =
-            bodiless_sessions(b"GET /poll HTTP/1.1\r\nHost: a\r\n\r\n").await;
+            h1_sessions(b"GET /poll HTTP/1.1\r\nHost: a\r\n\r\n").await;
         // The upstream holds the request, as a long poll does, and never answers.
         let backend = tokio::spawn(async move {
             read_upstream_request(&mut upstream).await;
@@ -1525,7 +1702,7 @@ mod tests {
     async fn bodiless_request_whose_upstream_closes_is_an_upstream_error() {
         let proxy = HttpProxy::new(Passthrough, Arc::new(ServerConf::default()));
         let (mut session, _client, mut client_session, mut upstream) =
-            bodiless_sessions(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").await;
+            h1_sessions(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").await;
         let backend = tokio::spawn(async move {
             read_upstream_request(&mut upstream).await;
         });
@@ -1591,8 +1768,7 @@ mod tests {
         SV: ProxyHttp<CTX = ()> + Send + Sync + 'static,
     {
         let proxy = HttpProxy::new(proxy, Arc::new(ServerConf::default()));
-        let (mut session, _client, mut client_session, mut upstream) =
-            bodiless_sessions(request).await;
+        let (mut session, _client, mut client_session, mut upstream) = h1_sessions(request).await;
         let backend = tokio::spawn(async move {
             let request = read_upstream_request(&mut upstream).await;
             upstream

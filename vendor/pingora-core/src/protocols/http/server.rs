@@ -733,6 +733,15 @@ impl Session {
         }
     }
 
+    /// rtsup (vendored change 29): whether an HTTP/1 request's whole body came with its header
+    /// ([`SessionV1::is_body_buffered_whole`]); `false` for other protocols.
+    pub fn is_h1_body_buffered_whole(&mut self) -> bool {
+        match self {
+            Self::H1(s) => s.is_body_buffered_whole(),
+            Self::H2(_) | Self::Subrequest(_) | Self::Custom(_) => false,
+        }
+    }
+
     pub fn as_http1(&self) -> Option<&SessionV1> {
         match self {
             Self::H1(s) => Some(s),

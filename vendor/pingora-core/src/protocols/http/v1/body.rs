@@ -401,6 +401,12 @@ impl BodyReader {
         self.body_state == PS::Complete(0)
     }
 
+    /// rtsup (vendored change 29): whether the whole of a `Content-Length` body is already in
+    /// the bytes read with the header, so reading it takes no I/O.
+    pub fn body_buffered_whole(&self) -> bool {
+        matches!(self.body_state, PS::Partial(0, to_read) if self.rewind_buf_len >= to_read)
+    }
+
     fn finish_body_buf(&mut self, end_of_body: usize, total_read: usize) {
         let body_buf_mut = self.body_buf.as_mut().expect("must have read body buf");
         // remove unused buffer
@@ -2226,6 +2232,43 @@ mod tests {
         assert_eq!(b"ok", body_reader.get_body(&res));
         assert_eq!(body_reader.body_state, ParseState::Complete(2));
         assert_eq!(body_reader.get_body_overread(), None);
+    }
+
+    // rtsup (vendored change 29): only a Content-Length body whose every byte is already in
+    // the rewind buffer counts as buffered whole, and only until it is read.
+    #[tokio::test]
+    async fn body_buffered_whole_only_when_every_byte_came_with_the_header() {
+        init_log();
+        let mut body_reader = BodyReader::new(false);
+        body_reader.init_content_length(2, b"ab");
+        assert!(body_reader.body_buffered_whole());
+        let mut mock_io = Builder::new().build();
+        body_reader.read_body(&mut mock_io).await.unwrap().unwrap();
+        assert!(!body_reader.body_buffered_whole());
+
+        let mut body_reader = BodyReader::new(false);
+        body_reader.init_content_length(3, b"abcd");
+        assert!(body_reader.body_buffered_whole());
+
+        let mut body_reader = BodyReader::new(false);
+        body_reader.init_content_length(3, b"ab");
+        assert!(!body_reader.body_buffered_whole());
+
+        let mut body_reader = BodyReader::new(false);
+        body_reader.init_content_length(3, b"");
+        assert!(!body_reader.body_buffered_whole());
+
+        let mut body_reader = BodyReader::new(false);
+        body_reader.init_content_length(0, b"x");
+        assert!(!body_reader.body_buffered_whole());
+
+        let mut body_reader = BodyReader::new(false);
+        body_reader.init_chunked(b"1\r\na\r\n0\r\n\r\n");
+        assert!(!body_reader.body_buffered_whole());
+
+        let mut body_reader = BodyReader::new(false);
+        body_reader.init_close_delimited(b"ab");
+        assert!(!body_reader.body_buffered_whole());
     }
 
     #[tokio::test]

@@ -831,6 +831,14 @@ impl HttpSession {
         self.body_reader.body_empty()
     }
 
+    /// rtsup (vendored change 29): whether the whole request body came with the header (a
+    /// `Content-Length` body no longer than the bytes read past the header), so reading it
+    /// takes no I/O.
+    pub fn is_body_buffered_whole(&mut self) -> bool {
+        self.init_body_reader();
+        self.body_reader.body_buffered_whole()
+    }
+
     /// Write the response header to the client.
     /// This function can be called more than once to send 1xx informational headers excluding 101.
     pub async fn write_response_header(&mut self, mut header: Box<ResponseHeader>) -> Result<()> {

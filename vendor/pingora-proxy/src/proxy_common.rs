@@ -87,15 +87,31 @@ fn is_websocket_upgrade_request(req: &RequestHeader, downstream_is_http11: bool)
             .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
 
+/// rtsup: whether a `Connection` token names a field a proxy must not be told to drop (the
+/// names [ConnectionNominations::parse] refuses), whatever its case.
+fn is_protected_nomination(token: &[u8]) -> bool {
+    [
+        "host",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+    ]
+    .iter()
+    .any(|name| token.eq_ignore_ascii_case(name.as_bytes()))
+}
+
+/// The fields a request's `Connection` header nominates for removal.
 struct ConnectionNominations {
-    headers: [Option<HeaderName>; MAX_CONNECTION_NOMINATIONS],
-    len: usize,
+    /// rtsup: a `Vec`, which allocates only for a nomination kept (rare), instead of an array
+    /// of `MAX_CONNECTION_NOMINATIONS` slots set up, moved and dropped on every request.
+    headers: Vec<HeaderName>,
 }
 
 impl ConnectionNominations {
-    fn parse(req: &RequestHeader, reject_malformed: bool) -> Result<Self> {
-        let mut headers = std::array::from_fn(|_| None);
-        let mut len = 0;
+    /// `standard_stripped`: the standard hop-by-hop fields are removed after these, so their
+    /// nominations need no entry (rtsup, vendored change 30).
+    fn parse(req: &RequestHeader, reject_malformed: bool, standard_stripped: bool) -> Result<Self> {
+        let mut headers = Vec::new();
         let mut nomination_count = 0;
 
         // This is inspired by Envoy's defensive Connection-header sanitization checks. Bound the
@@ -136,6 +152,14 @@ impl ConnectionNominations {
                 );
             }
 
+            // rtsup (vendored change 30): a standard hop-by-hop field is removed by the strip
+            // that follows anyway, so no name is built for it (an allocation for a name `http`
+            // does not know, then two lookups to remove it): most clients send
+            // `Connection: keep-alive`.
+            if standard_stripped && is_standard_hop_by_hop_token(token) {
+                continue;
+            }
+
             // `HeaderName` lowercases, so the protected-set check below cannot be evaded via casing.
             let name = match HeaderName::from_bytes(token) {
                 Ok(name) => name,
@@ -151,26 +175,22 @@ impl ConnectionNominations {
                 Err(_) => continue,
             };
 
-            if matches!(
-                name.as_str(),
-                "host" | "x-forwarded-for" | "x-forwarded-host" | "x-forwarded-proto"
-            ) {
+            if is_protected_nomination(name.as_str().as_bytes()) {
                 return Error::e_explain(
                     InvalidHTTPHeader,
                     "protected header cannot be nominated by the Connection header",
                 );
             }
 
-            headers[len] = Some(name);
-            len += 1;
+            headers.push(name);
         }
 
-        Ok(Self { headers, len })
+        Ok(Self { headers })
     }
 
     fn remove_from(self, req: &mut RequestHeader) {
-        for name in self.headers.into_iter().take(self.len).flatten() {
-            req.remove_header(&name);
+        for name in &self.headers {
+            req.remove_header(name);
         }
     }
 }
@@ -195,6 +215,14 @@ static STANDARD_HOP_BY_HOP: [HeaderName; STANDARD_HOP_BY_HOP_FIELDS] = [
 /// rtsup: whether `name` is one of the fields [strip_standard_hop_by_hop_headers] removes.
 fn is_standard_hop_by_hop(name: &HeaderName) -> bool {
     STANDARD_HOP_BY_HOP.contains(name)
+}
+
+/// rtsup: whether a `Connection` token names one of the fields
+/// [strip_standard_hop_by_hop_headers] removes, whatever its case.
+fn is_standard_hop_by_hop_token(token: &[u8]) -> bool {
+    STANDARD_HOP_BY_HOP
+        .iter()
+        .any(|name| token.eq_ignore_ascii_case(name.as_str().as_bytes()))
 }
 
 /// rtsup: whether `req` carries any of [strip_standard_hop_by_hop_headers]'s fields. One pass
@@ -374,7 +402,13 @@ pub(crate) fn sanitize_h1_upstream_request(
 
     let nominations = policy
         .strip_connection_nominated
-        .then(|| ConnectionNominations::parse(req, policy.reject_malformed_connection_nominations))
+        .then(|| {
+            ConnectionNominations::parse(
+                req,
+                policy.reject_malformed_connection_nominations,
+                policy.strip_hop_by_hop,
+            )
+        })
         .transpose()?;
 
     if policy.h1_upgrade == H1UpgradePolicy::Preserve && req.headers.contains_key(header::UPGRADE) {
@@ -437,8 +471,12 @@ pub(crate) fn sanitize_h2_upstream_request(
     policy: HttpUpstreamRequestPolicy,
 ) -> Result<()> {
     if policy.strip_connection_nominated {
-        ConnectionNominations::parse(req, policy.reject_malformed_connection_nominations)?
-            .remove_from(req);
+        ConnectionNominations::parse(
+            req,
+            policy.reject_malformed_connection_nominations,
+            policy.strip_hop_by_hop,
+        )?
+        .remove_from(req);
     }
     if policy.strip_hop_by_hop {
         strip_standard_hop_by_hop_headers(req);
@@ -914,6 +952,58 @@ mod tests {
             );
             assert_eq!(request.headers["x-forwarded-for"], "6.6.6.6");
         }
+    }
+
+    /// rtsup (vendored change 30): nominated fields are removed whatever the case of the
+    /// nomination or of the field, standard hop-by-hop ones by the strip (or by their
+    /// nomination when the strip is off); a token too long to be a name is still refused
+    /// (strict) or ignored (lenient).
+    #[test]
+    fn h1_upstream_removes_nominated_fields_whatever_their_case() {
+        let standard = HttpUpstreamRequestPolicy::standard();
+        let mut no_strip = standard;
+        no_strip.strip_hop_by_hop = false;
+        for (connection, fields, kept) in [
+            ("keep-alive", &[("X-Kept", "1")][..], &["x-kept"][..]),
+            ("Keep-Alive", &[("Keep-Alive", "timeout=5")], &[]),
+            (
+                "x-private, Absent",
+                &[("X-Private", "s"), ("X-Kept", "1")],
+                &["x-kept"],
+            ),
+            ("X-PRIVATE", &[("x-private", "s")], &[]),
+            (
+                "close, x-a, X-B",
+                &[("X-A", "1"), ("x-b", "2"), ("X-C", "3")],
+                &["x-c"],
+            ),
+        ] {
+            let mut headers = vec![("Connection", connection)];
+            headers.extend_from_slice(fields);
+            let mut request = request_with_headers(&headers);
+            sanitize_h1_upstream_request(&mut request, standard, true).unwrap();
+            let mut left: Vec<_> = request.headers.keys().map(|n| n.as_str()).collect();
+            left.sort_unstable();
+            assert_eq!(left, kept, "Connection: {connection}");
+        }
+        // Without the strip, a nominated standard field still goes (by its nomination); one
+        // not nominated stays.
+        let mut request = request_with_headers(&[
+            ("Connection", "Keep-Alive, TE"),
+            ("Keep-Alive", "timeout=5"),
+            ("TE", "trailers"),
+            ("Trailer", "X-T"),
+        ]);
+        sanitize_h2_upstream_request(&mut request, no_strip).unwrap();
+        let mut left: Vec<_> = request.headers.keys().map(|n| n.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["connection", "trailer"]);
+        let long = "x".repeat(65_536);
+        let mut request = request_with_headers(&[("Connection", &long)]);
+        assert!(sanitize_h1_upstream_request(&mut request, standard, true).is_err());
+        let mut request = request_with_headers(&[("Connection", &long), ("X-Kept", "1")]);
+        sanitize_h1_upstream_request(&mut request, lenient_policy(), true).unwrap();
+        assert_eq!(request.headers["x-kept"], "1");
     }
 
     /// A policy that tolerates malformed `Connection` nominations while still stripping them.

@@ -208,12 +208,17 @@ pub fn spawn(
     )
     .with_access_log(settings.access_log.clone());
     {
+        let wanted = sids.sweep_wanted();
         let sids = Arc::downgrade(&sids);
         let rate = Arc::downgrade(&app.session_rate());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);
             loop {
-                tick.tick().await;
+                // Every period, and at once when a full sid table asks (at most once a second).
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = wanted.notified() => {}
+                }
                 let (Some(sids), Some(rate)) = (sids.upgrade(), rate.upgrade()) else {
                     return;
                 };

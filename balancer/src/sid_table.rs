@@ -3,16 +3,17 @@
 //! A sync sharded map (DashMap): it is written from pingora's synchronous body filter. An entry
 //! lives while requests keep coming or a WebSocket of the session is open; it expires after the
 //! session's `pingInterval + pingTimeout` of silence. The table has a hard size bound, kept
-//! with an atomic count. A full table sweeps expired entries on the spot at most once per
-//! [`FULL_SWEEP_EVERY`] (one request in that second pays for it, never every request), and
-//! otherwise refuses the new entry at once (the session then relies on its affinity cookie)
-//! until the periodic [`SidTable::sweep`] makes room; refusals are counted.
+//! with an atomic count. A full table refuses the new entry at once (the session then relies
+//! on its affinity cookie; refusals are counted) and asks the sweeper task for a sweep, at most
+//! once per [`FULL_SWEEP_EVERY`]; the sweeper also runs [`SidTable::sweep`] periodically. No
+//! request ever does work that grows with the number of sessions.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use tokio::sync::Notify;
 
 use crate::loads::Loads;
 
@@ -20,7 +21,7 @@ use crate::loads::Loads;
 pub const DEFAULT_LIVENESS: Duration = Duration::from_secs(45);
 /// Default hard bound on entries.
 pub const DEFAULT_MAX_SESSIONS: usize = 1_000_000;
-/// Least time between two sweeps forced by a full table.
+/// Least time between two sweeps a full table asks for.
 pub const FULL_SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
@@ -38,8 +39,10 @@ pub struct SidTable {
     map: DashMap<Box<str>, Entry>,
     /// Entries in `map` (DashMap's own `len` visits every shard).
     count: AtomicUsize,
-    /// Milliseconds since `epoch` of the last sweep a full table forced, plus one (0: never).
+    /// Milliseconds since `epoch` of the last sweep a full table asked for, plus one (0: never).
     last_full_sweep: AtomicU64,
+    /// Where a full table asks the sweeper task for a sweep now.
+    sweep_wanted: Arc<Notify>,
     /// New sessions refused because the table was full.
     pub refused: AtomicU64,
     epoch: Instant,
@@ -54,6 +57,7 @@ impl SidTable {
             map: DashMap::new(),
             count: AtomicUsize::new(0),
             last_full_sweep: AtomicU64::new(0),
+            sweep_wanted: Arc::default(),
             refused: AtomicU64::new(0),
             epoch: Instant::now(),
             max,
@@ -65,12 +69,17 @@ impl SidTable {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// What the sweeper task waits on, besides its period: a full table wants a sweep now.
+    pub fn sweep_wanted(&self) -> Arc<Notify> {
+        self.sweep_wanted.clone()
+    }
+
     /// Record that `sid` belongs to `backend`. Returns false when the table is full (the
     /// session then relies on the affinity cookie until a sweep makes room).
     pub fn insert(&self, sid: &str, backend: Arc<str>, liveness: Option<Duration>) -> bool {
-        let placed = self.reserve() || (self.full_sweep() > 0 && self.reserve());
-        if !placed {
+        if !self.reserve() {
             self.refused.fetch_add(1, Ordering::Relaxed);
+            self.ask_for_sweep();
             return false;
         }
         let entry = Entry {
@@ -96,23 +105,22 @@ impl SidTable {
         true
     }
 
-    /// Sweep because the table is full, unless a full table forced a sweep less than
-    /// [`FULL_SWEEP_EVERY`] ago; how many entries went.
-    fn full_sweep(&self) -> usize {
+    /// Ask the sweeper task for a sweep because the table is full, unless a full table asked
+    /// less than [`FULL_SWEEP_EVERY`] ago.
+    fn ask_for_sweep(&self) {
         let now = self.now_ms().saturating_add(1);
         let last = self.last_full_sweep.load(Ordering::Acquire);
         let every = FULL_SWEEP_EVERY.as_millis() as u64;
         if last != 0 && now.saturating_sub(last) < every {
-            return 0;
+            return;
         }
         if self
             .last_full_sweep
             .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
+            .is_ok()
         {
-            return 0;
+            self.sweep_wanted.notify_one();
         }
-        self.sweep()
     }
 
     /// Every session and its owner, copied (to write them to a shared directory again).
@@ -240,23 +248,35 @@ mod tests {
         assert_eq!(t.len(), 2);
     }
 
-    #[test]
-    fn a_full_table_sweeps_at_most_once_a_second_and_counts_refusals() {
+    /// Whether a sweep was asked for since the last call.
+    async fn sweep_asked(t: &SidTable) -> bool {
+        let wanted = t.sweep_wanted();
+        tokio::select! {
+            biased;
+            () = wanted.notified() => true,
+            () = std::future::ready(()) => false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_table_refuses_at_once_and_asks_for_a_sweep_at_most_once_a_second() {
         let (t, _) = table(2);
         let a: Arc<str> = Arc::from("a");
         assert!(t.insert("old1", a.clone(), Some(Duration::ZERO)));
         assert!(t.insert("old2", a.clone(), Some(Duration::from_secs(60))));
+        assert!(!sweep_asked(&t).await);
         std::thread::sleep(Duration::from_millis(5));
-        // Full: this insert sweeps the expired entry on the spot and takes its place.
-        assert!(t.insert("new1", a.clone(), Some(Duration::ZERO)));
-        assert_eq!(t.len(), 2);
-        std::thread::sleep(Duration::from_millis(5));
-        // Full again within the second: refused at once, no second sweep, counted.
+        // Full: refused at once (nothing swept on the request's path), counted, a sweep asked.
+        assert!(!t.insert("new1", a.clone(), None));
+        assert_eq!((t.len(), t.refused.load(Ordering::Relaxed)), (2, 1));
+        assert!(sweep_asked(&t).await);
+        // Full again within the second: refused, counted, no second ask.
         assert!(!t.insert("new2", a.clone(), None));
-        assert_eq!(t.refused.load(Ordering::Relaxed), 1);
-        assert_eq!(t.len(), 2);
-        // The periodic sweep makes room.
+        assert_eq!(t.refused.load(Ordering::Relaxed), 2);
+        assert!(!sweep_asked(&t).await);
+        // The sweep asked for makes room.
         assert_eq!(t.sweep(), 1);
         assert!(t.insert("new2", a.clone(), None));
+        assert_eq!(t.len(), 2);
     }
 }

@@ -12,6 +12,7 @@ use super::PoolCallback;
 use crate::protocols::Stream;
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -34,10 +35,33 @@ impl Entry {
     }
 }
 
+/// Hashes a peer key to itself (rtsup, vendored change 31): the key is already a hash of the
+/// peer (`Peer::reuse_hash`), of configured upstreams only, so SipHashing it again (about 140
+/// instructions, twice per proxied request: one take, one put) bought nothing.
+#[derive(Default)]
+struct PeerKeyHasher(u64);
+
+impl Hasher for PeerKeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used (the keys are `u64`); fold anything else in all the same.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, key: u64) {
+        self.0 = key;
+    }
+}
+
 #[derive(Default)]
 struct State {
     /// Idle connections per peer key, in release order.
-    by_key: HashMap<u64, Vec<Entry>>,
+    by_key: HashMap<u64, Vec<Entry>, BuildHasherDefault<PeerKeyHasher>>,
     count: usize,
     seq: u64,
 }
@@ -147,8 +171,8 @@ impl IdlePool {
         let mut dropped = 0;
         state.by_key.retain(|_, list| {
             list.retain_mut(|e| {
-                let keep =
-                    !e.expired(now) && super::test_reusable_stream(&mut e.stream, &self.unexpected_data);
+                let keep = !e.expired(now)
+                    && super::test_reusable_stream(&mut e.stream, &self.unexpected_data);
                 if !keep {
                     dropped += 1;
                 }
@@ -210,6 +234,31 @@ mod tests {
         assert_eq!(pool.take(1).map(|(s, _)| s.id()), Some(a_id));
         assert!(pool.take(1).is_none());
         assert_eq!(pool.len(), 1);
+    }
+
+    // rtsup change 31: keys hashed to themselves still keep their connections apart, whatever
+    // their bits.
+    #[tokio::test]
+    async fn each_key_gets_back_its_own_connection() {
+        let l = listener().await;
+        let keys = [0, 1, 2, 1 << 32, 1 << 63, u64::MAX, 0x9e37_79b9_7f4a_7c15];
+        let pool = IdlePool::new(keys.len(), None, Arc::default());
+        let mut ids = Vec::new();
+        let mut peers = Vec::new();
+        for key in keys {
+            let (s, peer) = pair(&l).await;
+            ids.push(s.id());
+            peers.push(peer);
+            pool.put(key, s, None);
+        }
+        for (key, id) in keys.into_iter().zip(ids).rev() {
+            assert_eq!(
+                pool.take(key).map(|(s, _)| s.id()),
+                Some(id),
+                "key {key:#x}"
+            );
+        }
+        assert_eq!(pool.len(), 0);
     }
 
     #[tokio::test]

@@ -36,7 +36,9 @@ struct Entry {
 /// Sessions and their owners.
 #[derive(Debug)]
 pub struct SidTable {
-    map: DashMap<Box<str>, Entry>,
+    /// Hashed with foldhash (randomly seeded) rather than SipHash: its keys are the sids
+    /// the workers generate, never bytes a client chooses (a client's sid is only looked up).
+    map: DashMap<Box<str>, Entry, foldhash::fast::RandomState>,
     /// Entries in `map` (DashMap's own `len` visits every shard).
     count: AtomicUsize,
     /// Milliseconds since `epoch` of the last sweep a full table asked for, plus one (0: never).
@@ -54,7 +56,7 @@ impl SidTable {
     /// An empty table bounded to `max` entries, counting sessions into `loads`.
     pub fn new(max: usize, loads: Arc<Loads>) -> Self {
         Self {
-            map: DashMap::new(),
+            map: DashMap::default(),
             count: AtomicUsize::new(0),
             last_full_sweep: AtomicU64::new(0),
             sweep_wanted: Arc::default(),

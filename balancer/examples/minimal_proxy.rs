@@ -11,7 +11,6 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::ListenerConfig;
 use pingora::prelude::HttpPeer;
@@ -28,7 +27,6 @@ struct Minimal {
     turn: AtomicUsize,
 }
 
-#[async_trait]
 impl ProxyHttp for Minimal {
     type CTX = ();
 

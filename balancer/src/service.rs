@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use ipnet::IpNet;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -521,7 +520,6 @@ async fn respond_redirect(session: &mut Session, location: &str) -> Result<()> {
     Ok(())
 }
 
-#[async_trait]
 impl ProxyHttp for Balancer {
     type CTX = RequestCtx;
 

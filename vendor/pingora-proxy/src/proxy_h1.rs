@@ -1414,7 +1414,6 @@ mod tests {
 
     struct ResponseFilter101;
 
-    #[async_trait]
     impl ProxyHttp for ResponseFilter101 {
         type CTX = ();
 
@@ -1443,7 +1442,6 @@ mod tests {
     /// Forwards everything; the tests call `proxy_1to1` with the upstream already chosen.
     struct Passthrough;
 
-    #[async_trait]
     impl ProxyHttp for Passthrough {
         type CTX = ();
 
@@ -1529,7 +1527,6 @@ mod tests {
         seen: std::sync::Mutex<Vec<(Option<Bytes>, bool)>>,
     }
 
-    #[async_trait]
     impl ProxyHttp for BodyRecorder {
         type CTX = ();
 
@@ -1726,7 +1723,6 @@ mod tests {
         keeps: bool,
     }
 
-    #[async_trait]
     impl ProxyHttp for HostFilter {
         type CTX = ();
 

@@ -332,13 +332,38 @@ impl HttpSession {
                         let buf = super::server::shrink_to_fit(read);
 
                         for header in header_refs {
-                            let header_name = header.get_name_bytes(&buf);
-                            let header_name = header_name.into_case_header_name();
                             let value_bytes = header.get_value_bytes(&buf);
-                            let header_value = pingora_http::header_value_from_raw(value_bytes);
-                            if let Err(e) = response_header
-                                .append_header(header_name, header_value)
-                                .or_err(InvalidHTTPHeader, "while parsing request header")
+                            // rtsup (vendored change 33): httparse hands over field-content
+                            // only (HTAB, SP, VCHAR, obs-text), no NUL, and a CR or LF only
+                            // in the CRLF of an obs-fold: a value without a LF (found a word
+                            // at a time) has nothing to normalize, and is not scanned again
+                            // byte by byte for three bytes.
+                            let header_value = if value_bytes.contains(&b'\n') {
+                                pingora_http::header_value_from_raw(value_bytes)
+                            } else {
+                                // SAFETY: field-content as parsed by httparse (above); as the
+                                // request's values in `server.rs`.
+                                unsafe {
+                                    http::HeaderValue::from_maybe_shared_unchecked(value_bytes)
+                                }
+                            };
+                            // rtsup (vendored change 33): without a case map the name is
+                            // read from the buffer, not sliced off it as `Bytes` first.
+                            let appended = if keep_case {
+                                let header_name = header.get_name_bytes(&buf);
+                                response_header.append_header(
+                                    header_name.into_case_header_name(),
+                                    header_value,
+                                )
+                            } else {
+                                super::common::header_name_of(header.get_name(&buf)).and_then(
+                                    |header_name| {
+                                        response_header.append_header(header_name, header_value)
+                                    },
+                                )
+                            };
+                            if let Err(e) =
+                                appended.or_err(InvalidHTTPHeader, "while parsing request header")
                             {
                                 return self.fail_response_header_read(e);
                             }
@@ -2522,6 +2547,45 @@ mod tests_stream {
             http_stream.get_header("Server").unwrap(),
             "pingora Fizz: Buzz"
         );
+    }
+
+    // rtsup (vendored change 33): a value taken without normalizing holds neither a NUL nor a
+    // CR or LF outside an obs-fold, because the parser refuses them; and names are read from
+    // the buffer whether or not the response keeps their case.
+    #[tokio::test]
+    async fn response_field_values_hold_no_stray_cr_lf_or_nul() {
+        init_log();
+        for input in [
+            &b"HTTP/1.1 200 OK\r\nServer: pin\0gora\r\n\r\n"[..],
+            &b"HTTP/1.1 200 OK\r\nServer: pin\rgora\r\n\r\n"[..],
+            &b"HTTP/1.1 200 OK\r\nServer: pingora\r\r\n\r\n"[..],
+        ] {
+            let mock_io = Builder::new().read(input).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            let res = http_stream.read_response().await;
+            assert!(
+                res.is_err(),
+                "{:?} was read",
+                String::from_utf8_lossy(input)
+            );
+        }
+
+        let input = b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nX-Plain: c\td\r\nX-Folded: e\r\n\r\n";
+        for keep_case in [false, true] {
+            let mock_io = Builder::new().read(&input[..]).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            let mut request = RequestHeader::build("GET", b"/", None).unwrap();
+            if !keep_case {
+                request = RequestHeader::build_no_case("GET", b"/", None).unwrap();
+            }
+            http_stream.request_written = Some(Box::new(request));
+            http_stream.read_response().await.unwrap();
+            let header = http_stream.resp_header().unwrap();
+            assert_eq!(header.has_case(), keep_case);
+            let folded: Vec<_> = header.headers.get_all("x-folded").iter().collect();
+            assert_eq!(folded, ["a b", "e"]);
+            assert_eq!(header.headers["x-plain"], "c\td");
+        }
     }
 
     #[cfg(feature = "patched_http1")]

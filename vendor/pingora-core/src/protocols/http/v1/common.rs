@@ -16,7 +16,7 @@
 
 use http::{header, HeaderValue};
 use log::{debug, warn};
-use pingora_error::{Error, ErrorType::*, Result};
+use pingora_error::{Error, ErrorType::*, OrErr, Result};
 use pingora_http::{HMap, RequestHeader, ResponseHeader};
 use std::str;
 use std::time::Duration;
@@ -162,6 +162,13 @@ fn find_last_te_token(bytes: &[u8]) -> &[u8] {
         .unwrap_or(bytes);
 
     last_token.trim_ascii()
+}
+
+/// The name of a parsed header that keeps no case map, read from the bytes it was parsed from:
+/// what `IntoCaseHeaderName::into_header_name` makes of a `Bytes` slice of them, without the
+/// slice (rtsup, vendored change 33).
+pub(crate) fn header_name_of(name: &[u8]) -> Result<header::HeaderName> {
+    header::HeaderName::from_bytes(name).or_err(InvalidHTTPHeader, "invalid header name")
 }
 
 /// Check if chunked encoding is the final encoding across all transfer-encoding headers

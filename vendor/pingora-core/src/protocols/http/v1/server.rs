@@ -552,17 +552,25 @@ impl HttpSession {
                         let buf = shrink_to_fit(buf);
 
                         for header in header_refs {
-                            let header_name = header.get_name_bytes(&buf);
-                            let header_name = header_name.into_case_header_name();
                             let value_bytes = header.get_value_bytes(&buf);
                             // safe because this is from what we parsed
                             let header_value = unsafe {
                                 http::HeaderValue::from_maybe_shared_unchecked(value_bytes)
                             };
-
-                            request_header
-                                .append_header(header_name, header_value)
-                                .or_err(InvalidHTTPHeader, "while parsing request header")?;
+                            // rtsup (vendored change 33): without a case map the name is
+                            // read from the buffer, not sliced off it as `Bytes` first.
+                            if request_header.has_case() {
+                                let header_name = header.get_name_bytes(&buf);
+                                request_header.append_header(
+                                    header_name.into_case_header_name(),
+                                    header_value,
+                                )
+                            } else {
+                                header_name_of(header.get_name(&buf)).and_then(|header_name| {
+                                    request_header.append_header(header_name, header_value)
+                                })
+                            }
+                            .or_err(InvalidHTTPHeader, "while parsing request header")?;
                         }
 
                         let contains_transfer_encoding =

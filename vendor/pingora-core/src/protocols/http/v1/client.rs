@@ -335,14 +335,19 @@ impl HttpSession {
                             let value_bytes = header.get_value_bytes(&buf);
                             // rtsup (vendored change 33): httparse hands over field-content
                             // only (HTAB, SP, VCHAR, obs-text), no NUL, and a CR or LF only
-                            // in the CRLF of an obs-fold: a value without a LF (found a word
-                            // at a time) has nothing to normalize, and is not scanned again
-                            // byte by byte for three bytes.
+                            // in an obs-fold (CRLF or a bare LF, then SP or HTAB), which
+                            // always holds a LF: a value without one (found a word at a time)
+                            // has nothing to normalize, and is not scanned again byte by byte
+                            // for three bytes.
                             let header_value = if value_bytes.contains(&b'\n') {
                                 pingora_http::header_value_from_raw(value_bytes)
                             } else {
-                                // SAFETY: field-content as parsed by httparse (above); as the
-                                // request's values in `server.rs`.
+                                // SAFETY: httparse's field-content is exactly the byte set
+                                // the `http` crate checks (`HeaderValue`'s `is_valid`: HTAB,
+                                // 0x20-0x7E, 0x80-0xFF), which is all the crate relies on;
+                                // obs-text is not UTF-8, and `HeaderValue::to_str` checks it
+                                // again. As the request's values in `server.rs`, and as
+                                // `pingora_http::header_value_from_raw` after normalizing.
                                 unsafe {
                                     http::HeaderValue::from_maybe_shared_unchecked(value_bytes)
                                 }
@@ -2570,7 +2575,7 @@ mod tests_stream {
             );
         }
 
-        let input = b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nX-Plain: c\td\r\nX-Folded: e\r\n\r\n";
+        let input = b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nX-Plain: c\td\r\nX-Folded: e\n\tf\r\nX-Text: \x80\xff\xc3\xa9\r\n\r\n";
         for keep_case in [false, true] {
             let mock_io = Builder::new().read(&input[..]).build();
             let mut http_stream = HttpSession::new(Box::new(mock_io));
@@ -2583,8 +2588,9 @@ mod tests_stream {
             let header = http_stream.resp_header().unwrap();
             assert_eq!(header.has_case(), keep_case);
             let folded: Vec<_> = header.headers.get_all("x-folded").iter().collect();
-            assert_eq!(folded, ["a b", "e"]);
+            assert_eq!(folded, ["a b", "e f"]);
             assert_eq!(header.headers["x-plain"], "c\td");
+            assert_eq!(header.headers["x-text"].as_bytes(), b"\x80\xff\xc3\xa9");
         }
     }
 

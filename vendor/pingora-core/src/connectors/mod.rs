@@ -274,15 +274,18 @@ impl TransportConnector {
     /// to be reused.
     ///
     /// If a [Stream] is dropped instead of being returned via this function. it will be closed.
+    ///
+    /// rtsup (vendored change 34): the stream is not tested on its way into the pool. Every
+    /// way out tests it (`reused_stream` before handing it out, the pool's sweep once a
+    /// second), and a stream the server closed or sent data on between its response and
+    /// the next request would fail that test anyway; testing it here as well cost every
+    /// proxied request a read attempt for a verdict the take repeats.
     pub fn release_stream(
         &self,
-        mut stream: Stream,
+        stream: Stream,
         key: u64, // usually peer.reuse_hash()
         idle_timeout: Option<Duration>,
     ) {
-        if !test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
-            return;
-        }
         debug!("Try to keepalive client session");
         self.idle.put(key, stream, idle_timeout);
     }
@@ -748,6 +751,53 @@ mod tests {
             .connect_local_addr()
             .expect("TLS handshake failure should retain the assigned local address");
         assert_ne!(local_addr.port(), 0);
+    }
+
+    // rtsup (vendored change 34): a stream goes into the pool untested, and one the server
+    // closed or sent data on is never handed out again: the take tests it and drops it.
+    #[tokio::test]
+    async fn released_streams_are_tested_when_taken_not_when_released() {
+        use tokio::io::AsyncWriteExt;
+        let connector = TransportConnector::new(None);
+        let peer = BasicPeer::new("127.0.0.1:9");
+
+        let (server, client) = tokio::io::duplex(64);
+        connector.release_stream(Box::new(client), peer.reuse_hash(), None);
+        assert!(
+            connector.reused_stream(&peer).await.is_some(),
+            "a live stream"
+        );
+        drop(server);
+
+        let (server, client) = tokio::io::duplex(64);
+        drop(server);
+        connector.release_stream(Box::new(client), peer.reuse_hash(), None);
+        assert!(
+            connector.reused_stream(&peer).await.is_none(),
+            "a closed stream"
+        );
+
+        let (mut server, client) = tokio::io::duplex(64);
+        connector.release_stream(Box::new(client), peer.reuse_hash(), None);
+        server.write_all(b"late").await.unwrap();
+        let (live_server, live) = tokio::io::duplex(64);
+        connector.release_stream(Box::new(live), peer.reuse_hash(), None);
+        // The latest released is taken first: the live one; the one with data is dropped
+        // (and counted) when its turn comes, and nothing is left.
+        assert!(
+            connector.reused_stream(&peer).await.is_some(),
+            "the live stream"
+        );
+        assert!(
+            connector.reused_stream(&peer).await.is_none(),
+            "nothing left"
+        );
+        assert_eq!(
+            connector.unexpected_data_conn_count.load(Ordering::Relaxed),
+            1,
+            "the stream with data counted"
+        );
+        drop((server, live_server));
     }
 
     #[tokio::test]

@@ -76,3 +76,42 @@ fn field_names_go_on_as_the_proxy_spells_them_unless_their_case_is_preserved() {
         assert!(spelled(&open, "Set-Cookie"), "{extra:?}: {open}");
     }
 }
+
+/// The values of the field `name` in `raw` (Node's `rawHeaders`), in order.
+fn values(raw: &Value, name: &str) -> Vec<String> {
+    raw.as_array()
+        .expect("rawHeaders")
+        .chunks(2)
+        .filter(|f| f[0].as_str().is_some_and(|n| n.eq_ignore_ascii_case(name)))
+        .filter_map(|f| f.get(1).and_then(Value::as_str).map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn each_request_on_a_kept_alive_connection_gets_its_own_forwarded_for() {
+    // The value of a request that comes without the field is kept for the connection's next
+    // ones: one that comes with it in between must still get its own, and the next without
+    // it the peer alone again.
+    let (_r, lb) = harness::fixture_cluster("", "", None);
+    let plain = "GET /raw-headers HTTP/1.1\r\nHost: x\r\n\r\n";
+    let relayed = "GET /raw-headers HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.7\r\n\r\n";
+    let last = "GET /raw-headers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let answer = harness::roundtrip(lb, &format!("{plain}{relayed}{plain}{relayed}{last}"));
+    let got: Vec<Vec<String>> = answer
+        .split("HTTP/1.1 ")
+        .skip(1)
+        .map(|a| {
+            let (head, body) = a.split_once("\r\n\r\n").unwrap_or((a, ""));
+            assert!(head.starts_with("200"), "{answer}");
+            let raw: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+            values(&raw, "x-forwarded-for")
+        })
+        .collect();
+    let peer = || vec!["127.0.0.1".to_string()];
+    let relayed = || vec!["203.0.113.7, 127.0.0.1".to_string()];
+    assert_eq!(
+        got,
+        [peer(), relayed(), peer(), relayed(), peer()],
+        "{answer}"
+    );
+}

@@ -6,6 +6,9 @@
 //!
 //! Refusals are counted in the metrics and warned about at most once per
 //! [`WARN_EVERY`], with how many there were since: a flood must not fill the log.
+//!
+//! An admitted connection's task also keeps what its requests share: the
+//! `X-Forwarded-For` value of a request that came without one ([`peer_forwarded_for`]).
 
 use std::cell::RefCell;
 use std::net::IpAddr;
@@ -14,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use http::HeaderValue;
 use pingora::apps::{HandshakeToken, ServerApp};
 use pingora::protocols::ALPN;
 use pingora::protocols::Stream;
@@ -135,11 +139,13 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Admission<A> {
             _tickets: tickets,
             _open: OpenGauge::new(self.metrics.connections.clone()),
         };
-        HOLD.scope(
-            RefCell::new(Some(hold)),
-            self.inner.process_new(stream, shutdown),
-        )
-        .await
+        let connection = Connection {
+            hold: RefCell::new(Some(hold)),
+            forwarded_for: RefCell::new(None),
+        };
+        CONNECTION
+            .scope(connection, self.inner.process_new(stream, shutdown))
+            .await
     }
 
     async fn cleanup(&self) {
@@ -182,8 +188,17 @@ impl<A> Admission<A> {
 }
 
 tokio::task_local! {
-    /// The connection being served on this task: what it holds until it closes.
-    static HOLD: RefCell<Option<Hold>>;
+    /// The connection being served on this task.
+    static CONNECTION: Connection;
+}
+
+/// What the task serving an admitted connection keeps while it runs.
+struct Connection {
+    /// What the connection holds until it closes (taken by a WebSocket's tunnel).
+    hold: RefCell<Option<Hold>>,
+    /// The `X-Forwarded-For` value of its requests that come without one: its peer's
+    /// address, the same for every request on the connection.
+    forwarded_for: RefCell<Option<HeaderValue>>,
 }
 
 /// What an admitted connection holds while it is open: its places under the caps and its
@@ -196,7 +211,29 @@ pub(crate) struct Hold {
 /// Take the current connection's [`Hold`] out of its task, for a WebSocket leaving pingora as
 /// a tunnel on a task of its own (`None` outside a connection admitted here).
 pub(crate) fn take_hold() -> Option<Hold> {
-    HOLD.try_with(|h| h.borrow_mut().take()).ok().flatten()
+    CONNECTION
+        .try_with(|c| c.hold.borrow_mut().take())
+        .ok()
+        .flatten()
+}
+
+/// The `X-Forwarded-For` value of a request that came without one on the current
+/// connection: made by `make` on the first such request and kept for the next ones (made
+/// every time outside a connection admitted here, e.g. on an HTTP/2 stream's own task).
+/// Spares every kept-alive request the formatting of its peer's address and the copy and
+/// check of the value.
+pub(crate) fn peer_forwarded_for<E>(
+    make: impl FnOnce() -> Result<HeaderValue, E>,
+) -> Result<HeaderValue, E> {
+    let Ok(kept) = CONNECTION.try_with(|c| c.forwarded_for.borrow().clone()) else {
+        return make();
+    };
+    if let Some(value) = kept {
+        return Ok(value);
+    }
+    let value = make()?;
+    let _ = CONNECTION.try_with(|c| *c.forwarded_for.borrow_mut() = Some(value.clone()));
+    Ok(value)
 }
 
 /// Counts one open connection in the metrics while it lives (also when the connection's task

@@ -375,7 +375,12 @@ impl Balancer {
         }
         if let Some(peer) = peer {
             let prev = req.headers.get_all(&X_FORWARDED_FOR);
-            let xff = crate::client_ip::forwarded_for(prev.iter().map(|v| v.as_bytes()), peer);
+            let xff = if prev.iter().next().is_none() {
+                // The connection's peer alone: the same value for all its requests.
+                crate::admission::peer_forwarded_for(|| forwarded_for(None, peer))?
+            } else {
+                forwarded_for(prev, peer)?
+            };
             // By its constant name: taken as it is, not parsed back from a spelling.
             req.insert_header(&X_FORWARDED_FOR, xff)?;
         }
@@ -483,6 +488,16 @@ impl Shared {
             }
         }
     }
+}
+
+/// The `X-Forwarded-For` value for a request that came with the fields `prev`, from `peer`.
+fn forwarded_for<'a>(
+    prev: impl IntoIterator<Item = &'a http::HeaderValue>,
+    peer: std::net::IpAddr,
+) -> Result<http::HeaderValue> {
+    let xff = crate::client_ip::forwarded_for(prev.into_iter().map(|v| v.as_bytes()), peer);
+    http::HeaderValue::from_maybe_shared(Bytes::from(xff))
+        .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "X-Forwarded-For", e))
 }
 
 /// Write a small JSON response and keep the connection alive.

@@ -54,7 +54,9 @@ pub fn forwarded_for<'a>(prev: impl IntoIterator<Item = &'a [u8]>, peer: IpAddr)
         out.extend_from_slice(prev.as_bytes());
         out.extend_from_slice(b", ");
     }
-    match peer {
+    // A dual-stack listener sees an IPv4 client as `::ffff:a.b.c.d`: it is sent as the IPv4
+    // address it is, as the client address is everywhere else.
+    match peer.to_canonical() {
         IpAddr::V4(v4) => {
             let mut digits = itoa::Buffer::new();
             for (i, octet) in v4.octets().into_iter().enumerate() {
@@ -128,10 +130,12 @@ mod tests {
 
     #[test]
     fn forwarded_for_appends_the_peer_to_every_readable_line() {
-        let cases: [(&[&[u8]], &str, &str); 7] = [
+        let cases: [(&[&[u8]], &str, &str); 9] = [
             (&[], "127.0.0.1", "127.0.0.1"),
             (&[], "0.0.0.0", "0.0.0.0"),
             (&[], "255.10.200.9", "255.10.200.9"),
+            (&[], "::ffff:10.1.2.3", "10.1.2.3"),
+            (&[], "::1", "::1"),
             (&[b"203.0.113.9"], "10.0.0.1", "203.0.113.9, 10.0.0.1"),
             (
                 &[b"1.1.1.1, 2.2.2.2"],

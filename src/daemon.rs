@@ -353,6 +353,7 @@ pub async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
                         body: b.limits.body_timeout,
                         send: b.limits.send_timeout,
                         connect: b.limits.connect_timeout,
+                        upstream_keepalive: b.limits.upstream_keepalive_timeout,
                     },
                     redirect,
                     tls: b.tls.is_some(),

@@ -240,7 +240,7 @@ fn check_reports_every_semantic_error() {
 #[test]
 fn check_reports_client_bounds_out_of_range() {
     let (_dir, file, out) = check(
-        "[[app]]\nname = \"chat\"\ncommand = \"node\"\nport = 20001\n[balancer]\nmax_header = \"4KiB\"\nmax_request_line = \"8KiB\"\nheader_timeout = \"10ms\"\nkeepalive_timeout = \"soon\"\nbody_timeout = \"0s\"\nmax_connections = 0\nmax_connections_per_address = -1\nsend_timeout = \"100000d\"\nconnect_timeout = \"50ms\"\n",
+        "[[app]]\nname = \"chat\"\ncommand = \"node\"\nport = 20001\n[balancer]\nmax_header = \"4KiB\"\nmax_request_line = \"8KiB\"\nheader_timeout = \"10ms\"\nkeepalive_timeout = \"soon\"\nbody_timeout = \"0s\"\nmax_connections = 0\nmax_connections_per_address = -1\nsend_timeout = \"100000d\"\nconnect_timeout = \"50ms\"\nupstream_keepalive_timeout = \"2d\"\n",
     );
     assert_eq!(out.code, Some(1));
     let f = file.display();
@@ -253,6 +253,7 @@ fn check_reports_client_bounds_out_of_range() {
         format!("{f}:12:31: balancer.max_connections_per_address: must be 0 (no cap) or more"),
         format!("{f}:13:16: balancer.send_timeout: must be 100ms to 1d"),
         format!("{f}:14:19: balancer.connect_timeout: must be 100ms to 1d"),
+        format!("{f}:15:30: balancer.upstream_keepalive_timeout: must be 100ms to 1d"),
     ] {
         assert!(
             out.stderr.iter().any(|l| l.starts_with(&needle)),

@@ -549,3 +549,36 @@ fn upstream_connections_a_worker_closes_while_idle_are_dropped_and_never_reused(
         });
     }
 }
+
+#[test]
+fn idle_upstream_connections_are_closed_by_the_proxy_before_the_worker_would() {
+    // The workers keep an idle connection a minute; the proxy lets it go after 300 ms, so a
+    // worker never closes one just as a request goes out on it.
+    let (r, lb) = fixture_cluster(
+        "upstream_keepalive_timeout = \"300ms\"\n",
+        "env = { FIXTURE_KEEPALIVE_MS = \"60000\" }\n",
+        None,
+    );
+    let workers: Vec<u16> = r
+        .workers()
+        .iter()
+        .filter_map(|w| w["port"].as_u64().and_then(|p| u16::try_from(p).ok()))
+        .collect();
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    for round in 0..2 {
+        for i in 0..4 {
+            let reply = http_get(lb, "/").unwrap_or_else(|e| panic!("round {round} #{i}: {e}"));
+            assert!(reply.contains("instance"), "round {round} #{i}: {reply}");
+        }
+        // The proxy's sockets end in TIME_WAIT (`06`), which only the side that closes first
+        // enters: it closed them, none is left open (`01`) or half-closed by a worker (`08`).
+        wait_until("the proxy closing its idle upstream connections", || {
+            let states = upstream_states(&workers);
+            if states.iter().any(|s| s == "06") && !states.iter().any(|s| s == "01" || s == "08") {
+                Ok(())
+            } else {
+                Err(format!("{states:?}"))
+            }
+        });
+    }
+}

@@ -91,7 +91,8 @@ pub struct RoutingConfig {
 /// `client_body_timeout` and `send_timeout`): each bounds one wait for the client to send
 /// or to take data, on every request of a connection; an upgraded connection drops the read
 /// one once the worker answered 101. Towards its worker: the wait for a connection (nginx
-/// `proxy_connect_timeout`).
+/// `proxy_connect_timeout`) and how long an idle connection is kept for reuse (nginx's
+/// upstream `keepalive_timeout`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProxyTimeouts {
     /// Longest wait for the next piece of a request body.
@@ -100,16 +101,19 @@ pub struct ProxyTimeouts {
     pub send: Duration,
     /// Longest wait for a worker to take a connection (another host: `PEER_CONNECT`).
     pub connect: Duration,
+    /// Longest idle time of a pooled connection to a worker (or another host).
+    pub upstream_keepalive: Duration,
 }
 
 impl Default for ProxyTimeouts {
-    /// nginx's defaults for the client (60 s each); 10 s to connect (see the config's
-    /// `connect_timeout`).
+    /// nginx's defaults for the client (60 s each); 10 s to connect and 4 s idle in the pool
+    /// (see the config's `connect_timeout` and `upstream_keepalive_timeout`).
     fn default() -> Self {
         Self {
             body: Duration::from_secs(60),
             send: Duration::from_secs(60),
             connect: Duration::from_secs(10),
+            upstream_keepalive: Duration::from_secs(4),
         }
     }
 }
@@ -776,6 +780,9 @@ impl ProxyHttp for Balancer {
         } else {
             self.config.timeouts.connect
         });
+        // Let an idle connection go before the worker does: one it closes just as a request
+        // goes out on it fails that request (a POST is never retried).
+        peer.options.idle_timeout = Some(self.config.timeouts.upstream_keepalive);
         if remote {
             // Another host may hang (frozen, cut off) without closing: engine.io sends
             // something at least every pingInterval (25 s), so a minute of silence is a dead

@@ -69,6 +69,11 @@ pub const DEFAULT_SEND_TIMEOUT: &str = "60s";
 pub const DEFAULT_CONNECT_TIMEOUT: &str = "10s";
 /// Idle time of a kept-alive connection (nginx `keepalive_timeout`).
 pub const DEFAULT_KEEPALIVE_TIMEOUT: &str = "75s";
+/// Idle time of a kept-alive connection to a worker (nginx upstream `keepalive_timeout`,
+/// 60 s there): below Node's `server.keepAliveTimeout` (5 s), so the proxy lets an idle
+/// connection go before the worker can close it under a request it is sending (a POST, which
+/// is never retried, would get a 502).
+pub const DEFAULT_UPSTREAM_KEEPALIVE_TIMEOUT: &str = "4s";
 /// Open connections per client address: far above a browser's handful, and room for an
 /// office behind one NAT; a host running a connection flood from one address stops here.
 pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 1000;

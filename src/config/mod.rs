@@ -192,6 +192,8 @@ pub struct ClientBounds {
     pub connect_timeout: Duration,
     /// Longest idle wait of a kept-alive connection for its next request.
     pub keepalive_timeout: Duration,
+    /// Longest idle time of a kept-alive connection to a worker before the proxy closes it.
+    pub upstream_keepalive_timeout: Duration,
     /// Open client connections at most (`None`: what the open-files limit allows).
     pub max_connections: Option<usize>,
     /// Open client connections at most per client address (0: no cap).

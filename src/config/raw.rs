@@ -349,6 +349,7 @@ pub struct RawBalancer {
     pub send_timeout: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub keepalive_timeout: Option<Spanned<String>>,
+    pub upstream_keepalive_timeout: Option<Spanned<String>>,
     pub max_connections: Option<Spanned<i64>>,
     pub max_connections_per_address: Option<Spanned<i64>>,
     pub tls_cert: Option<Spanned<String>>,

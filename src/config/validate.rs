@@ -1098,6 +1098,7 @@ fn client_bounds(b: &RawBalancer, rep: &mut Reporter<'_>) -> Option<ClientBounds
         send_timeout,
         connect_timeout,
         keepalive_timeout,
+        upstream_keepalive_timeout,
     ] = [
         (
             &b.header_timeout,
@@ -1124,6 +1125,11 @@ fn client_bounds(b: &RawBalancer, rep: &mut Reporter<'_>) -> Option<ClientBounds
             DEFAULT_KEEPALIVE_TIMEOUT,
             "balancer.keepalive_timeout",
         ),
+        (
+            &b.upstream_keepalive_timeout,
+            DEFAULT_UPSTREAM_KEEPALIVE_TIMEOUT,
+            "balancer.upstream_keepalive_timeout",
+        ),
     ]
     .map(|(v, default, key)| timeout(v.as_ref(), default, key, rep));
     let max_connections = count(
@@ -1146,6 +1152,7 @@ fn client_bounds(b: &RawBalancer, rep: &mut Reporter<'_>) -> Option<ClientBounds
         send_timeout: send_timeout?,
         connect_timeout: connect_timeout?,
         keepalive_timeout: keepalive_timeout?,
+        upstream_keepalive_timeout: upstream_keepalive_timeout?,
         max_connections,
         max_connections_per_address: per_address.unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_ADDRESS),
     })

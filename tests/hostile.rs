@@ -522,21 +522,33 @@ fn upstream_states(ports: &[u16]) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn upstream_connections_a_worker_closes_while_idle_are_dropped_and_never_reused() {
-    let (r, lb) = fixture_cluster("", "env = { FIXTURE_KEEPALIVE_MS = \"300\" }\n", None);
+/// The ports of `r`'s two workers.
+fn worker_ports(r: &Rtsup) -> Vec<u16> {
     let workers: Vec<u16> = r
         .workers()
         .iter()
         .filter_map(|w| w["port"].as_u64().and_then(|p| u16::try_from(p).ok()))
         .collect();
     assert_eq!(workers.len(), 2, "{workers:?}");
+    workers
+}
+
+/// `n` requests through the balancer at `lb`, each answered by a worker: they leave
+/// kept-alive connections to the workers.
+fn requests(lb: u16, round: usize, n: usize) {
+    for i in 0..n {
+        let reply = http_get(lb, "/").unwrap_or_else(|e| panic!("round {round} #{i}: {e}"));
+        assert!(reply.contains("instance"), "round {round} #{i}: {reply}");
+    }
+}
+
+#[test]
+fn upstream_connections_a_worker_closes_while_idle_are_dropped_and_never_reused() {
+    let (r, lb) = fixture_cluster("", "env = { FIXTURE_KEEPALIVE_MS = \"300\" }\n", None);
+    let workers = worker_ports(&r);
     for round in 0..3 {
         // Requests through the balancer leave kept-alive connections to the workers...
-        for i in 0..6 {
-            let reply = http_get(lb, "/").unwrap_or_else(|e| panic!("round {round} #{i}: {e}"));
-            assert!(reply.contains("instance"), "round {round} #{i}: {reply}");
-        }
+        requests(lb, round, 6);
         // ...which the workers close after 300 ms idle: rtsup drops its side too (no
         // connection left half-closed), and the next round is served on new ones.
         wait_until("the idle upstream connections closed on both sides", || {
@@ -559,17 +571,9 @@ fn idle_upstream_connections_are_closed_by_the_proxy_before_the_worker_would() {
         "env = { FIXTURE_KEEPALIVE_MS = \"60000\" }\n",
         None,
     );
-    let workers: Vec<u16> = r
-        .workers()
-        .iter()
-        .filter_map(|w| w["port"].as_u64().and_then(|p| u16::try_from(p).ok()))
-        .collect();
-    assert_eq!(workers.len(), 2, "{workers:?}");
+    let workers = worker_ports(&r);
     for round in 0..2 {
-        for i in 0..4 {
-            let reply = http_get(lb, "/").unwrap_or_else(|e| panic!("round {round} #{i}: {e}"));
-            assert!(reply.contains("instance"), "round {round} #{i}: {reply}");
-        }
+        requests(lb, round, 4);
         // The proxy's sockets end in TIME_WAIT (`06`), which only the side that closes first
         // enters: it closed them, none is left open (`01`) or half-closed by a worker (`08`).
         wait_until("the proxy closing its idle upstream connections", || {

@@ -24,6 +24,7 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::protocols::http::v1::keepalive::KeepaliveTimer;
 use crate::protocols::http::v2::server;
 use crate::protocols::http::{ReusableHttpStream, ServerSession};
 use crate::protocols::Digest;
@@ -440,10 +441,32 @@ where
     );
 
     let mut result = app.process_new_http_unboxed(session, shutdown).await;
-    while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
+    // rtsup (vendored change 35): with request limits set, the wait for each next request is
+    // this loop's, timed by one timer the connection keeps, and the bytes it reads are the
+    // next session's to parse.
+    let mut idle = KeepaliveTimer::default();
+    while let Some((mut stream, persistent_settings)) = result.map(|r| r.consume()) {
+        let waiting = persistent_settings
+            .as_ref()
+            .is_none_or(|s| s.pipelined_prefix.is_none());
+        let first_bytes = match limits {
+            Some(l) if waiting => {
+                let Some(bytes) = idle
+                    .read_next_request(&mut stream, l.keepalive_timeout)
+                    .await
+                else {
+                    return;
+                };
+                Some(bytes)
+            }
+            _ => None,
+        };
         let mut session = new_session(stream, true);
         if let Some(persistent_settings) = persistent_settings {
             persistent_settings.apply_to_session(&mut session);
+        }
+        if let (Some(bytes), ServerSession::H1(h1)) = (first_bytes, &mut *session) {
+            h1.set_pipelined_prefix(bytes);
         }
 
         result = app.process_new_http_unboxed(session, shutdown).await;

@@ -436,11 +436,12 @@ impl HttpSession {
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
         // rtsup patch: the header deadline runs from the first byte of the header (taken when
-        // a read after it is needed, vendored change 28), or from now for a connection's first
+        // a read after it is needed, vendored change 28, also when those bytes came as the
+        // prefix the keep-alive loop read, change 35), or from now for a connection's first
         // request.
         let limits = self.request_limits;
         let mut deadline = match limits {
-            Some(l) if !self.reused || already_read > 0 => Some(deadline_after(l.header_timeout)),
+            Some(l) if !self.reused => Some(deadline_after(l.header_timeout)),
             _ => None,
         };
         loop {

@@ -1,0 +1,166 @@
+// Copyright 2026 rtsup contributors
+//
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+//     http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
+//! rtsup (vendored change 35): the wait of a kept-alive HTTP/1.x connection for its next
+//! request, timed by one timer the connection keeps for its whole life.
+//!
+//! A timeout made for each wait puts a timer into the runtime's wheel when the wait starts
+//! and takes it out when the request comes, twice per request on a busy connection. The
+//! timer kept here is armed once and left alone while requests keep coming: when it fires,
+//! the wait that sees it compares the clock with its own deadline and either ends (the
+//! connection was idle for the whole timeout) or re-arms it for that deadline. It fires at
+//! most once per timeout for a connection in use, and never closes one early.
+
+use bytes::BytesMut;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::time::{Instant, Sleep};
+
+use super::common::INIT_HEADER_BUF_SIZE;
+use crate::protocols::Stream;
+
+/// The idle timer of one kept-alive connection, made on its first wait.
+#[derive(Debug, Default)]
+pub struct KeepaliveTimer {
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl KeepaliveTimer {
+    /// Read the first bytes of the connection's next request, waiting at most `timeout` for
+    /// them. `None` when the client closed the connection, a read failed, or `timeout`
+    /// passed with nothing read: all mean the connection ends quietly, as a kept-alive one
+    /// does when its client is done.
+    pub async fn read_next_request(
+        &mut self,
+        stream: &mut Stream,
+        timeout: Duration,
+    ) -> Option<BytesMut> {
+        let now = Instant::now();
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600));
+        let sleep = match &mut self.sleep {
+            Some(sleep) => {
+                // A later deadline is left for the firing to find; an earlier one (a shorter
+                // timeout than the last wait's) must be armed now.
+                if sleep.deadline() > deadline {
+                    sleep.as_mut().reset(deadline);
+                }
+                sleep
+            }
+            None => self
+                .sleep
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        let mut buf = BytesMut::with_capacity(INIT_HEADER_BUF_SIZE);
+        let mut read = std::pin::pin!(stream.read_buf(&mut buf));
+        loop {
+            let outcome = poll_fn(|cx| {
+                if let Poll::Ready(read) = read.as_mut().poll(cx) {
+                    return Poll::Ready(Some(read));
+                }
+                sleep.as_mut().poll(cx).map(|()| None)
+            })
+            .await;
+            match outcome {
+                Some(Ok(n)) if n > 0 => break,
+                Some(_) => return None,
+                // Idle for the whole timeout: the connection is done.
+                None if Instant::now() >= deadline => return None,
+                // Armed for an earlier wait's deadline: now for this one's.
+                None => sleep.as_mut().reset(deadline),
+            }
+        }
+        Some(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    const TIMEOUT: Duration = Duration::from_secs(10);
+
+    fn pair() -> (Stream, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(1024);
+        (Box::new(ours), theirs)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_next_request_is_read_and_an_idle_connection_ends_after_the_timeout() {
+        let (mut stream, mut client) = pair();
+        let mut timer = KeepaliveTimer::default();
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let start = Instant::now();
+        let first = timer.read_next_request(&mut stream, TIMEOUT).await;
+        assert_eq!(first.as_deref(), Some(&b"GET / HTTP/1.1\r\n"[..]));
+        assert_eq!(
+            Instant::now(),
+            start,
+            "bytes already there are read at once"
+        );
+        // Nothing more comes: the wait ends after exactly the timeout.
+        let start = Instant::now();
+        assert_eq!(timer.read_next_request(&mut stream, TIMEOUT).await, None);
+        assert_eq!(Instant::now() - start, TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_in_use_is_never_closed_early_by_a_timer_armed_for_an_earlier_wait() {
+        let (mut stream, mut client) = pair();
+        let mut timer = KeepaliveTimer::default();
+        // Requests every 0.7 timeout for several timeouts: the timer armed by the first wait
+        // fires during the second one, which must go on waiting until its own deadline.
+        for i in 0..6u8 {
+            let writer = async {
+                tokio::time::sleep(TIMEOUT.mul_f32(0.7)).await;
+                client.write_all(&[b'a' + i]).await.unwrap();
+            };
+            let (read, ()) = tokio::join!(timer.read_next_request(&mut stream, TIMEOUT), writer);
+            assert_eq!(read.as_deref(), Some(&[b'a' + i][..]), "wait {i}");
+        }
+        // Then idle: closed a full timeout after the last wait began, not before.
+        let start = Instant::now();
+        assert_eq!(timer.read_next_request(&mut stream, TIMEOUT).await, None);
+        assert_eq!(Instant::now() - start, TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shorter_timeout_than_the_armed_one_is_kept() {
+        let (mut stream, _client) = pair();
+        let mut timer = KeepaliveTimer::default();
+        let (mut other, mut other_client) = pair();
+        other_client.write_all(b"x").await.unwrap();
+        // Armed for TIMEOUT by a wait that ended at once.
+        assert!(timer.read_next_request(&mut other, TIMEOUT).await.is_some());
+        let start = Instant::now();
+        let short = TIMEOUT / 4;
+        assert_eq!(timer.read_next_request(&mut stream, short).await, None);
+        assert_eq!(Instant::now() - start, short);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_connection_ends_the_wait_at_once() {
+        let (mut stream, client) = pair();
+        let mut timer = KeepaliveTimer::default();
+        drop(client);
+        let start = Instant::now();
+        assert_eq!(timer.read_next_request(&mut stream, TIMEOUT).await, None);
+        assert_eq!(Instant::now(), start);
+    }
+}

@@ -21,6 +21,7 @@ use pingora_error::{Error, ErrorType::*, OrErr, Result, RetryType};
 use pingora_http::{HMap, IntoCaseHeaderName, RequestHeader, ResponseHeader};
 use pingora_timeout::timeout;
 use std::io::ErrorKind;
+use std::mem::MaybeUninit;
 use std::str;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -283,9 +284,12 @@ impl HttpSession {
 
         loop {
             if parse_existing_buffer {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut resp = httparse::Response::new(&mut headers);
-                let parsed = parse_resp_buffer(&mut resp, &self.response_header_read_buf);
+                // rtsup (vendored change 36): the parser's field slots left uninitialized,
+                // as the request's (`server.rs`).
+                let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+                let mut resp = httparse::Response::new(&mut []);
+                let parsed =
+                    parse_resp_buffer(&mut resp, &self.response_header_read_buf, &mut headers);
                 match parsed {
                     HeaderParseState::Complete(s) => {
                         let total_read = self.response_header_read_buf.len();
@@ -939,14 +943,15 @@ impl HttpSession {
 }
 
 #[inline]
-fn parse_resp_buffer<'buf>(
-    resp: &mut httparse::Response<'_, 'buf>,
+fn parse_resp_buffer<'h, 'buf>(
+    resp: &mut httparse::Response<'h, 'buf>,
     buf: &'buf [u8],
+    headers: &'h mut [MaybeUninit<httparse::Header<'buf>>],
 ) -> HeaderParseState {
     let mut parser = httparse::ParserConfig::default();
     parser.allow_spaces_after_header_name_in_responses(true);
     parser.allow_obsolete_multiline_headers_in_responses(true);
-    let res = match parser.parse_response(resp, buf) {
+    let res = match parser.parse_response_with_uninit_headers(resp, buf, headers) {
         Ok(s) => s,
         Err(e) => {
             return HeaderParseState::Invalid(e);
@@ -1170,6 +1175,39 @@ mod tests_stream {
             http_stream.resp_header().unwrap().get_reason_phrase(),
             Some("Just Fine")
         );
+    }
+
+    /// rtsup (vendored change 36): the parser's field slots start uninitialized; a response
+    /// with as many fields as there are slots is read whole, each field where it was sent,
+    /// and one more field is refused.
+    #[tokio::test]
+    async fn a_response_fills_every_field_slot_and_one_more_field_is_refused() {
+        init_log();
+        let response = |fields: usize| {
+            let mut wire = b"HTTP/1.1 200 OK\r\n".to_vec();
+            for i in 0..fields {
+                wire.extend_from_slice(format!("x-f{i}: v{i}\r\n").as_bytes());
+            }
+            wire.extend_from_slice(b"content-length: 0\r\n\r\n");
+            wire
+        };
+        let wire = response(MAX_HEADERS - 1);
+        let mut session = HttpSession::new(Box::new(Builder::new().read(&wire).build()));
+        assert_eq!(session.read_response().await.unwrap(), wire.len());
+        let headers = &session.resp_header().unwrap().headers;
+        assert_eq!(headers.len(), MAX_HEADERS);
+        for i in [0, 1, MAX_HEADERS / 2, MAX_HEADERS - 2] {
+            assert_eq!(
+                headers[format!("x-f{i}").as_str()],
+                format!("v{i}").as_str()
+            );
+        }
+        assert_eq!(headers["content-length"], "0");
+
+        let wire = response(MAX_HEADERS);
+        let mut session = HttpSession::new(Box::new(Builder::new().read(&wire).build()));
+        let e = session.read_response().await.unwrap_err();
+        assert_eq!(*e.etype(), InvalidHTTPHeader);
     }
 
     #[tokio::test]

@@ -43,6 +43,9 @@ mod case_header_name;
 use case_header_name::CaseHeaderName;
 pub use case_header_name::IntoCaseHeaderName;
 
+mod framing_fields;
+use framing_fields::FramingFields;
+
 pub mod prelude {
     pub use crate::RequestHeader;
     pub use crate::ResponseHeader;
@@ -86,6 +89,8 @@ pub struct RequestHeader {
     raw_target: RawTarget,
     // whether we send END_STREAM with HEADERS for h2 requests
     send_end_stream: bool,
+    /// rtsup (vendored change 37): which framing fields the header may hold.
+    framing_fields: FramingFields,
 }
 
 /// How a request-target is stored, and how [`RequestHeader::raw_path`] recovers it.
@@ -154,6 +159,7 @@ impl RequestHeader {
             header_name_map: None,
             raw_target: RawTarget::FromUri,
             send_end_stream: true,
+            framing_fields: FramingFields::NONE,
         }
     }
 
@@ -205,6 +211,7 @@ impl RequestHeader {
         append_header_value(
             self.header_name_map.as_mut(),
             &mut self.base.headers,
+            &mut self.framing_fields,
             name,
             header_value,
         )
@@ -225,6 +232,7 @@ impl RequestHeader {
         insert_header_value(
             self.header_name_map.as_mut(),
             &mut self.base.headers,
+            &mut self.framing_fields,
             name,
             header_value,
         )
@@ -236,6 +244,14 @@ impl RequestHeader {
         &'a N: 'a + AsHeaderName,
     {
         remove_header(self.header_name_map.as_mut(), &mut self.base.headers, name)
+    }
+
+    /// rtsup (vendored change 37): whether the header may hold a field named `name`: false
+    /// only when `name` is `Content-Length`, `Transfer-Encoding`, `Connection` or `Upgrade`
+    /// and no such field was ever added, so that a lookup of it can be skipped.
+    #[inline]
+    pub fn may_hold(&self, name: &HeaderName) -> bool {
+        self.framing_fields.may_hold(name)
     }
 
     /// Write the header to the `buf` in HTTP/1.1 wire format.
@@ -410,6 +426,7 @@ impl Clone for RequestHeader {
             header_name_map: self.header_name_map.clone(),
             raw_target: self.raw_target.clone(),
             send_end_stream: self.send_end_stream,
+            framing_fields: self.framing_fields,
         }
     }
 }
@@ -426,6 +443,7 @@ impl From<ReqParts> for RequestHeader {
             // The Uri is the only target available here, so it is the one that serializes.
             raw_target: RawTarget::FromUri,
             send_end_stream: true,
+            framing_fields: FramingFields::ANY,
         }
     }
 }
@@ -456,6 +474,8 @@ pub struct ResponseHeader {
     header_name_map: Option<CaseMap>,
     // the reason phrase of the response, if unset, a default one will be used
     reason_phrase: Option<String>,
+    /// rtsup (vendored change 37): which framing fields the header may hold.
+    framing_fields: FramingFields,
 }
 
 impl AsRef<RespParts> for ResponseHeader {
@@ -478,6 +498,7 @@ impl Clone for ResponseHeader {
             base: self.as_owned_parts(),
             header_name_map: self.header_name_map.clone(),
             reason_phrase: self.reason_phrase.clone(),
+            framing_fields: self.framing_fields,
         }
     }
 }
@@ -489,6 +510,7 @@ impl From<RespParts> for ResponseHeader {
             base: parts,
             header_name_map: None,
             reason_phrase: None,
+            framing_fields: FramingFields::ANY,
         }
     }
 }
@@ -522,6 +544,7 @@ impl ResponseHeader {
             base,
             header_name_map: None,
             reason_phrase: None,
+            framing_fields: FramingFields::NONE,
         }
     }
 
@@ -562,6 +585,7 @@ impl ResponseHeader {
         append_header_value(
             self.header_name_map.as_mut(),
             &mut self.base.headers,
+            &mut self.framing_fields,
             name,
             header_value,
         )
@@ -582,6 +606,7 @@ impl ResponseHeader {
         insert_header_value(
             self.header_name_map.as_mut(),
             &mut self.base.headers,
+            &mut self.framing_fields,
             name,
             header_value,
         )
@@ -593,6 +618,14 @@ impl ResponseHeader {
         &'a N: 'a + AsHeaderName,
     {
         remove_header(self.header_name_map.as_mut(), &mut self.base.headers, name)
+    }
+
+    /// rtsup (vendored change 37): whether the header may hold a field named `name`: false
+    /// only when `name` is `Content-Length`, `Transfer-Encoding`, `Connection` or `Upgrade`
+    /// and no such field was ever added, so that a lookup of it can be skipped.
+    #[inline]
+    pub fn may_hold(&self, name: &HeaderName) -> bool {
+        self.framing_fields.may_hold(name)
     }
 
     /// Write the header to the `buf` in HTTP/1.1 wire format.
@@ -834,6 +867,7 @@ fn http_header_map_upper_bound(size_hint: Option<usize>) -> usize {
 fn append_header_value<T>(
     name_map: Option<&mut CaseMap>,
     value_map: &mut HMap<T>,
+    framing_fields: &mut FramingFields,
     name: impl IntoCaseHeaderName,
     value: T,
 ) -> Result<bool> {
@@ -851,6 +885,7 @@ fn append_header_value<T>(
         // rtsup (vendored change 26): no spelling worked out that nothing keeps.
         name.into_header_name()?
     };
+    framing_fields.note(&header_name);
 
     // Non-panicking `try_append` for the same reason as the case map above.
     value_map.try_append(header_name, value).or_err(
@@ -863,6 +898,7 @@ fn append_header_value<T>(
 fn insert_header_value<T>(
     name_map: Option<&mut CaseMap>,
     value_map: &mut HMap<T>,
+    framing_fields: &mut FramingFields,
     name: impl IntoCaseHeaderName,
     value: T,
 ) -> Result<()> {
@@ -875,6 +911,7 @@ fn insert_header_value<T>(
         // rtsup (vendored change 26): no spelling worked out that nothing keeps.
         name.into_header_name()?
     };
+    framing_fields.note(&header_name);
     value_map.insert(header_name, value);
     Ok(())
 }
@@ -1045,6 +1082,48 @@ mod tests {
         let mut buf = Vec::new();
         req.header_to_h1_wire(&mut buf);
         buf
+    }
+
+    /// rtsup change 37: a header may hold a framing field once one was appended or inserted
+    /// under any spelling, with or without the case map, and after a clone; built from parts,
+    /// it may hold any; a removed field's bit stays (a lookup then finds it gone).
+    #[test]
+    fn a_header_may_hold_a_framing_field_only_once_one_was_added() {
+        use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
+        for keep_case in [true, false] {
+            let mut req = if keep_case {
+                RequestHeader::build("GET", b"/", None).unwrap()
+            } else {
+                RequestHeader::build_no_case("GET", b"/", None).unwrap()
+            };
+            req.append_header("Host", "a").unwrap();
+            for name in [&CONTENT_LENGTH, &TRANSFER_ENCODING, &CONNECTION, &UPGRADE] {
+                assert!(!req.may_hold(name), "{name}");
+            }
+            assert!(req.may_hold(&http::header::HOST));
+            req.append_header("Transfer-Encoding", "chunked").unwrap();
+            req.insert_header(CONNECTION, "upgrade").unwrap();
+            assert!(req.may_hold(&TRANSFER_ENCODING) && req.may_hold(&CONNECTION));
+            assert!(!req.may_hold(&CONTENT_LENGTH) && !req.may_hold(&UPGRADE));
+            req.remove_header(&CONNECTION);
+            assert!(req.may_hold(&CONNECTION));
+            let copy = req.clone();
+            assert!(copy.may_hold(&TRANSFER_ENCODING) && !copy.may_hold(&UPGRADE));
+
+            let mut resp = if keep_case {
+                ResponseHeader::build(200, None).unwrap()
+            } else {
+                ResponseHeader::build_no_case(200, None).unwrap()
+            };
+            assert!(!resp.may_hold(&CONTENT_LENGTH));
+            resp.set_content_length(3).unwrap();
+            assert!(resp.may_hold(&CONTENT_LENGTH) && !resp.may_hold(&UPGRADE));
+            assert!(resp.clone().may_hold(&CONTENT_LENGTH));
+        }
+        let parts = http::Request::new(()).into_parts().0;
+        assert!(RequestHeader::from(parts).may_hold(&UPGRADE));
+        let parts = http::Response::new(()).into_parts().0;
+        assert!(ResponseHeader::from(parts).may_hold(&CONTENT_LENGTH));
     }
 
     // rtsup change 21: a `HeaderName` taken as it is gives the maps and the wire what parsing

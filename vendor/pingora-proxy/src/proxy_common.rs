@@ -112,6 +112,10 @@ impl ConnectionNominations {
     /// nominations need no entry (rtsup, vendored change 30).
     fn parse(req: &RequestHeader, reject_malformed: bool, standard_stripped: bool) -> Result<Self> {
         let mut headers = Vec::new();
+        // rtsup (vendored change 37): a request that never held a `Connection` nominates none.
+        if !req.may_hold(&header::CONNECTION) {
+            return Ok(Self { headers });
+        }
         let mut nomination_count = 0;
 
         // This is inspired by Envoy's defensive Connection-header sanitization checks. Bound the
@@ -411,7 +415,10 @@ pub(crate) fn sanitize_h1_upstream_request(
         })
         .transpose()?;
 
-    if policy.h1_upgrade == H1UpgradePolicy::Preserve && req.headers.contains_key(header::UPGRADE) {
+    if policy.h1_upgrade == H1UpgradePolicy::Preserve
+        && req.may_hold(&header::UPGRADE)
+        && req.headers.contains_key(header::UPGRADE)
+    {
         // An arbitrary upgrade may require any of the connection-nominated fields. Preserve the
         // complete request metadata rather than forwarding a partial handshake.
         return Ok(());

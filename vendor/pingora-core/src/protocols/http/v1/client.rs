@@ -18,7 +18,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{header, header::AsHeaderName, HeaderValue, StatusCode, Version};
 use log::{debug, trace};
 use pingora_error::{Error, ErrorType::*, OrErr, Result, RetryType};
-use pingora_http::{HMap, IntoCaseHeaderName, RequestHeader, ResponseHeader};
+use pingora_http::{IntoCaseHeaderName, RequestHeader, ResponseHeader};
 use pingora_timeout::timeout;
 use std::io::ErrorKind;
 use std::mem::MaybeUninit;
@@ -378,9 +378,8 @@ impl HttpSession {
                             }
                         }
 
-                        let contains_transfer_encoding = response_header
-                            .headers
-                            .contains_key(header::TRANSFER_ENCODING);
+                        let contains_transfer_encoding =
+                            holds(&*response_header, header::TRANSFER_ENCODING);
 
                         // Transfer encoding overrides content length, so when
                         // both are present, we MUST remove content length. This is
@@ -817,11 +816,7 @@ impl HttpSession {
     }
 
     fn init_req_body_writer(&mut self, header: &RequestHeader) {
-        self.init_body_writer_comm(&header.headers)
-    }
-
-    fn init_body_writer_comm(&mut self, headers: &HMap) {
-        if is_chunked_encoding_from_headers(headers) {
+        if is_chunked_encoding(header) {
             // transfer-encoding takes priority over content-length
             self.body_writer.init_chunked();
             return;
@@ -831,7 +826,7 @@ impl HttpSession {
         // truncated. Per RFC 9112, requests are never close-delimited: an absent
         // or unusable Content-Length means a zero-length body. Headers are
         // expected to be validated on read.
-        match content_length_for_framing(headers) {
+        match framing_length(header).framing() {
             Ok(Some(length)) => self.body_writer.init_content_length(length),
             Ok(None) => self.body_writer.init_content_length(0),
             Err(e) => {
@@ -1045,9 +1040,9 @@ impl RespFacts {
             status: header.status,
             version: header.version,
             transfer_encoding,
-            chunked: transfer_encoding && is_chunked_encoding_from_headers(&header.headers),
-            content_length: FramingLength::of(&header.headers),
-            connection_keepalive: is_buf_keepalive(header.headers.get(header::CONNECTION)),
+            chunked: transfer_encoding && is_chunked_encoding(header),
+            content_length: framing_length(header),
+            connection_keepalive: is_buf_keepalive(field_of(header, header::CONNECTION)),
             keepalive_values: keepalive_values(header.headers.get(KEEP_ALIVE)),
         }
     }

@@ -122,8 +122,71 @@ fn parse_connection_header(value: &[u8]) -> ConnectionValue {
     }
 }
 
-pub(crate) fn init_body_writer_comm(body_writer: &mut BodyWriter, headers: &HMap) {
-    if is_chunked_encoding_from_headers(headers) {
+/// rtsup (vendored change 37): a message header that tells which framing fields it may hold
+/// (`may_hold`), so that looking for one it never held skips the lookup.
+pub(crate) trait FramedHeader {
+    /// The header's fields.
+    fn fields(&self) -> &HMap;
+    /// Whether it may hold a field named `name`.
+    fn may_hold(&self, name: &header::HeaderName) -> bool;
+}
+
+impl FramedHeader for RequestHeader {
+    fn fields(&self) -> &HMap {
+        &self.headers
+    }
+    fn may_hold(&self, name: &header::HeaderName) -> bool {
+        RequestHeader::may_hold(self, name)
+    }
+}
+
+impl FramedHeader for ResponseHeader {
+    fn fields(&self) -> &HMap {
+        &self.headers
+    }
+    fn may_hold(&self, name: &header::HeaderName) -> bool {
+        ResponseHeader::may_hold(self, name)
+    }
+}
+
+/// [`is_chunked_encoding_from_headers`] of a message header, without a lookup when it never
+/// held a `Transfer-Encoding` (rtsup, vendored change 37).
+pub(crate) fn is_chunked_encoding(message: &impl FramedHeader) -> bool {
+    message.may_hold(&header::TRANSFER_ENCODING)
+        && is_chunked_encoding_from_headers(message.fields())
+}
+
+/// [`FramingLength::of`] a message header, without a lookup when it never held a
+/// `Content-Length` (rtsup, vendored change 37).
+pub(crate) fn framing_length(message: &impl FramedHeader) -> FramingLength {
+    if message.may_hold(&header::CONTENT_LENGTH) {
+        FramingLength::of(message.fields())
+    } else {
+        FramingLength::Absent
+    }
+}
+
+/// Whether a message header holds a field named `name`, without a lookup when it never held
+/// one (rtsup, vendored change 37).
+pub(crate) fn holds(message: &impl FramedHeader, name: header::HeaderName) -> bool {
+    message.may_hold(&name) && message.fields().contains_key(name)
+}
+
+/// A message header's field named `name`, without a lookup when it never held one (rtsup,
+/// vendored change 37).
+pub(crate) fn field_of(
+    message: &impl FramedHeader,
+    name: header::HeaderName,
+) -> Option<&HeaderValue> {
+    if message.may_hold(&name) {
+        message.fields().get(name)
+    } else {
+        None
+    }
+}
+
+pub(crate) fn init_body_writer_comm(body_writer: &mut BodyWriter, message: &impl FramedHeader) {
+    if is_chunked_encoding(message) {
         // transfer-encoding takes priority over content-length
         body_writer.init_chunked();
         return;
@@ -134,7 +197,7 @@ pub(crate) fn init_body_writer_comm(body_writer: &mut BodyWriter, headers: &HMap
     // An invalid value should have been rejected on read; if validation was
     // bypassed, log the anomaly and fall back to close-delimited rather than
     // risk misframing the body.
-    match content_length_for_framing(headers) {
+    match framing_length(message).framing() {
         Ok(Some(length)) => body_writer.init_content_length(length),
         Ok(None) => {
             /* TODO: 1. connection: keepalive cannot be used,
@@ -195,7 +258,7 @@ pub(crate) fn is_chunked_encoding_from_headers(headers: &HMap) -> bool {
 }
 
 pub fn is_upgrade_req(req: &RequestHeader) -> bool {
-    req.version == http::Version::HTTP_11 && req.headers.get(header::UPGRADE).is_some()
+    req.version == http::Version::HTTP_11 && holds(req, header::UPGRADE)
 }
 
 pub fn is_expect_continue_req(req: &RequestHeader) -> bool {

@@ -578,8 +578,7 @@ impl HttpSession {
                             .or_err(InvalidHTTPHeader, "while parsing request header")?;
                         }
 
-                        let contains_transfer_encoding =
-                            request_header.headers.contains_key(TRANSFER_ENCODING);
+                        let contains_transfer_encoding = holds(&*request_header, TRANSFER_ENCODING);
 
                         // Transfer encoding overrides content length, so when
                         // both are present, we can remove content length. This
@@ -699,7 +698,7 @@ impl HttpSession {
             // parity): identical duplicates and comma-combined identical values are
             // accepted and collapsed; differing or unparseable values are rejected.
             // Not looked at when Transfer-Encoding is present (TE overrides CL).
-            content_length_for_framing(&req_header.headers)?;
+            framing_length(req_header).framing()?;
         }
 
         Ok(())
@@ -985,7 +984,8 @@ impl HttpSession {
     }
 
     fn is_connection_keepalive(&self) -> Option<bool> {
-        is_buf_keepalive(self.get_header(header::CONNECTION))
+        let request = self.request_header.as_deref()?;
+        is_buf_keepalive(field_of(request, header::CONNECTION))
     }
 
     // calculate write timeout from min_send_rate if set, otherwise return write_timeout
@@ -1164,7 +1164,7 @@ impl HttpSession {
         if self.is_upgrade(header) == Some(true) {
             self.body_writer.init_close_delimited();
         } else {
-            init_body_writer_comm(&mut self.body_writer, &header.headers);
+            init_body_writer_comm(&mut self.body_writer, header);
         }
     }
 
@@ -1327,11 +1327,11 @@ impl HttpSession {
     }
 
     fn is_chunked_encoding(&self) -> bool {
-        is_chunked_encoding_from_headers(&self.req_header().headers)
+        is_chunked_encoding(self.req_header())
     }
 
     fn get_content_length(&self) -> Result<Option<usize>> {
-        content_length_for_framing(&self.req_header().headers)
+        framing_length(self.req_header()).framing()
     }
 
     fn init_body_reader(&mut self) {

@@ -378,15 +378,16 @@ impl Balancer {
             req.insert_header(&X_FORWARDED_PROTO, if ctx.https { "https" } else { "http" })?;
         }
         if let Some(peer) = peer {
-            let prev = req.headers.get_all(&X_FORWARDED_FOR);
-            let xff = if prev.iter().next().is_none() {
-                // The connection's peer alone: the same value for all its requests.
-                crate::admission::peer_forwarded_for(|| forwarded_for(None, peer))?
-            } else {
-                forwarded_for(prev, peer)?
-            };
-            // By its constant name: taken as it is, not parsed back from a spelling.
-            req.insert_header(&X_FORWARDED_FOR, xff)?;
+            // The field looked up once, and set from what it held (vendored change 38).
+            req.insert_header_from(&X_FORWARDED_FOR, |prev| {
+                let mut prev = prev.peekable();
+                if prev.peek().is_none() {
+                    // The connection's peer alone: the same value for all its requests.
+                    crate::admission::peer_forwarded_for(|| forwarded_for(None, peer))
+                } else {
+                    forwarded_for(prev, peer)
+                }
+            })?;
         }
         Ok(())
     }

@@ -238,6 +238,40 @@ impl RequestHeader {
         )
     }
 
+    /// rtsup (vendored change 38): set the field `name` to the value `make` builds from the
+    /// values it holds now (none when it is absent), as [`Self::insert_header`] after a
+    /// `get_all` of the name would, with one lookup of the name instead of two (a proxy's
+    /// `X-Forwarded-For`, say).
+    pub fn insert_header_from<F>(&mut self, name: &HeaderName, make: F) -> Result<()>
+    where
+        F: FnOnce(&mut dyn Iterator<Item = &HeaderValue>) -> Result<HeaderValue>,
+    {
+        use http::header::Entry;
+        let entry = self.base.headers.try_entry(name).or_err(
+            InvalidHTTPHeader,
+            "header value map size overflows MAX_SIZE",
+        )?;
+        match entry {
+            Entry::Occupied(mut held) => {
+                let value = make(&mut held.iter())?;
+                held.insert(value);
+            }
+            Entry::Vacant(absent) => {
+                let value = make(&mut std::iter::empty())?;
+                absent.try_insert(value).or_err(
+                    InvalidHTTPHeader,
+                    "header value map size overflows MAX_SIZE",
+                )?;
+            }
+        }
+        if let Some(name_map) = self.header_name_map.as_mut() {
+            let (header_name, case_header_name) = name.into_names()?;
+            name_map.insert(header_name, case_header_name);
+        }
+        self.framing_fields.note(name);
+        Ok(())
+    }
+
     /// Remove all headers under the name
     pub fn remove_header<'a, N: ?Sized>(&mut self, name: &'a N) -> Option<HeaderValue>
     where
@@ -1082,6 +1116,76 @@ mod tests {
         let mut buf = Vec::new();
         req.header_to_h1_wire(&mut buf);
         buf
+    }
+
+    /// rtsup change 38: `insert_header_from` sees the values held (none when absent) and
+    /// leaves the header as `insert_header` would, both maps and the wire, with and without
+    /// the case map.
+    #[test]
+    fn insert_header_from_sees_the_values_held_and_replaces_them_all() {
+        let xff = HeaderName::from_static("x-forwarded-for");
+        for keep_case in [true, false] {
+            let build = || {
+                let mut req = if keep_case {
+                    RequestHeader::build("GET", b"/", None).unwrap()
+                } else {
+                    RequestHeader::build_no_case("GET", b"/", None).unwrap()
+                };
+                req.append_header("Host", "a").unwrap();
+                req
+            };
+            let mut absent = build();
+            absent
+                .insert_header_from(&xff, |held| {
+                    assert_eq!(held.count(), 0);
+                    Ok(HeaderValue::from_static("1.2.3.4"))
+                })
+                .unwrap();
+            let mut expected = build();
+            expected.insert_header(&xff, "1.2.3.4").unwrap();
+            assert_eq!(wire(&absent), wire(&expected));
+
+            let mut held = build();
+            held.append_header("X-Forwarded-For", "9.9.9.9").unwrap();
+            held.append_header("X-Forwarded-For", "8.8.8.8").unwrap();
+            held.append_header("Accept", "*/*").unwrap();
+            held.insert_header_from(&xff, |values| {
+                let seen: Vec<_> = values.map(|v| v.to_str().unwrap().to_owned()).collect();
+                assert_eq!(seen, ["9.9.9.9", "8.8.8.8"]);
+                Ok(HeaderValue::from_static("9.9.9.9, 8.8.8.8, 1.2.3.4"))
+            })
+            .unwrap();
+            let mut expected = build();
+            expected
+                .append_header("X-Forwarded-For", "9.9.9.9")
+                .unwrap();
+            expected
+                .append_header("X-Forwarded-For", "8.8.8.8")
+                .unwrap();
+            expected.append_header("Accept", "*/*").unwrap();
+            expected
+                .insert_header(&xff, "9.9.9.9, 8.8.8.8, 1.2.3.4")
+                .unwrap();
+            assert_eq!(wire(&held), wire(&expected));
+            assert_eq!(held.headers.get_all(&xff).iter().count(), 1);
+
+            // An error from `make` leaves the header as it was.
+            let mut failed = build();
+            assert!(failed
+                .insert_header_from(&xff, |_| pingora_error::Error::e_explain(
+                    InvalidHTTPHeader,
+                    "no"
+                ))
+                .is_err());
+            assert_eq!(wire(&failed), wire(&build()));
+        }
+        // A framing field set this way is noted.
+        let mut req = RequestHeader::build_no_case("GET", b"/", None).unwrap();
+        req.insert_header_from(&http::header::CONNECTION, |_| {
+            Ok(HeaderValue::from_static("close"))
+        })
+        .unwrap();
+        assert!(req.may_hold(&http::header::CONNECTION));
     }
 
     /// rtsup change 37: a header may hold a framing field once one was appended or inserted

@@ -30,7 +30,7 @@ use super::body::{BodyReader, BodyWriter};
 use super::common::*;
 use crate::protocols::http::HttpTask;
 use crate::protocols::{Digest, SocketAddr, Stream, UniqueID, UniqueIDType};
-use crate::utils::{BufRef, KVRef};
+use crate::utils::BufRef;
 
 /// The HTTP 1.x client session
 pub struct HttpSession {
@@ -294,7 +294,7 @@ impl HttpSession {
                     HeaderParseState::Complete(s) => {
                         let total_read = self.response_header_read_buf.len();
                         let base = self.response_header_read_buf.as_ptr() as usize;
-                        let mut header_refs = Vec::<KVRef>::with_capacity(resp.headers.len());
+                        let mut header_refs = HeaderRefs::new();
 
                         // Note: resp.headers has the correct number of headers
                         // while header_refs doesn't as it is still empty
@@ -335,7 +335,7 @@ impl HttpSession {
                         let read = std::mem::take(&mut self.response_header_read_buf);
                         let buf = super::server::shrink_to_fit(read);
 
-                        for header in header_refs {
+                        for header in header_refs.iter() {
                             let value_bytes = header.get_value_bytes(&buf);
                             // rtsup (vendored change 33): httparse hands over field-content
                             // only (HTAB, SP, VCHAR, obs-text), no NUL, and a CR or LF only

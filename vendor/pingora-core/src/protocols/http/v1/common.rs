@@ -337,10 +337,19 @@ pub(super) fn is_buf_keepalive(header_value: Option<&HeaderValue>) -> Option<boo
     })
 }
 
+/// rtsup (vendored change 39): the offsets of a parse's fields, on the stack (a parse fills at
+/// most [`MAX_HEADERS`] slots), not in a `Vec` allocated per message.
+pub(super) type HeaderRefs = arrayvec::ArrayVec<KVRef, MAX_HEADERS>;
+
+/// The offsets of `headers` (parsed from the buffer at `base`) into `header_ref`.
+///
+/// # Panics
+/// Never for a parse's fields: `headers` is the filled part of an array of [`MAX_HEADERS`]
+/// slots.
 #[inline]
 pub(super) fn populate_headers(
     base: usize,
-    header_ref: &mut Vec<KVRef>,
+    header_ref: &mut HeaderRefs,
     headers: &[httparse::Header],
 ) -> usize {
     let mut used_header_index = 0;

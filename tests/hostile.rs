@@ -586,3 +586,38 @@ fn idle_upstream_connections_are_closed_by_the_proxy_before_the_worker_would() {
         });
     }
 }
+
+#[test]
+fn idle_kept_alive_connections_are_closed_as_soon_as_shutdown_begins() {
+    // Closed at once, as a connection that never sent a request is: a client must not send
+    // a request on a connection the stopping proxy would drop unanswered.
+    let (r, lb) = cluster("keepalive_timeout = \"60s\"\n");
+    let mut kept = TcpStream::connect(("127.0.0.1", lb)).expect("connect");
+    kept.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    kept.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut buf = [0u8; 4096];
+    let n = kept.read(&mut buf).expect("the first answer");
+    assert_eq!(status_of(&buf[..n]), 200);
+    let fresh = TcpStream::connect(("127.0.0.1", lb)).expect("connect");
+    // Both accepted and waiting before the signal.
+    wait_until("both connections counted", || {
+        match metric(&r, "rtsup_balancer_connections")? {
+            n if n >= 2 => Ok(()),
+            n => Err(format!("{n} open")),
+        }
+    });
+    r.signal(nix::sys::signal::Signal::SIGTERM);
+    let limit = Duration::from_secs(10);
+    let fresh_closed = std::thread::spawn(move || closed_after(fresh, None, limit));
+    let kept_closed = closed_after(kept, None, limit).expect("the kept-alive connection closed");
+    let fresh_closed = fresh_closed
+        .join()
+        .expect("thread")
+        .expect("the unused connection closed");
+    assert!(
+        kept_closed <= fresh_closed + Duration::from_millis(500),
+        "kept-alive closed after {kept_closed:?}, an unused one after {fresh_closed:?}"
+    );
+}

@@ -21,6 +21,11 @@
 //! the wait that sees it compares the clock with its own deadline and either ends (the
 //! connection was idle for the whole timeout) or re-arms it for that deadline. It fires at
 //! most once per timeout for a connection in use, and never closes one early.
+//!
+//! The wait also ends when the server's shutdown begins (as pingora's own wait for a request
+//! does, `HttpProxy::handle_new_request`): an idle kept-alive connection is closed then, before
+//! its client sends a request the stopping server would not answer. Bytes already there are
+//! read first.
 
 use bytes::BytesMut;
 use std::future::{poll_fn, Future};
@@ -32,6 +37,27 @@ use tokio::time::{Instant, Sleep};
 
 use super::common::INIT_HEADER_BUF_SIZE;
 use crate::protocols::Stream;
+use crate::server::ShutdownWatch;
+
+/// What ended one poll of the wait.
+enum Woken {
+    Read(std::io::Result<usize>),
+    Shutdown,
+    Timer,
+}
+
+/// Resolves once the server's shutdown has begun; never when the watch cannot tell any more
+/// (its sender gone).
+async fn shutdown_begun(shutdown: &mut ShutdownWatch) {
+    loop {
+        if *shutdown.borrow_and_update() {
+            return;
+        }
+        if shutdown.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
 
 /// The idle timer of one kept-alive connection, made on its first wait.
 #[derive(Debug, Default)]
@@ -41,13 +67,14 @@ pub struct KeepaliveTimer {
 
 impl KeepaliveTimer {
     /// Read the first bytes of the connection's next request, waiting at most `timeout` for
-    /// them. `None` when the client closed the connection, a read failed, or `timeout`
-    /// passed with nothing read: all mean the connection ends quietly, as a kept-alive one
-    /// does when its client is done.
+    /// them. `None` when the client closed the connection, a read failed, `timeout` passed
+    /// with nothing read, or `shutdown` says the server is stopping: all mean the connection
+    /// ends quietly, as a kept-alive one does when its client is done.
     pub async fn read_next_request(
         &mut self,
         stream: &mut Stream,
         timeout: Duration,
+        shutdown: &mut ShutdownWatch,
     ) -> Option<BytesMut> {
         let now = Instant::now();
         let deadline = now
@@ -68,21 +95,25 @@ impl KeepaliveTimer {
         };
         let mut buf = BytesMut::with_capacity(INIT_HEADER_BUF_SIZE);
         let mut read = std::pin::pin!(stream.read_buf(&mut buf));
+        let mut stopping = std::pin::pin!(shutdown_begun(shutdown));
         loop {
-            let outcome = poll_fn(|cx| {
+            let woken = poll_fn(|cx| {
                 if let Poll::Ready(read) = read.as_mut().poll(cx) {
-                    return Poll::Ready(Some(read));
+                    return Poll::Ready(Woken::Read(read));
                 }
-                sleep.as_mut().poll(cx).map(|()| None)
+                if stopping.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Woken::Shutdown);
+                }
+                sleep.as_mut().poll(cx).map(|()| Woken::Timer)
             })
             .await;
-            match outcome {
-                Some(Ok(n)) if n > 0 => break,
-                Some(_) => return None,
+            match woken {
+                Woken::Read(Ok(n)) if n > 0 => break,
+                Woken::Read(_) | Woken::Shutdown => return None,
                 // Idle for the whole timeout: the connection is done.
-                None if Instant::now() >= deadline => return None,
+                Woken::Timer if Instant::now() >= deadline => return None,
                 // Armed for an earlier wait's deadline: now for this one's.
-                None => sleep.as_mut().reset(deadline),
+                Woken::Timer => sleep.as_mut().reset(deadline),
             }
         }
         Some(buf)
@@ -96,6 +127,13 @@ mod tests {
 
     const TIMEOUT: Duration = Duration::from_secs(10);
 
+    /// A server that is not stopping, and whose watch outlives the test (a leaked sender).
+    fn running() -> ShutdownWatch {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        std::mem::forget(tx);
+        rx
+    }
+
     fn pair() -> (Stream, tokio::io::DuplexStream) {
         let (ours, theirs) = tokio::io::duplex(1024);
         (Box::new(ours), theirs)
@@ -107,7 +145,9 @@ mod tests {
         let mut timer = KeepaliveTimer::default();
         client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
         let start = Instant::now();
-        let first = timer.read_next_request(&mut stream, TIMEOUT).await;
+        let first = timer
+            .read_next_request(&mut stream, TIMEOUT, &mut running())
+            .await;
         assert_eq!(first.as_deref(), Some(&b"GET / HTTP/1.1\r\n"[..]));
         assert_eq!(
             Instant::now(),
@@ -116,7 +156,12 @@ mod tests {
         );
         // Nothing more comes: the wait ends after exactly the timeout.
         let start = Instant::now();
-        assert_eq!(timer.read_next_request(&mut stream, TIMEOUT).await, None);
+        assert_eq!(
+            timer
+                .read_next_request(&mut stream, TIMEOUT, &mut running())
+                .await,
+            None
+        );
         assert_eq!(Instant::now() - start, TIMEOUT);
     }
 
@@ -126,17 +171,26 @@ mod tests {
         let mut timer = KeepaliveTimer::default();
         // Requests every 0.7 timeout for several timeouts: the timer armed by the first wait
         // fires during the second one, which must go on waiting until its own deadline.
+        let mut watch = running();
         for i in 0..6u8 {
             let writer = async {
                 tokio::time::sleep(TIMEOUT.mul_f32(0.7)).await;
                 client.write_all(&[b'a' + i]).await.unwrap();
             };
-            let (read, ()) = tokio::join!(timer.read_next_request(&mut stream, TIMEOUT), writer);
+            let (read, ()) = tokio::join!(
+                timer.read_next_request(&mut stream, TIMEOUT, &mut watch),
+                writer
+            );
             assert_eq!(read.as_deref(), Some(&[b'a' + i][..]), "wait {i}");
         }
         // Then idle: closed a full timeout after the last wait began, not before.
         let start = Instant::now();
-        assert_eq!(timer.read_next_request(&mut stream, TIMEOUT).await, None);
+        assert_eq!(
+            timer
+                .read_next_request(&mut stream, TIMEOUT, &mut running())
+                .await,
+            None
+        );
         assert_eq!(Instant::now() - start, TIMEOUT);
     }
 
@@ -147,10 +201,18 @@ mod tests {
         let (mut other, mut other_client) = pair();
         other_client.write_all(b"x").await.unwrap();
         // Armed for TIMEOUT by a wait that ended at once.
-        assert!(timer.read_next_request(&mut other, TIMEOUT).await.is_some());
+        assert!(timer
+            .read_next_request(&mut other, TIMEOUT, &mut running())
+            .await
+            .is_some());
         let start = Instant::now();
         let short = TIMEOUT / 4;
-        assert_eq!(timer.read_next_request(&mut stream, short).await, None);
+        assert_eq!(
+            timer
+                .read_next_request(&mut stream, short, &mut running())
+                .await,
+            None
+        );
         assert_eq!(Instant::now() - start, short);
     }
 
@@ -160,7 +222,55 @@ mod tests {
         let mut timer = KeepaliveTimer::default();
         drop(client);
         let start = Instant::now();
-        assert_eq!(timer.read_next_request(&mut stream, TIMEOUT).await, None);
+        assert_eq!(
+            timer
+                .read_next_request(&mut stream, TIMEOUT, &mut running())
+                .await,
+            None
+        );
         assert_eq!(Instant::now(), start);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wait_ends_when_shutdown_begins_after_reading_what_is_there() {
+        let (mut stream, mut client) = pair();
+        let mut timer = KeepaliveTimer::default();
+        let (tx, mut rx) = tokio::sync::watch::channel(false);
+        let stop = async {
+            tokio::time::sleep(TIMEOUT / 4).await;
+            tx.send(true).unwrap();
+        };
+        let start = Instant::now();
+        let (read, ()) = tokio::join!(timer.read_next_request(&mut stream, TIMEOUT, &mut rx), stop);
+        assert_eq!(read, None);
+        assert_eq!(
+            Instant::now() - start,
+            TIMEOUT / 4,
+            "closed when shutdown began"
+        );
+        // Once stopping: a request already there is still read, an idle wait ends at once.
+        client.write_all(b"GET").await.unwrap();
+        let read = timer.read_next_request(&mut stream, TIMEOUT, &mut rx).await;
+        assert_eq!(read.as_deref(), Some(&b"GET"[..]));
+        let start = Instant::now();
+        assert_eq!(
+            timer.read_next_request(&mut stream, TIMEOUT, &mut rx).await,
+            None
+        );
+        assert_eq!(Instant::now(), start);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_whose_sender_is_gone_does_not_end_the_wait() {
+        let (mut stream, _client) = pair();
+        let mut timer = KeepaliveTimer::default();
+        let (tx, mut rx) = tokio::sync::watch::channel(false);
+        drop(tx);
+        let start = Instant::now();
+        assert_eq!(
+            timer.read_next_request(&mut stream, TIMEOUT, &mut rx).await,
+            None
+        );
+        assert_eq!(Instant::now() - start, TIMEOUT, "ended by the timeout only");
     }
 }

@@ -60,6 +60,19 @@ fn closed_after(mut c: TcpStream, drip: Option<&[u8]>, limit: Duration) -> Optio
     None
 }
 
+/// A connection to `lb` kept alive after one `GET /` (with the fields `extra`) answered 200.
+fn after_one_request(lb: u16, extra: &str) -> TcpStream {
+    let mut c = TcpStream::connect(("127.0.0.1", lb)).expect("connect");
+    c.write_all(format!("GET / HTTP/1.1\r\nHost: x\r\n{extra}\r\n").as_bytes())
+        .expect("write");
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut buf = [0u8; 4096];
+    let n = c.read(&mut buf).expect("the first answer");
+    assert_eq!(status_of(&buf[..n]), 200);
+    c
+}
+
 /// After an attack: the control socket answers and the daemon idles.
 fn back_to_normal(r: &Rtsup) {
     wait_until("the control socket answers", || r.try_status().map(|_| ()));
@@ -143,17 +156,7 @@ fn long_request_lines_and_large_headers_are_answered_by_the_proxy_without_forwar
 fn header_body_and_idle_timeouts_apply_to_every_request_of_a_connection() {
     let (r, lb) =
         cluster("header_timeout = \"1s\"\nbody_timeout = \"1s\"\nkeepalive_timeout = \"2s\"\n");
-    let after_one_request = |extra: &str| {
-        let mut c = TcpStream::connect(("127.0.0.1", lb)).expect("connect");
-        c.write_all(format!("GET / HTTP/1.1\r\nHost: x\r\n{extra}\r\n").as_bytes())
-            .expect("write");
-        c.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        let mut buf = [0u8; 4096];
-        let n = c.read(&mut buf).expect("the first answer");
-        assert_eq!(status_of(&buf[..n]), 200);
-        c
-    };
+    let after_one_request = |extra: &str| after_one_request(lb, extra);
     let fresh = || TcpStream::connect(("127.0.0.1", lb)).expect("connect");
     let limit = Duration::from_secs(10);
     let cases: Vec<(&str, TcpStream, Option<&'static [u8]>, Duration)> = vec![
@@ -592,14 +595,7 @@ fn idle_kept_alive_connections_are_closed_as_soon_as_shutdown_begins() {
     // Closed at once, as a connection that never sent a request is: a client must not send
     // a request on a connection the stopping proxy would drop unanswered.
     let (r, lb) = cluster("keepalive_timeout = \"60s\"\n");
-    let mut kept = TcpStream::connect(("127.0.0.1", lb)).expect("connect");
-    kept.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .expect("write");
-    kept.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    let mut buf = [0u8; 4096];
-    let n = kept.read(&mut buf).expect("the first answer");
-    assert_eq!(status_of(&buf[..n]), 200);
+    let kept = after_one_request(lb, "");
     let fresh = TcpStream::connect(("127.0.0.1", lb)).expect("connect");
     // Both accepted and waiting before the signal.
     wait_until("both connections counted", || {

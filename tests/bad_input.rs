@@ -6,7 +6,8 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use crate::harness::{
-    Rtsup, exchange, fixture_cluster, handshake_from, http_get, metric, wait_until,
+    Rtsup, exchange, field, fixture_cluster, handshake_from, http_get, metric, status_of,
+    wait_until,
 };
 
 fn cluster() -> (Rtsup, u16) {
@@ -182,4 +183,73 @@ fn pipelined_requests_are_all_answered_in_order() {
     let _ = c.read_to_string(&mut resp);
     let answers = resp.matches("HTTP/1.1 200").count();
     assert_eq!(answers, 3, "every pipelined request is answered:\n{resp}");
+}
+
+/// Send `request` on a new connection; what came back, and whether the proxy closed the
+/// connection (rather than leaving it open until the read timed out).
+fn answer_then_close(lb: u16, request: &[u8]) -> (String, bool) {
+    let mut c = TcpStream::connect(("127.0.0.1", lb)).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    c.write_all(request).expect("write");
+    let mut got = Vec::new();
+    let closed = c.read_to_end(&mut got).is_ok();
+    (String::from_utf8_lossy(&got).into_owned(), closed)
+}
+
+#[test]
+fn framing_an_upstream_or_client_would_misread_is_refused_or_rewritten_as_nginx_does() {
+    let (_r, lb) = cluster();
+
+    // A Content-Length list of one value goes on as that value: Node refuses the list itself.
+    let (resp, _) = answer_then_close(
+        lb,
+        b"POST /headers HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\nConnection: close\r\n\r\nhello",
+    );
+    assert_eq!(status_of(resp.as_bytes()), 200, "{resp}");
+    assert!(resp.contains(r#""content-length":"5""#), "{resp}");
+
+    // Transfer codings other than chunked are not implemented (the proxy would drop them).
+    for te in [
+        "gzip, chunked",
+        "chunked, chunked",
+        "chunked\r\nTransfer-Encoding: chunked",
+    ] {
+        let request = format!(
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: {te}\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        );
+        let (resp, closed) = answer_then_close(lb, request.as_bytes());
+        assert_eq!(status_of(resp.as_bytes()), 501, "{te}: {resp}");
+        assert!(closed, "{te}: the connection stayed open");
+    }
+    let (resp, _) = answer_then_close(
+        lb,
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: , chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    );
+    assert_eq!(status_of(resp.as_bytes()), 200, "plain chunked: {resp}");
+
+    // An HTTP/1.0 client gets a chunked upstream body de-chunked, ended by the close.
+    let (resp, closed) = answer_then_close(
+        lb,
+        b"GET /chunked HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",
+    );
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    assert_eq!(status_of(head.as_bytes()), 200, "{resp}");
+    assert_eq!(field(head, "transfer-encoding"), None, "{resp}");
+    assert_eq!(field(head, "connection"), Some("close"), "{resp}");
+    assert_eq!(body, "hello chunked");
+    assert!(closed, "the HTTP/1.0 connection stayed open");
+    // An HTTP/1.1 client still gets it chunked, kept alive.
+    let (resp, _) = answer_then_close(
+        lb,
+        b"GET /chunked HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(field(&resp, "transfer-encoding"), Some("chunked"), "{resp}");
+
+    // A 101 to a request that asked for no upgrade is the upstream's fault: 502, closed.
+    let (resp, closed) = answer_then_close(lb, b"GET /switch HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status_of(resp.as_bytes()), 502, "{resp}");
+    assert!(closed, "the connection stayed open after the 502");
+
+    assert!(http_get(lb, "/").is_ok(), "the proxy stopped serving");
 }

@@ -288,6 +288,13 @@ impl RequestHeader {
         self.framing_fields.may_hold(name)
     }
 
+    /// Whether it holds a field named `name`, without a lookup when it never held one (see
+    /// [`Self::may_hold`]).
+    #[inline]
+    pub fn holds(&self, name: HeaderName) -> bool {
+        self.may_hold(&name) && self.base.headers.contains_key(name)
+    }
+
     /// Write the header to the `buf` in HTTP/1.1 wire format.
     ///
     /// The header case will be preserved.
@@ -660,6 +667,13 @@ impl ResponseHeader {
     #[inline]
     pub fn may_hold(&self, name: &HeaderName) -> bool {
         self.framing_fields.may_hold(name)
+    }
+
+    /// Whether it holds a field named `name`, without a lookup when it never held one (see
+    /// [`Self::may_hold`]).
+    #[inline]
+    pub fn holds(&self, name: HeaderName) -> bool {
+        self.may_hold(&name) && self.base.headers.contains_key(name)
     }
 
     /// Write the header to the `buf` in HTTP/1.1 wire format.

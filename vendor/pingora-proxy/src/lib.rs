@@ -1135,6 +1135,16 @@ fn reject_mismatched_h1_upgrade_101(
     }
 
     let status = session.h1_upgrade_request_snapshot();
+    // rtsup (vendored change 40): a 101 to a request that asked for no upgrade switches the
+    // upstream connection to a protocol the client never agreed to (RFC 9110 section 15.2.2);
+    // passed on, the client waits on a connection that carries nothing it can read. nginx
+    // answers 502 the same way.
+    if !status.downstream {
+        return Error::e_explain(
+            InvalidHTTPHeader,
+            format!("received 101 response to a request that asked for no upgrade: stage={stage}"),
+        );
+    }
     if status.mismatch() {
         return Error::e_explain(
             InvalidHTTPHeader,
@@ -2348,6 +2358,29 @@ mod tests {
             "upgrade payload must not be chunk framed: {:?}",
             String::from_utf8_lossy(written)
         );
+    }
+
+    // rtsup (vendored change 40): a 101 to a request that asked for no upgrade is refused
+    // before a byte of it reaches the client.
+    #[tokio::test]
+    async fn write_response_tasks_rejects_101_to_a_request_that_asked_no_upgrade() {
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let mut session = new_request_session(
+            b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n",
+            written.clone(),
+        )
+        .await;
+
+        let err = session
+            .write_response_tasks(vec![HttpTask::Header(
+                Box::new(upgrade_response_header()),
+                false,
+            )])
+            .await
+            .unwrap_err();
+
+        assert_eq!(err.etype(), &InvalidHTTPHeader);
+        assert!(written.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -415,10 +415,7 @@ pub(crate) fn sanitize_h1_upstream_request(
         })
         .transpose()?;
 
-    if policy.h1_upgrade == H1UpgradePolicy::Preserve
-        && req.may_hold(&header::UPGRADE)
-        && req.headers.contains_key(header::UPGRADE)
-    {
+    if policy.h1_upgrade == H1UpgradePolicy::Preserve && req.holds(header::UPGRADE) {
         // An arbitrary upgrade may require any of the connection-nominated fields. Preserve the
         // complete request metadata rather than forwarding a partial handshake.
         return Ok(());

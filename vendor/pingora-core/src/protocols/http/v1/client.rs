@@ -379,7 +379,7 @@ impl HttpSession {
                         }
 
                         let contains_transfer_encoding =
-                            holds(&*response_header, header::TRANSFER_ENCODING);
+                            response_header.holds(header::TRANSFER_ENCODING);
 
                         // Transfer encoding overrides content length, so when
                         // both are present, we MUST remove content length. This is

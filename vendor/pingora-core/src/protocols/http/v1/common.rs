@@ -166,12 +166,6 @@ pub(crate) fn framing_length(message: &impl FramedHeader) -> FramingLength {
     }
 }
 
-/// Whether a message header holds a field named `name`, without a lookup when it never held
-/// one (rtsup, vendored change 37).
-pub(crate) fn holds(message: &impl FramedHeader, name: header::HeaderName) -> bool {
-    message.may_hold(&name) && message.fields().contains_key(name)
-}
-
 /// A message header's field named `name`, without a lookup when it never held one (rtsup,
 /// vendored change 37).
 pub(crate) fn field_of(
@@ -234,6 +228,22 @@ pub(crate) fn header_name_of(name: &[u8]) -> Result<header::HeaderName> {
     header::HeaderName::from_bytes(name).or_err(InvalidHTTPHeader, "invalid header name")
 }
 
+/// Whether a message's `Transfer-Encoding` fields, all of them together, name `chunked` once
+/// and no other coding (rtsup, vendored change 40). Empty list elements are ignored (RFC 9110
+/// section 5.6.1).
+pub(crate) fn is_chunked_only(headers: &HMap) -> bool {
+    let mut codings = headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .into_iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|coding| !coding.is_empty());
+    matches!(
+        (codings.next(), codings.next()),
+        (Some(coding), None) if coding.eq_ignore_ascii_case(b"chunked")
+    )
+}
+
 /// Check if chunked encoding is the final encoding across all transfer-encoding headers
 pub(crate) fn is_chunked_encoding_from_headers(headers: &HMap) -> bool {
     // Get the last Transfer-Encoding header value
@@ -258,7 +268,7 @@ pub(crate) fn is_chunked_encoding_from_headers(headers: &HMap) -> bool {
 }
 
 pub fn is_upgrade_req(req: &RequestHeader) -> bool {
-    req.version == http::Version::HTTP_11 && holds(req, header::UPGRADE)
+    req.version == http::Version::HTTP_11 && req.holds(header::UPGRADE)
 }
 
 pub fn is_expect_continue_req(req: &RequestHeader) -> bool {

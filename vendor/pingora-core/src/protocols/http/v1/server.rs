@@ -578,7 +578,7 @@ impl HttpSession {
                             .or_err(InvalidHTTPHeader, "while parsing request header")?;
                         }
 
-                        let contains_transfer_encoding = holds(&*request_header, TRANSFER_ENCODING);
+                        let contains_transfer_encoding = request_header.holds(TRANSFER_ENCODING);
 
                         // Transfer encoding overrides content length, so when
                         // both are present, we can remove content length. This
@@ -607,6 +607,9 @@ impl HttpSession {
                             self.set_keepalive(None);
                         }
                         self.validate_request_framed(contains_transfer_encoding)?;
+                        if !contains_transfer_encoding {
+                            self.collapse_content_length();
+                        }
 
                         return Ok(Some(s));
                     }
@@ -693,6 +696,16 @@ impl HttpSession {
             if !self.is_chunked_encoding() {
                 return Error::e_explain(InvalidHTTPHeader, "non-chunked final Transfer-Encoding");
             }
+            // rtsup (vendored change 40): chunked is the only transfer coding the proxy
+            // decodes, and it re-frames the body it forwards as chunked alone, so any other
+            // coding (`gzip, chunked`) would reach the upstream silently dropped. Refused as
+            // unimplemented (RFC 9112 section 6.1), as nginx does.
+            if !is_chunked_only(&req_header.headers) {
+                return Error::e_explain(
+                    CustomCode("unsupported transfer coding", 501),
+                    "a transfer coding other than chunked",
+                );
+            }
         } else {
             // Validate/reconcile Content-Length per RFC 9110 section 8.6 (hyper
             // parity): identical duplicates and comma-combined identical values are
@@ -702,6 +715,34 @@ impl HttpSession {
         }
 
         Ok(())
+    }
+
+    /// rtsup (vendored change 40): a valid `Content-Length` sent as a list of one value
+    /// (`5, 5`) or as repeated fields goes on as that single value. Accepted as RFC 9110
+    /// section 8.6 allows, the list was forwarded as it came, and an upstream whose parser
+    /// takes a single number (Node's does) refused the request. A request that carries one
+    /// plain number, or none, is left as it is.
+    fn collapse_content_length(&mut self) {
+        let Some(header) = self.request_header.as_deref_mut() else {
+            return;
+        };
+        if !header.may_hold(&CONTENT_LENGTH) {
+            return;
+        }
+        let mut values = header.headers.get_all(CONTENT_LENGTH).iter();
+        let plain = match (values.next(), values.next()) {
+            (Some(value), None) => value.as_bytes().iter().all(u8::is_ascii_digit),
+            (None, _) => true,
+            (Some(_), Some(_)) => false,
+        };
+        if plain {
+            return;
+        }
+        // Validated on read: only a single agreed value gets here.
+        if let FramingLength::Length(length) = framing_length(header) {
+            // A decimal number is always a valid field value.
+            let _ = header.insert_header(CONTENT_LENGTH, length.to_string());
+        }
     }
 
     /// Return a reference of the `RequestHeader` this session read
@@ -1048,6 +1089,19 @@ impl HttpSession {
             && (self.request_header.is_none() || !self.is_body_done())
         {
             debug!("set connection close before downstream finish");
+            self.set_keepalive(None);
+        }
+
+        // rtsup (vendored change 40): an HTTP/1.0 client cannot read a chunked body; it gets
+        // the body as it is, delimited by closing the connection, as nginx sends it.
+        if !header.status.is_informational()
+            && self
+                .request_header
+                .as_ref()
+                .is_some_and(|req| req.version == Version::HTTP_10)
+            && is_chunked_encoding(header)
+        {
+            header.remove_header(&TRANSFER_ENCODING);
             self.set_keepalive(None);
         }
 
@@ -3699,13 +3753,99 @@ hello\r\n\
         assert_eq!(body, expected_body);
     }
 
+    // rtsup (vendored change 40): a transfer coding the proxy would drop is refused as
+    // unimplemented; a Content-Length list of one value goes on as that value.
+    #[rstest]
+    #[case::coding_before_chunked(b"Transfer-Encoding: gzip, chunked\r\n".as_slice(), None)]
+    #[case::chunked_twice(b"Transfer-Encoding: chunked, chunked\r\n".as_slice(), None)]
+    #[case::chunked_in_two_fields(
+        b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n".as_slice(),
+        None
+    )]
+    #[case::coding_in_a_field_before(
+        b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n".as_slice(),
+        None
+    )]
+    #[case::chunked_with_empty_elements(
+        b"Transfer-Encoding: , Chunked\r\n".as_slice(),
+        Some(None)
+    )]
+    #[case::plain_length(b"Content-Length: 2\r\n".as_slice(), Some(Some("2")))]
+    #[case::length_list(b"Content-Length: 2, 2\r\n".as_slice(), Some(Some("2")))]
+    #[case::length_twice(
+        b"Content-Length: 2\r\nContent-Length: 02\r\n".as_slice(),
+        Some(Some("2"))
+    )]
+    #[case::length_padded(b"Content-Length: 02\r\n".as_slice(), Some(Some("02")))]
+    #[tokio::test]
+    async fn request_framing_the_proxy_would_forward_wrongly_is_refused_or_collapsed(
+        #[case] framing: &[u8],
+        #[case] expected_length: Option<Option<&str>>,
+    ) {
+        init_log();
+        let mut input = b"POST / HTTP/1.1\r\nHost: pingora.org\r\n".to_vec();
+        input.extend_from_slice(framing);
+        input.extend_from_slice(b"\r\n");
+        let mock_io = Builder::new().read(&input).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        let read = http_stream.read_request().await;
+        let Some(expected_length) = expected_length else {
+            assert_eq!(
+                read.unwrap_err().etype(),
+                &ErrorType::CustomCode("unsupported transfer coding", 501)
+            );
+            return;
+        };
+        read.unwrap();
+        let lengths: Vec<_> = http_stream
+            .req_header()
+            .headers
+            .get_all(CONTENT_LENGTH)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(lengths, expected_length.into_iter().collect::<Vec<_>>());
+    }
+
+    // rtsup (vendored change 40): an HTTP/1.0 client cannot read chunked; the body goes as it
+    // is and the connection closes after it, even if the client asked to keep it alive.
+    #[tokio::test]
+    async fn a_chunked_response_to_an_http10_client_is_sent_close_delimited() {
+        let read_wire = b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
+        // (The Connection field it gets is checked end to end, with the Date it gets too.)
+        let wire_header = b"HTTP/1.1 200 OK\r\n\r\n";
+        let mock_io = Builder::new()
+            .read(read_wire)
+            .write(wire_header)
+            .write(b"hello")
+            .build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_request().await.unwrap();
+        assert!(http_stream.will_keepalive());
+        http_stream.update_resp_headers = false;
+        let mut response = ResponseHeader::build(StatusCode::OK, None).unwrap();
+        response
+            .append_header("Transfer-Encoding", "chunked")
+            .unwrap();
+        http_stream
+            .write_response_header(Box::new(response))
+            .await
+            .unwrap();
+        assert!(!http_stream.will_keepalive());
+        assert!(http_stream.body_writer.is_close_delimited());
+        http_stream.write_body(b"hello").await.unwrap();
+        http_stream.finish_body().await.unwrap();
+    }
+
     #[tokio::test]
     async fn test_request_multiple_transfer_encoding_headers() {
         init_log();
-        // Multiple TE headers should be treated as comma-separated
+        // Multiple TE headers should be treated as comma-separated (rtsup, vendored change 40:
+        // an empty one before chunked, as any other coding is refused, see
+        // `request_framing_the_proxy_would_forward_wrongly_is_refused_or_collapsed`)
         let input = b"POST / HTTP/1.1\r\n\
 Host: pingora.org\r\n\
-Transfer-Encoding: gzip\r\n\
+Transfer-Encoding: \r\n\
 Transfer-Encoding: chunked\r\n\
 \r\n\
 5\r\n\

@@ -444,9 +444,8 @@ where
     // rtsup (vendored change 35): with request limits set, the wait for each next request is
     // this loop's, timed by one timer the connection keeps, and the bytes it reads are the
     // next session's to parse.
-    let mut idle = KeepaliveTimer::default();
     // The wait ends when shutdown begins, as the proxy's own wait for a request does.
-    let mut stopping = shutdown.clone();
+    let mut idle = KeepaliveTimer::new(shutdown.clone());
     while let Some((mut stream, persistent_settings)) = result.map(|r| r.consume()) {
         let waiting = persistent_settings
             .as_ref()
@@ -454,7 +453,7 @@ where
         let first_bytes = match limits {
             Some(l) if waiting => {
                 let Some(bytes) = idle
-                    .read_next_request(&mut stream, l.keepalive_timeout, &mut stopping)
+                    .read_next_request(&mut stream, l.keepalive_timeout)
                     .await
                 else {
                     return;

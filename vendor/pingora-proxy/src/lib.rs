@@ -419,15 +419,22 @@ where
         // here, in this frame, instead of being returned through two async frames and an enum
         // (a copy of the session at each); the same steps as the `ClientSession::H1` arm below.
         if self.client_upstream.is_h1_only(&*peer) {
-            return match self.client_upstream.get_h1_stream(&*peer).await {
+            // The pool's key for this peer, hashed once for taking and for releasing.
+            let key = peer.reuse_hash();
+            return match self.client_upstream.get_h1_stream(&*peer, key).await {
                 Ok((stream, client_reused)) => {
                     let mut h1 = HttpSessionV1::new_with_options(stream, &*peer);
                     let (server_reused, client_reuse, error) = self
                         .proxy_to_h1_upstream(session, &mut h1, client_reused, &peer, ctx)
                         .await;
-                    if let Some(mut closing) =
-                        self.tunnel_or_release_h1(session, h1, client_reuse, error.is_none(), &peer)
-                    {
+                    if let Some(mut closing) = self.tunnel_or_release_h1(
+                        session,
+                        h1,
+                        client_reuse,
+                        error.is_none(),
+                        &peer,
+                        key,
+                    ) {
                         debug!("HTTP shutdown connection");
                         closing.shutdown().await;
                     }
@@ -457,6 +464,7 @@ where
                             client_reuse,
                             error.is_none(),
                             &peer,
+                            peer.reuse_hash(),
                         ) {
                             debug!("HTTP shutdown connection");
                             closing.shutdown().await;
@@ -534,7 +542,8 @@ where
     /// rtsup: what becomes of an HTTP/1.x upstream session after its request, without an
     /// await: an upgrade taken as a tunnel keeps its stream, a reusable connection goes back to
     /// the pool; a connection that cannot be reused is handed back for the caller to shut down
-    /// (the only step that awaits), one that must not be reused is dropped (closed).
+    /// (the only step that awaits), one that must not be reused is dropped (closed). `key` is
+    /// the pool's key for `peer` (its `reuse_hash`).
     fn tunnel_or_release_h1(
         &self,
         session: &mut Session,
@@ -542,13 +551,14 @@ where
         client_reuse: bool,
         proxied: bool,
         peer: &HttpPeer,
+        key: u64,
     ) -> Option<HttpSessionV1> {
         if std::mem::take(&mut session.tunnel_taken) && proxied {
             session.tunnel_upstream = Some(h1.into_upgraded());
             None
         } else if client_reuse {
             self.client_upstream
-                .release_h1_session_now(h1, peer, peer.idle_timeout())
+                .release_h1_session_now(h1, key, peer.idle_timeout())
         } else {
             None
         }

@@ -252,11 +252,22 @@ impl TransportConnector {
 
     /// Try to find a reusable connection to the given server [Peer]
     pub async fn reused_stream<P: Peer + Send + Sync>(&self, peer: &P) -> Option<Stream> {
+        self.reused_stream_keyed(peer, peer.reuse_hash()).await
+    }
+
+    /// rtsup (vendored change 41): [`Self::reused_stream`] given the peer's
+    /// [`Peer::reuse_hash`], for a caller that also releases the connection under it and so
+    /// hashes the peer once per request instead of twice.
+    pub async fn reused_stream_keyed<P: Peer + Send + Sync>(
+        &self,
+        peer: &P,
+        key: u64,
+    ) -> Option<Stream> {
         // rtsup patch (change 10): taken from the idle pool directly, no task to wake and wait
         // for. No `peer.matches_fd(stream.id())` either (change 4): it asked the kernel
         // (getpeername) on every reuse whether the pooled stream's fd still points at the
         // peer; the pool owns the fd, so it cannot point anywhere else.
-        while let Some((mut stream, _idle_for)) = self.idle.take(peer.reuse_hash()) {
+        while let Some((mut stream, _idle_for)) = self.idle.take(key) {
             // test_reusable_stream: we assume server would never actively send data
             // first on an idle stream.
             if test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
@@ -300,7 +311,17 @@ impl TransportConnector {
         &self,
         peer: &P,
     ) -> Result<(Stream, bool)> {
-        let reused_stream = self.reused_stream(peer).await;
+        self.get_stream_keyed(peer, peer.reuse_hash()).await
+    }
+
+    /// rtsup (vendored change 41): [`Self::get_stream`] given the peer's
+    /// [`Peer::reuse_hash`] (see [`Self::reused_stream_keyed`]).
+    pub async fn get_stream_keyed<P: Peer + Send + Sync + 'static>(
+        &self,
+        peer: &P,
+        key: u64,
+    ) -> Result<(Stream, bool)> {
+        let reused_stream = self.reused_stream_keyed(peer, key).await;
         if let Some(s) = reused_stream {
             Ok((s, true))
         } else {

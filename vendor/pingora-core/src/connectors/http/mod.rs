@@ -142,11 +142,15 @@ where
     /// rtsup: the connection (pooled, else new) for an HTTP/1.x-only peer (see
     /// [`Self::is_h1_only`]) and whether it was reused, for the caller to build its
     /// [`Http1Session`] where it keeps it.
+    ///
+    /// `key` is the peer's [`Peer::reuse_hash`], computed once for this and
+    /// [`Self::release_h1_session_now`] (vendored change 41).
     pub async fn get_h1_stream<P: Peer + Send + Sync + 'static>(
         &self,
         peer: &P,
+        key: u64,
     ) -> Result<(Stream, bool)> {
-        self.h1.get_stream(peer).await
+        self.h1.get_stream(peer, key).await
     }
 
     pub async fn release_http_session<P: Peer + Send + Sync + 'static>(
@@ -169,14 +173,13 @@ where
     /// rtsup: an HTTP/1.x session released without an await (see
     /// [`v1::Connector::release_http_session_now`]): `Some` is a connection that cannot be
     /// reused, for the caller to shut down.
-    pub fn release_h1_session_now<P: Peer + Send + Sync + 'static>(
+    pub fn release_h1_session_now(
         &self,
         session: Http1Session,
-        peer: &P,
+        key: u64,
         idle_timeout: Option<Duration>,
     ) -> Option<Http1Session> {
-        self.h1
-            .release_http_session_now(session, peer, idle_timeout)
+        self.h1.release_http_session_now(session, key, idle_timeout)
     }
 
     /// Tell the connector to always send h1 for ALPN for the given peer in the future.
@@ -248,17 +251,23 @@ mod h1_fast_path_tests {
         let connector: Connector = Connector::new(None);
         let peer = HttpPeer::new(addr, false, String::new());
         for (path, pooled) in [("/keep", true), ("/close", false)] {
-            let (stream, reused) = connector.get_h1_stream(&peer).await.unwrap();
+            let (stream, reused) = connector
+                .get_h1_stream(&peer, peer.reuse_hash())
+                .await
+                .unwrap();
             assert!(!reused);
             let mut h1 = Http1Session::new_with_options(stream, &peer);
             let req = RequestHeader::build("GET", path.as_bytes(), None).unwrap();
             h1.write_request_header(Box::new(req)).await.unwrap();
             h1.read_response().await.unwrap();
             while h1.read_body_bytes().await.unwrap().is_some() {}
-            let closing = connector.release_h1_session_now(h1, &peer, None);
+            let closing = connector.release_h1_session_now(h1, peer.reuse_hash(), None);
             assert_eq!(closing.is_none(), pooled, "{path}");
             // A pooled connection is the next one handed out (and taken out of the pool here).
-            let (_, reused) = connector.get_h1_stream(&peer).await.unwrap();
+            let (_, reused) = connector
+                .get_h1_stream(&peer, peer.reuse_hash())
+                .await
+                .unwrap();
             assert_eq!(reused, pooled, "{path}");
         }
     }

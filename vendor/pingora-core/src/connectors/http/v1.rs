@@ -42,12 +42,14 @@ impl Connector {
         Ok((http, reused))
     }
 
-    /// rtsup: the connection [`Self::get_http_session`] would wrap, and whether it was reused.
+    /// rtsup: the connection [`Self::get_http_session`] would wrap, and whether it was reused;
+    /// `key` is the peer's [`Peer::reuse_hash`] (vendored change 41).
     pub async fn get_stream<P: Peer + Send + Sync + 'static>(
         &self,
         peer: &P,
+        key: u64,
     ) -> Result<(Stream, bool)> {
-        self.transport.get_stream(peer).await
+        self.transport.get_stream_keyed(peer, key).await
     }
 
     pub async fn reused_http_session<P: Peer + Send + Sync + 'static>(
@@ -73,18 +75,18 @@ impl Connector {
     }
 
     /// rtsup: [`Self::release_http_session`] without an await: a reusable connection goes back
-    /// to the pool now; one that cannot be reused is handed back for the caller to shut down.
-    pub fn release_http_session_now<P: Peer + Send + Sync + 'static>(
+    /// to the pool now, under `key`, its peer's [`Peer::reuse_hash`] (vendored change 41);
+    /// one that cannot be reused is handed back for the caller to shut down.
+    pub fn release_http_session_now(
         &self,
         mut session: HttpSession,
-        peer: &P,
+        key: u64,
         idle_timeout: Option<Duration>,
     ) -> Option<HttpSession> {
         session.respect_keepalive();
         match session.into_reusable_stream() {
             Ok(stream) => {
-                self.transport
-                    .release_stream(stream, peer.reuse_hash(), idle_timeout);
+                self.transport.release_stream(stream, key, idle_timeout);
                 None
             }
             Err(closing) => Some(closing),

@@ -13,13 +13,18 @@
 // limitations under the License.
 
 //! rtsup (vendored change 37): which of the fields that frame a message and decide its
-//! connection's fate (`Content-Length`, `Transfer-Encoding`, `Connection`, `Upgrade`) a header
+//! connection's fate (`Content-Length`, `Transfer-Encoding`, `Connection`, `Upgrade`, and
+//! since change 42 `Keep-Alive`) a header
 //! may hold, noted as fields are added, so that looking for one of them in a header that
 //! never had it costs a bit test instead of a hashed lookup. A proxied message is looked at
 //! for these a dozen times (its framing on reading and on writing, keep-alive, upgrade), and
 //! most hold none or one of them.
 
 use http::header::{self, HeaderName};
+
+/// `Keep-Alive`, which the http crate does not name (change 42: an upstream response's is
+/// looked for on every response, and most have none).
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// The framing fields a header may hold: a clear bit means the field is absent; a set one
 /// means it was added (and may have been removed since). Names outside the four are not
@@ -43,6 +48,8 @@ impl FramingFields {
             4
         } else if *name == header::UPGRADE {
             8
+        } else if *name == KEEP_ALIVE {
+            16
         } else {
             0
         }
@@ -67,11 +74,12 @@ impl FramingFields {
 mod tests {
     use super::*;
 
-    const TRACKED: [HeaderName; 4] = [
+    const TRACKED: [HeaderName; 5] = [
         header::CONTENT_LENGTH,
         header::TRANSFER_ENCODING,
         header::CONNECTION,
         header::UPGRADE,
+        KEEP_ALIVE,
     ];
 
     #[test]
@@ -103,6 +111,7 @@ mod tests {
             "TRANSFER-ENCODING",
             "connection",
             "UpGrade",
+            "Keep-Alive",
         ] {
             let mut fields = FramingFields::NONE;
             fields.note(&HeaderName::from_bytes(spelling.as_bytes()).unwrap());

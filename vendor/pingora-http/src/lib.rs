@@ -281,8 +281,9 @@ impl RequestHeader {
     }
 
     /// rtsup (vendored change 37): whether the header may hold a field named `name`: false
-    /// only when `name` is `Content-Length`, `Transfer-Encoding`, `Connection` or `Upgrade`
-    /// and no such field was ever added, so that a lookup of it can be skipped.
+    /// only when `name` is `Content-Length`, `Transfer-Encoding`, `Connection`, `Upgrade` or
+    /// `Keep-Alive` (change 42), and no such field was ever added, so that a lookup of it can
+    /// be skipped.
     #[inline]
     pub fn may_hold(&self, name: &HeaderName) -> bool {
         self.framing_fields.may_hold(name)
@@ -662,8 +663,9 @@ impl ResponseHeader {
     }
 
     /// rtsup (vendored change 37): whether the header may hold a field named `name`: false
-    /// only when `name` is `Content-Length`, `Transfer-Encoding`, `Connection` or `Upgrade`
-    /// and no such field was ever added, so that a lookup of it can be skipped.
+    /// only when `name` is `Content-Length`, `Transfer-Encoding`, `Connection`, `Upgrade` or
+    /// `Keep-Alive` (change 42), and no such field was ever added, so that a lookup of it can
+    /// be skipped.
     #[inline]
     pub fn may_hold(&self, name: &HeaderName) -> bool {
         self.framing_fields.may_hold(name)

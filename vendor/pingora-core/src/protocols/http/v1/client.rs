@@ -1043,7 +1043,7 @@ impl RespFacts {
             chunked: transfer_encoding && is_chunked_encoding(header),
             content_length: framing_length(header),
             connection_keepalive: is_buf_keepalive(field_of(header, header::CONNECTION)),
-            keepalive_values: keepalive_values(header.headers.get(KEEP_ALIVE)),
+            keepalive_values: keepalive_values(field_of(header, KEEP_ALIVE)),
         }
     }
 }

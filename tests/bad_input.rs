@@ -199,7 +199,7 @@ fn answer_then_close(lb: u16, request: &[u8]) -> (String, bool) {
 
 #[test]
 fn framing_an_upstream_or_client_would_misread_is_refused_or_rewritten_as_nginx_does() {
-    let (_r, lb) = cluster();
+    let (r, lb) = cluster();
 
     // A Content-Length list of one value goes on as that value: Node refuses the list itself.
     let (resp, _) = answer_then_close(
@@ -246,10 +246,36 @@ fn framing_an_upstream_or_client_would_misread_is_refused_or_rewritten_as_nginx_
     );
     assert_eq!(field(&resp, "transfer-encoding"), Some("chunked"), "{resp}");
 
-    // A 101 to a request that asked for no upgrade is the upstream's fault: 502, closed.
-    let (resp, closed) = answer_then_close(lb, b"GET /switch HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert_eq!(status_of(resp.as_bytes()), 502, "{resp}");
-    assert!(closed, "the connection stayed open after the 502");
+    // An HTTP/1.0 client never gets a 1xx (Node answers Expect with a 100 Continue).
+    let (resp, _) = answer_then_close(
+        lb,
+        b"POST / HTTP/1.0\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    assert_eq!(status_of(resp.as_bytes()), 200, "{resp}");
+
+    // A 101 that upgrades nothing is the upstream's fault: 502, closed. To a request that
+    // asked for no upgrade, and in an HTTP/1.0 status line to one that did.
+    let websocket = "Upgrade: websocket\r\nConnection: Upgrade\r\n\
+                     Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13";
+    for request in [
+        "GET /switch HTTP/1.1\r\nHost: x\r\n\r\n".to_string(),
+        format!("GET /tunnel10 HTTP/1.1\r\nHost: x\r\n{websocket}\r\n\r\n"),
+    ] {
+        let (resp, closed) = answer_then_close(lb, request.as_bytes());
+        assert_eq!(status_of(resp.as_bytes()), 502, "{request}: {resp}");
+        assert!(
+            closed,
+            "{request}: the connection stayed open after the 502"
+        );
+    }
+    assert_eq!(
+        metric(
+            &r,
+            "rtsup_balancer_header_errors_total{kind=\"unsupported_coding\"}"
+        ),
+        Ok(3),
+        "the 501s are counted"
+    );
 
     assert!(http_get(lb, "/").is_ok(), "the proxy stopped serving");
 }

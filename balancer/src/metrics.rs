@@ -98,6 +98,8 @@ pub enum HeaderErrorLabel {
     line_too_long,
     /// Header too large (431).
     too_large,
+    /// A transfer coding the proxy does not implement (501).
+    unsupported_coding,
     /// The client closed or broke the connection mid-header.
     closed,
 }

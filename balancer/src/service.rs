@@ -961,6 +961,7 @@ impl ProxyHttp for Balancer {
             ErrorType::InvalidHTTPHeader => HeaderErrorLabel::malformed,
             ErrorType::CustomCode(_, 414) => HeaderErrorLabel::line_too_long,
             ErrorType::CustomCode(_, 431) => HeaderErrorLabel::too_large,
+            ErrorType::CustomCode(_, 501) => HeaderErrorLabel::unsupported_coding,
             _ => HeaderErrorLabel::closed,
         };
         self.metrics.header_error(kind);

@@ -67,6 +67,7 @@ use pingora_core::protocols::http::client::HttpSession as ClientSession;
 use pingora_core::protocols::http::custom::CustomMessageWrite;
 use pingora_core::protocols::http::subrequest::server::SubrequestHandle;
 use pingora_core::protocols::http::v1::client::HttpSession as HttpSessionV1;
+use pingora_core::protocols::http::v1::common::is_upgrade_resp;
 use pingora_core::protocols::http::v2::server::H2Options;
 use pingora_core::protocols::http::HttpTask;
 use pingora_core::protocols::http::ServerSession as HttpSession;
@@ -1147,12 +1148,18 @@ fn reject_mismatched_h1_upgrade_101(
     let status = session.h1_upgrade_request_snapshot();
     // rtsup (vendored change 40): a 101 to a request that asked for no upgrade switches the
     // upstream connection to a protocol the client never agreed to (RFC 9110 section 15.2.2);
-    // passed on, the client waits on a connection that carries nothing it can read. nginx
-    // answers 502 the same way.
-    if !status.downstream {
+    // passed on, the client waited on a connection that carried nothing it could read (nginx
+    // 1.22 does the same, until its `proxy_read_timeout`). A 101 in an HTTP/1.0 status line
+    // is not an upgrade either sides take (HTTP/1.0 has no 1xx): passed on, the client got
+    // the 101 and nothing was tunnelled, both connections left open.
+    if !status.downstream || !is_upgrade_resp(header) {
         return Error::e_explain(
             InvalidHTTPHeader,
-            format!("received 101 response to a request that asked for no upgrade: stage={stage}"),
+            format!(
+                "received a 101 response that upgrades nothing: stage={stage}, \
+                 downstream_upgrade_req={}, response_version={:?}",
+                status.downstream, header.version
+            ),
         );
     }
     if status.mismatch() {
@@ -2368,6 +2375,24 @@ mod tests {
             "upgrade payload must not be chunk framed: {:?}",
             String::from_utf8_lossy(written)
         );
+    }
+
+    // rtsup (vendored change 40): a 101 in an HTTP/1.0 status line upgrades nothing, even to
+    // an upgrade request: refused before a byte of it reaches the client.
+    #[tokio::test]
+    async fn write_response_tasks_rejects_an_http10_101_to_an_upgrade_request() {
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let mut session = new_upgrade_request_session(written.clone()).await;
+        let mut header = upgrade_response_header();
+        header.set_version(http::Version::HTTP_10);
+
+        let err = session
+            .write_response_tasks(vec![HttpTask::Header(Box::new(header), false)])
+            .await
+            .unwrap_err();
+
+        assert_eq!(err.etype(), &InvalidHTTPHeader);
+        assert!(written.lock().unwrap().is_empty());
     }
 
     // rtsup (vendored change 40): a 101 to a request that asked for no upgrade is refused

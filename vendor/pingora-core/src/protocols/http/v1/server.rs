@@ -1017,6 +1017,13 @@ impl HttpSession {
         self.ignore_info_resp && status != 101 && !(status == 100 && self.is_expect_continue_req())
     }
 
+    /// rtsup (vendored change 40): the request read is an HTTP/1.0 one.
+    fn is_http10_req(&self) -> bool {
+        self.request_header
+            .as_deref()
+            .is_some_and(|req| req.version == Version::HTTP_10)
+    }
+
     fn is_expect_continue_req(&self) -> bool {
         match self.request_header.as_deref() {
             Some(req) => is_expect_continue_req(req),
@@ -1070,8 +1077,12 @@ impl HttpSession {
         &mut self,
         header: &mut ResponseHeader,
     ) -> Result<Option<(Bytes, bool)>> {
-        // Check if we should ignore informational responses
-        if header.status.is_informational() && self.ignore_info_resp(header.status.into()) {
+        // Check if we should ignore informational responses (rtsup, vendored change 40: never
+        // sent to an HTTP/1.0 client, which would take one for its final answer; RFC 9110
+        // section 15.2)
+        if header.status.is_informational()
+            && (self.ignore_info_resp(header.status.into()) || self.is_http10_req())
+        {
             debug!("ignoring informational headers");
             return Ok(None);
         }
@@ -1094,12 +1105,7 @@ impl HttpSession {
 
         // rtsup (vendored change 40): an HTTP/1.0 client cannot read a chunked body; it gets
         // the body as it is, delimited by closing the connection, as nginx sends it.
-        if !header.status.is_informational()
-            && self
-                .request_header
-                .as_ref()
-                .is_some_and(|req| req.version == Version::HTTP_10)
-            && is_chunked_encoding(header)
+        if !header.status.is_informational() && self.is_http10_req() && is_chunked_encoding(header)
         {
             header.remove_header(&TRANSFER_ENCODING);
             self.set_keepalive(None);
@@ -3805,6 +3811,24 @@ hello\r\n\
             .map(|v| v.to_str().unwrap())
             .collect();
         assert_eq!(lengths, expected_length.into_iter().collect::<Vec<_>>());
+    }
+
+    // rtsup (vendored change 40): no 1xx is written to an HTTP/1.0 client (it would take it
+    // for its final answer), a 100 Continue it asked for included.
+    #[tokio::test]
+    async fn no_informational_response_is_written_to_an_http10_client() {
+        let read_wire = b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n";
+        let mock_io = Builder::new().read(read_wire).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_request().await.unwrap();
+        for status in [StatusCode::CONTINUE, StatusCode::EARLY_HINTS] {
+            let response = ResponseHeader::build(status, None).unwrap();
+            http_stream
+                .write_response_header(Box::new(response))
+                .await
+                .unwrap();
+            assert!(http_stream.response_written().is_none(), "{status}");
+        }
     }
 
     // rtsup (vendored change 40): an HTTP/1.0 client cannot read chunked; the body goes as it

@@ -1150,7 +1150,7 @@ fn reject_mismatched_h1_upgrade_101(
     // upstream connection to a protocol the client never agreed to (RFC 9110 section 15.2.2);
     // passed on, the client waited on a connection that carried nothing it could read (nginx
     // 1.22 does the same, until its `proxy_read_timeout`). A 101 in an HTTP/1.0 status line
-    // is not an upgrade either sides take (HTTP/1.0 has no 1xx): passed on, the client got
+    // is not an upgrade either side takes (HTTP/1.0 has no 1xx): passed on, the client got
     // the 101 and nothing was tunnelled, both connections left open.
     if !status.downstream || !is_upgrade_resp(header) {
         return Error::e_explain(

@@ -699,7 +699,7 @@ impl HttpSession {
             // rtsup (vendored change 40): chunked is the only transfer coding the proxy
             // decodes, and it re-frames the body it forwards as chunked alone, so any other
             // coding (`gzip, chunked`) would reach the upstream silently dropped. Refused as
-            // unimplemented (RFC 9112 section 6.1), as nginx does.
+            // unimplemented (RFC 9112 section 6.1), as nginx refuses such a list.
             if !is_chunked_only(&req_header.headers) {
                 return Error::e_explain(
                     CustomCode("unsupported transfer coding", 501),

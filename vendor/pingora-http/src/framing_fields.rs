@@ -23,8 +23,9 @@
 use http::header::{self, HeaderName};
 
 /// `Keep-Alive`, which the http crate does not name (change 42: an upstream response's is
-/// looked for on every response, and most have none).
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+/// looked for on every response, and most have none). Public as [`crate::KEEP_ALIVE`], the
+/// name pingora-core looks up.
+pub const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// The framing fields a header may hold: a clear bit means the field is absent; a set one
 /// means it was added (and may have been removed since). Names outside the four are not

@@ -45,6 +45,7 @@ pub use case_header_name::IntoCaseHeaderName;
 
 mod framing_fields;
 use framing_fields::FramingFields;
+pub use framing_fields::KEEP_ALIVE;
 
 pub mod prelude {
     pub use crate::RequestHeader;

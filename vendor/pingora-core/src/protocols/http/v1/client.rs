@@ -1030,10 +1030,6 @@ struct RespFacts {
     keepalive_values: (Option<u64>, Option<usize>),
 }
 
-/// `Keep-Alive`, looked up with a name parsed once (rtsup: a `&str` name is parsed and hashed
-/// again on every lookup).
-const KEEP_ALIVE: header::HeaderName = header::HeaderName::from_static("keep-alive");
-
 impl RespFacts {
     fn of(header: &ResponseHeader, transfer_encoding: bool) -> Self {
         RespFacts {
@@ -1043,7 +1039,8 @@ impl RespFacts {
             chunked: transfer_encoding && is_chunked_encoding(header),
             content_length: framing_length(header),
             connection_keepalive: is_buf_keepalive(field_of(header, header::CONNECTION)),
-            keepalive_values: keepalive_values(field_of(header, KEEP_ALIVE)),
+            // (rtsup: a name parsed once, not a `&str` parsed and hashed on every lookup)
+            keepalive_values: keepalive_values(field_of(header, pingora_http::KEEP_ALIVE)),
         }
     }
 }

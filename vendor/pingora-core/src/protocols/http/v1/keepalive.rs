@@ -59,6 +59,16 @@ async fn shutdown_begun(mut shutdown: ShutdownWatch) {
     }
 }
 
+/// Where a connection's watch of the server's shutdown stands.
+enum Stopping {
+    /// Not waited on yet: the watch, turned into a wait on the first one.
+    Watch(ShutdownWatch),
+    /// Joined to the watch's waiters, for the connection's life.
+    Waiting(Pin<Box<dyn Future<Output = ()> + Send>>),
+    /// The shutdown began (the wait resolved, never to be polled again).
+    Begun,
+}
+
 /// The idle timer of one kept-alive connection, and its watch of the server's shutdown; both
 /// made on its first wait and kept for the connection's life.
 ///
@@ -67,17 +77,14 @@ async fn shutdown_begun(mut shutdown: ShutdownWatch) {
 /// a request under callgrind).
 pub struct KeepaliveTimer {
     sleep: Option<Pin<Box<Sleep>>>,
-    shutdown: Option<ShutdownWatch>,
-    stopping: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
-    /// The shutdown began (the wait above resolved, never to be polled again).
-    stopped: bool,
+    stopping: Stopping,
 }
 
 impl std::fmt::Debug for KeepaliveTimer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeepaliveTimer")
             .field("sleep", &self.sleep)
-            .field("stopped", &self.stopped)
+            .field("stopped", &matches!(self.stopping, Stopping::Begun))
             .finish_non_exhaustive()
     }
 }
@@ -88,9 +95,7 @@ impl KeepaliveTimer {
     pub fn new(shutdown: ShutdownWatch) -> Self {
         Self {
             sleep: None,
-            shutdown: Some(shutdown),
-            stopping: None,
-            stopped: false,
+            stopping: Stopping::Watch(shutdown),
         }
     }
 
@@ -120,13 +125,10 @@ impl KeepaliveTimer {
                 .sleep
                 .insert(Box::pin(tokio::time::sleep_until(deadline))),
         };
-        if self.stopping.is_none() {
-            if let Some(shutdown) = self.shutdown.take() {
-                self.stopping = Some(Box::pin(shutdown_begun(shutdown)));
-            }
+        if let Stopping::Watch(shutdown) = &self.stopping {
+            self.stopping = Stopping::Waiting(Box::pin(shutdown_begun(shutdown.clone())));
         }
         let stopping = &mut self.stopping;
-        let stopped = &mut self.stopped;
         let mut buf = BytesMut::with_capacity(INIT_HEADER_BUF_SIZE);
         let mut read = std::pin::pin!(stream.read_buf(&mut buf));
         loop {
@@ -134,14 +136,14 @@ impl KeepaliveTimer {
                 if let Poll::Ready(read) = read.as_mut().poll(cx) {
                     return Poll::Ready(Woken::Read(read));
                 }
-                if *stopped {
+                let begun = match stopping {
+                    Stopping::Begun => true,
+                    Stopping::Waiting(wait) => wait.as_mut().poll(cx).is_ready(),
+                    Stopping::Watch(_) => false,
+                };
+                if begun {
+                    *stopping = Stopping::Begun;
                     return Poll::Ready(Woken::Shutdown);
-                }
-                if let Some(stopping) = stopping {
-                    if stopping.as_mut().poll(cx).is_ready() {
-                        *stopped = true;
-                        return Poll::Ready(Woken::Shutdown);
-                    }
                 }
                 sleep.as_mut().poll(cx).map(|()| Woken::Timer)
             })

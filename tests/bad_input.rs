@@ -6,7 +6,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use crate::harness::{
-    Rtsup, exchange, field, fixture_cluster, handshake_from, http_get, metric, status_of,
+    self, Rtsup, exchange, field, fixture_cluster, handshake_from, http_get, metric, status_of,
     wait_until,
 };
 
@@ -186,15 +186,9 @@ fn pipelined_requests_are_all_answered_in_order() {
 }
 
 /// Send `request` on a new connection; what came back, and whether the proxy closed the
-/// connection (rather than leaving it open until the read timed out).
+/// connection within 5 s.
 fn answer_then_close(lb: u16, request: &[u8]) -> (String, bool) {
-    let mut c = TcpStream::connect(("127.0.0.1", lb)).expect("connect");
-    c.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    c.write_all(request).expect("write");
-    let mut got = Vec::new();
-    let closed = c.read_to_end(&mut got).is_ok();
-    (String::from_utf8_lossy(&got).into_owned(), closed)
+    harness::answer_then_close(lb, request, Duration::from_secs(5))
 }
 
 #[test]

@@ -451,13 +451,18 @@ pub fn status_of(resp: &[u8]) -> u16 {
 /// Send one raw request (it should say `Connection: close`) to 127.0.0.1:`port`; the whole
 /// answer as text.
 pub fn roundtrip(port: u16, request: &str) -> String {
+    answer_then_close(port, request.as_bytes(), Duration::from_secs(10)).0
+}
+
+/// Send `request` on a new connection to 127.0.0.1:`port`; what came back, and whether the
+/// server closed the connection (rather than leaving it open until a read waited `wait`).
+pub fn answer_then_close(port: u16, request: &[u8], wait: Duration) -> (String, bool) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    s.write_all(request.as_bytes()).expect("write");
+    s.set_read_timeout(Some(wait)).expect("timeout");
+    s.write_all(request).expect("write");
     let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
+    let closed = s.read_to_end(&mut out).is_ok();
+    (String::from_utf8_lossy(&out).into_owned(), closed)
 }
 
 /// The daemon's log lines at WARN or ERROR (clients must not be able to produce any).

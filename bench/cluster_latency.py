@@ -17,7 +17,6 @@ import http.client, json, os, shutil, signal, socket, subprocess, sys, tempfile,
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import BIN, ROOT  # noqa: E402
 
-BIN = os.environ.get("RTSUP_BIN", BIN)
 N = int(os.environ.get("N", "2000"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 REDIS_PORT, LB, WORKERS = 26379, 26080, 26100

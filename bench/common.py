@@ -3,7 +3,9 @@ and children from /proc, and wrk's latency units."""
 import os, re, socket, subprocess, sys, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target/release/rtsup")
+# The rtsup binary measured: the release build (scripts/release.sh: profile-guided; or a plain
+# `cargo build --release`), or RTSUP_BIN, e.g. to set two builds side by side.
+BIN = os.environ.get("RTSUP_BIN") or os.path.join(ROOT, "target/release/rtsup")
 HZ = os.sysconf("SC_CLK_TCK")
 
 

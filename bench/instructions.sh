@@ -5,7 +5,9 @@
 # Starts COMMAND (a proxy listening on 127.0.0.1:PORT, in front of a running backend) under
 # valgrind, warms it with `wrk -t1 -c8 -d3s`, zeroes the counters, loads it for 5 s, dumps
 # and prints instructions per request: all of the process's, and the request path's (what
-# pingora's accept loop runs, without the supervisor's once-a-second work). Needs valgrind
+# pingora's accept loop runs, without the supervisor's once-a-second work; 0 when the build
+# inlined the loop away) and the connection tasks' (what runs under rtsup's admission of each
+# connection). Needs valgrind
 # and wrk (Debian packages). With LOAD=poll the load is engine.io polling handshakes instead
 # (`bench/poll_rate.js`, 8 loops, each session a GET, a POST and a GET; needs node and
 # tests/interop's packages) and the figures are per session. URL_PATH (default /) is the path
@@ -64,5 +66,10 @@ sleep 1
 dump=$(ls -t "$out".*.1 | head -1)
 report=$(callgrind_annotate --inclusive=yes "$dump" 2>/dev/null)
 total=$(awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}' <<<"$report")
-path=$(awk '/run_endpoint::\{\{closure\}\}::\{\{closure\}\} / {gsub(",", "", $1); print $1; exit}' <<<"$report")
-echo "$count ${unit}s, $total instructions: $((total / count)) per $unit, request path $((${path:-0} / count)) ($dump)"
+inclusive() { awk -v f="$1" 'index($0, f) {gsub(",", "", $1); print $1; exit}' <<<"$report"; }
+path=$(inclusive 'run_endpoint::{{closure}}::{{closure}} ')
+# The connections' tasks (rtsup's admission and everything under it): the request path
+# without the accept loop. A profile-guided build (scripts/release.sh) inlines the accept
+# loop's closures, so only this figure is there to compare builds by.
+conns=$(inclusive '<balancer::admission::Admission<A> as pingora_core::apps::ServerApp>::process_new::{{closure}} ')
+echo "$count ${unit}s, $total instructions: $((total / count)) per $unit, request path $((${path:-0} / count)), connection tasks $((${conns:-0} / count)) ($dump)"

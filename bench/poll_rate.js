@@ -3,8 +3,9 @@
 // Prints {sessions, per_s, errors}; any non-200 is an error ("Session ID unknown" included).
 // With SOURCES > 0, loop i connects from 127.0.(1 + i % SOURCES).1, so the loops look like
 // clients of different networks (nginx's ip_hash keys on the first three octets).
+// An https:// URL is fetched over TLS (NODE_TLS_REJECT_UNAUTHORIZED=0 for a self-signed one).
 //   node bench/poll_rate.js URL [CONC] [DURATION_MS] [SOURCES]
-const http = require("http");
+const http = require(process.argv[2].startsWith("https:") ? "https" : "http");
 const { sourceAddress } = require("./sources");
 
 const [base, c = "32", d = "10000", sources = "0"] = process.argv.slice(2);

@@ -2,8 +2,9 @@
 # Install what a fresh Debian machine lacks for building and testing rtsup:
 # cmake (pingora's zlib-ng build), a C toolchain, Node.js (fixture and interop workers),
 # redis-server (adapter tests), Chromium (demo page test), systemd (`systemd-analyze verify`
-# of the unit), tmux (`rtsup monit` test), dpkg-dev (the .deb test) and the npm packages of the interop tests (official socket.io server and
-# client, playwright-core to drive Chromium).
+# of the unit), tmux (`rtsup monit` test), dpkg-dev (the .deb test), wrk, curl and openssl
+# (the release build's training load) and the npm packages of the interop tests (official
+# socket.io server and client, playwright-core to drive Chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,10 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v tmux >/dev/null || need+=(tmux)
 # scripts/deb-test.sh: cargo-deb fills Depends with dpkg-shlibdeps and strips with binutils.
 command -v dpkg-shlibdeps >/dev/null || need+=(dpkg-dev)
+# The release build's training load (bench/pgo_train.py, checked by scripts/test.sh).
+command -v wrk >/dev/null || need+=(wrk)
+command -v curl >/dev/null || need+=(curl)
+command -v openssl >/dev/null || need+=(openssl)
 if ((${#need[@]})); then
   echo "setup: installing ${need[*]}"
   SUDO=""

@@ -75,7 +75,7 @@ fn client_limits(b: &crate::config::BalancerConfig) -> balancer::server::ClientL
     let budget = balancer::connections::budget(
         nofile,
         open_now + 6 * threads,
-        balancer::server::UPSTREAM_POOL.max(b.threads),
+        balancer::server::UPSTREAM_POOL * b.threads.max(1),
     );
     let (pool, budget) = (budget.pool, budget.connections);
     let memory = physical_memory();

@@ -43,8 +43,12 @@ pub const RELEASE_ON_STOP: Duration = Duration::from_secs(1);
 /// How often silent sessions are swept from the sid table.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Most idle upstream connections pingora keeps for reuse (each holds a descriptor; see
-/// [`crate::connections::budget`]).
+/// Most idle upstream connections each proxy thread keeps for reuse (each holds a descriptor;
+/// see [`crate::connections::budget`]), as nginx's `keepalive` is per worker. Shared out
+/// among the threads, 128 in all, a thread given more than its half of the clients (the
+/// kernel spreads connections over the listeners by a hash) ran out of room: each release
+/// closed the longest-idle connection, and the next request to that worker connected again,
+/// over a thousand times a second under `wrk -c64` (docs/BENCHMARKS.md).
 pub const UPSTREAM_POOL: usize = 128;
 
 /// The bounds on clients: header limits and timeouts, body and send timeouts, connection caps.
@@ -54,7 +58,7 @@ pub struct ClientLimits {
     pub request: RequestLimits,
     /// Connection caps, total and per address.
     pub caps: ConnectionCaps,
-    /// Idle upstream connections kept for reuse.
+    /// Idle upstream connections kept for reuse, all proxy threads together.
     pub upstream_pool: usize,
 }
 

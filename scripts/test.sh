@@ -15,4 +15,6 @@ cargo install --path . --locked --debug --target-dir target --root "$root" --qui
 scripts/deb-test.sh
 # The release build's training load (scripts/release.sh) runs clean: every load it drives
 # through rtsup succeeds (checked here on the debug binary, one second per load).
-SECONDS_PER_LOAD=1 python3 bench/pgo_train.py target/debug/rtsup
+target_dir=$(cargo metadata --no-deps --format-version 1 --locked |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+SECONDS_PER_LOAD=1 python3 bench/pgo_train.py "$target_dir/debug/rtsup"

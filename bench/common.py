@@ -64,19 +64,80 @@ def to_ms(v):
     return float(num) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def start_rtsup(work, body):
-    """Start `rtsup start` on `[supervisor]` (socket and logs in `work`) plus `body`."""
+def start_rtsup(work, body, bin_=None):
+    """Start `rtsup start` (BIN, or `bin_`) on `[supervisor]` (socket and logs in `work`) plus
+    `body`; its stderr goes to `work`/rtsup.log."""
     conf = os.path.join(work, "rtsup.toml")
     with open(conf, "w") as f:
         f.write(f'[supervisor]\ncontrol_socket = "{work}/rtsup.sock"\nlog_dir = "{work}/logs"\n{body}')
-    return subprocess.Popen([BIN, "start", "-c", conf], stderr=open(os.path.join(work, "rtsup.log"), "w"))
+    return subprocess.Popen([bin_ or BIN, "start", "-c", conf], stderr=open(os.path.join(work, "rtsup.log"), "w"))
 
 
-def reference_app(base, instances):
-    """`[[app]]` of `instances` reference workers (`rtsup worker`) from port `base`."""
+def reference_balancer(work, base, instances, listen, extra="", bin_=None):
+    """rtsup (BIN, or `bin_`) supervising `instances` reference workers from port `base`,
+    balancing on `listen` with two proxy threads, no access log (nginx beside it logs none
+    either) and no per-address bounds: the benchmark clients come from a few loopback
+    addresses, and the new-session rate and connection cap per address (meant for one client
+    among many) would refuse most of them; nginx has neither bound. `extra` is appended (more
+    `[balancer]` keys, or further tables)."""
+    return start_rtsup(work, reference_app(base, instances, bin_) + f"""[balancer]
+listen = "127.0.0.1:{listen}"
+access_log = "off"
+threads = 2
+session_rate = 0
+max_connections_per_address = 0
+{extra}""", bin_)
+
+
+def nginx_reference_front(work, port, base, instances):
+    """nginx (2 workers) in front of the reference workers on `instances` ports from `base`, with
+    the policy rtsup applies: sticky by client address (`ip_hash`) for /socket.io/, round-robin
+    for the other paths, upstream keep-alive, WebSocket upgrades, `X-Forwarded-For`. Returns
+    its config file."""
+    conf = os.path.join(work, "nginx.conf")
+    upstream = "\n".join(f"    server 127.0.0.1:{base + i};" for i in range(instances))
+    with open(conf, "w") as f:
+        f.write(f"""user root;
+worker_processes 2;
+worker_rlimit_nofile 20000;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log warn;
+events {{ worker_connections 19000; }}
+http {{
+  access_log off;
+  upstream sessions {{
+    ip_hash;
+{upstream}
+    keepalive 64;
+  }}
+  upstream workers {{
+{upstream}
+    keepalive 64;
+  }}
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
+  proxy_http_version 1.1;
+  proxy_set_header Upgrade $http_upgrade;
+  proxy_set_header Connection $connection_upgrade;
+  proxy_set_header Host $host;
+  proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+  proxy_read_timeout 120s;
+  proxy_buffering off;
+  server {{
+    listen 127.0.0.1:{port} reuseport;
+    location /socket.io/ {{ proxy_pass http://sessions; }}
+    location / {{ proxy_pass http://workers; }}
+  }}
+}}
+""")
+    return conf
+
+
+def reference_app(base, instances, bin_=None):
+    """`[[app]]` of `instances` reference workers (`rtsup worker` of BIN, or of `bin_`) from
+    port `base`."""
     return f"""[[app]]
 name = "ref"
-command = "{BIN}"
+command = "{bin_ or BIN}"
 args = ["worker"]
 instances = {instances}
 port = {base}

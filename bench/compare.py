@@ -25,7 +25,8 @@ target/bench/compare.json.
 """
 import json, os, random, re, shutil, signal, statistics, subprocess, sys, tempfile, time
 
-from common import BIN, ROOT, children, cpu_ticks_split, reference_app, rss_kb, start_rtsup, to_ms, us_per, wait_port
+from common import (BIN, ROOT, children, cpu_ticks_split, nginx_reference_front, reference_balancer, rss_kb, to_ms, us_per,
+                    wait_port)
 NODE_ENV = dict(os.environ, NODE_PATH=os.path.join(ROOT, "tests/interop/node_modules"))
 IDLE_SESSIONS = int(os.environ.get("IDLE_SESSIONS", "8000"))
 FANOUT_CLIENTS = int(os.environ.get("FANOUT_CLIENTS", "1000"))
@@ -113,55 +114,12 @@ def main():
     work = tempfile.mkdtemp(prefix="rtsup-bench-")
     base = random.randint(20000, 31000)
     lb, ngx = base + 10, base + 12
-    rtsup = start_rtsup(work, reference_app(base, 4) + f"""[balancer]
-listen = "127.0.0.1:{lb}"
-# nginx here logs no requests either.
-access_log = "off"
-threads = 2
-# The benchmark clients come from a few loopback addresses: the new-session rate per address
-# (meant for one client among many) would refuse most of them. nginx has neither bound.
-session_rate = 0
-max_connections_per_address = 0
-[admin]
+    rtsup = reference_balancer(work, base, 4, lb, f"""[admin]
 listen = "127.0.0.1:{base + 11}"
 """)
     for p in [base + i for i in range(4)] + [lb]:
         wait_port(p)
-    ngx_conf = os.path.join(work, "nginx.conf")
-    upstream = "\n".join(f"    server 127.0.0.1:{base + i};" for i in range(4))
-    with open(ngx_conf, "w") as f:
-        f.write(f"""user root;
-worker_processes 2;
-worker_rlimit_nofile 20000;
-pid {work}/nginx.pid;
-error_log {work}/nginx-error.log warn;
-events {{ worker_connections 19000; }}
-http {{
-  access_log off;
-  upstream sessions {{
-    ip_hash;
-{upstream}
-    keepalive 64;
-  }}
-  upstream workers {{
-{upstream}
-    keepalive 64;
-  }}
-  map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
-  proxy_http_version 1.1;
-  proxy_set_header Upgrade $http_upgrade;
-  proxy_set_header Connection $connection_upgrade;
-  proxy_set_header Host $host;
-  proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-  proxy_read_timeout 120s;
-  proxy_buffering off;
-  server {{
-    listen 127.0.0.1:{ngx} reuseport;
-    location /socket.io/ {{ proxy_pass http://sessions; }}
-    location / {{ proxy_pass http://workers; }}
-  }}
-}}
-""")
+    ngx_conf = nginx_reference_front(work, ngx, base, 4)
     nginx = subprocess.Popen(["nginx", "-p", work, "-c", ngx_conf, "-g", "daemon off;"])
     wait_port(ngx)
     time.sleep(1)

@@ -13,7 +13,7 @@ as thousands of connects a round (docs/BENCHMARKS.md, run Q).
 """
 import os, random, re, signal, subprocess, sys, tempfile, time
 
-from common import BIN, HZ, children, cpu_ticks_split, reference_app, start_rtsup, wait_port
+from common import HZ, children, cpu_ticks_split, nginx_reference_front, reference_balancer, wait_port
 
 ROUNDS = int(os.environ.get("ROUNDS", "4"))
 DURATION = int(os.environ.get("DURATION", "5"))
@@ -40,34 +40,10 @@ def main():
     work = tempfile.mkdtemp(prefix="rtsup-rounds-")
     base = random.randint(20000, 31000)
     lb, ngx = base + 10, base + 12
-    rtsup = start_rtsup(work, reference_app(base, 4) + f"""[balancer]
-listen = "127.0.0.1:{lb}"
-access_log = "off"
-threads = 2
-# wrk's 64 connections all come from 127.0.0.1 (nginx has no per-address bound either).
-max_connections_per_address = 0
-""")
+    rtsup = reference_balancer(work, base, 4, lb)
     for port in [base + i for i in range(4)] + [lb]:
         wait_port(port)
-    conf = os.path.join(work, "nginx.conf")
-    servers = "\n".join(f"    server 127.0.0.1:{base + i};" for i in range(4))
-    with open(conf, "w") as f:
-        f.write(f"""worker_processes 2;
-pid {work}/nginx.pid;
-error_log {work}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  upstream workers {{
-{servers}
-    keepalive 64;
-  }}
-  proxy_http_version 1.1;
-  proxy_set_header Connection "";
-  proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-  server {{ listen 127.0.0.1:{ngx} reuseport; location / {{ proxy_pass http://workers; }} }}
-}}
-""")
+    conf = nginx_reference_front(work, ngx, base, 4)
     nginx = subprocess.Popen(["nginx", "-p", work, "-c", conf, "-g", "daemon off;"])
     wait_port(ngx)
     time.sleep(2)

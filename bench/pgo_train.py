@@ -19,10 +19,9 @@ instrumented process writes its profile when it exits; the workers exit through 
 SECONDS_PER_LOAD (default 4) sets each load's length; `SECONDS_PER_LOAD=1` runs the whole
 script in under a minute, which is how scripts/test.sh checks it against the debug binary.
 """
-import os, random, re, signal, ssl, subprocess, sys, tempfile, time, urllib.request
+import json, os, random, re, signal, ssl, subprocess, sys, tempfile, time, urllib.request
 
-from common import ROOT, reference_app, start_rtsup, wait_port
-import common
+from common import ROOT, reference_balancer
 
 SECONDS = int(os.environ.get("SECONDS_PER_LOAD", "4"))
 NODE_ENV = dict(os.environ, NODE_PATH=os.path.join(ROOT, "tests/interop/node_modules"))
@@ -61,38 +60,31 @@ def h2(url, count):
 
 
 def balancer(work, bin_, base, tls):
+    """rtsup (`bin_`) with two reference workers from port `base`, balancing on `base + 10`
+    (over TLS with `tls = (cert, key)`), once it answers through both workers (each is routed
+    to only once its readiness probe passed); its process and its URL. If it exits or never
+    answers, the script fails with its log."""
     listen = base + 10
-    body = reference_app(base, 2) + f"""[balancer]
-listen = "127.0.0.1:{listen}"
-access_log = "off"
-threads = 2
-session_rate = 0
-max_connections_per_address = 0
-"""
+    scheme, extra = "http", ""
     if tls:
-        body += f'tls_cert = "{tls[0]}"\ntls_key = "{tls[1]}"\n'
-    common.BIN = bin_
+        scheme, extra = "https", f'tls_cert = "{tls[0]}"\ntls_key = "{tls[1]}"\n'
     os.makedirs(work)
-    rtsup = start_rtsup(work, body)
-    for port in (base, base + 1, listen):
-        wait_port(port, deadline=60)
-    return rtsup, listen
-
-
-def wait_served(url, deadline=60):
-    """Until the balancer answers 200 through both workers (each is routed to only once its
-    readiness probe passed; before that the balancer answers 503)."""
+    rtsup = reference_balancer(work, base, 2, listen, extra, bin_)
+    url = f"{scheme}://127.0.0.1:{listen}"
     insecure = ssl._create_unverified_context()
-    end = time.time() + deadline
-    ok = 0
-    while ok < 10:
-        if time.time() > end:
-            sys.exit(f"pgo_train: {url} never answered 200")
+    slots = set()
+    end = time.time() + 60
+    while slots != {0, 1}:
+        if rtsup.poll() is not None or time.time() > end:
+            state = f"exited {rtsup.returncode}" if rtsup.poll() is not None else "answered through no worker in 60 s"
+            with open(os.path.join(work, "rtsup.log")) as log:
+                sys.exit(f"pgo_train: rtsup on {url} {state}; its log:\n{log.read()[-4000:]}")
         try:
-            ok = ok + 1 if urllib.request.urlopen(url, timeout=2, context=insecure).status == 200 else 0
-        except OSError:
-            ok = 0
+            with urllib.request.urlopen(f"{url}/health", timeout=2, context=insecure) as answer:
+                slots.add(json.loads(answer.read())["slot"])
+        except (OSError, ValueError, KeyError):
             time.sleep(0.1)
+    return rtsup, url
 
 
 def stop(rtsup):
@@ -108,10 +100,8 @@ def main():
     bin_ = os.path.abspath(sys.argv[1])
     base = random.randint(20000, 31000)
     with tempfile.TemporaryDirectory(prefix="rtsup-pgo-") as work:
-        rtsup, port = balancer(os.path.join(work, "plain"), bin_, base, None)
+        rtsup, url = balancer(os.path.join(work, "plain"), bin_, base, None)
         try:
-            url = f"http://127.0.0.1:{port}"
-            wait_served(f"{url}/health")
             wrk("keep-alive GET", f"{url}/health")
             wrk("a connection per request", f"{url}/health", "-H", "Connection: close")
             node("polling handshakes", "bench/poll_rate.js", url, 8, SECONDS * 1000)
@@ -123,10 +113,8 @@ def main():
         subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                         "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
                         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
-        rtsup, port = balancer(os.path.join(work, "tls"), bin_, base + 20, (cert, key))
+        rtsup, url = balancer(os.path.join(work, "tls"), bin_, base + 20, (cert, key))
         try:
-            url = f"https://127.0.0.1:{port}"
-            wait_served(f"{url}/health")
             wrk("HTTPS keep-alive GET", f"{url}/health")
             wrk("a TLS handshake per request", f"{url}/health", "-H", "Connection: close")
             h2(f"{url}/health", 200 * SECONDS)

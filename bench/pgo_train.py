@@ -19,7 +19,7 @@ instrumented process writes its profile when it exits; the workers exit through 
 SECONDS_PER_LOAD (default 4) sets each load's length; `SECONDS_PER_LOAD=1` runs the whole
 script in under a minute, which is how scripts/test.sh checks it against the debug binary.
 """
-import json, os, random, re, signal, ssl, subprocess, sys, tempfile, time, urllib.request
+import json, os, random, re, shutil, signal, ssl, subprocess, sys, tempfile, time, urllib.request
 
 from common import ROOT, reference_balancer
 
@@ -59,69 +59,93 @@ def h2(url, count):
     print(f"# HTTP/2: {count} requests", file=sys.stderr)
 
 
-def balancer(work, bin_, base, tls):
+def log_tail(work):
+    try:
+        with open(os.path.join(work, "rtsup.log")) as log:
+            return log.read()[-4000:]
+    except OSError as e:
+        return f"(no log: {e})"
+
+
+def stop(rtsup):
+    """SIGTERM, then SIGKILL after 60 s; rtsup's exit code (the workers exit through it)."""
+    rtsup.send_signal(signal.SIGTERM)
+    try:
+        return rtsup.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        rtsup.kill()
+        return rtsup.wait()
+
+
+def phase(work, bin_, base, tls, loads):
     """rtsup (`bin_`) with two reference workers from port `base`, balancing on `base + 10`
-    (over TLS with `tls = (cert, key)`), once it answers through both workers (each is routed
-    to only once its readiness probe passed); its process and its URL. If it exits or never
-    answers, the script fails with its log."""
+    (over TLS with `tls = (cert, key)`): once it answers through each worker (each is routed to
+    only once its readiness probe passed), `loads(url)`; then rtsup must exit 0. rtsup is
+    stopped whatever fails; a failure of its own comes with its log."""
     listen = base + 10
     scheme, extra = "http", ""
     if tls:
         scheme, extra = "https", f'tls_cert = "{tls[0]}"\ntls_key = "{tls[1]}"\n'
     os.makedirs(work)
-    rtsup = reference_balancer(work, base, 2, listen, extra, bin_)
     url = f"{scheme}://127.0.0.1:{listen}"
-    insecure = ssl._create_unverified_context()
-    slots = set()
-    end = time.time() + 60
-    while slots != {0, 1}:
-        if rtsup.poll() is not None or time.time() > end:
-            state = f"exited {rtsup.returncode}" if rtsup.poll() is not None else "answered through no worker in 60 s"
-            with open(os.path.join(work, "rtsup.log")) as log:
-                sys.exit(f"pgo_train: rtsup on {url} {state}; its log:\n{log.read()[-4000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2, context=insecure) as answer:
-                slots.add(json.loads(answer.read())["slot"])
-        except (OSError, ValueError, KeyError):
-            time.sleep(0.1)
-    return rtsup, url
-
-
-def stop(rtsup):
-    rtsup.send_signal(signal.SIGTERM)
-    code = rtsup.wait(timeout=60)
+    rtsup = reference_balancer(work, base, 2, listen, extra, bin_)
+    try:
+        insecure = ssl._create_unverified_context()
+        slots = set()
+        end = time.time() + 60
+        while slots != {0, 1}:
+            if rtsup.poll() is not None or time.time() > end:
+                state = f"exited {rtsup.returncode}" if rtsup.poll() is not None else "answered through no worker in 60 s"
+                sys.exit(f"pgo_train: rtsup on {url} {state}; its log:\n{log_tail(work)}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2, context=insecure) as answer:
+                    slots.add(json.loads(answer.read())["slot"])
+            except (OSError, ValueError, KeyError):
+                time.sleep(0.1)
+        loads(url)
+    except BaseException:
+        stop(rtsup)
+        raise
+    code = stop(rtsup)
     if code != 0:
-        sys.exit(f"pgo_train: rtsup exited {code} (an instrumented process writes its profile only on a clean exit)")
+        sys.exit(f"pgo_train: rtsup exited {code} (an instrumented process writes its profile only on a clean "
+                 f"exit); its log:\n{log_tail(work)}")
+
+
+def plain_loads(url):
+    wrk("keep-alive GET", f"{url}/health")
+    wrk("a connection per request", f"{url}/health", "-H", "Connection: close")
+    node("polling handshakes", "bench/poll_rate.js", url, 8, SECONDS * 1000)
+    node("WebSocket events", "bench/ws_rtt.js", url, 100, 10 * SECONDS)
+
+
+def tls_loads(url):
+    wrk("HTTPS keep-alive GET", f"{url}/health")
+    wrk("a TLS handshake per request", f"{url}/health", "-H", "Connection: close")
+    h2(f"{url}/health", 200 * SECONDS)
+    node("polling handshakes over TLS", "bench/poll_rate.js", url, 8, SECONDS * 1000,
+         env=dict(NODE_ENV, NODE_TLS_REJECT_UNAUTHORIZED="0"))
 
 
 def main():
     if len(sys.argv) != 2 or not os.path.exists(sys.argv[1]):
         sys.exit("usage: bench/pgo_train.py BIN (an rtsup binary)")
+    missing = [tool for tool in ("wrk", "curl", "openssl", "node") if not shutil.which(tool)]
+    if missing or not os.path.isdir(NODE_ENV["NODE_PATH"]):
+        sys.exit(f"pgo_train: missing {', '.join(missing) or NODE_ENV['NODE_PATH']} (scripts/setup.sh installs them)")
+    # A job timeout or `kill` sends SIGTERM: unwind (stop rtsup, remove the temp dir) as on error.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     bin_ = os.path.abspath(sys.argv[1])
     base = random.randint(20000, 31000)
     with tempfile.TemporaryDirectory(prefix="rtsup-pgo-") as work:
-        rtsup, url = balancer(os.path.join(work, "plain"), bin_, base, None)
-        try:
-            wrk("keep-alive GET", f"{url}/health")
-            wrk("a connection per request", f"{url}/health", "-H", "Connection: close")
-            node("polling handshakes", "bench/poll_rate.js", url, 8, SECONDS * 1000)
-            node("WebSocket events", "bench/ws_rtt.js", url, 100, 10 * SECONDS)
-        finally:
-            stop(rtsup)
-
+        phase(os.path.join(work, "plain"), bin_, base, None, plain_loads)
         cert, key = os.path.join(work, "cert.pem"), os.path.join(work, "key.pem")
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                        "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
-                        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
-        rtsup, url = balancer(os.path.join(work, "tls"), bin_, base + 20, (cert, key))
-        try:
-            wrk("HTTPS keep-alive GET", f"{url}/health")
-            wrk("a TLS handshake per request", f"{url}/health", "-H", "Connection: close")
-            h2(f"{url}/health", 200 * SECONDS)
-            node("polling handshakes over TLS", "bench/poll_rate.js", url, 8, SECONDS * 1000,
-                 env=dict(NODE_ENV, NODE_TLS_REJECT_UNAUTHORIZED="0"))
-        finally:
-            stop(rtsup)
+        made = subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                               "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
+                               "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], capture_output=True, text=True)
+        if made.returncode != 0:
+            sys.exit(f"pgo_train: openssl failed: {made.stderr.strip()}")
+        phase(os.path.join(work, "tls"), bin_, base + 20, (cert, key), tls_loads)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ reference workers supervised by rtsup, two proxy threads / nginx workers, wrk -t
 
 ROUNDS (default 4) interleaved rounds of DURATION seconds (default 5) each, the order shuffled
 per round; prints one line per round: req/s, the proxy's user and system CPU per request (µs),
-its `connect` calls during the round (perf's syscall tracepoint), and the workers' CPU per
-request. A proxy whose idle upstream pool is too small for its share of the clients shows it
+its `connect` calls during the round (perf's syscall tracepoint), the workers' CPU per
+request, the share of a core each of the proxy's two busiest threads (or processes) used, and
+the machine's idle share of its cores. A proxy whose idle upstream pool is too small for its share of the clients shows it
 as thousands of connects a round (docs/BENCHMARKS.md, run Q).
 """
 import os, random, re, signal, subprocess, sys, tempfile, time
@@ -19,13 +20,38 @@ ROUNDS = int(os.environ.get("ROUNDS", "4"))
 DURATION = int(os.environ.get("DURATION", "5"))
 
 
+def thread_ticks(pids):
+    """CPU ticks (user + system) of every thread of `pids`, by thread id."""
+    out = {}
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                fields = open(f"/proc/{pid}/task/{tid}/stat").read().rsplit(")", 1)[1].split()
+                out[tid] = int(fields[11]) + int(fields[12])
+            except (OSError, IndexError):
+                pass
+    return out
+
+
+def idle_ticks():
+    """The machine's idle and total CPU ticks (all cores, from /proc/stat)."""
+    fields = [int(v) for v in open("/proc/stat").readline().split()[1:]]
+    return fields[3] + fields[4], sum(fields)
+
+
 def measure(port, proxy, workers):
     perf = subprocess.Popen(["perf", "stat", "-e", "syscalls:sys_enter_connect", "-p", ",".join(map(str, proxy)),
                              "--", "sleep", str(DURATION)], stderr=subprocess.PIPE, text=True)
-    p0, w0 = cpu_ticks_split(proxy), cpu_ticks_split(workers)
+    p0, w0, t0, i0 = cpu_ticks_split(proxy), cpu_ticks_split(workers), thread_ticks(proxy), idle_ticks()
     out = subprocess.run(["wrk", "-t2", "-c64", f"-d{DURATION}s", f"http://127.0.0.1:{port}/health"],
                          capture_output=True, text=True).stdout
-    p1, w1 = cpu_ticks_split(proxy), cpu_ticks_split(workers)
+    p1, w1, t1, i1 = cpu_ticks_split(proxy), cpu_ticks_split(workers), thread_ticks(proxy), idle_ticks()
+    busiest = sorted((t1[t] - t0.get(t, 0) for t in t1), reverse=True)[:2]
+    shares = "/".join(f"{100 * b / HZ / DURATION:.0f}" for b in busiest)
     stat = perf.communicate()[1]
     served = int(re.search(r"(\d+) requests in", out).group(1))
     us = lambda ticks: ticks / HZ * 1e6 / max(served, 1)
@@ -33,6 +59,7 @@ def measure(port, proxy, workers):
     return (f"{served / DURATION:8.0f} req/s  proxy user {us(p1[0] - p0[0]):4.1f} sys {us(p1[1] - p0[1]):4.1f} µs"
             f"  connects {connects.group(1) if connects else '?':>6}"
             f"  workers user {us(w1[0] - w0[0]):4.1f} sys {us(w1[1] - w0[1]):4.1f} µs"
+            f"  threads {shares:>7} %  idle {100 * (i1[0] - i0[0]) / max(i1[1] - i0[1], 1):3.0f} %"
             + ("  NON-2xx" if "Non-2xx" in out else ""))
 
 

@@ -258,3 +258,71 @@ fn the_admin_server_is_off_unless_configured_and_checks_host_and_token() {
     );
     assert_eq!(status, 421);
 }
+
+/// Client connections open on each of the two proxy threads (`balancer_thread_connections`).
+fn per_thread(r: &Rtsup) -> Result<[u64; 2], String> {
+    let on = |t| {
+        crate::harness::metric(
+            r,
+            &format!("rtsup_balancer_thread_connections{{thread=\"{t}\"}}"),
+        )
+    };
+    Ok([on(0)?, on(1)?])
+}
+
+#[test]
+fn connections_opened_at_once_are_spread_over_the_proxy_threads_and_tunnels_stay_counted() {
+    let (r, lb) = crate::harness::fixture_cluster("max_connections_per_address = 0\n", "", None);
+    // Forty connections at once: every accept loop is woken for each, and without the
+    // spread whichever thread ran first took them all.
+    let mut held: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect(("127.0.0.1", lb)).expect("connect"))
+        .collect();
+    let split = wait_until("forty connections counted on the threads", || {
+        let split = per_thread(&r)?;
+        if split.iter().sum::<u64>() == 40 {
+            Ok(split)
+        } else {
+            Err(format!("{split:?}"))
+        }
+    });
+    assert!(split.iter().all(|&n| n >= 15), "uneven: {split:?}");
+    // Each is served where it was counted.
+    for c in &mut held {
+        c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("write");
+    }
+    for c in &mut held {
+        c.set_read_timeout(Some(crate::harness::patience()))
+            .expect("timeout");
+        let mut buf = [0u8; 12];
+        c.read_exact(&mut buf).expect("answer");
+        assert_eq!(&buf, b"HTTP/1.1 200");
+    }
+    drop(held);
+    wait_until("none counted once closed", || match per_thread(&r)? {
+        [0, 0] => Ok(()),
+        split => Err(format!("{split:?}")),
+    });
+    // A WebSocket counts on its thread while its tunnel lives (after the request's task).
+    let sockets: Vec<TcpStream> = (0..4)
+        .map(|_| crate::harness::websocket_upgrade(lb, "/tunnel").0)
+        .collect();
+    let split = wait_until("four tunnels counted", || {
+        let split = per_thread(&r)?;
+        if split.iter().sum::<u64>() == 4 {
+            Ok(split)
+        } else {
+            Err(format!("{split:?}"))
+        }
+    });
+    assert!(split.iter().all(|&n| n >= 1), "uneven: {split:?}");
+    drop(sockets);
+    wait_until(
+        "none counted once the tunnels closed",
+        || match per_thread(&r)? {
+            [0, 0] => Ok(()),
+            split => Err(format!("{split:?}")),
+        },
+    );
+}

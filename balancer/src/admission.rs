@@ -9,6 +9,9 @@
 //!
 //! An admitted connection's task also keeps what its requests share: the
 //! `X-Forwarded-For` value of a request that came without one ([`peer_forwarded_for`]).
+//!
+//! With several proxy threads, each accept loop takes its share of the connections only
+//! ([`crate::spread`]).
 
 use std::cell::RefCell;
 use std::net::IpAddr;
@@ -18,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use http::HeaderValue;
-use pingora::apps::{HandshakeToken, ServerApp};
+use pingora::apps::{AcceptToken, HandshakeToken, ServerApp, take_accept_token};
 use pingora::protocols::ALPN;
 use pingora::protocols::Stream;
 use pingora::protocols::l4::socket::SocketAddr;
@@ -29,6 +32,7 @@ use tracing::warn;
 
 use crate::connections::{Connections, Refusal, Ticket};
 use crate::metrics::BalancerMetrics;
+use crate::spread::{PAUSE, ThreadLoads};
 
 /// Least time between two warnings about refused connections.
 pub const WARN_EVERY: Duration = Duration::from_secs(10);
@@ -54,6 +58,8 @@ pub struct Admission<A> {
     metrics: BalancerMetrics,
     warned: Arc<WarnThrottle>,
     handshake_timeout: Duration,
+    /// The open connections of every proxy thread, and which one this is.
+    thread: Option<(Arc<ThreadLoads>, usize)>,
 }
 
 impl<A> Admission<A> {
@@ -71,7 +77,15 @@ impl<A> Admission<A> {
             metrics,
             warned,
             handshake_timeout: Duration::from_secs(60),
+            thread: None,
         }
+    }
+
+    /// Serve as proxy thread `thread` of those counted in `loads`: accept only while this
+    /// thread holds no more than its share of their connections.
+    pub(crate) fn on_thread(mut self, loads: Arc<ThreadLoads>, thread: usize) -> Self {
+        self.thread = Some((loads, thread));
+        self
     }
 
     /// Give a TLS handshake at most `timeout` (the header timeout: nginx bounds the handshake
@@ -138,6 +152,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Admission<A> {
         let hold = Hold {
             _tickets: tickets,
             _open: OpenGauge::new(self.metrics.connections.clone()),
+            _thread: take_accept_token(),
         };
         let connection = Connection {
             hold: RefCell::new(Some(hold)),
@@ -166,6 +181,21 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Admission<A> {
 
     fn handshake_timeout(&self) -> Duration {
         self.handshake_timeout
+    }
+
+    fn accept_pause(&self) -> Option<Duration> {
+        let (loads, thread) = self.thread.as_ref()?;
+        loads.over_share(*thread).then_some(PAUSE)
+    }
+
+    /// The connection counts on this thread until it closes (its tunnel's end, for a
+    /// WebSocket).
+    fn accept_token(&self) -> AcceptToken {
+        AcceptToken(
+            self.thread
+                .as_ref()
+                .map(|(loads, thread)| Box::new(loads.enter(*thread)) as _),
+        )
     }
 }
 
@@ -201,11 +231,12 @@ struct Connection {
     forwarded_for: RefCell<Option<HeaderValue>>,
 }
 
-/// What an admitted connection holds while it is open: its places under the caps and its
-/// count in the open-connections gauge. Released when dropped.
+/// What an admitted connection holds while it is open: its places under the caps, its
+/// count in the open-connections gauge and on its proxy thread. Released when dropped.
 pub(crate) struct Hold {
     _tickets: Vec<Ticket>,
     _open: OpenGauge,
+    _thread: AcceptToken,
 }
 
 /// Take the current connection's [`Hold`] out of its task, for a WebSocket leaving pingora as

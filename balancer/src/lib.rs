@@ -38,6 +38,8 @@ pub mod service;
 pub mod session_rate;
 pub mod sid_table;
 #[cfg(feature = "proxy")]
+mod spread;
+#[cfg(feature = "proxy")]
 pub mod tls;
 #[cfg(feature = "proxy")]
 mod tunnel;

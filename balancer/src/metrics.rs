@@ -111,6 +111,13 @@ pub struct HeaderErrorLabels {
     pub kind: HeaderErrorLabel,
 }
 
+/// Label set of the per-thread connections gauge.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ThreadLabels {
+    /// The proxy thread (0 to `threads` − 1).
+    pub thread: u32,
+}
+
 /// Label set of the request counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabels {
@@ -149,6 +156,8 @@ pub struct BalancerMetrics {
     pub refused: Family<RefusalLabels, Counter>,
     /// Client connections open now.
     pub connections: Gauge,
+    /// Client connections open now, by proxy thread.
+    pub thread_connections: Family<ThreadLabels, Gauge>,
     /// Request headers that could not be read, by what went wrong.
     pub header_errors: Family<HeaderErrorLabels, Counter>,
 }
@@ -192,6 +201,7 @@ impl Default for BalancerMetrics {
             sid_unknown_total: Arc::new(AtomicU64::new(0)),
             refused: Family::default(),
             connections: Gauge::default(),
+            thread_connections: Family::default(),
             header_errors: Family::default(),
         }
     }
@@ -266,6 +276,11 @@ impl BalancerMetrics {
             "connections",
             "Client connections open now",
             self.connections.clone(),
+        );
+        sub.register(
+            "thread_connections",
+            "Client connections open now, by proxy thread (kept even by the accept loops)",
+            self.thread_connections.clone(),
         );
         sub.register(
             "connections_refused",

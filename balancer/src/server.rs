@@ -32,6 +32,7 @@ use crate::release::Upgrades;
 use crate::routes::RouteTable;
 use crate::service::{Balancer, RoutingConfig};
 use crate::sid_table::SidTable;
+use crate::spread::ThreadLoads;
 use crate::tls::CertResolver;
 
 /// Seconds the requests in flight get to finish once the proxy stops accepting.
@@ -45,8 +46,8 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Most idle upstream connections each proxy thread keeps for reuse (each holds a descriptor;
 /// see [`crate::connections::budget`]), as nginx's `keepalive` is per worker. Shared out
-/// among the threads, 128 in all, a thread given more than its half of the clients (the
-/// kernel spreads connections over the listeners by a hash) ran out of room: each release
+/// among the threads, 128 in all, a thread given more than its half of the clients (before
+/// `crate::spread`, whichever accept loop ran first could take them all) ran out of room: each release
 /// closed the longest-idle connection, and the next request to that worker connected again,
 /// over a thousand times a second under `wrk -c64` (docs/BENCHMARKS.md).
 pub const UPSTREAM_POOL: usize = 128;
@@ -235,7 +236,9 @@ pub fn spawn(
     let conf = ServerConf {
         // One service per proxy thread, each a current-thread runtime with its own accept loop
         // on the one listening socket (pingora gives each a dup of it) and its own upstream
-        // pool, so a request never changes thread (nginx's model; see docs/BENCHMARKS.md).
+        // pool, so a request never changes thread (nginx's model; see docs/BENCHMARKS.md);
+        // each loop accepts only while its thread holds no more than its share of the
+        // connections (`crate::spread`).
         threads: 1,
         work_stealing: false,
         // After a stop, pingora stops accepting, then gives the requests it accepted this
@@ -256,6 +259,7 @@ pub fn spawn(
     // An idle HTTP/2 connection (no stream in flight) closes like an idle HTTP/1.1 one.
     options.h2_idle_timeout = Some(settings.limits.request.keepalive_timeout);
     let warned = Arc::new(WarnThrottle::new(WARN_EVERY));
+    let thread_loads = ThreadLoads::new(threads, &metrics.thread_connections);
     let mut apps: Vec<Balancer> = (1..threads).map(|i| app.for_another_thread(i)).collect();
     apps.push(app);
     for (i, app) in apps.into_iter().enumerate() {
@@ -273,7 +277,8 @@ pub fn spawn(
         let mut svc = Service::new(
             format!("rtsup balancer {i}"),
             Admission::new(proxy, connections.clone(), metrics.clone(), warned.clone())
-                .with_handshake_timeout(settings.limits.request.header_timeout),
+                .with_handshake_timeout(settings.limits.request.header_timeout)
+                .on_thread(thread_loads.clone(), i),
         );
         // No read buffer in front of the client socket: pingora's default is 64 KiB per
         // connection (resident once touched), which an idle or half-sent connection would

@@ -74,6 +74,45 @@ pub trait ServerApp {
     fn handshake_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(60)
     }
+
+    /// rtsup: asked by the accept loop before each accept. A service that shares its
+    /// listening socket with others (rtsup runs one per proxy thread) and holds more than its
+    /// share of their connections returns how long to leave the new ones to the others before
+    /// it asks again. The default (`None`) accepts.
+    fn accept_pause(&self) -> Option<Duration> {
+        None
+    }
+
+    /// rtsup: made by the accept loop for every connection it accepts, and held by the
+    /// connection's task until the task ends, unless the application takes it sooner with
+    /// [`take_accept_token`] (to keep it with what outlives the task, e.g. a tunnel).
+    fn accept_token(&self) -> AcceptToken {
+        AcceptToken::default()
+    }
+}
+
+/// rtsup: what [`ServerApp::accept_token`] made for a connection (dropped with its task, or
+/// with whatever took it).
+#[derive(Default)]
+pub struct AcceptToken(pub Option<Box<dyn Any + Send + Sync>>);
+
+tokio::task_local! {
+    /// rtsup: the accept token of the connection a task serves, until taken.
+    static ACCEPT_TOKEN: std::cell::Cell<AcceptToken>;
+}
+
+/// rtsup: run a connection's task `serve` with its accept `token`.
+pub(crate) fn with_accept_token<F: std::future::Future>(
+    token: AcceptToken,
+    serve: F,
+) -> impl std::future::Future<Output = F::Output> {
+    ACCEPT_TOKEN.scope(std::cell::Cell::new(token), serve)
+}
+
+/// rtsup: take the accept token of the connection the current task serves (an empty one
+/// outside such a task, or once taken).
+pub fn take_accept_token() -> AcceptToken {
+    ACCEPT_TOKEN.try_with(|t| t.take()).unwrap_or_default()
 }
 
 /// rtsup: what [`ServerApp::admit_handshake`] holds for a connection while its TLS handshake

@@ -205,8 +205,12 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
     ) {
         // the accept loop, until the system is shutting down
         loop {
+            // rtsup: a service holding more than its share of the connections of a socket it
+            // shares leaves the next ones to the others for a while (they are woken too).
+            let pause = app_logic.accept_pause();
             let new_io = tokio::select! { // TODO: consider biased for perf reason?
-                new_io = stack.accept() => new_io,
+                new_io = stack.accept(), if pause.is_none() => new_io,
+                _ = tokio::time::sleep(pause.unwrap_or_default()), if pause.is_some() => continue,
                 shutdown_signal = shutdown.changed() => {
                     match shutdown_signal {
                         Ok(()) => {
@@ -240,7 +244,8 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
                     let handshake_timeout = app.handshake_timeout();
-                    current_handle().spawn(async move {
+                    let accepted = app.accept_token();
+                    current_handle().spawn(crate::apps::with_accept_token(accepted, async move {
                         let peer_addr = io.peer_addr();
                         // rtsup: boxed, so a connection's task does not carry the TLS
                         // handshake's state inline for its whole life (about 8 KB).
@@ -266,7 +271,7 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                                 debug!("Downstream handshake timeout");
                             }
                         }
-                    });
+                    }));
                 }
                 Err(e) => {
                     error!("Accept() failed {e}");

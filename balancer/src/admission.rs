@@ -32,7 +32,7 @@ use tracing::warn;
 
 use crate::connections::{Connections, Refusal, Ticket};
 use crate::metrics::BalancerMetrics;
-use crate::spread::{PAUSE, ThreadLoads};
+use crate::spread::{Gate, ThreadLoads};
 
 /// Least time between two warnings about refused connections.
 pub const WARN_EVERY: Duration = Duration::from_secs(10);
@@ -58,8 +58,8 @@ pub struct Admission<A> {
     metrics: BalancerMetrics,
     warned: Arc<WarnThrottle>,
     handshake_timeout: Duration,
-    /// The open connections of every proxy thread, and which one this is.
-    thread: Option<(Arc<ThreadLoads>, usize)>,
+    /// This proxy thread's accept rule (none with one thread).
+    gate: Option<Gate>,
 }
 
 impl<A> Admission<A> {
@@ -77,14 +77,14 @@ impl<A> Admission<A> {
             metrics,
             warned,
             handshake_timeout: Duration::from_secs(60),
-            thread: None,
+            gate: None,
         }
     }
 
     /// Serve as proxy thread `thread` of those counted in `loads`: accept only while this
     /// thread holds no more than its share of their connections.
     pub(crate) fn on_thread(mut self, loads: Arc<ThreadLoads>, thread: usize) -> Self {
-        self.thread = Some((loads, thread));
+        self.gate = Some(Gate::new(loads, thread));
         self
     }
 
@@ -184,18 +184,13 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Admission<A> {
     }
 
     fn accept_pause(&self) -> Option<Duration> {
-        let (loads, thread) = self.thread.as_ref()?;
-        loads.over_share(*thread).then_some(PAUSE)
+        self.gate.as_ref()?.pause(Instant::now())
     }
 
     /// The connection counts on this thread until it closes (its tunnel's end, for a
     /// WebSocket).
     fn accept_token(&self) -> AcceptToken {
-        AcceptToken(
-            self.thread
-                .as_ref()
-                .map(|(loads, thread)| Box::new(loads.enter(*thread)) as _),
-        )
+        AcceptToken(self.gate.as_ref().map(|g| Box::new(g.enter()) as _))
     }
 }
 

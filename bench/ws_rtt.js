@@ -1,5 +1,7 @@
 // WebSocket round trips: N socket.io clients (websocket transport only), each sending K
-// acknowledged `whoami` events one after another; prints {clients, rounds, p50, p99, errors}.
+// acknowledged `whoami` events one after another once every client is connected (the
+// samples are messages' round trips, not waits behind the other clients' handshakes); prints
+// {clients, rounds, p50, p99, errors}.
 // With SOURCES > 0, client i connects from 127.0.(1 + i % SOURCES).1 (see bench/sources.js).
 //   NODE_PATH=tests/interop/node_modules node bench/ws_rtt.js URL [CLIENTS] [ROUNDS] [SOURCES]
 const { io } = require("socket.io-client");
@@ -9,11 +11,20 @@ const [url, n = "100", k = "50", sources = "0"] = process.argv.slice(2);
 const N = Number(n), K = Number(k);
 const rtts = [];
 let errors = 0;
+// Resolved once every client connected or failed to.
+let settled = 0, allSettled;
+const everyone = new Promise((res) => { allSettled = res; });
+const settle = () => { if (++settled === N) allSettled(); };
 
 async function client(i) {
   const localAddress = sourceAddress(i, Number(sources));
   const s = io(url, { transports: ["websocket"], forceNew: true, reconnection: false, localAddress });
-  await new Promise((res, rej) => { s.once("hello", res); s.once("connect_error", rej); });
+  try {
+    await new Promise((res, rej) => { s.once("hello", res); s.once("connect_error", rej); });
+  } finally {
+    settle();
+  }
+  await everyone;
   for (let i = 0; i < K; i++) {
     const t0 = process.hrtime.bigint();
     await new Promise((res) => s.timeout(5000).emit("whoami", (err) => { if (err) errors++; res(); }));

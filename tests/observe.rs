@@ -270,6 +270,21 @@ fn per_thread(r: &Rtsup) -> Result<[u64; 2], String> {
     Ok([on(0)?, on(1)?])
 }
 
+/// Wait until the two proxy threads count `total` connections between them; their split.
+fn counted(r: &Rtsup, total: u64) -> [u64; 2] {
+    wait_until(
+        &format!("{total} connections counted on the threads"),
+        || {
+            let split = per_thread(r)?;
+            if split.iter().sum::<u64>() == total {
+                Ok(split)
+            } else {
+                Err(format!("{split:?}"))
+            }
+        },
+    )
+}
+
 #[test]
 fn connections_opened_at_once_are_spread_over_the_proxy_threads_and_tunnels_stay_counted() {
     let (r, lb) = crate::harness::fixture_cluster("max_connections_per_address = 0\n", "", None);
@@ -278,14 +293,7 @@ fn connections_opened_at_once_are_spread_over_the_proxy_threads_and_tunnels_stay
     let mut held: Vec<TcpStream> = (0..40)
         .map(|_| TcpStream::connect(("127.0.0.1", lb)).expect("connect"))
         .collect();
-    let split = wait_until("forty connections counted on the threads", || {
-        let split = per_thread(&r)?;
-        if split.iter().sum::<u64>() == 40 {
-            Ok(split)
-        } else {
-            Err(format!("{split:?}"))
-        }
-    });
+    let split = counted(&r, 40);
     assert!(split.iter().all(|&n| n >= 15), "uneven: {split:?}");
     // Each is served where it was counted.
     for c in &mut held {
@@ -300,29 +308,13 @@ fn connections_opened_at_once_are_spread_over_the_proxy_threads_and_tunnels_stay
         assert_eq!(&buf, b"HTTP/1.1 200");
     }
     drop(held);
-    wait_until("none counted once closed", || match per_thread(&r)? {
-        [0, 0] => Ok(()),
-        split => Err(format!("{split:?}")),
-    });
+    counted(&r, 0);
     // A WebSocket counts on its thread while its tunnel lives (after the request's task).
     let sockets: Vec<TcpStream> = (0..4)
         .map(|_| crate::harness::websocket_upgrade(lb, "/tunnel").0)
         .collect();
-    let split = wait_until("four tunnels counted", || {
-        let split = per_thread(&r)?;
-        if split.iter().sum::<u64>() == 4 {
-            Ok(split)
-        } else {
-            Err(format!("{split:?}"))
-        }
-    });
+    let split = counted(&r, 4);
     assert!(split.iter().all(|&n| n >= 1), "uneven: {split:?}");
     drop(sockets);
-    wait_until(
-        "none counted once the tunnels closed",
-        || match per_thread(&r)? {
-            [0, 0] => Ok(()),
-            split => Err(format!("{split:?}")),
-        },
-    );
+    counted(&r, 0);
 }

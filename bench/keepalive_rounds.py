@@ -14,14 +14,14 @@ as thousands of connects a round (docs/BENCHMARKS.md, run Q).
 """
 import os, random, re, signal, subprocess, sys, tempfile, time
 
-from common import HZ, children, cpu_ticks_split, nginx_reference_front, reference_balancer, wait_port
+from common import HZ, children, cpu_ticks, cpu_ticks_split, nginx_reference_front, reference_balancer, wait_port
 
 ROUNDS = int(os.environ.get("ROUNDS", "4"))
 DURATION = int(os.environ.get("DURATION", "5"))
 
 
 def thread_ticks(pids):
-    """CPU ticks (user + system) of every thread of `pids`, by thread id."""
+    """CPU ticks (user + system) of every thread of `pids`, by thread id (/proc/TID/stat)."""
     out = {}
     for pid in pids:
         try:
@@ -29,11 +29,7 @@ def thread_ticks(pids):
         except OSError:
             continue
         for tid in tids:
-            try:
-                fields = open(f"/proc/{pid}/task/{tid}/stat").read().rsplit(")", 1)[1].split()
-                out[tid] = int(fields[11]) + int(fields[12])
-            except (OSError, IndexError):
-                pass
+            out[tid] = cpu_ticks([tid])
     return out
 
 

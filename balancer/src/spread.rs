@@ -29,11 +29,11 @@ use crate::metrics::ThreadLabels;
 
 /// How long a thread over its share leaves new connections to the others before it looks
 /// again (they are woken by the same connection, so nothing waits this long for a thread).
-pub(crate) const PAUSE: Duration = Duration::from_millis(1);
+const PAUSE: Duration = Duration::from_millis(1);
 
 /// How long a thread over its share waits for the least loaded one to accept a connection
 /// before it takes them again itself.
-pub(crate) const PATIENCE: Duration = Duration::from_millis(20);
+const PATIENCE: Duration = Duration::from_millis(20);
 
 /// Connections a thread accepted since it started, on a cache line of its own (each thread
 /// writes its own on every accept).

@@ -318,3 +318,62 @@ fn connections_opened_at_once_are_spread_over_the_proxy_threads_and_tunnels_stay
     drop(sockets);
     counted(&r, 0);
 }
+
+/// Open a connection to `lb`, one at a time, and keep it in `on` under the thread that counts
+/// it (`on` holds every connection open to the proxy).
+fn open_one(r: &Rtsup, lb: u16, on: &mut [Vec<TcpStream>; 2]) {
+    let before = on[0].len();
+    let c = TcpStream::connect(("127.0.0.1", lb)).expect("connect");
+    let split = counted(r, (on[0].len() + on[1].len() + 1) as u64);
+    let thread = usize::from(split[0] as usize == before);
+    on[thread].push(c);
+}
+
+/// Close the connections counted on thread 1, and wait until they are no longer counted.
+fn close_second(r: &Rtsup, on: &mut [Vec<TcpStream>; 2]) {
+    on[1].clear();
+    counted(r, on[0].len() as u64);
+}
+
+#[test]
+fn connections_one_at_a_time_and_a_burst_after_a_quiet_spell_go_to_the_least_loaded_thread() {
+    let (r, lb) = crate::harness::fixture_cluster("max_connections_per_address = 0\n", "", None);
+    let quiet = || std::thread::sleep(Duration::from_millis(50));
+    let mut on: [Vec<TcpStream>; 2] = Default::default();
+    // One at a time with quiet spells longer than the rule's patience between them: whichever
+    // thread the kernel runs first, one over its share leaves the connection to the other.
+    for _ in 0..16 {
+        open_one(&r, lb, &mut on);
+        quiet();
+    }
+    let split = [on[0].len(), on[1].len()];
+    assert!(split.iter().all(|&n| n >= 7), "uneven trickle: {split:?}");
+    // The second thread's connections closed, the first is over its share: the next ones, one
+    // at a time, go to the second until it has caught up (the rule used to let the first
+    // compete again after any quiet spell of 20 ms: such a trickle split 17 to 3).
+    close_second(&r, &mut on);
+    let first = on[0].len();
+    for _ in 0..8 {
+        open_one(&r, lb, &mut on);
+        quiet();
+    }
+    let split = [on[0].len(), on[1].len()];
+    assert!(
+        split[1] >= 7.min(first),
+        "the second thread trails: {split:?}"
+    );
+    // A burst after a quiet spell, the first over its share again: the second takes the most.
+    close_second(&r, &mut on);
+    quiet();
+    let burst: Vec<TcpStream> = (0..16)
+        .map(|_| TcpStream::connect(("127.0.0.1", lb)).expect("connect"))
+        .collect();
+    let total = on[0].len() + burst.len();
+    let split = counted(&r, total as u64);
+    assert!(
+        split[1] as usize >= total / 2 - 3,
+        "uneven burst: {split:?}"
+    );
+    drop((on, burst));
+    counted(&r, 0);
+}

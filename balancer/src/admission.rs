@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use http::HeaderValue;
-use pingora::apps::{AcceptToken, HandshakeToken, ServerApp, take_accept_token};
+use pingora::apps::{AcceptRule, AcceptToken, HandshakeToken, ServerApp, take_accept_token};
 use pingora::protocols::ALPN;
 use pingora::protocols::Stream;
 use pingora::protocols::l4::socket::SocketAddr;
@@ -32,7 +32,7 @@ use tracing::warn;
 
 use crate::connections::{Connections, Refusal, Ticket};
 use crate::metrics::BalancerMetrics;
-use crate::spread::{Gate, ThreadLoads};
+use crate::spread::{Spread, ThreadLoads};
 
 /// Least time between two warnings about refused connections.
 pub const WARN_EVERY: Duration = Duration::from_secs(10);
@@ -58,8 +58,8 @@ pub struct Admission<A> {
     metrics: BalancerMetrics,
     warned: Arc<WarnThrottle>,
     handshake_timeout: Duration,
-    /// This proxy thread's accept rule (none with one thread).
-    gate: Option<Gate>,
+    /// This proxy thread's place among the others (none with one thread).
+    spread: Option<Spread>,
 }
 
 impl<A> Admission<A> {
@@ -77,14 +77,14 @@ impl<A> Admission<A> {
             metrics,
             warned,
             handshake_timeout: Duration::from_secs(60),
-            gate: None,
+            spread: None,
         }
     }
 
     /// Serve as proxy thread `thread` of those counted in `loads`: accept only while this
     /// thread holds no more than its share of their connections.
     pub(crate) fn on_thread(mut self, loads: Arc<ThreadLoads>, thread: usize) -> Self {
-        self.gate = Some(Gate::new(loads, thread));
+        self.spread = Some(Spread::new(loads, thread));
         self
     }
 
@@ -183,14 +183,14 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Admission<A> {
         self.handshake_timeout
     }
 
-    fn accept_pause(&self) -> Option<Duration> {
-        self.gate.as_ref()?.pause(Instant::now())
+    fn accept_rule(&self) -> Option<Box<dyn AcceptRule>> {
+        Some(Box::new(self.spread.as_ref()?.gate()))
     }
 
     /// The connection counts on this thread until it closes (its tunnel's end, for a
     /// WebSocket).
     fn accept_token(&self) -> AcceptToken {
-        AcceptToken(self.gate.as_ref().map(|g| Box::new(g.enter()) as _))
+        AcceptToken(self.spread.as_ref().map(|s| Box::new(s.enter()) as _))
     }
 }
 

@@ -12,27 +12,29 @@
 //!
 //! The rule must never leave a connection waiting on a thread that does not come: a thread
 //! stalled (descheduled on a loaded host, stopped in a debugger) would otherwise stop every
-//! other one from accepting. So a thread pauses only while the least loaded one shows it is
-//! accepting: once a pause has lasted [`PATIENCE`] without that thread accepting a connection,
-//! the paused one accepts again, until the least loaded one is seen accepting. A proxy with no
-//! new connections looks the same, which also ends the pause: a waiting accept costs nothing,
-//! a pause wakes the thread every millisecond.
+//! other one from accepting. So a paused accept loop does not sleep blind: it waits until a
+//! connection is in the listen queue (an idle proxy does not wake), and once one has waited
+//! there for [`PATIENCE`] while the least loaded thread accepted nothing, the loop takes the
+//! connections already waiting, and only those: the next one to arrive is left to the others
+//! again. Connections arriving one at a time, or a burst after a quiet spell, still go to the
+//! least loaded thread.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use pingora::apps::{AcceptRule, Asked};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::metrics::ThreadLabels;
 
-/// How long a thread over its share leaves new connections to the others before it looks
+/// How long a thread over its share leaves a waiting connection to the others before it looks
 /// again (they are woken by the same connection, so nothing waits this long for a thread).
 const PAUSE: Duration = Duration::from_millis(1);
 
-/// How long a thread over its share waits for the least loaded one to accept a connection
-/// before it takes them again itself.
+/// How long a connection may wait in the listen queue, the least loaded thread accepting
+/// nothing, before a thread over its share takes it.
 const PATIENCE: Duration = Duration::from_millis(20);
 
 /// Connections a thread accepted since it started, on a cache line of its own (each thread
@@ -94,40 +96,18 @@ impl ThreadLoads {
     }
 }
 
-/// One proxy thread's accept rule: whether it leaves new connections to the others now.
-#[derive(Debug)]
-pub(crate) struct Gate {
+/// One proxy thread's place among the others: it counts the connections the thread accepts
+/// and makes the rule of each of the thread's accept loops.
+#[derive(Debug, Clone)]
+pub(crate) struct Spread {
     loads: Arc<ThreadLoads>,
     thread: usize,
-    /// Both accept loops of the thread's service (the TLS listener and its plain redirect)
-    /// ask; they run on the one thread, so this lock is never contended.
-    state: Mutex<Waiting>,
 }
 
-/// What a thread over its share knows of the least loaded one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Waiting {
-    /// Not over its share.
-    No,
-    /// Pausing since `since`, when thread `least` had accepted `seen` connections.
-    Since {
-        since: Instant,
-        least: usize,
-        seen: u64,
-    },
-    /// Thread `least` accepted nothing for [`PATIENCE`] after it had accepted `seen`: this
-    /// thread accepts until it does.
-    GaveUp { least: usize, seen: u64 },
-}
-
-impl Gate {
-    /// The rule of `thread` among `loads`' threads.
+impl Spread {
+    /// Thread `thread` among `loads`' threads.
     pub(crate) fn new(loads: Arc<ThreadLoads>, thread: usize) -> Self {
-        Self {
-            loads,
-            thread,
-            state: Mutex::new(Waiting::No),
-        }
+        Self { loads, thread }
     }
 
     /// Count a connection this thread accepted, until the returned share is dropped.
@@ -135,46 +115,112 @@ impl Gate {
         self.loads.enter(self.thread)
     }
 
-    /// How long to leave new connections to the others before asking again, at `now`
-    /// (`None`: accept).
-    pub(crate) fn pause(&self, now: Instant) -> Option<Duration> {
-        let mine = self.loads.counts.get(self.thread).map_or(0, open);
-        let (least, least_open, seen) = self.loads.least();
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let (next, pause) = step(*state, now, over_share(mine, least_open), least, seen);
-        *state = next;
-        pause.then_some(PAUSE)
+    /// The rule of one of this thread's accept loops (the TLS listener and its plain redirect
+    /// each have theirs: what one loop saw says nothing of the other's queue).
+    pub(crate) fn gate(&self) -> Gate {
+        Gate {
+            loads: self.loads.clone(),
+            thread: self.thread,
+            state: Waiting::No,
+        }
     }
 }
 
-/// The rule's next state and whether to pause, from the state, the time, whether the thread
-/// is over its share, and which thread is least loaded with how many connections it accepted.
-fn step(state: Waiting, now: Instant, over: bool, least: usize, seen: u64) -> (Waiting, bool) {
-    if !over {
-        return (Waiting::No, false);
+/// One accept loop's rule: whether it leaves new connections to the other threads now.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    loads: Arc<ThreadLoads>,
+    thread: usize,
+    state: Waiting,
+}
+
+/// What a loop over its thread's share knows of the least loaded thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    /// Not over its share.
+    No,
+    /// Leaving connections to thread `least` since `since`, when it had accepted `seen`.
+    Since {
+        since: Instant,
+        least: usize,
+        seen: u64,
+    },
+    /// Thread `least` left a connection waiting for [`PATIENCE`] after it had accepted `seen`:
+    /// this loop takes the connections already waiting, until the queue is empty.
+    GaveUp { least: usize, seen: u64 },
+}
+
+impl Gate {
+    /// How long to leave new connections to the others, at `now`, after the loop saw `asked`
+    /// (`None`: accept).
+    fn pause_at(&mut self, asked: Asked, now: Instant) -> Option<Duration> {
+        let mine = self.loads.counts.get(self.thread).map_or(0, open);
+        let (least, least_open, seen) = self.loads.least();
+        let (next, pause) = step(
+            self.state,
+            asked,
+            now,
+            over_share(mine, least_open),
+            least,
+            seen,
+        );
+        self.state = next;
+        pause
     }
-    match state {
-        Waiting::GaveUp { least: l, seen: s } if (l, s) == (least, seen) => (state, false),
-        Waiting::Since {
-            since,
-            least: l,
-            seen: s,
-        } if (l, s) == (least, seen) => {
+}
+
+impl AcceptRule for Gate {
+    fn pause(&mut self, asked: Asked) -> Option<Duration> {
+        self.pause_at(asked, Instant::now())
+    }
+}
+
+/// The rule's next state and answer (how long to pause, `None`: accept), from the state, what
+/// the loop saw since it asked last, the time, whether its thread is over its share, and which
+/// thread is least loaded with how many connections it accepted.
+fn step(
+    state: Waiting,
+    asked: Asked,
+    now: Instant,
+    over: bool,
+    least: usize,
+    seen: u64,
+) -> (Waiting, Option<Duration>) {
+    if !over {
+        return (Waiting::No, None);
+    }
+    let same = |l, s| (l, s) == (least, seen);
+    match (state, asked) {
+        // A connection still waits and the least loaded thread took nothing.
+        (
+            Waiting::Since {
+                since,
+                least: l,
+                seen: s,
+            },
+            Asked::Waiting,
+        ) if same(l, s) => {
             if now.saturating_duration_since(since) >= PATIENCE {
-                (Waiting::GaveUp { least, seen }, false)
+                (Waiting::GaveUp { least, seen }, None)
             } else {
-                (state, true)
+                (state, Some(PAUSE))
             }
         }
-        // Just over, or the least loaded thread accepted since (or another one is least):
-        // it is taking connections, leave them to it.
+        // Took one for a stalled thread: another already waiting is taken too, the next to
+        // arrive is left to the others again.
+        (Waiting::GaveUp { least: l, seen: s }, Asked::Accepted) if same(l, s) => {
+            (state, Some(Duration::ZERO))
+        }
+        (Waiting::GaveUp { least: l, seen: s }, Asked::Waiting) if same(l, s) => (state, None),
+        // Just over its share, a connection just arrived, or the least loaded thread accepted
+        // since (or another one is least): leave the connections to it.
         _ => (
             Waiting::Since {
                 since: now,
                 least,
                 seen,
             },
-            true,
+            Some(PAUSE),
         ),
     }
 }
@@ -242,7 +288,7 @@ mod tests {
     }
 
     #[test]
-    fn a_pause_lasts_while_the_least_loaded_thread_accepts_and_gives_up_after_patience() {
+    fn a_loop_over_its_share_takes_only_connections_left_waiting_for_patience() {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
         let since = |n, least, seen| Waiting::Since {
@@ -251,29 +297,52 @@ mod tests {
             seen,
         };
         let gave_up = |least, seen| Waiting::GaveUp { least, seen };
-        // (state, at ms, over its share, least loaded thread, its accepted) → (state, pause)
+        let (no, p, zero) = (Waiting::No, Some(PAUSE), Some(Duration::ZERO));
+        use Asked::{Accepted, Arrived, Waiting as Queued};
+        // (state, asked, at ms, over its share, least loaded thread, its accepted)
+        //   → (state, pause)
         let table = [
-            (Waiting::No, 0, false, 1, 5, Waiting::No, false),
-            (Waiting::No, 0, true, 1, 5, since(0, 1, 5), true),
-            (since(0, 1, 5), 19, true, 1, 5, since(0, 1, 5), true),
+            (no, Accepted, 0, false, 1, 5, no, None),
+            (no, Accepted, 0, true, 1, 5, since(0, 1, 5), p),
+            (no, Arrived, 0, true, 1, 5, since(0, 1, 5), p),
+            (since(0, 1, 5), Queued, 19, true, 1, 5, since(0, 1, 5), p),
             // No longer over its share: accept.
-            (since(0, 1, 5), 3, false, 1, 5, Waiting::No, false),
+            (since(0, 1, 5), Queued, 3, false, 1, 5, no, None),
             // The least loaded thread accepted: it is alive, the pause starts over.
-            (since(0, 1, 5), 19, true, 1, 6, since(19, 1, 6), true),
+            (since(0, 1, 5), Queued, 19, true, 1, 6, since(19, 1, 6), p),
             // Another thread is now the least loaded: the pause starts over.
-            (since(0, 1, 5), 19, true, 2, 9, since(19, 2, 9), true),
-            // Nothing accepted by it for PATIENCE: this thread accepts again.
-            (since(0, 1, 5), 20, true, 1, 5, gave_up(1, 5), false),
-            (gave_up(1, 5), 500, true, 1, 5, gave_up(1, 5), false),
-            // Until it is seen accepting.
-            (gave_up(1, 5), 501, true, 1, 6, since(501, 1, 6), true),
-            (gave_up(1, 5), 501, false, 1, 5, Waiting::No, false),
+            (since(0, 1, 5), Queued, 19, true, 2, 9, since(19, 2, 9), p),
+            // The queue emptied and a connection arrived later (connections one at a time,
+            // or a burst after a quiet spell): the time idle is no patience, left to the others.
+            (
+                since(0, 1, 5),
+                Arrived,
+                500,
+                true,
+                1,
+                5,
+                since(500, 1, 5),
+                p,
+            ),
+            (since(0, 1, 5), Arrived, 20, true, 1, 5, since(20, 1, 5), p),
+            // A connection left waiting for PATIENCE, nothing accepted by the least loaded
+            // thread: this loop takes it.
+            (since(0, 1, 5), Queued, 20, true, 1, 5, gave_up(1, 5), None),
+            // Then it looks whether another one waits already (a burst), and takes it too.
+            (gave_up(1, 5), Accepted, 21, true, 1, 5, gave_up(1, 5), zero),
+            (gave_up(1, 5), Queued, 21, true, 1, 5, gave_up(1, 5), None),
+            // The queue was empty: the next connection is left to the others again.
+            (gave_up(1, 5), Arrived, 900, true, 1, 5, since(900, 1, 5), p),
+            // The stalled thread accepts again.
+            (gave_up(1, 5), Queued, 22, true, 1, 6, since(22, 1, 6), p),
+            (gave_up(1, 5), Accepted, 22, true, 1, 6, since(22, 1, 6), p),
+            (gave_up(1, 5), Queued, 22, false, 1, 5, no, None),
         ];
-        for (state, at, over, least, seen, next, pause) in table {
+        for (state, asked, at, over, least, seen, next, pause) in table {
             assert_eq!(
-                step(state, ms(at), over, least, seen),
+                step(state, asked, ms(at), over, least, seen),
                 (next, pause),
-                "{state:?} at {at} ms, over {over}, least {least} accepted {seen}"
+                "{state:?} after {asked:?} at {at} ms, over {over}, least {least} accepted {seen}"
             );
         }
     }
@@ -281,38 +350,59 @@ mod tests {
     #[test]
     fn shares_count_while_they_live_and_the_least_loaded_always_accepts() {
         let (loads, gauges) = loads(2);
-        let (first, second) = (Gate::new(loads.clone(), 0), Gate::new(loads.clone(), 1));
+        let (first, second) = (Spread::new(loads.clone(), 0), Spread::new(loads.clone(), 1));
+        let (mut a, mut b) = (first.gate(), second.gate());
         let t0 = Instant::now();
-        let a: Vec<Share> = (0..2).map(|_| first.enter()).collect();
-        assert_eq!(first.pause(t0), Some(PAUSE));
-        assert_eq!(second.pause(t0), None);
-        let b = second.enter();
-        assert_eq!(first.pause(t0), None);
-        assert_eq!((open_on(&gauges, 0), open_on(&gauges, 1)), (2, 1));
-        drop(b);
-        assert_eq!(first.pause(t0), Some(PAUSE));
-        // The second thread takes nothing for PATIENCE (stalled, or no new connection).
-        assert_eq!(first.pause(t0 + PATIENCE), None);
-        assert_eq!(first.pause(t0 + PATIENCE * 10), None);
-        // Once it accepts again, the first leaves the new connections to it.
+        let at = |n| t0 + Duration::from_millis(n);
+        let held: Vec<Share> = (0..3).map(|_| first.enter()).collect();
+        assert_eq!(a.pause_at(Asked::Accepted, t0), Some(PAUSE));
+        assert_eq!(b.pause_at(Asked::Accepted, t0), None);
+        // Connections one at a time, 50 ms apart: each is left to the second thread until
+        // the first is no longer over its share.
+        let mut taken = Vec::new();
+        for k in 1..=2 {
+            assert_eq!(a.pause_at(Asked::Arrived, at(50 * k)), Some(PAUSE), "{k}");
+            assert_eq!(b.pause_at(Asked::Accepted, at(50 * k)), None);
+            taken.push(second.enter());
+        }
+        assert_eq!(a.pause_at(Asked::Arrived, at(150)), None);
+        assert_eq!((open_on(&gauges, 0), open_on(&gauges, 1)), (3, 2));
+        drop(taken);
+        // The second thread stalls while a burst of three waits: once the first connection
+        // has waited PATIENCE the first thread takes it and the others already waiting, then
+        // leaves the next arrival to the others again.
+        assert_eq!(a.pause_at(Asked::Arrived, at(200)), Some(PAUSE));
+        assert_eq!(a.pause_at(Asked::Waiting, at(219)), Some(PAUSE));
+        let mut burst = Vec::new();
+        assert_eq!(a.pause_at(Asked::Waiting, at(220)), None);
+        for _ in 0..2 {
+            burst.push(first.enter());
+            assert_eq!(a.pause_at(Asked::Accepted, at(220)), Some(Duration::ZERO));
+            assert_eq!(a.pause_at(Asked::Waiting, at(220)), None);
+        }
+        burst.push(first.enter());
+        assert_eq!(a.pause_at(Asked::Accepted, at(220)), Some(Duration::ZERO));
+        assert_eq!(a.pause_at(Asked::Arrived, at(900)), Some(PAUSE));
+        // Once the second accepts again, the first leaves the waiting ones to it.
         let c = second.enter();
-        drop(c);
-        assert_eq!(first.pause(t0 + PATIENCE * 11), Some(PAUSE));
-        drop(a);
+        assert_eq!(a.pause_at(Asked::Waiting, at(901)), Some(PAUSE));
+        assert_eq!(a.pause_at(Asked::Waiting, at(920)), Some(PAUSE));
+        assert_eq!(a.pause_at(Asked::Waiting, at(921)), None);
+        drop((held, burst, c));
         assert_eq!((open_on(&gauges, 0), open_on(&gauges, 1)), (0, 0));
-        assert_eq!(first.pause(t0), None);
-        assert_eq!(second.pause(t0), None);
+        assert_eq!(a.pause_at(Asked::Waiting, t0), None);
+        assert_eq!(b.pause_at(Asked::Waiting, t0), None);
     }
 
     #[test]
     fn one_thread_is_never_over_its_share_and_unknown_threads_are_ignored() {
         let (loads, gauges) = loads(1);
-        let only = Gate::new(loads.clone(), 0);
+        let only = Spread::new(loads.clone(), 0);
         let held: Vec<Share> = (0..100).map(|_| only.enter()).collect();
-        assert_eq!(only.pause(Instant::now()), None);
-        let stray = Gate::new(loads, 7);
+        assert_eq!(only.gate().pause(Asked::Accepted), None);
+        let stray = Spread::new(loads, 7);
         let share = stray.enter();
-        assert_eq!(stray.pause(Instant::now()), None);
+        assert_eq!(stray.gate().pause(Asked::Arrived), None);
         drop(share);
         drop(held);
         assert_eq!(open_on(&gauges, 0), 0);

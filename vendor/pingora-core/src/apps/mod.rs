@@ -75,11 +75,10 @@ pub trait ServerApp {
         std::time::Duration::from_secs(60)
     }
 
-    /// rtsup: asked by the accept loop before each accept. A service that shares its
-    /// listening socket with others (rtsup runs one per proxy thread) and holds more than its
-    /// share of their connections returns how long to leave the new ones to the others before
-    /// it asks again. The default (`None`) accepts.
-    fn accept_pause(&self) -> Option<Duration> {
+    /// rtsup: asked once by each of the service's accept loops, before its first accept: the
+    /// rule the loop then asks before every accept. The default (`None`) accepts every
+    /// connection as it comes.
+    fn accept_rule(&self) -> Option<Box<dyn AcceptRule>> {
         None
     }
 
@@ -89,6 +88,27 @@ pub trait ServerApp {
     fn accept_token(&self) -> AcceptToken {
         AcceptToken::default()
     }
+}
+
+/// rtsup: what an accept loop saw since it last asked its [`AcceptRule`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asked {
+    /// It accepted a connection (or it had not asked yet).
+    Accepted,
+    /// It paused, and a connection was waiting in the listen queue as the pause began: one
+    /// the loop left to the others and they have not taken yet, or a newer one.
+    Waiting,
+    /// It paused, found the listen queue empty and waited for a connection to arrive.
+    Arrived,
+}
+
+/// rtsup: what one accept loop asks before each accept. A service that shares its listening
+/// socket with others (rtsup runs one per proxy thread) and holds more than its share of their
+/// connections leaves the new ones to the others: it answers how long to pause. A paused loop
+/// takes nothing: it waits until a connection is in the listen queue (so an idle one does not
+/// wake), then for the pause, then asks again. `None` accepts.
+pub trait AcceptRule: Send {
+    fn pause(&mut self, asked: Asked) -> Option<Duration>;
 }
 
 /// rtsup: what [`ServerApp::accept_token`] made for a connection (dropped with its task, or

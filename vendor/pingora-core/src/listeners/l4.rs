@@ -471,6 +471,17 @@ impl ListenerEndpoint {
         Ok(())
     }
 
+    /// rtsup: a watch on this endpoint's listen queue (a duplicate of the listening socket,
+    /// registered with the current runtime), to wait for a connection without taking it.
+    pub(crate) fn watch_queue(&self) -> std::io::Result<QueueWatch> {
+        use std::os::fd::AsFd;
+        let fd = self.listener.as_fd().try_clone_to_owned()?;
+        let interest = tokio::io::Interest::READABLE;
+        // SAFETY: the AsyncFd owns the duplicate, which stays open as long as it does.
+        let fd = unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }?;
+        Ok(QueueWatch(fd))
+    }
+
     pub async fn accept(&self) -> Result<Stream> {
         #[cfg(feature = "connection_filter")]
         {
@@ -798,5 +809,42 @@ mod test {
 
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+}
+
+/// rtsup: the listen queue of a [`ListenerEndpoint`], watched without accepting from it.
+pub(crate) struct QueueWatch(tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>);
+
+impl QueueWatch {
+    /// Until a connection is in the queue; whether this waited for one to arrive (`false`:
+    /// one was there already).
+    pub(crate) async fn wait(&self) -> std::io::Result<bool> {
+        let mut arrived = false;
+        loop {
+            // The readiness the runtime keeps may be stale (another loop took the connection
+            // that made it): the queue itself is asked, and only an empty one waits for the
+            // next arrival (every arrival wakes the socket's waiters again).
+            let mut ready = self.0.readable().await?;
+            if queued(&self.0)? {
+                return Ok(arrived);
+            }
+            ready.clear_ready();
+            arrived = true;
+        }
+    }
+}
+
+/// Whether a connection waits in the listen queue of `socket` (it polls readable).
+fn queued(socket: &impl AsRawFd) -> std::io::Result<bool> {
+    let mut poll = libc::pollfd {
+        fd: socket.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, for a descriptor `socket` keeps open; no wait.
+    match unsafe { libc::poll(&mut poll, 1, 0) } {
+        -1 => Err(std::io::Error::last_os_error()),
+        0 => Ok(false),
+        _ => Ok(poll.revents & libc::POLLIN != 0),
     }
 }

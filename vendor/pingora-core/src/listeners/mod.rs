@@ -84,6 +84,7 @@ use pingora_error::Result;
 use std::{any::Any, fs::Permissions, sync::Arc};
 
 use l4::{ListenerEndpoint, Stream as L4Stream};
+pub(crate) use l4::QueueWatch;
 use tls::{Acceptor, TlsSettings};
 
 pub use crate::protocols::l4::stream::{
@@ -298,6 +299,11 @@ impl TransportStack {
             l4_buffer: self.l4_buffer,
             pre_tls_callback: self.pre_tls_callback.clone(),
         })
+    }
+
+    /// rtsup: a watch on the listen queue, to wait for a connection without taking it.
+    pub(crate) fn watch_queue(&self) -> std::io::Result<QueueWatch> {
+        self.l4.watch_queue()
     }
 
     pub fn cleanup(&mut self) {

@@ -18,12 +18,13 @@
 //! Each [Service] can be configured with custom application logic (e.g. an `HTTPProxy`) and one or
 //! more endpoints to listen to.
 
-use crate::apps::ServerApp;
+use crate::apps::{Asked, ServerApp};
 use crate::listeners::tls::TlsSettings;
 #[cfg(feature = "connection_filter")]
 use crate::listeners::AcceptAllFilter;
 use crate::listeners::{
-    ConnectionFilter, ListenerConfig, Listeners, ServerAddress, TcpSocketOptions, TransportStack,
+    ConnectionFilter, ListenerConfig, Listeners, QueueWatch, ServerAddress, TcpSocketOptions,
+    TransportStack,
 };
 use crate::protocols::Stream;
 #[cfg(unix)]
@@ -32,7 +33,7 @@ use crate::server::{RuntimeOpts, ShutdownWatch};
 use crate::services::Service as ServiceTrait;
 
 use async_trait::async_trait;
-use log::{debug, error, info};
+use log::{debug, error, info, warn};
 use pingora_error::Result;
 use pingora_runtime::current_handle;
 use pingora_timeout::timeout;
@@ -203,14 +204,21 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
         mut stack: TransportStack,
         mut shutdown: ShutdownWatch,
     ) {
+        // rtsup: a service holding more than its share of the connections of a socket it
+        // shares leaves the next ones to the others for a while (they are woken too).
+        let mut rule = app_logic.accept_rule();
+        // Made on the loop's first pause.
+        let mut queue: Option<std::io::Result<QueueWatch>> = None;
+        let mut asked = Asked::Accepted;
         // the accept loop, until the system is shutting down
         loop {
-            // rtsup: a service holding more than its share of the connections of a socket it
-            // shares leaves the next ones to the others for a while (they are woken too).
-            let pause = app_logic.accept_pause();
+            let pause = rule.as_mut().and_then(|rule| rule.pause(asked));
             let new_io = tokio::select! { // TODO: consider biased for perf reason?
                 new_io = stack.accept(), if pause.is_none() => new_io,
-                _ = tokio::time::sleep(pause.unwrap_or_default()), if pause.is_some() => continue,
+                seen = leave(&stack, &mut queue, pause.unwrap_or_default()), if pause.is_some() => {
+                    asked = seen;
+                    continue;
+                }
                 shutdown_signal = shutdown.changed() => {
                     match shutdown_signal {
                         Ok(()) => {
@@ -228,6 +236,7 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                     }
                 }
             };
+            asked = Asked::Accepted;
             match new_io {
                 Ok(io) => {
                     // rtsup: a connection with a TLS handshake ahead counts against the app's
@@ -294,6 +303,37 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
 
         stack.cleanup();
     }
+}
+
+/// rtsup: a paused accept loop's wait. It takes nothing: it waits until a connection is in
+/// `stack`'s listen queue (at once if one is), then for `pause`; what it saw for the rule.
+/// Without a watch on the queue (it could not be made: no descriptor left) it only pauses.
+async fn leave(
+    stack: &TransportStack,
+    queue: &mut Option<std::io::Result<QueueWatch>>,
+    pause: std::time::Duration,
+) -> Asked {
+    let watch = queue.get_or_insert_with(|| {
+        stack.watch_queue().inspect_err(|e| {
+            warn!("cannot watch the listen queue of {}: {e}", stack.as_str());
+        })
+    });
+    let asked = match watch {
+        Ok(watch) => match watch.wait().await {
+            Ok(true) => Asked::Arrived,
+            Ok(false) => Asked::Waiting,
+            Err(e) => {
+                warn!("watching the listen queue of {}: {e}", stack.as_str());
+                *queue = None;
+                Asked::Waiting
+            }
+        },
+        Err(_) => Asked::Waiting,
+    };
+    if !pause.is_zero() {
+        tokio::time::sleep(pause).await;
+    }
+    asked
 }
 
 #[async_trait]

@@ -57,6 +57,16 @@ impl AsRawFd for Listener {
     }
 }
 
+#[cfg(unix)]
+impl std::os::fd::AsFd for Listener {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match &self {
+            Self::Tcp(l) => l.as_fd(),
+            Self::Unix(l) => l.as_fd(),
+        }
+    }
+}
+
 #[cfg(windows)]
 impl AsRawSocket for Listener {
     fn as_raw_socket(&self) -> std::os::windows::io::RawSocket {

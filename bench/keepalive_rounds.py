@@ -21,7 +21,8 @@ DURATION = int(os.environ.get("DURATION", "5"))
 
 
 def thread_ticks(pids):
-    """CPU ticks (user + system) of every thread of `pids`, by thread id (/proc/TID/stat)."""
+    """CPU ticks (user + system) of every thread of `pids`, by thread id. Read from
+    /proc/PID/task/TID/stat: /proc/TID/stat counts the whole process."""
     out = {}
     for pid in pids:
         try:
@@ -29,7 +30,7 @@ def thread_ticks(pids):
         except OSError:
             continue
         for tid in tids:
-            out[tid] = cpu_ticks([tid])
+            out[tid] = cpu_ticks([f"{pid}/task/{tid}"])
     return out
 
 

@@ -377,3 +377,122 @@ fn connections_one_at_a_time_and_a_burst_after_a_quiet_spell_go_to_the_least_loa
     drop((on, burst));
     counted(&r, 0);
 }
+
+/// A thread of another process stopped by ptrace (`PTRACE_SEIZE`, `PTRACE_INTERRUPT`) while
+/// the rest of its process runs, as a debugger or a descheduled core would leave it; resumed
+/// when dropped (by the thread that froze it: a tracer is a thread).
+struct Frozen(nix::unistd::Pid);
+
+impl Frozen {
+    fn new(tid: i32) -> Self {
+        use nix::sys::ptrace;
+        use nix::sys::wait::{WaitPidFlag, waitpid};
+        let tid = nix::unistd::Pid::from_raw(tid);
+        ptrace::seize(tid, ptrace::Options::empty()).expect("PTRACE_SEIZE");
+        ptrace::interrupt(tid).expect("PTRACE_INTERRUPT");
+        waitpid(tid, Some(WaitPidFlag::__WALL)).expect("the thread stops");
+        Frozen(tid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = nix::sys::ptrace::detach(self.0, None);
+    }
+}
+
+/// The proxy threads of rtsup `pid` (pingora names them after their service, "rtsup
+/// balancer N", cut to 15 bytes).
+fn proxy_threads(pid: u32) -> Vec<i32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks");
+    tasks
+        .filter_map(|t| {
+            let t = t.ok()?;
+            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            let tid = t.file_name().to_str()?.parse().ok()?;
+            comm.starts_with("rtsup balancer").then_some(tid)
+        })
+        .collect()
+}
+
+/// Send a GET on `c` and read its answer, a 200 (within [`crate::harness::patience`]); the
+/// connection stays open.
+fn served(c: &mut TcpStream) {
+    c.set_read_timeout(Some(crate::harness::patience()))
+        .expect("timeout");
+    c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8];
+    while !head.ends_with(b"\r\n\r\n") {
+        c.read_exact(&mut byte).expect("answer");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    match head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+    {
+        Some(length) => {
+            let mut body = vec![0u8; length];
+            c.read_exact(&mut body).expect("body");
+        }
+        // Chunked (the fixture's): up to the last, empty chunk.
+        None => {
+            let mut body = Vec::new();
+            while !body.ends_with(b"0\r\n\r\n") {
+                c.read_exact(&mut byte).expect("body");
+                body.push(byte[0]);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_stalled_proxy_thread_delays_new_connections_but_never_holds_them() {
+    let (r, lb) = crate::harness::fixture_cluster("max_connections_per_address = 0\n", "", None);
+    let threads = proxy_threads(r.pid());
+    assert_eq!(threads.len(), 2, "proxy threads {threads:?}");
+    let connect = || TcpStream::connect(("127.0.0.1", lb)).expect("connect");
+    for tid in threads {
+        let frozen = Frozen::new(tid);
+        // One at a time: the other thread takes them, past its share too (the first past it
+        // once it has waited the rule's patience, the next ones after a pause each).
+        let started = std::time::Instant::now();
+        let mut held: Vec<TcpStream> = (0..6)
+            .map(|_| {
+                let mut c = connect();
+                served(&mut c);
+                c
+            })
+            .collect();
+        // And a burst.
+        let mut burst: Vec<TcpStream> = (0..6).map(|_| connect()).collect();
+        for c in &mut burst {
+            served(c);
+        }
+        eprintln!(
+            "thread {tid} stopped: 12 connections served in {:?}",
+            started.elapsed()
+        );
+        let split = counted(&r, 12);
+        assert!(
+            split.contains(&0),
+            "the stopped thread took some: {split:?}"
+        );
+        drop(frozen);
+        held.append(&mut burst);
+        // Resumed: it serves again, and takes the new connections until it has its share.
+        let mut c = connect();
+        served(&mut c);
+        assert!(!per_thread(&r).expect("counts").contains(&0));
+        held.push(c);
+        for c in &mut held {
+            served(c);
+        }
+        drop(held);
+        counted(&r, 0);
+    }
+}

@@ -13,11 +13,12 @@
 //! The rule must never leave a connection waiting on a thread that does not come: a thread
 //! stalled (descheduled on a loaded host, stopped in a debugger) would otherwise stop every
 //! other one from accepting. So a paused accept loop does not sleep blind: it waits until a
-//! connection is in the listen queue (an idle proxy does not wake), and once one has waited
-//! there for [`PATIENCE`] while the least loaded thread accepted nothing, the loop takes the
-//! connections already waiting, and only those: the next one to arrive is left to the others
-//! again. Connections arriving one at a time, or a burst after a quiet spell, still go to the
-//! least loaded thread.
+//! connection is in the listen queue (an idle proxy does not wake), and gives up on the least
+//! loaded thread only once a connection has waited there for [`PATIENCE`] while that thread
+//! accepted nothing. From then until that thread accepts again, the loop takes what the others
+//! leave waiting for a [`PAUSE`]: a stalled thread costs the first connection 20 ms and the
+//! later ones about two pauses. A quiet spell is no stall: connections arriving one at a time,
+//! or a burst after a quiet spell, still go to the least loaded thread.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -146,7 +147,7 @@ enum Waiting {
         seen: u64,
     },
     /// Thread `least` left a connection waiting for [`PATIENCE`] after it had accepted `seen`:
-    /// this loop takes the connections already waiting, until the queue is empty.
+    /// until it accepts again, this loop takes the connections left waiting for a pause.
     GaveUp { least: usize, seen: u64 },
 }
 
@@ -206,12 +207,14 @@ fn step(
                 (state, Some(PAUSE))
             }
         }
-        // Took one for a stalled thread: another already waiting is taken too, the next to
-        // arrive is left to the others again.
-        (Waiting::GaveUp { least: l, seen: s }, Asked::Accepted) if same(l, s) => {
-            (state, Some(Duration::ZERO))
-        }
-        (Waiting::GaveUp { least: l, seen: s }, Asked::Waiting) if same(l, s) => (state, None),
+        // Gave up on a stalled thread: connections already waiting are taken at once, and
+        // each new arrival after the others had a pause to take it (the stalled thread may be
+        // back; if it is, it takes it and the rule starts over).
+        (Waiting::GaveUp { least: l, seen: s }, asked) if same(l, s) => match asked {
+            Asked::Accepted | Asked::Missed => (state, Some(Duration::ZERO)),
+            Asked::Arrived => (state, Some(PAUSE)),
+            Asked::Waiting => (state, None),
+        },
         // Just over its share, a connection just arrived, or the least loaded thread accepted
         // since (or another one is least): leave the connections to it.
         _ => (
@@ -298,7 +301,7 @@ mod tests {
         };
         let gave_up = |least, seen| Waiting::GaveUp { least, seen };
         let (no, p, zero) = (Waiting::No, Some(PAUSE), Some(Duration::ZERO));
-        use Asked::{Accepted, Arrived, Waiting as Queued};
+        use Asked::{Accepted, Arrived, Missed, Waiting as Queued};
         // (state, asked, at ms, over its share, least loaded thread, its accepted)
         //   → (state, pause)
         let table = [
@@ -331,11 +334,17 @@ mod tests {
             // Then it looks whether another one waits already (a burst), and takes it too.
             (gave_up(1, 5), Accepted, 21, true, 1, 5, gave_up(1, 5), zero),
             (gave_up(1, 5), Queued, 21, true, 1, 5, gave_up(1, 5), None),
-            // The queue was empty: the next connection is left to the others again.
-            (gave_up(1, 5), Arrived, 900, true, 1, 5, since(900, 1, 5), p),
+            // Another loop took the one it went for: it looks again.
+            (gave_up(1, 5), Missed, 21, true, 1, 5, gave_up(1, 5), zero),
+            // A new arrival is left to the others for a pause (the stalled thread may be
+            // back), then taken if still waiting.
+            (gave_up(1, 5), Arrived, 900, true, 1, 5, gave_up(1, 5), p),
+            (gave_up(1, 5), Queued, 901, true, 1, 5, gave_up(1, 5), None),
             // The stalled thread accepts again.
             (gave_up(1, 5), Queued, 22, true, 1, 6, since(22, 1, 6), p),
             (gave_up(1, 5), Accepted, 22, true, 1, 6, since(22, 1, 6), p),
+            (gave_up(1, 5), Arrived, 22, true, 1, 6, since(22, 1, 6), p),
+            (since(0, 1, 5), Missed, 22, true, 1, 5, since(22, 1, 5), p),
             (gave_up(1, 5), Queued, 22, false, 1, 5, no, None),
         ];
         for (state, asked, at, over, least, seen, next, pause) in table {
@@ -369,8 +378,8 @@ mod tests {
         assert_eq!((open_on(&gauges, 0), open_on(&gauges, 1)), (3, 2));
         drop(taken);
         // The second thread stalls while a burst of three waits: once the first connection
-        // has waited PATIENCE the first thread takes it and the others already waiting, then
-        // leaves the next arrival to the others again.
+        // has waited PATIENCE the first thread takes it and the others already waiting; a
+        // later arrival is taken once it has waited a pause.
         assert_eq!(a.pause_at(Asked::Arrived, at(200)), Some(PAUSE));
         assert_eq!(a.pause_at(Asked::Waiting, at(219)), Some(PAUSE));
         let mut burst = Vec::new();
@@ -383,6 +392,8 @@ mod tests {
         burst.push(first.enter());
         assert_eq!(a.pause_at(Asked::Accepted, at(220)), Some(Duration::ZERO));
         assert_eq!(a.pause_at(Asked::Arrived, at(900)), Some(PAUSE));
+        assert_eq!(a.pause_at(Asked::Waiting, at(901)), None);
+        burst.push(first.enter());
         // Once the second accepts again, the first leaves the waiting ones to it.
         let c = second.enter();
         assert_eq!(a.pause_at(Asked::Waiting, at(901)), Some(PAUSE));

@@ -100,13 +100,17 @@ pub enum Asked {
     Waiting,
     /// It paused, found the listen queue empty and waited for a connection to arrive.
     Arrived,
+    /// It went to take a connection it saw waiting, and another loop took it first.
+    Missed,
 }
 
 /// rtsup: what one accept loop asks before each accept. A service that shares its listening
 /// socket with others (rtsup runs one per proxy thread) and holds more than its share of their
 /// connections leaves the new ones to the others: it answers how long to pause. A paused loop
 /// takes nothing: it waits until a connection is in the listen queue (so an idle one does not
-/// wake), then for the pause, then asks again. `None` accepts.
+/// wake), then for the pause, then asks again. `None` accepts; an accept answered just after
+/// the loop saw a connection waiting gives up within a millisecond if another loop takes that
+/// connection first ([`Asked::Missed`]), instead of waiting for the next one.
 pub trait AcceptRule: Send {
     fn pause(&mut self, asked: Asked) -> Option<Duration>;
 }

@@ -819,17 +819,18 @@ impl QueueWatch {
     /// Until a connection is in the queue; whether this waited for one to arrive (`false`:
     /// one was there already).
     pub(crate) async fn wait(&self) -> std::io::Result<bool> {
-        let mut arrived = false;
+        if queued(&self.0)? {
+            return Ok(false);
+        }
         loop {
             // The readiness the runtime keeps may be stale (another loop took the connection
             // that made it): the queue itself is asked, and only an empty one waits for the
             // next arrival (every arrival wakes the socket's waiters again).
             let mut ready = self.0.readable().await?;
             if queued(&self.0)? {
-                return Ok(arrived);
+                return Ok(true);
             }
             ready.clear_ready();
-            arrived = true;
         }
     }
 }

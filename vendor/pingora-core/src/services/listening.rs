@@ -207,15 +207,21 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
         // rtsup: a service holding more than its share of the connections of a socket it
         // shares leaves the next ones to the others for a while (they are woken too).
         let mut rule = app_logic.accept_rule();
-        // Made on the loop's first pause.
-        let mut queue: Option<std::io::Result<QueueWatch>> = None;
+        let mut queue = Queue::default();
         let mut asked = Asked::Accepted;
         // the accept loop, until the system is shutting down
         loop {
             let pause = rule.as_mut().and_then(|rule| rule.pause(asked));
+            // rtsup: an accept going for a connection the loop saw waiting gives up if another
+            // loop takes it first, rather than wait for the next arrival whatever its share.
+            let bounded = asked == Asked::Waiting;
             let new_io = tokio::select! { // TODO: consider biased for perf reason?
                 new_io = stack.accept(), if pause.is_none() => new_io,
-                seen = leave(&stack, &mut queue, pause.unwrap_or_default()), if pause.is_some() => {
+                _ = after(MISSED_AFTER), if pause.is_none() && bounded => {
+                    asked = Asked::Missed;
+                    continue;
+                }
+                seen = queue.leave(&stack, pause.unwrap_or_default()), if pause.is_some() => {
                     asked = seen;
                     continue;
                 }
@@ -305,35 +311,59 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
     }
 }
 
-/// rtsup: a paused accept loop's wait. It takes nothing: it waits until a connection is in
-/// `stack`'s listen queue (at once if one is), then for `pause`; what it saw for the rule.
-/// Without a watch on the queue (it could not be made: no descriptor left) it only pauses.
-async fn leave(
-    stack: &TransportStack,
-    queue: &mut Option<std::io::Result<QueueWatch>>,
-    pause: std::time::Duration,
-) -> Asked {
-    let watch = queue.get_or_insert_with(|| {
-        stack.watch_queue().inspect_err(|e| {
-            warn!("cannot watch the listen queue of {}: {e}", stack.as_str());
-        })
-    });
-    let asked = match watch {
-        Ok(watch) => match watch.wait().await {
-            Ok(true) => Asked::Arrived,
-            Ok(false) => Asked::Waiting,
-            Err(e) => {
-                warn!("watching the listen queue of {}: {e}", stack.as_str());
-                *queue = None;
-                Asked::Waiting
+/// rtsup: how long an accept going for a connection the loop saw waiting waits for it.
+const MISSED_AFTER: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// rtsup: `d` from when it is first polled (no clock read when the branch is off).
+async fn after(d: std::time::Duration) {
+    tokio::time::sleep(d).await
+}
+
+/// rtsup: what a paused accept loop watches of its listen queue: a watch made on the loop's
+/// first pause, and again after a failure.
+#[derive(Default)]
+struct Queue {
+    watch: Option<QueueWatch>,
+    /// The last attempt to make the watch failed, and said so.
+    failed: bool,
+}
+
+impl Queue {
+    /// A paused loop's wait. It takes nothing: it waits until a connection is in `stack`'s
+    /// listen queue (at once if one is), then for `pause`; what it saw, for the rule. Without
+    /// a watch on the queue (none could be made: no descriptor left) it only pauses.
+    async fn leave(&mut self, stack: &TransportStack, pause: std::time::Duration) -> Asked {
+        if self.watch.is_none() {
+            match stack.watch_queue() {
+                Ok(watch) => {
+                    self.watch = Some(watch);
+                    self.failed = false;
+                }
+                Err(e) => {
+                    if !self.failed {
+                        warn!("cannot watch the listen queue of {}: {e}", stack.as_str());
+                    }
+                    self.failed = true;
+                }
             }
-        },
-        Err(_) => Asked::Waiting,
-    };
-    if !pause.is_zero() {
-        tokio::time::sleep(pause).await;
+        }
+        let asked = match &self.watch {
+            Some(watch) => match watch.wait().await {
+                Ok(true) => Asked::Arrived,
+                Ok(false) => Asked::Waiting,
+                Err(e) => {
+                    warn!("watching the listen queue of {}: {e}", stack.as_str());
+                    self.watch = None;
+                    Asked::Waiting
+                }
+            },
+            None => Asked::Waiting,
+        };
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+        asked
     }
-    asked
 }
 
 #[async_trait]

@@ -14,6 +14,11 @@ evenly on nginx's four workers (its best case; real networks spread less evenly)
 
   bench/compare.py            (needs: cargo build --release, nginx, wrk, node + tests/interop)
 
+The WebSocket round trips are also measured with the clients spread over the four workers
+themselves ("direct (4 workers)"): the proxies' layout without a proxy, so its ratio is what
+the proxy adds (direct, one worker, also differs in the number of worker processes sharing
+the cores).
+
 Keep-alive HTTP, WebSocket round trips and polling handshakes are measured in ROUNDS
 (default 3) interleaved rounds, the targets in a new random order each round, and reported as
 medians (errors summed), so one noisy stretch of a shared 2-core machine does not decide a
@@ -123,7 +128,9 @@ listen = "127.0.0.1:{base + 11}"
     nginx = subprocess.Popen(["nginx", "-p", work, "-c", ngx_conf, "-g", "daemon off;"])
     wait_port(ngx)
     time.sleep(1)
-    targets = {"rtsup": lb, "nginx": ngx, "direct": base}
+    # "direct4": the WebSocket clients spread over the four workers themselves, no proxy: the
+    # proxies' layout without them (direct is one worker).
+    targets = {"rtsup": lb, "nginx": ngx, "direct": base, "direct4": None}
     pids = {"rtsup": lambda: [rtsup.pid], "nginx": lambda: [nginx.pid] + children(nginx.pid), "direct": lambda: []}
     results = {}
     rounds = {name: {"http": [], "ws_rtt": [], "polling": []} for name in targets}
@@ -133,6 +140,11 @@ listen = "127.0.0.1:{base + 11}"
             random.shuffle(order)
             for name in order:
                 port = targets[name]
+                if port is None:
+                    print(f"# round {i + 1}: {name}: websocket round trips", file=sys.stderr)
+                    urls = ",".join(f"http://127.0.0.1:{base + w}" for w in range(4))
+                    rounds[name]["ws_rtt"].append(node("bench/ws_rtt.js", urls, WS_CLIENTS, WS_ROUNDS, SOURCES))
+                    continue
                 print(f"# round {i + 1}: {name}: http, websocket round trips, polling sessions/s", file=sys.stderr)
                 rounds[name]["http"].append(wrk(port, pids[name]()))
                 rounds[name]["ws_rtt"].append(
@@ -141,9 +153,10 @@ listen = "127.0.0.1:{base + 11}"
         for name, port in targets.items():
             r = results.setdefault(name, {})
             for measure, runs in rounds[name].items():
-                r[measure] = merged(runs)
+                if runs:
+                    r[measure] = merged(runs)
             r["rounds"] = rounds[name]
-            if name != "direct":
+            if port is not None and name != "direct":
                 print(f"# {name}: {IDLE_SESSIONS} idle websocket sessions", file=sys.stderr)
                 r["idle"] = idle(port, pids[name])
                 print(f"# {name}: room fan-out", file=sys.stderr)
@@ -188,10 +201,10 @@ listen = "127.0.0.1:{base + 11}"
     ]
     print(f"| measure (same run, medians of {ROUNDS} interleaved rounds where marked; {os.cpu_count()} cores, "
           f"load generator on the same machine; Node clients from {SOURCES} source networks) "
-          "| rtsup | nginx | direct (1 worker) |")
-    print("|---|---|---|---|")
+          "| rtsup | nginx | direct (1 worker) | direct (4 workers, WebSockets only) |")
+    print("|---|---|---|---|---|")
     for label, path, fmt in rows:
-        print(f"| {label} | " + " | ".join(cell(n, *path, fmt=fmt) for n in ("rtsup", "nginx", "direct")) + " |")
+        print(f"| {label} | " + " | ".join(cell(n, *path, fmt=fmt) for n in ("rtsup", "nginx", "direct", "direct4")) + " |")
 
     def ratio(a, b, *path):
         """`a`'s figure over `b`'s, from the table's cells."""
@@ -207,7 +220,9 @@ listen = "127.0.0.1:{base + 11}"
     print(f"| keep-alive req/s ≥ 1.0× nginx | {ratio('rtsup', 'nginx', 'http', 'rps')} |")
     print(f"| p99 under load ≤ nginx's | {ratio('rtsup', 'nginx', 'http', 'p99_ms')} |")
     print(f"| handshakes (polling sessions)/s ≥ 1.0× nginx | {ratio('rtsup', 'nginx', 'polling', 'per_s')} |")
-    print(f"| WebSocket RTT p99, {WS_CLIENTS} clients ≤ 1.1× direct | {ratio('rtsup', 'direct', 'ws_rtt', 'p99')} |")
+    print(f"| WebSocket RTT p99, {WS_CLIENTS} clients ≤ 1.1× direct | {ratio('rtsup', 'direct', 'ws_rtt', 'p99')}"
+          f" (nginx {ratio('nginx', 'direct', 'ws_rtt', 'p99')}); × the four workers direct:"
+          f" {ratio('rtsup', 'direct4', 'ws_rtt', 'p99')} (nginx {ratio('nginx', 'direct4', 'ws_rtt', 'p99')}) |")
     print(f"| idle WebSocket memory ≤ 1.2× nginx | {ratio('rtsup', 'nginx', 'idle', 'bytes_per_session')} |")
     for name in ("rtsup", "nginx"):
         f = results.get(name, {}).get("fanout", {})

@@ -3,11 +3,13 @@
 // samples are messages' round trips, not waits behind the other clients' handshakes); prints
 // {clients, rounds, p50, p99, errors}.
 // With SOURCES > 0, client i connects from 127.0.(1 + i % SOURCES).1 (see bench/sources.js).
-//   NODE_PATH=tests/interop/node_modules node bench/ws_rtt.js URL [CLIENTS] [ROUNDS] [SOURCES]
+// URL may list several, comma-separated: client i connects to the (i mod count)-th.
+//   NODE_PATH=tests/interop/node_modules node bench/ws_rtt.js URL[,URL…] [CLIENTS] [ROUNDS] [SOURCES]
 const { io } = require("socket.io-client");
 const { sourceAddress } = require("./sources");
 
-const [url, n = "100", k = "50", sources = "0"] = process.argv.slice(2);
+const [urlList, n = "100", k = "50", sources = "0"] = process.argv.slice(2);
+const urls = urlList.split(",");
 const N = Number(n), K = Number(k);
 const rtts = [];
 let errors = 0;
@@ -18,7 +20,7 @@ const settle = () => { if (++settled === N) allSettled(); };
 
 async function client(i) {
   const localAddress = sourceAddress(i, Number(sources));
-  const s = io(url, { transports: ["websocket"], forceNew: true, reconnection: false, localAddress });
+  const s = io(urls[i % urls.length], { transports: ["websocket"], forceNew: true, reconnection: false, localAddress });
   try {
     await new Promise((res, rej) => { s.once("hello", res); s.once("connect_error", rej); });
   } finally {

@@ -457,6 +457,9 @@ fn a_stalled_proxy_thread_delays_new_connections_but_never_holds_them() {
     assert_eq!(threads.len(), 2, "proxy threads {threads:?}");
     let connect = || TcpStream::connect(("127.0.0.1", lb)).expect("connect");
     for tid in threads {
+        // The readiness checks' connections closed and no longer counted (else one could
+        // stay counted on the stopped thread, which cannot see it close).
+        counted(&r, 0);
         let frozen = Frozen::new(tid);
         // One at a time: the other thread takes them, past its share too (the first past it
         // once it has waited the rule's patience, the next ones after a pause each).

@@ -120,8 +120,7 @@ impl Spread {
     /// each have theirs: what one loop saw says nothing of the other's queue).
     pub(crate) fn gate(&self) -> Gate {
         Gate {
-            loads: self.loads.clone(),
-            thread: self.thread,
+            spread: self.clone(),
             state: Waiting::No,
         }
     }
@@ -130,8 +129,8 @@ impl Spread {
 /// One accept loop's rule: whether it leaves new connections to the other threads now.
 #[derive(Debug)]
 pub(crate) struct Gate {
-    loads: Arc<ThreadLoads>,
-    thread: usize,
+    /// The thread whose loop this is.
+    spread: Spread,
     state: Waiting,
 }
 
@@ -155,8 +154,9 @@ impl Gate {
     /// How long to leave new connections to the others, at `now`, after the loop saw `asked`
     /// (`None`: accept).
     fn pause_at(&mut self, asked: Asked, now: Instant) -> Option<Duration> {
-        let mine = self.loads.counts.get(self.thread).map_or(0, open);
-        let (least, least_open, seen) = self.loads.least();
+        let Spread { loads, thread } = &self.spread;
+        let mine = loads.counts.get(*thread).map_or(0, open);
+        let (least, least_open, seen) = loads.least();
         let (next, pause) = step(
             self.state,
             asked,
